@@ -1,0 +1,100 @@
+"""Time the multi-coil operator: forward + adjoint, 16 coils, 256 x 256.
+
+Prints, side by side: sigpy's Sense, a straightforward torch version with
+fftshift/ifftshift, the bare FFT + inverse FFT, and mrimsm's MultiCoilMRI
+(shifts folded into a sign pattern). Target (issue 3): MultiCoilMRI within
+1.3x of the bare FFT. Usage::
+
+    .venv/bin/python benchmarks/operators.py [--coils 16] [--size 256] [--threads 2] [--repeat 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def _time(fn, repeat: int) -> float:
+    for _ in range(3):
+        fn()
+    best = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        best.append((time.perf_counter() - t0) / repeat)
+    return min(best)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--coils", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import sigpy as sp
+    import sigpy.mri
+
+    from mrimsm.physics import MultiCoilMRI
+
+    c, n, dev = args.coils, args.size, args.device
+    rng = np.random.default_rng(0)
+    maps_np = sigpy.mri.birdcage_maps((c, n, n)).astype(np.complex64)
+    x_np = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))).astype(np.complex64)
+    mask_np = (rng.random(n) < 0.3).astype(np.float32)
+
+    sense = sp.mri.linop.Sense(maps_np)
+
+    def run_sigpy():
+        return sense.H * (sense * x_np * mask_np)
+
+    maps = torch.from_numpy(maps_np)[None].to(dev)
+    x = torch.from_numpy(x_np)[None].to(dev)
+    mask = torch.from_numpy(mask_np).view(1, 1, 1, n).to(dev)
+
+    def naive():
+        k = torch.fft.fftshift(
+            torch.fft.fft2(torch.fft.ifftshift(x[:, None] * maps, dim=(-2, -1)), norm="ortho"), dim=(-2, -1)
+        )
+        k = k * mask
+        im = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+        return (im * maps.conj()).sum(1)
+
+    y = torch.randn(1, c, n, n, dtype=torch.complex64, device=dev)
+
+    def bare():
+        return torch.fft.ifft2(torch.fft.fft2(y, norm="ortho"), norm="ortho")
+
+    op = MultiCoilMRI(maps, mask)
+
+    def ours():
+        return op.adjoint(op.forward(x))
+
+    assert torch.allclose(ours(), naive(), atol=1e-4)
+    sync = (lambda: torch.cuda.synchronize()) if dev.startswith("cuda") else (lambda: None)
+
+    rows = [
+        ("sigpy Sense (numpy)", _time(run_sigpy, args.repeat)),
+        ("torch with fftshift/ifftshift", _time(lambda: (naive(), sync()), args.repeat)),
+        ("bare FFT + inverse FFT", _time(lambda: (bare(), sync()), args.repeat)),
+        ("mrimsm MultiCoilMRI", _time(lambda: (ours(), sync()), args.repeat)),
+    ]
+    base = rows[2][1]
+    print(f"forward + adjoint, {c} coils, {n} x {n}, {args.threads} threads, device {dev}")
+    print(f"| {'implementation':<32} | {'ms':>8} | {'x bare FFT':>10} |")
+    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 12}|")
+    for name, t in rows:
+        print(f"| {name:<32} | {t * 1e3:8.1f} | {t / base:10.2f} |")
+    ratio = rows[3][1] / base
+    print(f"target: MultiCoilMRI <= 1.3 x bare FFT -> {'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f})")
+
+
+if __name__ == "__main__":
+    main()

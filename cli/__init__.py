@@ -1,0 +1,1 @@
+"""The mrimsm command line (Typer). Thin: parsing, progress and error messages only."""

@@ -1,0 +1,69 @@
+"""``mrimsm`` command-line entry point.
+
+Each subcommand lives in its own module under ``cli/`` and is registered
+below. Library errors (:class:`mrimsm.errors.MrimsmError`) become one-line
+``error: ...`` messages with exit code 2, never tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from mrimsm import __version__
+from mrimsm.errors import MrimsmError
+
+app = typer.Typer(
+    name="mrimsm",
+    help="MRI reconstruction with measurement score-based diffusion models (MSM).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"mrimsm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """MRI reconstruction with measurement score-based diffusion models (MSM)."""
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """Print ``error: message`` on stderr and return an Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+# -- subcommands (each module registers itself on `app`) ----------------------
+# Registration lines are added here as commands become real.
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Console-script entry: run the app, turning MrimsmError into one line + exit 2."""
+    try:
+        app(args=argv, prog_name="mrimsm")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except MrimsmError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m mrimsm`` (also what ``torchrun -m mrimsm`` runs)."""
+
+import sys
+
+from cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,12 @@
+"""Errors that the command line turns into one-line messages with exit code 2."""
+
+
+class MrimsmError(Exception):
+    """A user-facing error: bad input, bad config, bad checkpoint.
+
+    The CLI catches it, prints ``error: <message>`` on one line and exits with
+    code 2. Library code raises it for anything a user can fix; genuine bugs
+    stay ordinary exceptions so that they keep their traceback.
+    """
+
+    exit_code = 2

@@ -1,0 +1,127 @@
+"""Mask families: seeding, achieved acceleration, SSDU split, MSM sub-mask sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mrimsm.physics.masks import (
+    BernoulliPixel,
+    BoxPattern,
+    EquispacedCartesian,
+    PaperCartesian,
+    RandomCartesian,
+    SubmaskSampler,
+    SuperResolutionPattern,
+    achieved_acceleration,
+    cartesian_family,
+    column_mask_tensor,
+    seed_for,
+    ssdu_split,
+)
+
+
+@pytest.mark.parametrize("family_cls", [RandomCartesian, EquispacedCartesian])
+@pytest.mark.parametrize("accel,cf", [(4, 0.08), (8, 0.04), (6, 0.06), (3, 0.1)])
+@pytest.mark.parametrize("w", [256, 320, 368, 64])
+def test_fastmri_cartesian_accel_within_5_percent(family_cls, accel, cf, w):
+    fam = family_cls(accel=accel, center_fraction=cf)
+    for seed in range(5):
+        m = fam((w, w), seed)
+        assert m.shape == (w,) and m.dtype == bool
+        assert abs(achieved_acceleration(m) - accel) / accel <= 0.05
+        num_low = round(w * cf)
+        start = (w - num_low + 1) // 2
+        assert m[start : start + num_low].all()
+
+
+def test_masks_are_seeded():
+    for fam in [RandomCartesian(4), EquispacedCartesian(6), PaperCartesian(4), BernoulliPixel(0.4)]:
+        a, b, c = fam((32, 64), 7), fam((32, 64), 7), fam((32, 64), 8)
+        assert np.array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+
+def test_seed_for_is_stable_and_distinct():
+    assert seed_for("file.h5", 3, 0) == seed_for("file.h5", 3, 0)
+    assert seed_for("file.h5", 3, 0) != seed_for("file.h5", 4, 0)
+    assert seed_for("file.h5", 3, 0) != seed_for("file.h5", 3, 1)
+
+
+def test_paper_mask_achieves_about_3_2_at_r4():
+    fam = PaperCartesian(accel=4, center_lines=20)
+    accs = [achieved_acceleration(fam((256, 256), s)) for s in range(200)]
+    # expected kept columns: 20 + 236 / 4 = 79 -> 256 / 79 = 3.24
+    assert 3.1 < np.mean(accs) < 3.4
+    m = fam((256, 256), 0)
+    assert m[118:138].all()
+
+
+def test_probability_matches_empirical_frequency():
+    for fam in [RandomCartesian(4, 0.08), PaperCartesian(4, 8)]:
+        p = fam.probability((64, 64))
+        emp = np.mean([fam((64, 64), s) for s in range(3000)], axis=0)
+        assert np.abs(p - emp).max() < 0.04
+
+
+def test_too_much_acceleration_is_refused():
+    with pytest.raises(ValueError, match="center"):
+        RandomCartesian(accel=40, center_fraction=0.08)((64, 64), 0)
+    with pytest.raises(ValueError):
+        RandomCartesian(accel=0.5)
+    with pytest.raises(ValueError):
+        cartesian_family("spiral", 4)
+
+
+def test_pixel_box_sr_patterns():
+    m = BernoulliPixel(0.4)((128, 128), 0)
+    assert m.shape == (128, 128) and abs(m.mean() - 0.4) < 0.02
+    b = BoxPattern(0.5)((16, 16))
+    assert b.sum() == 256 - 64 and not b[8, 8]
+    s = SuperResolutionPattern(4)((16, 16))
+    assert s.sum() == 16 and s[0, 0] and not s[1, 1]
+
+
+@pytest.mark.parametrize("method", ["gaussian", "uniform"])
+@pytest.mark.parametrize("two_d", [False, True])
+def test_ssdu_split_disjoint_cover_center(method, two_d):
+    if two_d:
+        mask = BernoulliPixel(0.3)((32, 32), 1)
+        mask[14:18, 14:18] = True
+    else:
+        mask = RandomCartesian(4, 0.08)((64, 64), 1)
+    theta, lam = ssdu_split(mask, 0.4, method=method, center_size=4, seed=3)
+    assert np.array_equal(theta | lam, mask)
+    assert not (theta & lam).any()
+    assert abs(lam.sum() - 0.4 * mask.sum()) <= 1
+    center = (slice(14, 18),) * mask.ndim if two_d else (slice(30, 34),)
+    assert theta[center].all()
+    t2, l2 = ssdu_split(mask, 0.4, method=method, center_size=4, seed=3)
+    assert np.array_equal(t2, theta)
+
+
+def test_submask_sampler_coverage_and_weights():
+    fam = PaperCartesian(accel=4, center_lines=4)
+    support = np.zeros(32, dtype=bool)
+    support[4:28] = True
+    sampler = SubmaskSampler(fam, (32, 32), support=support)
+    masks = sampler.draw(3, np.random.default_rng(0))
+    assert masks.shape == (3, 1, 1, 32)
+    assert masks[..., :4].sum() == 0  # outside the support
+    cov = sampler.coverage(masks)
+    assert cov.shape == (1, 1, 1, 32)
+    assert torch.equal(cov, masks.sum(0, keepdim=True))
+    wts = sampler.weights(cov)
+    assert torch.all(wts <= 1) and torch.allclose(wts * torch.clamp(cov, min=1), torch.ones_like(cov))
+    exp = sampler.expected_coverage(3)
+    assert torch.allclose(exp[..., 14:18], torch.full((4,), 3.0))
+    assert torch.allclose(exp[..., 4:8], torch.full((4,), 0.75))
+    # reproducible
+    again = sampler.draw(3, np.random.default_rng(0))
+    assert torch.equal(masks, again)
+
+
+def test_column_mask_tensor_shape():
+    t = column_mask_tensor(np.ones((2, 8), dtype=bool))
+    assert t.shape == (2, 1, 1, 8) and t.dtype == torch.float32

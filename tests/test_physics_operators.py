@@ -1,0 +1,132 @@
+"""Operator checks (sigpy-style reusable checkers applied to every operator)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sigpy as sp
+import sigpy.mri
+import torch
+
+from mrimsm.physics import BoxMask, Downsample, Identity, MultiCoilMRI, PixelMask, fft2c, ifft2c
+
+
+def _rand(shape, complex_=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if complex_:
+        return torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+    return torch.randn(shape, generator=g)
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> complex:
+    return complex(torch.sum(a.conj() * b).item()) if a.is_complex() else float(torch.sum(a * b).item())
+
+
+def check_adjoint(op, x, y, rtol=1e-5):
+    lhs = _inner(op.forward(x), y)
+    rhs = _inner(x, op.adjoint(y))
+    assert abs(lhs - rhs) <= rtol * max(abs(lhs), abs(rhs), 1e-12), (lhs, rhs)
+
+
+def check_linear(op, x1, x2):
+    a, b = 0.7, -1.3
+    lhs = op.forward(a * x1 + b * x2)
+    rhs = a * op.forward(x1) + b * op.forward(x2)
+    assert torch.allclose(lhs, rhs, atol=1e-4, rtol=1e-4)
+
+
+def check_normal(op, x):
+    assert torch.allclose(op.normal(x), op.adjoint(op.forward(x)), atol=1e-5)
+    assert torch.allclose(op.H(op(x)), op.adjoint(op.forward(x)), atol=1e-5)
+
+
+def _mri(shape=(2, 4, 16, 12), masked=True, seed=0):
+    b, c, h, w = shape
+    maps = _rand(shape, seed=seed)
+    mask = (torch.rand(b, 1, 1, w, generator=torch.Generator().manual_seed(seed + 1)) < 0.5) if masked else None
+    return MultiCoilMRI(maps, mask), (b, h, w), shape
+
+
+OPERATORS = {
+    "mri_even": lambda: _mri((2, 4, 16, 12)),
+    "mri_odd": lambda: _mri((2, 3, 15, 13)),
+    "mri_full": lambda: _mri((1, 5, 8, 8), masked=False),
+    "mri_2d_mask": lambda: (
+        MultiCoilMRI(_rand((2, 3, 8, 10)), torch.rand(2, 1, 8, 10) < 0.4),
+        (2, 8, 10),
+        (2, 3, 8, 10),
+    ),
+    "identity": lambda: (Identity(), (2, 3, 8, 8), (2, 3, 8, 8)),
+    "pixel_mask": lambda: (PixelMask(torch.rand(2, 1, 8, 8) < 0.4), (2, 3, 8, 8), (2, 3, 8, 8)),
+    "box_mask": lambda: (BoxMask((8, 8), (4, 4)), (2, 3, 8, 8), (2, 3, 8, 8)),
+    "downsample": lambda: (Downsample(4), (2, 3, 16, 16), (2, 3, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPERATORS))
+def test_operator_adjoint_linear_normal(name):
+    op, xshape, yshape = OPERATORS[name]()
+    cplx = name.startswith("mri")
+    x1, x2 = _rand(xshape, cplx, 1), _rand(xshape, cplx, 2)
+    y = _rand(yshape, cplx, 3)
+    check_adjoint(op, x1, y)
+    check_linear(op, x1, x2)
+    check_normal(op, x1)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 15, 17), (1, 4, 32, 20)])
+def test_fft2c_matches_sigpy_and_inverts(shape):
+    x = _rand(shape)
+    ref = sp.fft(x.numpy(), axes=(-2, -1))
+    np.testing.assert_allclose(fft2c(x).numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(ifft2c(x).numpy(), sp.ifft(x.numpy(), axes=(-2, -1)), atol=1e-5)
+    assert torch.allclose(ifft2c(fft2c(x)), x, atol=1e-5)
+    assert fft2c(x).dtype == torch.complex64
+
+
+def test_fft2c_matches_fastmri():
+    fastmri = pytest.importorskip("fastmri")
+    x = _rand((2, 16, 12))
+    ref = fastmri.fft2c(torch.view_as_real(x))
+    assert torch.allclose(torch.view_as_real(fft2c(x)), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (15, 13)])
+def test_multicoil_forward_matches_sigpy_sense(hw):
+    h, w = hw
+    maps = sigpy.mri.birdcage_maps((6, h, w)).astype(np.complex64)
+    mask = (np.random.default_rng(0).random(w) < 0.5).astype(np.float32)
+    x = _rand((1, h, w)).numpy()
+    sense = sigpy.mri.linop.Sense(maps)
+    ref = sense * x[0] * mask[None, None, :]
+    op = MultiCoilMRI(torch.from_numpy(maps)[None], torch.from_numpy(mask).view(1, 1, 1, w))
+    out = op.forward(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    back = op.adjoint(torch.from_numpy(ref[None].astype(np.complex64)))[0].numpy()
+    np.testing.assert_allclose(back, sense.H * ref, atol=1e-5)
+
+
+def test_with_mask_shares_maps_and_changes_mask():
+    op, xshape, _ = _mri((1, 4, 8, 8))
+    x = _rand(xshape)
+    full = op.with_mask(None)
+    m = torch.zeros(1, 1, 1, 8)
+    m[..., 2:5] = 1
+    sub = op.with_mask(m)
+    assert torch.allclose(sub.forward(x), full.forward(x) * m, atol=1e-6)
+    assert torch.allclose(full.full_forward(x), full.forward(x))
+    assert sub.maps is op.maps
+
+
+def test_downsample_forward_is_block_mean():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = Downsample(2)(x)
+    assert torch.allclose(y, torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+    with pytest.raises(ValueError):
+        Downsample(3)(x)
+
+
+def test_box_mask_hides_the_box():
+    op = BoxMask((8, 8), (4, 2))
+    x = torch.ones(1, 3, 8, 8)
+    assert op(x).sum() == 3 * (64 - 8)
