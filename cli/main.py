@@ -47,6 +47,10 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 
 # -- subcommands (each module registers itself on `app`) ----------------------
 # Registration lines are added here as commands become real.
+from cli import train_cmd; train_cmd.register(app)  # noqa: E402,E702
+from cli import sample_cmd; sample_cmd.register(app)  # noqa: E402,E702
+from cli import recon_cmd; recon_cmd.register(app)  # noqa: E402,E702
+from cli import prep_cmd; prep_cmd.register(app)  # noqa: E402,E702
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -1,0 +1,346 @@
+"""Read, validate and write fastMRI multi-coil HDF5 files.
+
+The layout is exactly the one fastMRI ships (multi-coil brain/knee files)::
+
+    kspace               (S, C, H, W) complex64   H = readout (oversampled by 2 in brain data)
+    reconstruction_rss   (S, h, w)    float32     optional; root-sum-of-squares reference,
+                                                  image-domain centre crop of the coil images
+    mask                 (W,)         bool        optional; only in undersampled (test) files
+    ismrmrd_header       scalar bytes             optional; ISMRMRD XML
+    attrs: acquisition (str), max (float), norm (float), patient_id (str), ...
+
+Reconstructions are written in fastMRI's submission layout: a dataset
+``reconstruction`` (S, h, w) float32 at the size of ``reconstruction_rss``, on
+the same intensity scale, so that ``fastmri.evaluate`` can score them.
+
+Every bad input raises :class:`mrimsm.errors.MrimsmError` with a one-line
+message naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import h5py
+import numpy as np
+
+from mrimsm.errors import MrimsmError
+from mrimsm.utils import atomic_path
+
+__all__ = [
+    "MultiCoilFile",
+    "read_multicoil",
+    "read_header",
+    "write_reconstruction",
+    "crop_to_reconstruction",
+    "rss",
+    "coil_images",
+    "recon_size_from_header",
+]
+
+_ATTR_KEYS = ("acquisition", "max", "norm", "patient_id")
+
+
+@dataclass
+class MultiCoilFile:
+    """A fastMRI multi-coil file in memory.
+
+    Attributes:
+        kspace: ``(S, C, H, W)`` complex64 (the selected slices).
+        mask: ``(W,)`` bool, the file's own sampling mask if it is already
+            undersampled, else ``None``.
+        reconstruction_rss: ``(S, h, w)`` float32 reference, or ``None``.
+        attrs: the file's HDF5 attributes (``acquisition``, ``max``, ``norm``,
+            ``patient_id``, ... where present), as plain Python values.
+        ismrmrd_header: raw XML bytes, or ``None``.
+        path: where it was read from.
+        slices: indices (into the file) of the slices held in ``kspace``.
+        num_slices_in_file: the file's total number of slices.
+    """
+
+    kspace: np.ndarray
+    mask: Optional[np.ndarray]
+    reconstruction_rss: Optional[np.ndarray]
+    attrs: dict
+    ismrmrd_header: Optional[bytes]
+    path: Path
+    slices: list = field(default_factory=list)
+    num_slices_in_file: int = 0
+
+    @property
+    def num_coils(self) -> int:
+        return int(self.kspace.shape[1])
+
+    @property
+    def recon_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the reference image: ``reconstruction_rss``'s size,
+        else the header's ``reconSpace`` matrix, else the k-space size."""
+        if self.reconstruction_rss is not None:
+            return tuple(int(s) for s in self.reconstruction_rss.shape[-2:])
+        from_header = recon_size_from_header(self.ismrmrd_header)
+        if from_header is not None:
+            return from_header
+        return tuple(int(s) for s in self.kspace.shape[-2:])
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute value -> JSON-friendly Python value."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise MrimsmError(f"no such file: {path}")
+    if path.is_dir():
+        raise MrimsmError(f"expected an HDF5 file, got a directory: {path}")
+    try:
+        is_h5 = h5py.is_hdf5(str(path))
+    except OSError as exc:  # unreadable (permissions, ...)
+        raise MrimsmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not is_h5:
+        raise MrimsmError(f"not an HDF5 file: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        raise MrimsmError(f"truncated or corrupt HDF5 file: {path}") from None
+
+
+def _check_kspace_meta(ds: Any, path: Path) -> None:
+    if not isinstance(ds, h5py.Dataset):
+        raise MrimsmError(f"'kspace' in {path} is not a dataset")
+    if ds.ndim == 3:
+        raise MrimsmError(
+            f"single-coil file given to a multi-coil command: kspace in {path} has shape "
+            f"{tuple(ds.shape)} (slices, H, W); expected (slices, coils, H, W)"
+        )
+    if ds.ndim != 4:
+        raise MrimsmError(
+            f"kspace in {path} must have 4 dims (slices, coils, H, W), got shape {tuple(ds.shape)}"
+        )
+    if not np.issubdtype(ds.dtype, np.complexfloating):
+        raise MrimsmError(f"kspace in {path} must be complex, got dtype {ds.dtype}")
+    s, c, h, w = ds.shape
+    if c == 0:
+        raise MrimsmError(f"kspace in {path} has zero coils")
+    if s == 0 or h == 0 or w == 0:
+        raise MrimsmError(f"kspace in {path} is empty: shape {tuple(ds.shape)}")
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """Validate a file's structure without loading k-space.
+
+    Returns:
+        ``{"shape": (S, C, H, W), "attrs": dict, "has_mask": bool,
+        "has_rss": bool, "recon_size": (h, w)}``.
+
+    Raises:
+        MrimsmError: not HDF5, truncated, missing ``kspace``, wrong rank,
+        non-complex dtype, zero coils.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        try:
+            if "kspace" not in f:
+                raise MrimsmError(f"no 'kspace' dataset in {path}")
+            ds = f["kspace"]
+            _check_kspace_meta(ds, path)
+            header = bytes(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
+            rss_shape = tuple(f["reconstruction_rss"].shape) if "reconstruction_rss" in f else None
+            out = {
+                "shape": tuple(int(s) for s in ds.shape),
+                "attrs": {k: _plain(v) for k, v in f.attrs.items()},
+                "has_mask": "mask" in f,
+                "has_rss": rss_shape is not None,
+            }
+        except (OSError, KeyError, RuntimeError):
+            raise MrimsmError(f"truncated or corrupt HDF5 file: {path}") from None
+    if rss_shape is not None and len(rss_shape) == 3:
+        out["recon_size"] = rss_shape[-2:]
+    else:
+        out["recon_size"] = recon_size_from_header(header) or out["shape"][-2:]
+    return out
+
+
+def read_multicoil(
+    path: str | os.PathLike,
+    slices: Optional[Sequence[int]] = None,
+    check_finite: bool = True,
+) -> MultiCoilFile:
+    """Read and validate a fastMRI multi-coil file.
+
+    Args:
+        path: the ``.h5`` file.
+        slices: optional slice indices to load (default: all).
+        check_finite: reject NaN / Inf in the loaded k-space.
+
+    Returns:
+        :class:`MultiCoilFile` with ``kspace`` ``(S, C, H, W)`` complex64.
+
+    Raises:
+        MrimsmError: for a missing file, a non-HDF5 or truncated file, a missing
+        ``kspace``, a wrong rank (incl. a single-coil file), a non-complex dtype,
+        zero coils, NaN / Inf values, or malformed ``mask`` / ``reconstruction_rss``.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        try:
+            if "kspace" not in f:
+                raise MrimsmError(f"no 'kspace' dataset in {path}")
+            ds = f["kspace"]
+            _check_kspace_meta(ds, path)
+            n_total, _, _, w = ds.shape
+            if slices is None:
+                sel = list(range(n_total))
+                kspace = ds[()]
+            else:
+                sel = [int(i) for i in slices]
+                bad = [i for i in sel if not 0 <= i < n_total]
+                if bad:
+                    raise MrimsmError(f"slice {bad[0]} out of range for {path} ({n_total} slices)")
+                kspace = np.stack([ds[i] for i in sel]) if sel else ds[0:0]
+            mask = None
+            if "mask" in f:
+                mask = np.asarray(f["mask"][()]).astype(bool).reshape(-1)
+                if mask.shape != (w,):
+                    raise MrimsmError(f"'mask' in {path} has shape {mask.shape}, expected ({w},)")
+            rss_ref = None
+            if "reconstruction_rss" in f:
+                r = f["reconstruction_rss"]
+                if r.ndim != 3 or r.shape[0] != n_total:
+                    raise MrimsmError(
+                        f"'reconstruction_rss' in {path} has shape {tuple(r.shape)}, "
+                        f"expected ({n_total}, h, w)"
+                    )
+                rss_ref = (r[()] if slices is None else np.stack([r[i] for i in sel])).astype(np.float32)
+            header = bytes(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        except (OSError, KeyError, RuntimeError):
+            raise MrimsmError(f"truncated or corrupt HDF5 file: {path}") from None
+    kspace = np.ascontiguousarray(kspace, dtype=np.complex64)
+    if check_finite and not np.isfinite(kspace.view(np.float32)).all():
+        raise MrimsmError(f"kspace in {path} contains NaN or Inf values")
+    if rss_ref is not None and check_finite and not np.isfinite(rss_ref).all():
+        raise MrimsmError(f"reconstruction_rss in {path} contains NaN or Inf values")
+    return MultiCoilFile(
+        kspace=kspace,
+        mask=mask,
+        reconstruction_rss=rss_ref,
+        attrs=attrs,
+        ismrmrd_header=header,
+        path=path,
+        slices=sel,
+        num_slices_in_file=int(n_total),
+    )
+
+
+def recon_size_from_header(header: Optional[bytes]) -> Optional[tuple[int, int]]:
+    """``(h, w)`` from the ISMRMRD XML's ``encoding/reconSpace/matrixSize``
+    (``x`` = readout = rows, ``y`` = phase encode = columns), or ``None``."""
+    if not header:
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(header)
+    except ET.ParseError:
+        return None
+    ns = {"i": "http://www.ismrm.org/ISMRMRD"}
+    size = root.find(".//i:encoding/i:reconSpace/i:matrixSize", ns)
+    if size is None:
+        return None
+    try:
+        return int(size.find("i:x", ns).text), int(size.find("i:y", ns).text)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def crop_to_reconstruction(images: np.ndarray, target_hw: Sequence[int]) -> np.ndarray:
+    """Image-domain centre crop of the last two dims, fastMRI's convention
+    (start ``(H - h) // 2``).
+
+    Args:
+        images: ``(..., H, W)`` any dtype.
+        target_hw: ``(h, w)`` with ``h <= H`` and ``w <= W``.
+
+    Returns:
+        ``(..., h, w)`` view of ``images``.
+    """
+    h, w = int(target_hw[0]), int(target_hw[1])
+    big_h, big_w = images.shape[-2:]
+    if h > big_h or w > big_w:
+        raise MrimsmError(f"cannot crop images of size {big_h}x{big_w} to {h}x{w}")
+    top, left = (big_h - h) // 2, (big_w - w) // 2
+    return images[..., top : top + h, left : left + w]
+
+
+def coil_images(kspace: np.ndarray) -> np.ndarray:
+    """Centred orthonormal inverse FFT of the last two dims (numpy).
+
+    ``(..., H, W)`` complex64 k-space -> ``(..., H, W)`` complex64 images.
+    """
+    x = np.fft.ifftshift(kspace, axes=(-2, -1))
+    x = np.fft.ifft2(x, axes=(-2, -1), norm="ortho")
+    return np.fft.fftshift(x, axes=(-2, -1)).astype(np.complex64)
+
+
+def rss(kspace: np.ndarray, target_hw: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Root-sum-of-squares image as fastMRI computes ``reconstruction_rss``.
+
+    Args:
+        kspace: ``(S, C, H, W)`` complex64.
+        target_hw: optional ``(h, w)`` centre crop (removes readout oversampling).
+
+    Returns:
+        ``(S, h, w)`` float32.
+    """
+    img = coil_images(kspace)
+    if target_hw is not None:
+        img = crop_to_reconstruction(img, target_hw)
+    return np.sqrt((np.abs(img) ** 2).sum(axis=-3)).astype(np.float32)
+
+
+def write_reconstruction(
+    path: str | os.PathLike,
+    reconstruction: np.ndarray,
+    attrs: Optional[Mapping[str, Any]] = None,
+    extra: Optional[Mapping[str, np.ndarray]] = None,
+) -> Path:
+    """Write a reconstruction in fastMRI's layout, atomically.
+
+    Args:
+        path: output ``.h5``; appears all at once (temp file + rename).
+        reconstruction: ``(S, h, w)`` real (magnitude) volume, stored float32
+            as dataset ``reconstruction``.
+        attrs: HDF5 attributes to store (e.g. the input's ``max``, ``norm``,
+            ``acquisition``, ``patient_id``); ``None`` values are skipped.
+        extra: further datasets (e.g. ``{"std": ...}`` for an uncertainty map).
+
+    Returns:
+        The output path.
+    """
+    rec = np.asarray(reconstruction)
+    if rec.ndim != 3:
+        raise MrimsmError(f"reconstruction must be (slices, H, W), got shape {rec.shape}")
+    if np.iscomplexobj(rec):
+        raise MrimsmError("reconstruction must be a real (magnitude) volume, got complex data")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=rec.astype(np.float32))
+            for key, value in (extra or {}).items():
+                if key == "reconstruction":
+                    raise MrimsmError("extra dataset may not be named 'reconstruction'")
+                f.create_dataset(key, data=np.asarray(value))
+            for key, value in (attrs or {}).items():
+                if value is not None:
+                    f.attrs[key] = value
+    return path
