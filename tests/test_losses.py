@@ -1,0 +1,305 @@
+"""MSM losses: SURE honesty, what the consistency terms are minimised by, gradients."""
+
+import math
+
+import pytest
+import torch
+
+from mrimsm.diffusion.denoiser import MSMDenoiser
+from mrimsm.diffusion.losses import MSMLoss, gaussian_like, measured_dof, sure_estimate
+from mrimsm.diffusion.schedule import VPSchedule
+from mrimsm.models.unet import UNet
+from mrimsm.physics.operators import Identity, MultiCoilMRI, PixelMask
+
+SCH = VPSchedule()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+class LinearDenoiser(torch.nn.Module):
+    """x0 = a u + b roll(u): a simple linear (not diagonal) denoiser, independent of t."""
+
+    def __init__(self, a=0.7, b=0.2):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, u, t):
+        return self.a * u + self.b * torch.roll(u, shifts=1, dims=-1)
+
+
+class SmoothDenoiser(torch.nn.Module):
+    """A smooth nonlinear one (SURE holds for any weakly differentiable estimator)."""
+
+    def forward(self, u, t):
+        return 0.8 * torch.tanh(2.0 * u) + 0.1 * torch.roll(u, 1, dims=-2)
+
+
+class ShrinkDenoiser(torch.nn.Module):
+    """x0 = theta * u / sqrt(abar_t): linear shrinkage of the unscaled measurement view."""
+
+    def __init__(self, theta: float):
+        super().__init__()
+        self.theta = theta
+
+    def forward(self, u, t):
+        scale = SCH.alpha_bar(t).sqrt().to(torch.float32).view(-1, *([1] * (u.dim() - 1)))
+        return self.theta * u / scale
+
+
+def _multicoil(batch, coils=2, h=8, w=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(1, coils, h, w, dtype=torch.complex64, generator=g)
+    maps = maps / maps.abs().square().sum(1, keepdim=True).sqrt()
+    mask = (torch.rand(1, 1, 1, w, generator=g) < 0.5).float()
+    mask[..., w // 2 - 1 : w // 2 + 1] = 1
+    x = torch.randn(1, h, w, dtype=torch.complex64, generator=g)
+    return MultiCoilMRI(maps, mask), x
+
+
+def _sure_check(loss_fn, denoiser, op, clean, batch, seed):
+    """Mean SURE vs the true MSE ||y1 - S z||^2 / m over `batch` independent draws."""
+    g = torch.Generator().manual_seed(seed)
+    clean = clean.expand(batch, *clean.shape[1:])
+    y = clean + loss_fn.rho * op.apply_mask(gaussian_like(clean, g))
+    with torch.no_grad():
+        sure, y1 = loss_fn.sure(denoiser, y, op, g)
+    m = measured_dof(op, y)
+    true = (y1 - clean).abs().square().reshape(batch, -1).sum(1) / m
+    diff = sure - true
+    se = diff.std() / math.sqrt(batch)
+    naive = (y1 - y).abs().square().reshape(batch, -1).sum(1) / m - loss_fn.rho**2  # no divergence term
+    return float(sure.mean()), float(true.mean()), float(diff.mean()), float(se), float((naive - true).mean())
+
+
+@pytest.mark.parametrize("denoiser", [LinearDenoiser(), SmoothDenoiser()], ids=["linear", "smooth"])
+def test_sure_is_honest_on_real_pixel_masks(denoiser):
+    # natural-image setting: T = I, Bernoulli pixel mask, real data, rho per pixel
+    g = torch.Generator().manual_seed(1)
+    clean_img = torch.rand(1, 3, 16, 16, generator=g)
+    mask = (torch.rand(1, 1, 16, 16, generator=g) < 0.4).float()
+    op = PixelMask(mask)
+    loss_fn = MSMLoss(SCH, rho=0.1)
+    mean_sure, mean_true, bias, se, naive_bias = _sure_check(loss_fn, denoiser, op, op(clean_img), 4000, 2)
+    print(f"real: SURE {mean_sure:.6f} true {mean_true:.6f} diff {bias:.2e} se {se:.2e} naive {naive_bias:.2e}")
+    assert abs(bias) < 3 * se
+    # the check has power: dropping the divergence term is off by many standard errors
+    assert abs(naive_bias) > 10 * se
+
+
+def test_sure_is_honest_on_complex_multicoil_kspace():
+    # MRI setting: complex k-space, rho per real component, m counts real dof
+    op, x = _multicoil(1)
+    loss_fn = MSMLoss(SCH, rho=0.1)
+    mean_sure, mean_true, bias, se, naive_bias = _sure_check(loss_fn, LinearDenoiser(), op, op(x), 4000, 3)
+    print(f"complex: SURE {mean_sure:.6f} true {mean_true:.6f} diff {bias:.2e} se {se:.2e} naive {naive_bias:.2e}")
+    assert abs(bias) < 3 * se
+    assert abs(naive_bias) > 10 * se
+
+
+def test_sure_estimate_formula_on_a_hand_example():
+    y = torch.tensor([[1.0, 2.0]])
+    y1 = torch.tensor([[0.5, 1.5]])
+    y2 = torch.tensor([[0.6, 1.5]])
+    probe = torch.tensor([[1.0, -1.0]])
+    m = torch.tensor([2.0])
+    # ||y1 - y||^2 / m = 0.25; div = <probe, y2 - y1> / (tau m) = 0.1 / (0.1 * 2) = 0.5
+    out = sure_estimate(y, y1, y2, probe, rho=0.5, tau=0.1, m=m)
+    assert torch.allclose(out, torch.tensor([0.25 - 0.25 + 2 * 0.25 * 0.5]))
+
+
+def test_measured_dof_counts_real_degrees_of_freedom():
+    op, _ = _multicoil(1, coils=3, h=4, w=8)
+    y = torch.zeros(2, 3, 4, 8, dtype=torch.complex64)
+    cols = int(op.mask.sum())
+    assert measured_dof(op, y).tolist() == [2.0 * 3 * 4 * cols] * 2
+    pm = PixelMask(torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]]))
+    assert measured_dof(pm, torch.zeros(1, 3, 2, 2)).tolist() == [9.0]
+    assert measured_dof(Identity(), torch.zeros(1, 3, 2, 2)).tolist() == [12.0]
+
+
+def test_noiseless_loss_is_zero_for_the_oracle_and_ignores_unmeasured_entries():
+    op, x = _multicoil(2)
+    y = op(x).expand(2, -1, -1, -1).clone()
+
+    class Oracle(torch.nn.Module):
+        def forward(self, u, t):
+            return x.expand(u.shape[0], -1, -1)
+
+    loss_fn = MSMLoss(SCH, rho=0.0)
+    loss, logs = loss_fn(Oracle(), y, op, torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-10 and set(logs) == {"loss", "consistency", "t_mean"}
+
+    class Zero(torch.nn.Module):
+        def forward(self, u, t):
+            return torch.zeros_like(u)
+
+    loss0, _ = loss_fn(Zero(), y, op, torch.Generator().manual_seed(0))
+    expected = (y.abs().square().sum() / measured_dof(op, y).sum()).item()
+    assert abs(loss0.item() - expected) < 1e-5 * expected
+    # junk outside the mask changes nothing
+    junk = y + (1 - op.mask) * 100.0
+    loss_junk, _ = loss_fn(Zero(), junk, op, torch.Generator().manual_seed(0))
+    assert abs(loss_junk.item() - loss0.item()) < 1e-6 * expected
+
+
+def _parabola_argmin(f, thetas=(0.0, 0.5, 1.0)):
+    a, b, c = thetas
+    fa, fb, fc = (f(th) for th in thetas)
+    # vertex of the parabola through three points (the loss is exactly quadratic in theta)
+    num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+    den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+    return b - 0.5 * num / den
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3])
+def test_consistency_term_is_minimised_by_the_clean_denoiser(rho):
+    # y = s + rho e with s ~ N(0, 1) iid; at level sigma_t the clean MMSE shrink of the
+    # noisy view is 1 / (1 + sigma_t^2). Regressing on the noisy data directly would give
+    # (1 + rho^2) / (1 + sigma_t^2) instead; the partial step to level rho removes that bias.
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(64, 1, 32, 32, generator=g)
+    mask = (torch.rand(64, 1, 32, 32, generator=g) < 0.5).float()
+    op = PixelMask(mask)
+    y = op(s + rho * torch.randn(s.shape, generator=g))
+    t = torch.full((64,), 200, dtype=torch.int64)
+    sigma = float(SCH.sigma(200))
+    loss_fn = MSMLoss(SCH, rho=rho, lambda_sure=0.0)
+
+    def loss_at(theta):
+        return loss_fn(ShrinkDenoiser(theta), y, op, torch.Generator().manual_seed(9), t=t)[0].item()
+
+    theta_star = _parabola_argmin(loss_at)
+    clean = 1.0 / (1.0 + sigma**2)
+    print(f"rho={rho} sigma_t={sigma:.3f}: argmin {theta_star:.4f} clean {clean:.4f} noisy {(1 + rho**2) * clean:.4f}")
+    assert abs(theta_star - clean) < 0.02
+    if rho > 0:
+        assert abs(theta_star - (1 + rho**2) * clean) > 0.05
+
+
+def _tiny_denoiser(seed=0):
+    torch.manual_seed(seed)
+    net = UNet(2, 2, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+               attention_resolutions=(), num_head_channels=16, image_size=16)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0 and p.dim() > 1:
+                p.normal_(0, 0.05)
+    return MSMDenoiser(net, SCH)
+
+
+@pytest.mark.parametrize("rho,t", [(0.0, None), (0.1, [500, 300]), (0.1, [0, 5])])
+def test_loss_backpropagates_to_the_network_and_is_seeded(rho, t):
+    den = _tiny_denoiser()
+    op, x = _multicoil(2, coils=2, h=16, w=16)
+    y = op(x).expand(2, -1, -1, -1).clone()
+    loss_fn = MSMLoss(SCH, rho=rho)
+    t = None if t is None else torch.tensor(t)
+    loss, logs = loss_fn(den, y, op, torch.Generator().manual_seed(3), t=t)
+    loss.backward()
+    grads = [p.grad for p in den.parameters()]
+    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
+    assert sum(float(gr.abs().sum()) for gr in grads) > 0
+    again, _ = loss_fn(den, y, op, torch.Generator().manual_seed(3), t=t)
+    assert again.item() == loss.item()
+    other, _ = loss_fn(den, y, op, torch.Generator().manual_seed(4), t=t)
+    assert other.item() != loss.item()
+    if rho > 0:
+        assert {"sure", "low_noise_fraction"} <= set(logs)
+        assert logs["low_noise_fraction"] == (1.0 if t is not None and max(t.tolist()) <= 25 else 0.0)
+
+
+def test_pseudo_clean_reference_is_detached_unless_asked():
+    op, x = _multicoil(2)
+    y = op(x).expand(2, -1, -1, -1).clone()
+    t_low = torch.tensor([0, 5])
+
+    class Scalar(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.theta = torch.nn.Parameter(torch.tensor(0.8))
+
+        def forward(self, u, t):
+            return self.theta * u
+
+    grads = []
+    for reference_grad in (False, True):
+        den = Scalar()
+        loss_fn = MSMLoss(SCH, rho=0.1, lambda_sure=0.0, reference_grad=reference_grad)
+        loss, logs = loss_fn(den, y, op, torch.Generator().manual_seed(0), t=t_low)
+        assert logs["low_noise_fraction"] == 1.0
+        loss.backward()
+        grads.append(float(den.theta.grad))
+    assert grads[0] != pytest.approx(grads[1], rel=1e-3)
+
+
+def test_loss_validates_arguments():
+    with pytest.raises(ValueError):
+        MSMLoss(SCH, rho=-0.1)
+    with pytest.raises(ValueError):
+        MSMLoss(SCH, weighting="nope")
+    assert MSMLoss(SCH, rho=0.1).t_rho == 25
+    lf = MSMLoss(SCH, weighting="snr")
+    assert torch.allclose(lf.weight(torch.tensor([0])), 1 / SCH.sigma(torch.tensor([0])) ** 2)
+
+
+# -- the denoiser's scaling and preconditioning ----------------------------------------
+
+
+class ConstBackbone(torch.nn.Module):
+    """Returns a fixed value everywhere; records its input scale."""
+
+    def __init__(self, value=0.3):
+        super().__init__()
+        self.value = value
+        self.inputs = []
+
+    def forward(self, h, t):
+        self.inputs.append(h.detach())
+        return torch.full_like(h, self.value)
+
+
+def test_denoiser_divides_out_the_vp_factor_and_keeps_the_kind():
+    den = MSMDenoiser(ConstBackbone(), SCH, sigma_data=0.5)
+    v = torch.randn(3, 8, 8, dtype=torch.complex64)
+    t = torch.tensor([0, 300, 999])
+    abar = SCH.alpha_bar(t).to(torch.float32).view(-1, 1, 1)
+    sigma = SCH.sigma(t).to(torch.float32).view(-1, 1, 1)
+    x0 = den(abar.sqrt() * v, t)  # u_t = sqrt(abar) v
+    assert x0.shape == v.shape and x0.dtype == torch.complex64
+    c_skip = 0.25 / (sigma**2 + 0.25)
+    c_out = sigma * 0.5 / torch.sqrt(sigma**2 + 0.25)
+    expected = c_skip * v + c_out * torch.complex(torch.tensor(0.3), torch.tensor(0.3))
+    assert torch.allclose(x0, expected, atol=1e-5)
+    # the backbone saw c_in * v as (B, 2, H, W) float32
+    seen = den.backbone.inputs[-1]
+    assert seen.shape == (3, 2, 8, 8) and seen.dtype == torch.float32
+    assert torch.allclose(seen[:, 0], (v.real / torch.sqrt(sigma**2 + 0.25)), atol=1e-5)
+    # real images stay real; eps prediction: x0 = x - sigma * F
+    eps_den = MSMDenoiser(ConstBackbone(0.3), SCH, prediction="eps")
+    r = torch.randn(2, 3, 8, 8)
+    t2 = torch.tensor([10, 500])
+    s2 = SCH.sigma(t2).to(torch.float32).view(-1, 1, 1, 1)
+    a2 = SCH.alpha_bar(t2).to(torch.float32).view(-1, 1, 1, 1)
+    out = eps_den(a2.sqrt() * r, t2)
+    assert out.dtype == torch.float32 and torch.allclose(out, r - s2 * 0.3, atol=1e-5)
+    with pytest.raises(ValueError):
+        MSMDenoiser(ConstBackbone(), SCH, prediction="v")
+
+
+def test_fresh_unet_denoiser_passes_the_input_through_at_low_noise():
+    den = _tiny_denoiser()
+    for p in den.backbone.out.parameters():
+        torch.nn.init.zeros_(p)  # a fresh (zero-output) network
+    u = torch.randn(2, 16, 16, dtype=torch.complex64)
+    t = torch.tensor([0, 0])
+    x0 = den(u, t)
+    c_skip = 0.25 / (float(SCH.sigma(0)) ** 2 + 0.25)
+    assert torch.allclose(x0, u / float(SCH.alpha_bar(0)) ** 0.5 * c_skip, atol=1e-5)
