@@ -51,6 +51,7 @@ from cli import train_cmd; train_cmd.register(app)  # noqa: E402,E702
 from cli import sample_cmd; sample_cmd.register(app)  # noqa: E402,E702
 from cli import recon_cmd; recon_cmd.register(app)  # noqa: E402,E702
 from cli import prep_cmd; prep_cmd.register(app)  # noqa: E402,E702
+from cli import restore_cmd; restore_cmd.register(app)  # noqa: E402,E702
 
 
 def main(argv: Optional[list] = None) -> int:

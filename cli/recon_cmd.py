@@ -1,8 +1,16 @@
-"""``mrimsm recon``: reconstruct an accelerated (or retrospectively undersampled) scan.
+"""``mrimsm recon``: reconstruct an accelerated (or retrospectively undersampled) scan,
+or a directory of them.
 
-Thin layer over :func:`mrimsm.recon.reconstruct_file`: parses options, shows
-tqdm progress, prints the metrics table. Library imports happen inside the
-command so ``mrimsm --help`` stays fast.
+Thin layer over :func:`mrimsm.recon.reconstruct_file` and
+:func:`mrimsm.recon.reconstruct_directory`: parses options, shows tqdm progress,
+prints the metrics table (one file) or a line per file and a summary (directory).
+Numeric options are taken as text and parsed by :func:`mrimsm.recon.parse_options`,
+so a bad value is a one-line ``error:``. Library imports happen inside the command
+so ``mrimsm --help`` stays fast.
+
+Under ``torchrun --nproc_per_node N`` a directory's files are split across the
+ranks (each on its own GPU when CUDA is present); a single input file is done by
+rank 0 alone.
 """
 
 from __future__ import annotations
@@ -13,10 +21,25 @@ from typing import List, Optional
 import typer
 
 
-def _tqdm_progress(desc: str, total: int):
+def _progress(enabled: bool):
+    """``progress(desc, total)`` -> a tqdm bar (slices, steps or files), or ``None``."""
+    if not enabled:
+        return None
+
+    def make(desc: str, total: int):
+        from tqdm import tqdm
+
+        unit = "file" if desc == "files" else ("step" if desc.endswith(" steps") else "slice")
+        return tqdm(desc=f"{desc:<12}", total=total, unit=unit, leave=desc == "files")
+
+    return make
+
+
+def _echo_line(text: str) -> None:
+    """Print a line without breaking the progress bars."""
     from tqdm import tqdm
 
-    return tqdm(desc=f"{desc:<12}", total=total, unit="slice", leave=False)
+    tqdm.write(text)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,61 +47,139 @@ def register(app: typer.Typer) -> None:
 
     @app.command("recon")
     def recon(
-        input: Path = typer.Argument(..., help="fastMRI multi-coil .h5 file (fully sampled or with its own mask)."),
+        input: Path = typer.Argument(
+            ...,
+            help="fastMRI multi-coil .h5 file (fully sampled or with its own mask), or a directory of them.",
+        ),
         accel: Optional[str] = typer.Option(
             None, "--accel", "-R", metavar="R",
             help="Acceleration for retrospective undersampling of a fully sampled file (e.g. 4, 6, 8).",
         ),
         output: Optional[Path] = typer.Option(
-            None, "--output", "-o", help="Output .h5 (one method) or directory (several). Default: current dir."
+            None, "--output", "-o",
+            help="Output .h5 (one method) or directory (several). Directory input: the output directory, "
+            "files named as the inputs (one method) or under one sub-directory per method.",
         ),
         method: Optional[List[str]] = typer.Option(
             None, "--method", "-m", metavar="NAME",
-            help="zero-filled | cs | any registered method (repeat for several; default: msm if installed, else cs).",
+            help="zero-filled | cs | msm | ssdu (repeat for several; default: msm if installed, else cs).",
         ),
         png: Optional[Path] = typer.Option(None, "--png", help="Write per-slice PNG figures into this directory."),
-        seed: int = typer.Option(0, "--seed", help="Base seed of the masks (and of random methods)."),
-        center_fraction: Optional[float] = typer.Option(
-            None, "--center-fraction", help="Fully sampled centre fraction (default: fastMRI's, >= 8 columns)."
+        seed: Optional[str] = typer.Option(
+            None, "--seed", metavar="INT", help="Base seed of the masks and of random methods (default 0)."
         ),
-        cs_lambda: Optional[float] = typer.Option(None, "--cs-lambda", help="L1-wavelet weight for cs (images at max 1)."),
-        cs_iters: Optional[int] = typer.Option(None, "--cs-iters", help="FISTA iterations for cs."),
+        center_fraction: Optional[str] = typer.Option(
+            None, "--center-fraction", metavar="F",
+            help="Fully sampled centre fraction (default: fastMRI's, >= 8 columns).",
+        ),
+        cs_lambda: Optional[str] = typer.Option(
+            None, "--cs-lambda", metavar="L", help="L1-wavelet weight for cs (images at max 1)."
+        ),
+        cs_iters: Optional[str] = typer.Option(None, "--cs-iters", metavar="N", help="FISTA iterations for cs."),
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="MSM checkpoint (default: the shipped model)."
         ),
-        ssdu_checkpoint: Optional[Path] = typer.Option(None, "--ssdu-checkpoint", help="SSDU checkpoint."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="msm: reverse diffusion steps (default 200)."),
-        w: Optional[int] = typer.Option(None, "--w", help="msm: masks per step (default 3)."),
-        samples: Optional[int] = typer.Option(
-            None, "--samples", help="msm: posterior samples per slice; > 1 also writes an uncertainty map."
+        ssdu_checkpoint: Optional[Path] = typer.Option(
+            None, "--ssdu-checkpoint", help="SSDU checkpoint (default: the shipped model)."
         ),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (learned methods)."),
+        settings: Optional[Path] = typer.Option(
+            None, "--settings", metavar="YAML",
+            help="msm: posterior settings file (default configs/recon_csmri.yaml); flags below override it.",
+        ),
+        steps: Optional[str] = typer.Option(
+            None, "--steps", metavar="N", help="msm: reverse diffusion steps (default 200)."
+        ),
+        w: Optional[str] = typer.Option(None, "--w", metavar="N", help="msm: masks per step (default 3)."),
+        eta: Optional[str] = typer.Option(None, "--eta", metavar="E", help="msm: DDIM stochasticity in [0, 1] (0.85)."),
+        dc_step: Optional[str] = typer.Option(
+            None, "--dc-step", metavar="G",
+            help="msm: data-consistency step in [0, 2] (1 = replace measured k-space by y).",
+        ),
+        samples: Optional[str] = typer.Option(
+            None, "--samples", metavar="K",
+            help="msm: posterior samples per slice; > 1 also writes an uncertainty map.",
+        ),
+        batch_slices: Optional[str] = typer.Option(
+            None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."
+        ),
+        device: Optional[str] = typer.Option(
+            None, "--device", help="cpu, cuda or cuda:N for the learned methods (default: cuda if present)."
+        ),
+        threads: Optional[str] = typer.Option(
+            None, "--threads", metavar="N",
+            help="torch CPU threads (1 is fastest on a busy shared CPU; default: torch's choice).",
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Directory input: redo files whose outputs already exist."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
-        """Reconstruct INPUT, write fastMRI-layout output, print PSNR / SSIM / NMSE."""
-        from mrimsm.recon import format_table, reconstruct_file
+        """Reconstruct INPUT (a file or a directory), write fastMRI-layout output, print PSNR / SSIM / NMSE."""
+        from mrimsm import recon as lib
 
-        report = reconstruct_file(
-            input,
-            output,
-            methods=method or None,
-            accel=accel,
-            seed=seed,
-            options={
+        opts = lib.parse_options(
+            {
+                "seed": seed,
+                "center_fraction": center_fraction,
                 "cs_lambda": cs_lambda,
                 "cs_iters": cs_iters,
                 "checkpoint": checkpoint,
                 "ssdu_checkpoint": ssdu_checkpoint,
+                "settings": settings,
                 "steps": steps,
                 "w": w,
+                "eta": eta,
+                "dc_step": dc_step,
                 "samples": samples,
+                "batch_slices": batch_slices,
                 "device": device,
-            },
-            png_dir=png,
-            center_fraction=center_fraction,
-            progress=_tqdm_progress,
+            }
         )
-        typer.echo(format_table(report.results, report.volume))
-        for name, path in report.outputs.items():
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(int(lib.parse_number(threads, "--threads", int, 1)))
+        base_seed = opts.pop("seed")
+        base_seed = 0 if base_seed is None else base_seed
+        cf = opts.pop("center_fraction")
+        rank, world, _ = lib.rank_info()
+
+        if input.is_dir():
+            report = lib.reconstruct_directory(
+                input,
+                output,
+                methods=method or None,
+                accel=accel,
+                seed=base_seed,
+                options=opts,
+                png_dir=png,
+                center_fraction=cf,
+                progress=_progress(not quiet and rank == 0),
+                overwrite=overwrite,
+                on_file=lambda o: _echo_line(f"[rank {rank}] {lib.format_outcome(o)}" if world > 1
+                                             else lib.format_outcome(o)),
+            )
+            typer.echo(lib.format_directory_summary(report))
+            if report.failed:
+                raise typer.Exit(1)
+            return
+
+        if world > 1 and rank != 0:
+            typer.echo(f"rank {rank}: one input file; rank 0 reconstructs it")
+            return
+        report = lib.reconstruct_file(
+            input,
+            output,
+            methods=method or None,
+            accel=accel,
+            seed=base_seed,
+            options=opts,
+            png_dir=png,
+            center_fraction=cf,
+            progress=_progress(not quiet),
+        )
+        typer.echo(lib.format_table(report.results, report.volume))
+        for path in report.outputs.values():
             typer.echo(f"wrote {path}")
         if report.pngs:
             typer.echo(f"wrote {len(report.pngs)} PNG files to {png}")

@@ -12,6 +12,10 @@ Pipeline for one fastMRI multi-coil file (:func:`reconstruct_file`)::
     -> crop columns, magnitude            (S, h, w) on the reference's intensity scale
     -> metrics, output, PNGs              fastMRI layout, written atomically, never onto the input
 
+A directory of files (:func:`reconstruct_directory`) runs the same pipeline per file with the
+methods built once, skips files already done, reports and skips bad files, and splits the
+files across ``torchrun`` ranks (rank ``r`` of ``N`` takes files ``r, r + N, ...``).
+
 **Adding a method.** A method is a callable ``method(batch: SliceBatch) -> MethodOutput``
 built by a factory ``factory(options: Mapping[str, Any]) -> method`` (``options``: the
 command's options, e.g. ``device``, ``seed``, ``cs_lambda``, ``checkpoint``; a factory
@@ -67,6 +71,19 @@ __all__ = [
     "plan_outputs",
     "reconstruct_file",
     "format_table",
+    "NUMERIC_OPTIONS",
+    "parse_number",
+    "parse_options",
+    "resolve_device",
+    "list_inputs",
+    "rank_info",
+    "files_for_rank",
+    "directory_outputs",
+    "FileOutcome",
+    "DirectoryReport",
+    "reconstruct_directory",
+    "format_outcome",
+    "format_directory_summary",
 ]
 
 # -- the method interface ------------------------------------------------------
@@ -149,6 +166,7 @@ _REGISTRY: dict[str, MethodSpec] = {}
 PLUGIN_MODULES: tuple[str, ...] = ("mrimsm.diffusion.posterior", "mrimsm.baselines.ssdu")
 _plugins_loaded = False
 _plugin_errors: dict[str, str] = {}
+_plugin_specs: dict[str, MethodSpec] = {}
 
 
 def register_method(
@@ -172,19 +190,26 @@ def register_method(
 
 def _load_plugins() -> None:
     """Import :data:`PLUGIN_MODULES` once. A module that does not exist is skipped; one
-    that fails to import is remembered and named when its method is asked for."""
+    that fails to import is remembered and named when its method is asked for.
+
+    The methods the plugins registered are remembered too and put back if the registry
+    object was replaced since (tests swap in a copy of it; a module registers only when
+    it is first imported, so it would not register again)."""
     global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        before = dict(_REGISTRY)
+        for module in PLUGIN_MODULES:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name is None or not module.startswith(exc.name):
+                    _plugin_errors[module] = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a broken plugin must not break the other methods
                 _plugin_errors[module] = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # a broken plugin must not break the other methods
-            _plugin_errors[module] = f"{type(exc).__name__}: {exc}"
+        _plugin_specs.update({k: v for k, v in _REGISTRY.items() if before.get(k) is not v})
+    for name, spec in _plugin_specs.items():
+        _REGISTRY.setdefault(name, spec)
 
 
 def available_methods() -> list[str]:
@@ -264,6 +289,59 @@ def parse_accel(value: Any) -> float:
     return accel
 
 
+#: Numeric options of ``mrimsm recon``: ``key -> (flag, type, low, high, low_open)``
+#: (``None`` = unbounded). The command takes them as text and calls
+#: :func:`parse_options`, so a bad value is a one-line error, never a usage block.
+#: Ranges that depend on a method (``eta``, ``dc_step``) are left to its factory.
+NUMERIC_OPTIONS: dict[str, tuple] = {
+    "seed": ("--seed", int, 0, None, False),
+    "center_fraction": ("--center-fraction", float, 0.0, 1.0, True),
+    "cs_lambda": ("--cs-lambda", float, 0.0, None, False),
+    "cs_iters": ("--cs-iters", int, 1, None, False),
+    "steps": ("--steps", int, 1, None, False),
+    "w": ("--w", int, 1, None, False),
+    "samples": ("--samples", int, 1, None, False),
+    "eta": ("--eta", float, None, None, False),
+    "dc_step": ("--dc-step", float, None, None, False),
+    "batch_slices": ("--batch-slices", int, 1, None, False),
+}
+
+
+def parse_number(value: Any, flag: str, kind: type = float, low: Optional[float] = None,
+                 high: Optional[float] = None, low_open: bool = False) -> Union[int, float]:
+    """``"6"`` -> ``6`` (``kind=int``) or ``6.0``: a finite number in ``[low, high]``
+    (``(low, high]`` with ``low_open``); MrimsmError naming ``flag`` otherwise."""
+    what = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        what += f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+    elif low is not None:
+        what += f" {'>' if low_open else '>='} {low:g}"
+    try:
+        if kind is int:
+            text = str(value).strip()
+            number: Union[int, float] = int(text)
+        else:
+            number = float(value)
+    except (TypeError, ValueError):
+        raise MrimsmError(f"{flag} must be {what}, got {value!r}") from None
+    bad_low = low is not None and (number <= low if low_open else number < low)
+    if not math.isfinite(number) or bad_low or (high is not None and number > high):
+        raise MrimsmError(f"{flag} must be {what}, got {value!r}")
+    return number
+
+
+def parse_options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The command's options with numeric text parsed (see :data:`NUMERIC_OPTIONS`).
+
+    ``None`` stays ``None`` (not given); other keys pass through unchanged.
+    """
+    out = dict(raw)
+    for key, (flag, kind, low, high, low_open) in NUMERIC_OPTIONS.items():
+        if out.get(key) is not None:
+            out[key] = parse_number(out[key], flag, kind, low, high, low_open)
+    return out
+
+
 def _shift_fft_1d(x: np.ndarray, axis: int, inverse: bool) -> np.ndarray:
     x = np.fft.ifftshift(x, axes=axis)
     x = (np.fft.ifft if inverse else np.fft.fft)(x, axis=axis, norm="ortho")
@@ -290,30 +368,18 @@ def crop_readout(kspace: np.ndarray, height: int) -> np.ndarray:
 
 
 def volume_scale(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray) -> float:
-    """``max |A^H y|`` over the volume: the divisor that makes the zero-filled SENSE
-    image peak at 1 (the normalization MSM/SSDU training data has; DECISIONS.md #1).
-
-    Uses the shared estimator ``mrimsm.data.normalization.volume_scale`` (the one
-    prep-fastmri uses) when that module exists, else computes it here.
+    """The divisor that scales a volume as the training data was scaled: the peak
+    of the ACS-only root-sum-of-squares image (:func:`mrimsm.data.normalization.volume_peak`,
+    the estimator prep-fastmri uses), so that learned methods see images peaking near 1.
 
     Args:
         kspace: ``(S, C, H, W)`` complex64 masked k-space.
         mask: ``(S, W)`` bool.
-        maps: ``(S, C, H, W)`` complex64.
+        maps: ``(S, C, H, W)`` complex64 (unused; kept for a stable signature).
     """
-    try:
-        from mrimsm.data.normalization import volume_scale as shared
-    except ModuleNotFoundError as exc:
-        if exc.name != "mrimsm.data.normalization":
-            raise
-        shared = None
-    masked = kspace * np.asarray(mask)[:, None, None, :]
-    if shared is not None:
-        peak = float(shared(masked, maps))
-    else:
-        from mrimsm.baselines.classical import zero_filled
+    from mrimsm.data.normalization import volume_peak
 
-        peak = float(zero_filled(masked, mask, maps).abs().max())
+    peak = volume_peak(kspace, np.asarray(mask).reshape(len(kspace), -1))
     return peak if peak > 0 and math.isfinite(peak) else 1.0
 
 
@@ -563,7 +629,11 @@ def run_method(
     method: Optional[ReconMethod] = None,
 ) -> MethodResult:
     """Reconstruct every slice of ``volume`` with the registered method ``name``
-    (``method``: an already built instance, else built from ``options``)."""
+    (``method``: an already built instance, else built from ``options``).
+
+    Slices go to the method ``options["batch_slices"]`` at a time if given, else the
+    method's own ``batch_slices`` attribute if it has one, else the registered number.
+    """
     from mrimsm.data.fastmri_io import crop_to_reconstruction
     from mrimsm.metrics import all_metrics
     from mrimsm.physics.masks import column_mask_tensor, seed_for
@@ -571,13 +641,14 @@ def run_method(
     spec = get_method(name)
     if method is None:
         method = spec.build(dict(options or {}))
+    per_batch = int((options or {}).get("batch_slices") or getattr(method, "batch_slices", None) or spec.batch_slices)
     scale = volume.scale if spec.needs_normalization else 1.0
     n = volume.kspace.shape[0]
     images, stds, info = [], [], {}
     elapsed = 0.0
     with _bar(progress, name, n) as bar:
-        for start in range(0, n, spec.batch_slices):
-            sl = slice(start, min(n, start + spec.batch_slices))
+        for start in range(0, n, per_batch):
+            sl = slice(start, min(n, start + per_batch))
             idx = volume.slices[sl]
             batch = SliceBatch(
                 kspace=torch.from_numpy(volume.kspace[sl] / np.float32(scale)),
@@ -763,26 +834,319 @@ def reconstruct_file(
         progress: ``progress(desc, total)`` -> context manager with ``update(n)``.
     """
     names = list(dict.fromkeys(methods or [default_method()]))
-    specs = [get_method(m) for m in names]
     accel_value = parse_accel(accel) if accel is not None else None
     if not Path(input_path).exists():
         raise MrimsmError(f"no such file: {input_path}")
     outputs = plan_outputs(input_path, output, names)
+    opts, built = _build_methods(names, options, seed)  # bad options fail before the heavy work
+    return _reconstruct_one(
+        input_path, outputs, built, accel_value, seed, opts, png_dir, center_fraction, maps_fn, progress
+    )
+
+
+def _build_methods(
+    names: Sequence[str], options: Optional[Mapping[str, Any]], seed: int, local_rank: int = 0
+) -> tuple[dict, dict[str, ReconMethod]]:
+    """Options with ``seed`` and the resolved ``device``, and each method built once."""
+    specs = [get_method(m) for m in names]
     opts = dict(options or {})
     opts.setdefault("seed", seed)
-    built = [spec.build(opts) for spec in specs]  # bad options fail before the heavy work
+    opts["device"] = resolve_device(opts.get("device"), local_rank)
+    return opts, {spec.name: spec.build(opts) for spec in specs}
 
+
+def _reconstruct_one(
+    input_path: Union[str, os.PathLike],
+    outputs: Mapping[str, Path],
+    built: Mapping[str, ReconMethod],
+    accel: Optional[float],
+    seed: int,
+    opts: Mapping[str, Any],
+    png_dir: Optional[Union[str, os.PathLike]],
+    center_fraction: Optional[float],
+    maps_fn: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    progress: Optional[Progress],
+) -> ReconReport:
+    """Prepare one file, run the ``built`` methods, write ``outputs`` (and PNGs)."""
     volume = prepare_volume(
-        input_path, accel_value, seed, center_fraction=center_fraction, maps_fn=maps_fn, progress=progress
+        input_path, accel, seed, center_fraction=center_fraction, maps_fn=maps_fn, progress=progress
     )
-    results = [run_method(volume, m, opts, progress, method=b) for m, b in zip(names, built)]
+    results = [run_method(volume, m, opts, progress, method=b) for m, b in built.items()]
     for res in results:
         write_result(volume, res, outputs[res.method])
     pngs: list[Path] = []
     if png_dir is not None:
         for res in results:
             pngs += save_pngs(volume, res, png_dir)
-    return ReconReport(volume, results, outputs, pngs)
+    return ReconReport(volume, results, dict(outputs), pngs)
+
+
+def resolve_device(requested: Optional[str], local_rank: int = 0) -> str:
+    """The torch device for the learned methods.
+
+    ``None``: CUDA when present, else the CPU. ``"cuda"``: GPU ``local_rank`` (modulo the
+    GPU count), so each ``torchrun`` process takes its own GPU. ``"cuda:k"`` and ``"cpu"``
+    stay as they are. MrimsmError for anything else or CUDA without a GPU.
+    """
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    requested = str(requested).strip()
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise MrimsmError(f"--device {requested} asked for, but no CUDA device is available")
+        if requested == "cuda":
+            return f"cuda:{local_rank % torch.cuda.device_count()}"
+        index = requested.partition(":")[2]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise MrimsmError(f"--device {requested}: no such GPU ({torch.cuda.device_count()} present)")
+        return requested
+    raise MrimsmError(f"--device must be cpu, cuda or cuda:N, got {requested!r}")
+
+
+# -- many files: a directory, split across torchrun ranks ----------------------------
+
+
+def list_inputs(directory: Union[str, os.PathLike]) -> list[Path]:
+    """The ``*.h5`` files directly inside ``directory``, sorted by name (hidden files,
+    e.g. unfinished atomic writes, skipped)."""
+    d = Path(directory)
+    return sorted(p for p in d.iterdir() if p.suffix == ".h5" and not p.name.startswith(".") and p.is_file())
+
+
+def rank_info(environ: Optional[Mapping[str, str]] = None) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's variables ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK`` (``(0, 1, 0)`` when run alone)."""
+    env = os.environ if environ is None else environ
+    values = []
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        text = env.get(key, default)
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise MrimsmError(f"environment variable {key}={text!r} is not an integer") from None
+    rank, world, local = values
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise MrimsmError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
+    return rank, world, local
+
+
+def files_for_rank(files: Sequence[Path], rank: int, world_size: int) -> list[Path]:
+    """Rank ``r`` of ``N`` takes files ``r, r + N, r + 2N, ...`` (no communication needed)."""
+    return list(files[rank::world_size])
+
+
+def directory_outputs(input_file: Path, output_dir: Path, methods: Sequence[str]) -> dict[str, Path]:
+    """Where a file of a directory run goes, in fastMRI's layout (same file name as
+    the input): ``output_dir/<name>`` for one method, ``output_dir/<method>/<name>``
+    for several."""
+    if len(methods) == 1:
+        return {methods[0]: output_dir / input_file.name}
+    return {m: output_dir / m / input_file.name for m in methods}
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one file of a directory run.
+
+    Attributes:
+        path: the input file.
+        status: ``"done"``, ``"skipped"`` (every output already there) or ``"failed"``.
+        outputs: method -> output path (written or found).
+        message: why it failed (one line), or what was skipped.
+        num_slices: slices reconstructed (0 unless done).
+        metrics: method -> :func:`mrimsm.metrics.all_metrics` (when the file has a reference).
+        seconds_per_slice: method -> its wall time per slice.
+        seconds: wall time of the whole file (coil maps included).
+    """
+
+    path: Path
+    status: str
+    outputs: dict
+    message: str = ""
+    num_slices: int = 0
+    metrics: dict = field(default_factory=dict)
+    seconds_per_slice: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class DirectoryReport:
+    """What :func:`reconstruct_directory` did on this rank."""
+
+    input_dir: Path
+    output_dir: Path
+    methods: list
+    rank: int
+    world_size: int
+    num_files: int
+    outcomes: list
+
+    def with_status(self, status: str) -> list:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def failed(self) -> list:
+        return self.with_status("failed")
+
+
+def reconstruct_directory(
+    input_dir: Union[str, os.PathLike],
+    output_dir: Optional[Union[str, os.PathLike]],
+    methods: Optional[Sequence[str]] = None,
+    accel: Optional[Any] = None,
+    seed: int = 0,
+    *,
+    options: Optional[Mapping[str, Any]] = None,
+    png_dir: Optional[Union[str, os.PathLike]] = None,
+    center_fraction: Optional[float] = None,
+    maps_fn: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
+    progress: Optional[Progress] = None,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    local_rank: Optional[int] = None,
+    overwrite: bool = False,
+    on_file: Optional[Callable[[FileOutcome], None]] = None,
+) -> DirectoryReport:
+    """Reconstruct every ``*.h5`` file of ``input_dir`` into ``output_dir``.
+
+    Each file is reconstructed as by :func:`reconstruct_file` (same masks, seeds and
+    outputs' content) into :func:`directory_outputs`. A file whose outputs all exist
+    is skipped (outputs are written atomically, so an existing one is complete);
+    ``overwrite`` redoes them. A file that cannot be reconstructed (corrupt, NaN,
+    wrong size, ...) is reported in its :class:`FileOutcome` and the run goes on.
+    Bad arguments (methods, options, ``accel``, directories) raise MrimsmError before
+    any file is read. Under ``torchrun`` (``rank``/``world_size`` default to
+    :func:`rank_info`) rank ``r`` takes files ``r, r + N, ...`` and, with CUDA, GPU
+    ``local_rank``; no process group is needed.
+
+    Args:
+        input_dir: directory of fastMRI multi-coil files (not searched recursively).
+        output_dir: where the outputs go (created; must not be ``input_dir``).
+        on_file: called with each :class:`FileOutcome` as soon as the file is finished.
+        Others: as :func:`reconstruct_file`.
+    """
+    src = Path(input_dir)
+    if not src.is_dir():
+        raise MrimsmError(f"no such directory: {src}")
+    if output_dir is None:
+        raise MrimsmError("a directory input needs -o OUTPUT_DIR")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise MrimsmError(f"with a directory input, -o must be a directory, got the file {out}")
+    if _same_file(src, out):
+        raise MrimsmError(f"-o {out} is the input directory; choose another")
+    env_rank, env_world, env_local = rank_info()
+    rank = env_rank if rank is None else int(rank)
+    world_size = env_world if world_size is None else int(world_size)
+    local_rank = env_local if local_rank is None else int(local_rank)
+    names = list(dict.fromkeys(methods or [default_method()]))
+    accel_value = parse_accel(accel) if accel is not None else None
+    files = list_inputs(src)
+    if not files:
+        raise MrimsmError(f"no .h5 files in {src}")
+    opts, built = _build_methods(names, options, seed, local_rank)
+
+    mine = files_for_rank(files, rank, world_size)
+    report = DirectoryReport(src, out, names, rank, world_size, len(files), [])
+    with _bar(progress, "files", len(mine)) as bar:
+        for path in mine:
+            outcome = _directory_file(
+                path, out, names, built, accel_value, seed, opts, png_dir, center_fraction, maps_fn, progress,
+                overwrite,
+            )
+            report.outcomes.append(outcome)
+            if on_file is not None:
+                on_file(outcome)
+            bar.update(1)
+    return report
+
+
+def _directory_file(
+    path: Path,
+    out: Path,
+    names: Sequence[str],
+    built: Mapping[str, ReconMethod],
+    accel: Optional[float],
+    seed: int,
+    opts: Mapping[str, Any],
+    png_dir: Optional[Union[str, os.PathLike]],
+    center_fraction: Optional[float],
+    maps_fn: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    progress: Optional[Progress],
+    overwrite: bool,
+) -> FileOutcome:
+    """One file of :func:`reconstruct_directory`, never raising for the file's own problems."""
+    outputs = directory_outputs(path, out, names)
+    todo = [m for m in names if overwrite or not outputs[m].exists()]
+    if not todo:
+        return FileOutcome(path, "skipped", outputs, "outputs already exist")
+    t0 = time.perf_counter()
+    try:
+        rep = _reconstruct_one(
+            path, {m: outputs[m] for m in todo}, {m: built[m] for m in todo}, accel, seed, opts, png_dir,
+            center_fraction, maps_fn, progress,
+        )
+    except MrimsmError as exc:
+        return FileOutcome(path, "failed", outputs, str(exc))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a file no check foresaw
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return FileOutcome(path, "failed", outputs, f"{type(exc).__name__}: {first}")
+    return FileOutcome(
+        path,
+        "done",
+        outputs,
+        "" if len(todo) == len(names) else f"skipped existing: {', '.join(m for m in names if m not in todo)}",
+        num_slices=len(rep.volume.slices),
+        metrics={r.method: r.metrics for r in rep.results if r.metrics is not None},
+        seconds_per_slice={r.method: r.seconds_per_slice for r in rep.results},
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def format_outcome(outcome: FileOutcome) -> str:
+    """One line per file: status, name, and PSNR / SSIM (fastMRI convention) per method."""
+    name = outcome.path.name
+    if outcome.status == "failed":
+        return f"failed  {name}: {outcome.message}"
+    if outcome.status == "skipped":
+        return f"skipped {name}: {outcome.message}"
+    parts = [f"{m} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for m, v in outcome.metrics.items()]
+    tail = f"; {outcome.message}" if outcome.message else ""
+    return f"done    {name}: {outcome.num_slices} slices in {outcome.seconds:.1f} s" + (
+        f"; PSNR / SSIM {', '.join(parts)}" if parts else "") + tail
+
+
+def format_directory_summary(report: DirectoryReport) -> str:
+    """Counts, failures with their reasons, and the mean metrics per method over the
+    files reconstructed on this rank (both conventions, as :func:`format_table`)."""
+    who = f"rank {report.rank} of {report.world_size}: " if report.world_size > 1 else ""
+    n = len(report.outcomes)
+    lines = [
+        f"{who}{n} of {report.num_files} files in {report.input_dir}: {len(report.with_status('done'))} done, "
+        f"{len(report.with_status('skipped'))} skipped (already done), {len(report.failed)} failed"
+    ]
+    lines += [f"  failed {o.path.name}: {o.message}" for o in report.failed]
+    done = report.with_status("done")
+    rows = []
+    for m in report.methods:
+        mets = [o.metrics[m] for o in done if m in o.metrics]
+        secs = [o.seconds_per_slice[m] for o in done if m in o.seconds_per_slice]
+        if mets:
+            mean = {k: float(np.mean([x[k] for x in mets])) for k in mets[0]}
+            rows.append(
+                f"{m:<12} {mean['psnr']:7.2f} {mean['ssim']:7.4f} {mean['nmse']:8.4f}   "
+                f"{mean['psnr_slice']:7.2f} {mean['ssim_slice']:7.4f} {mean['nmse_slice']:8.4f}   "
+                f"{np.mean(secs):8.3f}   {len(mets)}"
+            )
+    if rows:
+        head = (f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}   {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}   "
+                f"{'s/slice':>8}   files")
+        lines += ["mean over files with a reference:",
+                  f"{'':<12} {'fastMRI (volume, max = ref max)':^25}   {'paper (per slice, [0, 1])':^25}", head,
+                  "-" * len(head)] + rows
+    return "\n".join(lines)
 
 
 def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolume] = None) -> str:

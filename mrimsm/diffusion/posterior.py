@@ -304,6 +304,7 @@ def make_msm_method(options: Mapping[str, Any]):
             },
         )
 
+    method.batch_slices = int(settings.batch_slices)  # the pipeline batches slices by this
     return method
 
 

@@ -1,0 +1,86 @@
+"""Seconds per sample of Algorithm 1 (``msm_sample``) for 200 steps with w = 1 and w = 3.
+
+Uses a trained checkpoint when given (``--ckpt runs/tiny``), else a freshly
+initialised denoiser of the config's size (the cost does not depend on the
+weights). The network cost dominates: ``steps * w`` evaluations per sample.
+
+    .venv/bin/python benchmarks/sample_speed.py                          # tiny config, CPU
+    .venv/bin/python benchmarks/sample_speed.py --config configs/fastmri_r4.yaml --device cuda
+    .venv/bin/python benchmarks/sample_speed.py --ckpt runs/tiny --batch 4 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fresh(config: Path, coils: int, device: str):
+    """A LoadedMSM-like object from a config, with random weights."""
+    import importlib.util
+
+    from mrimsm.config import load_config
+    from mrimsm.diffusion.method import LoadedMSM, build_denoiser
+
+    spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+
+    cfg = load_config(config)
+    size = cfg.data.simulated.size if cfg.data.simulated is not None else 256
+    batch = ts.synthetic_batch(1, size, coils, 0.0)
+    center = max(1, round(20 * size / 256))
+    den = build_denoiser(cfg.to_dict(), 2, (size, size)).to(device).eval()
+    meta = {
+        "operator": "MultiCoilMRI",
+        "image_shape": [size, size],
+        "channels": 2,
+        "mask": {"kind": "paper", "accel": 4.0, "center_lines": center},
+        "reference_maps": batch["maps"][0],
+        "schedule": {"num_steps": cfg.diffusion.num_steps},
+    }
+    return LoadedMSM(den, cfg.to_dict(), meta, 0, str(config))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint or run directory")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "tiny.yaml")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--w", type=int, action="append", help="masks per step (default: 1 and 3)")
+    ap.add_argument("--batch", type=int, default=1, help="samples drawn together")
+    ap.add_argument("--coils", type=int, default=8)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from mrimsm.diffusion.method import generate, load_msm
+
+    loaded = load_msm(args.ckpt, device=args.device) if args.ckpt else _fresh(args.config, args.coils, args.device)
+    shape = loaded.meta["image_shape"]
+    src = args.ckpt or args.config
+    print(f"{src}: {shape[0]} x {shape[1]}, device {args.device}, torch threads {torch.get_num_threads()}")
+    print("| w | steps | batch | network evaluations / sample | seconds / sample |")
+    print("|---|---|---|---|---|")
+    generate(loaded, 1, steps=2, w=1, batch_size=1, device=args.device)  # warm-up
+    for w in args.w or [1, 3]:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        x = generate(loaded, args.batch, steps=args.steps, w=w, batch_size=args.batch, device=args.device)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / args.batch
+        assert torch.isfinite(torch.view_as_real(x)).all()
+        print(f"| {w} | {args.steps} | {args.batch} | {args.steps * w} | {dt:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Checkpoint format: one ``torch.save`` dict, written atomically, loaded with
+``weights_only=True`` (no pickled code).
+
+Keys of a checkpoint (``FORMAT_VERSION`` 1):
+
+=================  ============================================================
+``format``         ``"mrimsm-checkpoint"``
+``format_version`` int
+``mrimsm_version`` the package version that wrote it
+``method``         training method name (``"msm"``, ``"ssdu"``, ...)
+``step``           number of optimiser steps taken
+``config``         the full config as a plain dict (:meth:`Config.to_dict`)
+``meta``           the method's ``checkpoint_meta``: operator and mask settings
+                   (may hold tensors, e.g. reference coil maps)
+``model``          ``state_dict`` of the trained module
+``ema``            ``state_dict`` of its exponential moving average
+``optimizer``      optimiser ``state_dict`` (``None`` in an export)
+``scaler``         AMP grad-scaler state or ``None``
+``rng``            per-rank RNG states: ``{"ranks": [{"python", "numpy",
+                   "torch", "cuda", "sampler"}, ...]}``
+=================  ============================================================
+
+A run directory holds ``last.pt`` (the newest checkpoint, replaced atomically)
+and, with ``train.keep_every``, ``checkpoints/step_XXXXXXX.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from mrimsm import __version__
+from mrimsm.errors import MrimsmError
+from mrimsm.utils import atomic_path
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LAST_NAME",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_checkpoint_path",
+    "load_state_checked",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+FORMAT = "mrimsm-checkpoint"
+FORMAT_VERSION = 1
+LAST_NAME = "last.pt"
+_REQUIRED = ("format", "format_version", "method", "step", "config", "meta", "model", "ema")
+
+
+def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
+    """Write a checkpoint atomically (temp file + rename).
+
+    ``fields`` are the keys of the table in the module docstring except the
+    three format keys, which are filled in here.
+    """
+    missing = [k for k in _REQUIRED[3:] if k not in fields]
+    if missing:
+        raise ValueError(f"checkpoint fields missing: {missing}")
+    obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "mrimsm_version": __version__}
+    obj.update(fields)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory (-> its ``last.pt``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / LAST_NAME
+        if not p.is_file():
+            raise MrimsmError(f"{path} is a directory without a checkpoint ({LAST_NAME})")
+    elif not p.exists():
+        raise MrimsmError(f"checkpoint {str(path)!r} does not exist")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a checkpoint; a truncated or foreign file -> MrimsmError."""
+    p = resolve_checkpoint_path(path)
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, KeyError):
+        raise MrimsmError(f"{p} is truncated or not an mrimsm checkpoint") from None
+    except Exception as exc:  # the unpickler raises a variety of errors on foreign files
+        raise MrimsmError(f"{p} is not a readable mrimsm checkpoint ({type(exc).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise MrimsmError(f"{p} is not an mrimsm checkpoint")
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise MrimsmError(
+            f"{p} has checkpoint format {obj['format_version']}, newer than this mrimsm reads ({FORMAT_VERSION})"
+        )
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise MrimsmError(f"{p} is an incomplete checkpoint (missing {', '.join(missing)})")
+    return obj
+
+
+def load_state_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state)`` with a one-line error when the shapes differ."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise MrimsmError(
+            f"{source} holds a model of another shape than the config describes ({what}, "
+            f"{len(missing)} missing and {len(unexpected)} unexpected tensors)"
+        )
+    for k, v in own.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            raise MrimsmError(
+                f"{source} holds a model of another shape than the config describes "
+                f"({k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} here)"
+            )
+    module.load_state_dict(state)
+
+
+# -- RNG state ------------------------------------------------------------------
+
+
+def capture_rng_state(sampler_state: Optional[dict] = None) -> dict:
+    """Python, NumPy, torch (and CUDA) generator states as checkpoint-safe values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "sampler": dict(sampler_state or {}),
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

@@ -1,0 +1,763 @@
+"""The ``prep-fastmri`` pipeline: raw fastMRI multi-coil HDF5 -> undersampled,
+optionally noisy training shards with ESPIRiT maps.
+
+Per volume (one input file), for each selected slice:
+
+1. image-domain centre crop to the reference size (removes the readout
+   oversampling, as fastMRI does), then centre crop / zero-pad to ``size x size``,
+   back to k-space ``z`` ``(C, size, size)``;
+2. the slice's own seeded Cartesian mask ``M`` (``seed_for(file, slice, seed)``;
+   default: the paper's family, ``round(20 * size / 256)`` centre columns plus
+   every other column with probability ``1 / accel``);
+3. one scale per volume, estimated from what the undersampled scan holds: the
+   root-sum-of-squares image of the fully sampled centre (ACS) columns common
+   to the volume's masks, ``scale = 1 / max_volume RSS_acs``. Because
+   ``sum_c |C_c|^2 = 1``, RSS equals ``|x|`` of the coil-combined image, at low
+   resolution; on MNI simulations its peak is 4-8 % above the true peak, so the
+   normalized images have ``max |x|`` of about 0.93-0.96 (never the fully
+   sampled data);
+4. ``y = M (scale * z) + rho * M n`` with ``n`` complex Gaussian (std 1 per real
+   component), seeded per slice;
+5. ESPIRiT maps from ``y`` itself (the calibration block is the ACS columns:
+   ``calib_width = min(24, ACS width)`` columns x ``calib_rows`` rows, kernel
+   ``min(6, (calib_width + 1) // 2)``).
+
+Output layout under ``OUT_DIR``::
+
+    manifest.json                 every parameter, versions, inputs (size, sha256),
+                                  counts, skipped files and why, the shard list
+    train/<file stem>.h5          y (N, C, H, W) complex64, mask (N, W) bool,
+                                  maps (N, C, H, W) complex64, scale (N,) float32,
+                                  slice_index (N,) int32; attrs source_file, ...
+    val/<file stem>.h5            the same plus reference (N, H, W) complex64
+                                  (scale * C^H F^H z: evaluation only)
+
+Shards are written atomically; a re-run on the same ``OUT_DIR`` skips shards
+that were finished with the same parameters from the same input bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from mrimsm.data.normalization import common_acs, volume_peak
+from mrimsm.data.espirit import estimate_maps
+from mrimsm.data.fastmri_io import crop_to_reconstruction, read_header, read_multicoil
+from mrimsm.errors import MrimsmError
+from mrimsm.physics.fft import fft2c, ifft2c
+from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
+from mrimsm.utils import atomic_path
+
+__all__ = [
+    "PrepOptions",
+    "prepare_dataset",
+    "prepare_volume",
+    "prepare_simulated_dataset",
+    "mask_family",
+    "FORMAT",
+]
+
+FORMAT = "mrimsm-prep/1"
+NORMALIZATION = (
+    "one scale per volume: scale = 1 / max over the volume's slices of the root-sum-of-squares image "
+    "of the ACS (fully sampled centre) columns common to the volume's masks; y = mask * (scale * z) + "
+    "rho * mask * n. reconstructions map back to the input scale by dividing by `scale`."
+)
+
+
+@dataclass
+class PrepOptions:
+    """Every parameter of a prep run (all recorded in the manifest).
+
+    Attributes:
+        accel: requested acceleration R (>= 1).
+        noise_rho: std per real component of the noise added to measured entries
+            (images normalized to max |x| about 1).
+        size: output image side (multiple of 16).
+        acquisition: keep files whose ``acquisition`` attribute equals this
+            (``None``: all files).
+        slices_per_volume: keep this many central slices of each volume (after
+            the edge skip); ``None``: all.
+        slice_list: CSV of ``file,slice`` rows; only those slices (no edge skip).
+        skip_first, skip_last: edge slices dropped from each volume (the paper
+            drops the last 5).
+        val_fraction: fraction of volumes held out as the validation split.
+        seed: base seed of masks, noise and the split.
+        mask_kind: ``paper`` (default), ``random`` (fastMRI) or ``equispaced``.
+        center_lines: ``paper`` centre columns (default ``round(20 * size / 256)``).
+        center_fraction: ``random`` / ``equispaced`` centre fraction (default:
+            fastMRI's pairing with R).
+        calib_width: ESPIRiT calibration columns (default ``min(24, ACS width)``).
+        calib_rows: ESPIRiT calibration rows (readout; fully sampled).
+        kernel_width: ESPIRiT kernel (reduced to ``(calib_width + 1) // 2`` when
+            the ACS is narrow).
+        thresh, crop: ESPIRiT singular-value threshold and eigenvalue crop.
+        espirit_backend, device: see :func:`estimate_maps`.
+        espirit_coarse: eigen-solve grid step of the torch backend; 0 = auto
+            (``max(1, size // 64)``: exact at 64; at 256 a 64 x 64 grid of
+            eigenproblems, then interpolation and two power iterations at full
+            resolution, 3x faster, maps within about 1e-4 (relative) of exact).
+        keep_reference: store ``reference`` in validation shards.
+        workers: processes (results do not depend on it).
+        strict: a corrupt input file is fatal instead of skipped.
+    """
+
+    accel: float = 4.0
+    noise_rho: float = 0.0
+    size: int = 256
+    acquisition: Optional[str] = "AXT2"
+    slices_per_volume: Optional[int] = None
+    slice_list: Optional[str] = None
+    skip_first: int = 0
+    skip_last: int = 5
+    val_fraction: float = 0.05
+    seed: int = 0
+    mask_kind: str = "paper"
+    center_lines: Optional[int] = None
+    center_fraction: Optional[float] = None
+    calib_width: Optional[int] = None
+    calib_rows: int = 24
+    kernel_width: int = 6
+    thresh: float = 0.02
+    crop: float = 0.95
+    espirit_backend: str = "torch"
+    espirit_coarse: int = 0
+    device: str = "cpu"
+    keep_reference: bool = True
+    workers: int = 1
+    strict: bool = False
+
+    #: options that do not change the output (left out of the parameter hash)
+    _RUNTIME = ("workers", "strict", "device")
+
+    def validate(self) -> None:
+        if not np.isfinite(self.accel) or self.accel < 1:
+            raise MrimsmError(f"--accel must be >= 1, got {self.accel:g}")
+        if self.size <= 0 or self.size % 16:
+            raise MrimsmError(f"--size must be a positive multiple of 16, got {self.size}")
+        if not np.isfinite(self.noise_rho) or self.noise_rho < 0:
+            raise MrimsmError(f"--noise-rho must be >= 0, got {self.noise_rho:g}")
+        if not 0 <= self.val_fraction < 1:
+            raise MrimsmError(f"--val-fraction must be in [0, 1), got {self.val_fraction:g}")
+        if self.workers < 1:
+            raise MrimsmError(f"--workers must be >= 1, got {self.workers}")
+        if self.slices_per_volume is not None and self.slices_per_volume < 1:
+            raise MrimsmError(f"--slices-per-volume must be >= 1, got {self.slices_per_volume}")
+        if self.slices_per_volume is not None and self.slice_list is not None:
+            raise MrimsmError("give either --slices-per-volume or --slice-list, not both")
+        if self.skip_first < 0 or self.skip_last < 0:
+            raise MrimsmError("edge-slice skips must be >= 0")
+        if self.mask_kind not in ("paper", "random", "equispaced"):
+            raise MrimsmError(f"unknown mask kind {self.mask_kind!r}; use paper, random or equispaced")
+        if self.kernel_width < 2 or self.calib_rows < self.kernel_width:
+            raise MrimsmError(f"--kernel-width must be >= 2 and <= --calib-rows, got {self.kernel_width}")
+        if self.calib_width is not None and self.calib_width < 3:
+            raise MrimsmError(f"--calib-width must be >= 3, got {self.calib_width}")
+        if not 0 < self.thresh < 1 or not 0 <= self.crop < 1:
+            raise MrimsmError("--thresh must be in (0, 1) and --crop in [0, 1)")
+        c = self.espirit_coarse
+        if c < 0 or (c > 1 and (self.size % c or self.size // c < 2 * self.kernel_width - 1)):
+            raise MrimsmError(
+                f"--espirit-coarse must be 0 (auto) or divide --size leaving a grid of at least "
+                f"{2 * self.kernel_width - 1} pixels, got {c}"
+            )
+        if self.espirit_backend not in ("torch", "sigpy"):
+            raise MrimsmError(f"unknown ESPIRiT backend {self.espirit_backend!r}; use torch or sigpy")
+        try:
+            mask_family(self)((self.size, self.size), seed=0)
+        except ValueError as exc:
+            raise MrimsmError(str(exc)) from None
+
+    def params(self) -> dict:
+        """The parameters that determine the output (JSON-friendly)."""
+        d = dataclasses.asdict(self)
+        d["center_lines"] = self.resolved_center_lines()
+        return {k: v for k, v in d.items() if k not in self._RUNTIME}
+
+    def params_hash(self) -> str:
+        text = json.dumps(self.params(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def resolved_center_lines(self) -> Optional[int]:
+        if self.mask_kind != "paper":
+            return None
+        return int(self.center_lines) if self.center_lines is not None else max(1, round(20 * self.size / 256))
+
+
+def mask_family(opts: PrepOptions) -> MaskFamily:
+    """The acquisition mask family of a prep run."""
+    if opts.mask_kind == "paper":
+        return PaperCartesian(opts.accel, center_lines=opts.resolved_center_lines())
+    kw = {} if opts.center_fraction is None else {"center_fraction": opts.center_fraction}
+    return cartesian_family(opts.mask_kind, opts.accel, **kw)
+
+
+def _mask_spec(opts: PrepOptions) -> dict:
+    spec = {"kind": opts.mask_kind, "accel": float(opts.accel)}
+    fam = mask_family(opts)
+    if opts.mask_kind == "paper":
+        spec["center_lines"] = fam.center_lines
+    else:
+        spec["center_fraction"] = fam.center_fraction
+    return spec
+
+
+# -- per-volume core ---------------------------------------------------------------
+
+
+def _crop_or_pad(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre crop or zero-pad the last two dims to ``size x size``."""
+    out = images
+    for dim in (-2, -1):
+        n = out.shape[dim]
+        if n > size:
+            out = out.narrow(dim, (n - size) // 2, size)
+        elif n < size:
+            before = (size - n) // 2
+            pad = [0, 0, 0, 0]
+            pad[2 * (-1 - dim)], pad[2 * (-1 - dim) + 1] = before, size - n - before
+            out = torch.nn.functional.pad(out, pad)
+    return out
+
+
+def to_target_kspace(kspace: np.ndarray, recon_size: Sequence[int], size: int) -> np.ndarray:
+    """``(S, C, H, W)`` raw k-space -> ``(S, C, size, size)`` complex64: centre crop to
+    the reference size (removing readout oversampling), crop / pad to ``size``, FFT."""
+    h = min(int(recon_size[0]), kspace.shape[-2])
+    w = min(int(recon_size[1]), kspace.shape[-1])
+    img = crop_to_reconstruction(ifft2c(torch.from_numpy(np.ascontiguousarray(kspace, np.complex64))), (h, w))
+    return fft2c(_crop_or_pad(img, size).contiguous()).numpy()
+
+
+def _coil_combine(kspace: np.ndarray, maps: Optional[np.ndarray] = None) -> np.ndarray:
+    """``(S, C, H, W)`` k-space -> ``(S, H, W)``: ``sum_c conj(C_c) F^H k_c`` with
+    maps, else the root-sum-of-squares magnitude."""
+    img = ifft2c(torch.from_numpy(kspace))
+    if maps is None:
+        return (img.abs() ** 2).sum(1).sqrt().numpy()
+    return (torch.from_numpy(maps).conj() * img).sum(1).numpy()
+
+
+_common_acs = common_acs
+
+
+def _centred_width(run: tuple[int, int], w: int) -> int:
+    """The widest block placed as ESPIRiT places it (``w // 2 - width // 2``) that
+    stays inside ``run``."""
+    left, right = w // 2 - run[0], run[1] - w // 2
+    width = run[1] - run[0]
+    while width > 1 and (width // 2 > left or width - width // 2 > right):
+        width -= 1
+    return width
+
+
+def prepare_volume(
+    kspace: np.ndarray,
+    recon_size: Sequence[int],
+    slice_indices: Sequence[int],
+    name: str,
+    opts: PrepOptions,
+    reference: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> dict:
+    """Prepare the selected slices of one volume (steps 1-5 of the module doc).
+
+    Args:
+        kspace: ``(S, C, H, W)`` complex64 fully sampled raw k-space of the slices.
+        recon_size: ``(h, w)`` of the file's reference (readout crop).
+        slice_indices: the slices' indices in the file (seeds masks and noise).
+        name: the file name (seeds masks and noise).
+        opts: the run's options.
+        reference: also return ``reference`` ``(S, size, size)`` complex64.
+        progress: called with 1 per slice once its maps are done.
+
+    Returns:
+        dict of arrays: ``y`` ``(S, C, n, n)`` complex64, ``mask`` ``(S, n)`` bool,
+        ``maps`` ``(S, C, n, n)`` complex64, ``scale`` ``(S,)`` float32 (one value),
+        ``slice_index`` ``(S,)`` int32, optionally ``reference``.
+    """
+    z = to_target_kspace(kspace, recon_size, opts.size)
+    n = opts.size
+    family = mask_family(opts)
+    masks = np.stack([family((n, n), seed=seed_for(name, int(s), opts.seed)) for s in slice_indices])
+    run = _common_acs(masks)
+    if run is None or run[1] - run[0] < 3:
+        raise MrimsmError(f"the masks of {name} share fewer than 3 fully sampled centre columns; ESPIRiT needs more")
+    # 3. one scale per volume from the ACS block every mask holds
+    peak = volume_peak(z, masks)  # shared with the recon pipeline (mrimsm.data.normalization)
+    if not peak > 0:
+        raise MrimsmError(f"{name} holds no signal in its centre columns")
+    scale = 1.0 / peak
+    # 4. measured entries, with noise rho
+    y = (z * np.float32(scale)) * masks[:, None, None, :]
+    if opts.noise_rho > 0:
+        for i, s in enumerate(slice_indices):
+            rng = np.random.default_rng((seed_for(name, int(s), opts.seed), 1))
+            noise = rng.standard_normal((2,) + y.shape[1:], dtype=np.float32) * np.float32(opts.noise_rho)
+            y[i] += (noise[0] + 1j * noise[1]) * masks[i][None, None, :]
+    y = y.astype(np.complex64)
+    # 5. ESPIRiT from what the scan holds
+    cw = min(opts.calib_width or 24, _centred_width(run, n))
+    rows = max(opts.calib_rows, cw)
+    kw = min(opts.kernel_width, max(2, (cw + 1) // 2))
+    coarse = opts.espirit_coarse or max(1, n // 64)
+    if opts.espirit_backend == "sigpy":
+        rows, coarse = cw, 1  # sigpy: square block, every pixel
+    maps = estimate_maps(
+        y, calib_width=cw, calib_rows=rows, kernel_width=kw, thresh=opts.thresh, crop=opts.crop,
+        device=opts.device, backend=opts.espirit_backend, coarse=coarse, progress=progress,
+    )
+    out = {
+        "y": y,
+        "mask": masks,
+        "maps": maps,
+        "scale": np.full(len(slice_indices), scale, dtype=np.float32),
+        "slice_index": np.asarray(slice_indices, dtype=np.int32),
+        "espirit": {"calib_width": cw, "calib_rows": rows, "kernel_width": kw, "coarse": coarse},
+    }
+    if reference:
+        out["reference"] = _coil_combine(z * np.float32(scale), maps).astype(np.complex64)
+    return out
+
+
+# -- planning ----------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_slice_list(path: str) -> dict[str, list[int]]:
+    """CSV rows ``file,slice`` (a header row is allowed) -> {file name: [slices]}."""
+    p = Path(path)
+    if not p.is_file():
+        raise MrimsmError(f"slice list not found: {p}")
+    out: dict[str, list[int]] = {}
+    with open(p, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            row = [c.strip() for c in row if c.strip()]
+            if not row or row[0].startswith("#"):
+                continue
+            if len(row) < 2:
+                raise MrimsmError(f"{p}:{lineno}: expected 'file,slice', got {','.join(row)!r}")
+            try:
+                s = int(row[1])
+            except ValueError:
+                if lineno == 1:
+                    continue  # header
+                raise MrimsmError(f"{p}:{lineno}: slice {row[1]!r} is not an integer") from None
+            out.setdefault(Path(row[0]).name, []).append(s)
+    if not out:
+        raise MrimsmError(f"slice list {p} has no rows")
+    return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def _select_slices(num: int, opts: PrepOptions, listed: Optional[list[int]]) -> list[int]:
+    if listed is not None:
+        return [s for s in listed if 0 <= s < num]
+    cand = list(range(opts.skip_first, num - opts.skip_last))
+    k = opts.slices_per_volume
+    if k is not None and len(cand) > k:
+        start = (len(cand) - k) // 2
+        cand = cand[start : start + k]
+    return cand
+
+
+def _split_volumes(names: list[str], val_fraction: float, seed: int) -> set[str]:
+    """Names of the validation volumes: the ``round(f * n)`` (at least one when
+    ``f > 0`` and ``n >= 2``) with the smallest seeded hash (stable per name)."""
+    if val_fraction <= 0 or len(names) < 2:
+        return set()
+    n_val = min(len(names) - 1, max(1, int(round(val_fraction * len(names)))))
+    ranked = sorted(names, key=lambda nm: hashlib.sha256(f"{seed}:split:{nm}".encode()).hexdigest())
+    return set(ranked[:n_val])
+
+
+def _check_dirs(raw_dir: Path, out_dir: Path) -> list[Path]:
+    if not raw_dir.exists():
+        raise MrimsmError(f"RAW_DIR does not exist: {raw_dir}")
+    if not raw_dir.is_dir():
+        raise MrimsmError(f"RAW_DIR is not a directory: {raw_dir}")
+    files = sorted(p for p in raw_dir.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+    if not files:
+        raise MrimsmError(f"RAW_DIR holds no .h5 files: {raw_dir}")
+    if out_dir.resolve() == raw_dir.resolve():
+        raise MrimsmError("OUT_DIR must differ from RAW_DIR (inputs are never overwritten)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MrimsmError(f"OUT_DIR is not writable: {out_dir} ({exc.strerror or exc})") from None
+    return files
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("mrimsm", "numpy", "torch", "h5py", "sigpy", "scipy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# -- per-file worker -----------------------------------------------------------------
+
+
+def _shard_done(path: Path, params_hash: str, sha: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("params_hash") == params_hash and f.attrs.get("source_sha256") == sha
+    except OSError:
+        return False
+
+
+def _write_shard(path: Path, result: dict, task: dict) -> None:
+    n = result["y"].shape
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            chunks = (1,) + tuple(n[1:])
+            f.create_dataset("y", data=result["y"], chunks=chunks, compression="lzf")
+            f.create_dataset("maps", data=result["maps"], chunks=chunks, compression="lzf")
+            f.create_dataset("mask", data=result["mask"])
+            f.create_dataset("scale", data=result["scale"])
+            f.create_dataset("slice_index", data=result["slice_index"])
+            if "reference" in result:
+                f.create_dataset("reference", data=result["reference"], chunks=(1,) + n[2:], compression="lzf")
+            f.attrs["format"] = FORMAT
+            f.attrs["split"] = task["split"]
+            f.attrs["source_file"] = task["name"]
+            f.attrs["source_sha256"] = task["sha256"]
+            f.attrs["params_hash"] = task["params_hash"]
+
+
+def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> dict:
+    """Read one input volume, prepare it, write its shard. Returns a summary."""
+    opts = PrepOptions(**task["options"])
+    summary = {"name": task["name"], "shard": task["shard_rel"], "split": task["split"]}
+    try:
+        f = read_multicoil(task["path"], slices=task["slices"])
+        res = prepare_volume(
+            f.kspace, f.recon_size, task["slices"], task["name"], opts,
+            reference=task["split"] == "val" and opts.keep_reference, progress=progress,
+        )
+        _write_shard(Path(task["out_dir"]) / task["shard_rel"], res, task)
+    except MrimsmError as exc:
+        summary["error"] = str(exc)
+        return summary
+    summary.update(
+        num_slices=len(task["slices"]),
+        slices=list(task["slices"]),
+        scale=float(res["scale"][0]),
+        achieved_acceleration=[float(achieved_acceleration(m)) for m in res["mask"]],
+        espirit=res["espirit"],
+    )
+    return summary
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+# -- the pipeline --------------------------------------------------------------------
+
+
+def prepare_dataset(
+    raw_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    opts: Optional[PrepOptions] = None,
+    progress: Optional[Callable[[int], None]] = None,
+    on_start: Optional[Callable[[int], None]] = None,
+    on_warning: Optional[Callable[[str], None]] = None,
+    extra_manifest: Optional[dict] = None,
+) -> dict:
+    """Run the prep pipeline (module doc) from ``raw_dir`` into ``out_dir``.
+
+    Args:
+        raw_dir: directory of fastMRI multi-coil ``.h5`` files (not recursive).
+        out_dir: output directory (created; must differ from ``raw_dir``).
+        opts: :class:`PrepOptions` (defaults: R = 4 paper mask, rho 0, 256 x 256, AXT2).
+        progress: called with the number of slices finished (e.g. ``tqdm.update``).
+        on_start: called once with the number of slices to process.
+        on_warning: called with a one-line message per skipped file
+            (default :func:`warnings.warn`).
+        extra_manifest: merged into the manifest (e.g. simulation settings).
+
+    Returns:
+        The manifest (also written to ``out_dir / "manifest.json"``).
+
+    Raises:
+        MrimsmError: bad options or directories, no file matching the filter, no
+        usable file, a corrupt file under ``strict``, a slice list naming no file.
+    """
+    opts = opts or PrepOptions()
+    opts.validate()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    files = _check_dirs(raw_dir, out_dir)
+    warn = on_warning or (lambda msg: warnings.warn(msg, stacklevel=3))
+    listed = _read_slice_list(opts.slice_list) if opts.slice_list else None
+    params_hash = opts.params_hash()
+
+    inputs, skipped, filtered, planned = [], [], [], []
+    matched = 0
+
+    def skip(path: Path, reason: str, entry: dict) -> None:
+        if opts.strict:
+            raise MrimsmError(f"{reason} (--strict)")
+        warn(f"skipping {path.name}: {reason}")
+        skipped.append({"file": path.name, "reason": reason})
+        entry["status"] = "skipped"
+
+    for path in files:
+        entry = {"file": path.name, "size": path.stat().st_size}
+        inputs.append(entry)
+        if listed is not None and path.name not in listed:
+            entry["status"] = "not in slice list"
+            continue
+        try:
+            head = read_header(path)
+        except MrimsmError as exc:
+            skip(path, str(exc), entry)
+            continue
+        entry["acquisition"] = head["attrs"].get("acquisition")
+        entry["num_slices"] = head["shape"][0]
+        if opts.acquisition and entry["acquisition"] != opts.acquisition:
+            entry["status"] = "filtered"
+            filtered.append(path.name)
+            continue
+        matched += 1
+        if head["has_mask"]:
+            skip(path, f"{path} is already undersampled (has a 'mask'); prep needs fully sampled k-space", entry)
+            continue
+        slices = _select_slices(head["shape"][0], opts, None if listed is None else listed[path.name])
+        if not slices:
+            skip(path, f"{path} has no slices left after the edge / list selection", entry)
+            continue
+        entry["sha256"] = _sha256(path)
+        entry["status"] = "used"
+        planned.append((path, slices, entry))
+
+    if listed is not None:
+        missing = sorted(set(listed) - {p.name for p in files})
+        if len(missing) == len(listed):
+            raise MrimsmError(f"no file of the slice list is in {raw_dir}")
+        if missing:
+            warn(f"the slice list names {len(missing)} file(s) not in {raw_dir}: {', '.join(missing[:5])}")
+    if opts.acquisition and matched == 0 and filtered:
+        found = sorted({str(e.get("acquisition")) for e in inputs if "acquisition" in e})
+        raise MrimsmError(
+            f"no file in {raw_dir} matches --acquisition {opts.acquisition} (found: {', '.join(found) or 'none'})"
+        )
+    if not planned:
+        raise MrimsmError(f"no usable file in {raw_dir} ({len(skipped)} skipped)")
+
+    val_names = _split_volumes([p.name for p, _, _ in planned], opts.val_fraction, opts.seed)
+    for sub in ("train", "val"):
+        (out_dir / sub).mkdir(exist_ok=True)
+        for stale in (out_dir / sub).glob(".*.tmp"):
+            stale.unlink()  # left by a killed run
+
+    tasks, resumed = [], []
+    for path, slices, entry in planned:
+        split = "val" if path.name in val_names else "train"
+        entry["split"] = split
+        task = {
+            "path": str(path),
+            "name": path.name,
+            "slices": slices,
+            "split": split,
+            "sha256": entry["sha256"],
+            "params_hash": params_hash,
+            "out_dir": str(out_dir),
+            "shard_rel": f"{split}/{path.stem}.h5",
+            "options": dataclasses.asdict(opts),
+        }
+        (resumed if _shard_done(out_dir / task["shard_rel"], params_hash, entry["sha256"]) else tasks).append(task)
+
+    if on_start is not None:
+        on_start(sum(len(t["slices"]) for t in tasks))
+    results = _execute(tasks, opts, progress)
+    for task in resumed:
+        results.append(_summary_from_shard(out_dir, task))
+
+    shards = []
+    by_name = {e["file"]: e for e in inputs}
+    for res in sorted(results, key=lambda r: r["name"]):
+        if "error" in res:
+            if opts.strict:
+                raise MrimsmError(f"{res['error']} (--strict)")
+            warn(f"skipping {res['name']}: {res['error']}")
+            skipped.append({"file": res["name"], "reason": res["error"]})
+            by_name[res["name"]]["status"] = "skipped"
+            continue
+        shards.append({k: res[k] for k in ("shard", "split", "name", "num_slices", "slices", "scale",
+                                           "achieved_acceleration", "espirit") if k in res})
+    if not shards:
+        raise MrimsmError(f"no usable file in {raw_dir} ({len(skipped)} skipped)")
+
+    accels = [a for s in shards for a in s["achieved_acceleration"]]
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "raw_dir": str(raw_dir.resolve()),
+        "params": opts.params(),
+        "params_hash": params_hash,
+        "rho": float(opts.noise_rho),
+        "size": int(opts.size),
+        "mask": _mask_spec(opts),
+        "normalization": NORMALIZATION,
+        "versions": _versions(),
+        "inputs": inputs,
+        "skipped": skipped,
+        "filtered": filtered,
+        "shards": shards,
+        "counts": {
+            "files_found": len(inputs),
+            "files_used": len(shards),
+            "files_skipped": len(skipped),
+            "files_filtered": len(filtered),
+            "files_resumed": len(resumed),
+            "slices": {sp: sum(s["num_slices"] for s in shards if s["split"] == sp) for sp in ("train", "val")},
+        },
+        "achieved_acceleration": {
+            "mean": float(np.mean(accels)),
+            "min": float(np.min(accels)),
+            "max": float(np.max(accels)),
+            "overall": float(len(accels) * opts.size / sum(opts.size / a for a in accels)),
+        },
+        "complete": True,
+    }
+    manifest.update(extra_manifest or {})
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _summary_from_shard(out_dir: Path, task: dict) -> dict:
+    with h5py.File(out_dir / task["shard_rel"], "r") as f:
+        masks = f["mask"][()]
+        return {
+            "name": task["name"],
+            "shard": task["shard_rel"],
+            "split": task["split"],
+            "num_slices": int(masks.shape[0]),
+            "slices": [int(s) for s in f["slice_index"][()]],
+            "scale": float(f["scale"][0]),
+            "achieved_acceleration": [float(achieved_acceleration(m)) for m in masks],
+            "resumed": True,
+        }
+
+
+def _execute(tasks: list[dict], opts: PrepOptions, progress: Optional[Callable[[int], None]]) -> list[dict]:
+    if opts.workers <= 1 or len(tasks) <= 1:
+        return [_run_task(t, progress) for t in tasks]
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // opts.workers)
+    results = []
+    with cf.ProcessPoolExecutor(
+        max_workers=opts.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(_run_task, t): t for t in tasks}
+        for fut in cf.as_completed(futures):
+            res = fut.result()
+            results.append(res)
+            if progress is not None:
+                progress(len(futures[fut]["slices"]))
+    return results
+
+
+# -- simulated data sets ---------------------------------------------------------------
+
+
+def prepare_simulated_dataset(
+    out_dir: str | os.PathLike,
+    size: int = 64,
+    num_coils: int = 8,
+    accel: float = 4.0,
+    rho: float = 0.0,
+    seed: int = 0,
+    center_lines: Optional[int] = None,
+    raw_noise: float = 0.0,
+    slices_per_file: int = 8,
+    step: int = 2,
+    val_fraction: float = 0.05,
+    workers: int = 1,
+    progress: Optional[Callable[[int], None]] = None,
+    on_start: Optional[Callable[[int], None]] = None,
+) -> Path:
+    """Simulate fastMRI files of the MNI **training** slices and prep them.
+
+    The raw files (readout oversampled by 2, noise ``raw_noise``, ``slices_per_file``
+    consecutive training slices each, all three orientations) go to a temporary
+    directory that is deleted afterwards; the prep pipeline then runs on them
+    with no acquisition filter and no edge skip. Calling it again on a finished
+    ``out_dir`` with the same arguments returns at once.
+
+    Args:
+        out_dir: where the shards and ``manifest.json`` go.
+        size, num_coils: image side and coils.
+        accel, rho, seed, center_lines: prep options (paper mask).
+        raw_noise: noise already in the simulated raw k-space (default 0: the
+            measurement noise is exactly ``rho``).
+        slices_per_file, step: volumes of consecutive training slices, every
+            ``step``-th slice of :data:`~mrimsm.data.simulate.MNI_SPLIT`'s train ranges.
+
+    Returns:
+        ``out_dir``.
+    """
+    import tempfile
+
+    from mrimsm.data.simulate import ORIENTATIONS, mni_split_indices, write_simulated_raw
+
+    out_dir = Path(out_dir)
+    slices = {o: mni_split_indices(o, "train", step=step) for o in ORIENTATIONS}
+    simulation = {
+        "source": "MNI152 ICBM2009a T1 (nilearn), training slices (data_scripts/README.md)",
+        "size": size, "num_coils": num_coils, "raw_noise": raw_noise, "slices_per_file": slices_per_file,
+        "step": step, "seed": seed, "oversample_readout": True, "slices": slices,
+    }
+    opts = PrepOptions(
+        accel=accel, noise_rho=rho, size=size, acquisition=None, skip_last=0, val_fraction=val_fraction,
+        seed=seed, center_lines=center_lines, workers=workers,
+    )
+    opts.validate()
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+            if old.get("complete") and old.get("params_hash") == opts.params_hash() and old.get("simulation") == simulation:
+                return out_dir
+        except (OSError, ValueError):
+            pass
+    with tempfile.TemporaryDirectory(prefix="mrimsm-sim-raw-") as tmp:
+        write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed)
+        prepare_dataset(tmp, out_dir, opts, progress=progress, on_start=on_start,
+                        extra_manifest={"simulation": simulation})
+    return out_dir

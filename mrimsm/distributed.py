@@ -1,0 +1,146 @@
+"""Run the same training script alone or under ``torchrun``.
+
+:func:`init` reads the environment variables that ``torchrun`` sets (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Without them
+it returns a single-process :class:`DistInfo` and touches nothing. With them
+it joins the process group: NCCL when the process drives a GPU, gloo on CPU.
+Only rank 0 writes files and prints (``info.is_main``)::
+
+    info = distributed.init("cuda")          # alone or under torchrun
+    model = distributed.wrap(model.to(info.device), info)
+    ...
+    distributed.cleanup()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from mrimsm.errors import MrimsmError
+
+__all__ = ["DistInfo", "init", "wrap", "unwrap", "barrier", "all_gather_object", "broadcast_object", "cleanup"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size`` on ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _resolve_device(requested: Optional[str], local_rank: int) -> torch.device:
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
+        raise MrimsmError(f"unknown device {requested!r}; use cpu or cuda")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MrimsmError("--device cuda was asked for but no CUDA GPU is available")
+        if requested == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device(requested)
+    return torch.device("cpu")
+
+
+def init(device: Optional[str] = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group if launched by ``torchrun``; otherwise run alone.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available). Under
+            torchrun with CUDA each process takes GPU ``LOCAL_RANK``.
+        timeout_s: collective timeout.
+
+    Returns:
+        the :class:`DistInfo` of this process.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _resolve_device(device, local_rank)
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        import datetime
+
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when there are several processes."""
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (or ``model`` itself)."""
+    return getattr(model, "module", model)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        if info.device.type == "cuda":
+            dist.barrier(device_ids=[info.device.index])
+        else:
+            dist.barrier()
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+    if not info.distributed:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    """Mean of a Python number across ranks."""
+    if not info.distributed:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size
+
+
+def cleanup() -> None:
+    """Leave the process group (no-op when running alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

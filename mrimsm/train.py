@@ -1,0 +1,698 @@
+"""The one training loop, shared by every method (MSM, SSDU, ...).
+
+A method plugs in by subclassing :class:`TrainMethod` and registering it::
+
+    @register_method("msm")
+    class MSMMethod(TrainMethod):
+        config_sections = {"model": UNetConfig, "diffusion": DiffusionConfig}
+        def build_model(self, cfg): ...
+        def loss(self, model, batch, generator): ...
+
+:func:`train` then does everything else: data (prepared shards, or a
+simulated set built on first use), a seeded resumable batch order, AdamW, EMA,
+gradient clipping, mixed precision on CUDA, DDP under ``torchrun``, a JSON-lines
+log, preview grids, atomic checkpoints and ``--resume``.
+
+Reproducibility: before step ``s`` every process reseeds torch from
+``(train.seed, rank, s)`` and hands the method a fresh ``torch.Generator``
+seeded the same way; the batch order is a function of ``(train.seed, epoch)``.
+So a run resumed from the checkpoint of step ``s`` repeats the uninterrupted
+run's steps ``s+1, ...`` exactly (up to nondeterministic kernels on GPU).
+Log records average the steps since the previous record; after a resume the
+first record covers only the steps since the checkpoint, so choose
+``ckpt_every`` as a multiple of ``log_every`` for a log identical to the
+uninterrupted run's (the per-step losses in :class:`TrainResult` always are).
+
+Run directory layout: ``config.yaml`` (the resolved config), ``last.pt``
+(newest checkpoint), ``checkpoints/step_XXXXXXX.pt`` (every
+``train.keep_every`` steps), ``log.jsonl`` (one JSON object per logged step),
+``samples/step_XXXXXXX.png`` (preview grids every ``train.sample_every`` steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from mrimsm import distributed
+from mrimsm.checkpoint import (
+    LAST_NAME,
+    capture_rng_state,
+    load_checkpoint,
+    load_state_checked,
+    restore_rng_state,
+    save_checkpoint,
+)
+from mrimsm.config import Config, default_cache_dir, method_schema, register_method_schema
+from mrimsm.errors import MrimsmError
+from mrimsm.utils import atomic_path
+
+__all__ = [
+    "TrainMethod",
+    "DataBundle",
+    "TrainResult",
+    "register_method",
+    "get_method",
+    "train",
+    "StepBatchSampler",
+    "EMA",
+    "step_seed",
+    "save_grid",
+    "ensure_simulated_dataset",
+    "measurement_data",
+]
+
+
+# -- method plug-in interface ---------------------------------------------------
+
+
+@dataclass
+class DataBundle:
+    """What a method's ``build_dataset`` returns.
+
+    ``dataset[i]`` is one example (a dict); ``collate(list_of_items)`` makes a
+    batch dict; ``info`` describes the data for the method and the checkpoint
+    (``root``, ``num_examples``, ``manifest`` ...).
+    """
+
+    dataset: Any
+    collate: Callable[[list], dict]
+    info: dict = field(default_factory=dict)
+
+
+class TrainMethod:
+    """Base class of a training method.
+
+    The loop constructs ``method = cls(cfg, data_info)`` after
+    ``cls.build_dataset(cfg, dist_info)``, then calls:
+
+    * ``build_model(cfg) -> nn.Module`` (the module whose weights are trained,
+      EMA'd and checkpointed);
+    * ``loss(model, batch, generator) -> (loss, logs)`` every step: ``model`` may
+      be a DDP wrapper (call it, don't reach for attributes; use
+      ``distributed.unwrap(model)`` for those), ``batch`` is the collated dict on
+      the training device plus ``batch["step"]`` and ``batch["epoch"]`` (ints),
+      ``generator`` a ``torch.Generator`` on the device seeded from
+      ``(seed, rank, step)``; ``loss`` a scalar tensor averaged over the batch,
+      ``logs`` a dict of floats / 0-d tensors to average into the log (the
+      same keys on every rank: they are averaged across ranks);
+    * ``preview(model, batch, generator) -> images or None`` with the EMA model
+      every ``train.sample_every`` steps (rank 0 only); images ``(N, H, W)``
+      complex/real or ``(N, K, H, W)`` real, saved as a PNG grid;
+    * ``checkpoint_meta(cfg) -> dict`` stored as ``meta`` in each checkpoint
+      (operator and mask settings; tensors allowed).
+    """
+
+    name: ClassVar[str] = "base"
+    config_sections: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, cfg: Config, data_info: Optional[dict] = None):
+        self.cfg = cfg
+        self.data_info = dict(data_info or {})
+
+    @classmethod
+    def build_dataset(cls, cfg: Config, dist_info: distributed.DistInfo) -> DataBundle:
+        """Training data; by default the prepared multi-coil measurement shards."""
+        return measurement_data(cfg, dist_info)
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def preview(self, model: nn.Module, batch: dict, generator: torch.Generator) -> Optional[torch.Tensor]:
+        return None
+
+    def checkpoint_meta(self, cfg: Config) -> dict:
+        return {}
+
+
+_METHODS: dict[str, type] = {}
+
+
+def register_method(name: str, module: Optional[str] = None) -> Callable[[type], type]:
+    """Class decorator: register a :class:`TrainMethod` (and its config sections)."""
+
+    def deco(cls: type) -> type:
+        if not issubclass(cls, TrainMethod):
+            raise TypeError(f"{cls!r} is not a TrainMethod")
+        cls.name = name
+        register_method_schema(name, cls.config_sections, module=module or cls.__module__)
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_method(name: str) -> type:
+    """The registered :class:`TrainMethod` class for ``name`` (importing built-ins)."""
+    method_schema(name)  # imports the method's module if it is a built-in
+    if name not in _METHODS:
+        raise MrimsmError(f"method {name!r} has a config schema but no training method")
+    return _METHODS[name]
+
+
+# -- data ------------------------------------------------------------------------
+
+
+def _simulated_dir(cfg: Config) -> Path:
+    sim = cfg.data.simulated
+    base = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+    cl = "auto" if sim.center_lines is None else str(sim.center_lines)
+    name = f"sim-{sim.size}px-{sim.num_coils}c-r{sim.accel:g}-cl{cl}-rho{sim.rho:g}-seed{sim.seed}"
+    return base / name
+
+
+def _manifest_complete(root: Path) -> bool:
+    try:
+        return bool(json.loads((root / "manifest.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_simulated_dataset(cfg: Config, dist_info: distributed.DistInfo, echo: Callable[[str], None] = print) -> Path:
+    """Build ``data.simulated`` into the cache on first use; return its directory.
+
+    Rank 0 runs :func:`mrimsm.data.prep.prepare_simulated_dataset`, which writes
+    its shards atomically, resumes a build that was killed and returns at once
+    for a finished one; the other ranks wait.
+    """
+    out = _simulated_dir(cfg)
+    if dist_info.is_main:
+        from mrimsm.data.prep import prepare_simulated_dataset
+
+        sim = cfg.data.simulated
+        if not _manifest_complete(out):
+            echo(f"building the simulated training set in {out} (first use; a few minutes) ...")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        prepare_simulated_dataset(
+            out, size=sim.size, num_coils=sim.num_coils, accel=sim.accel, rho=sim.rho, seed=sim.seed,
+            center_lines=sim.center_lines,
+        )
+    distributed.barrier(dist_info)
+    return out
+
+
+def measurement_data(cfg: Config, dist_info: distributed.DistInfo) -> DataBundle:
+    """The multi-coil measurement shards of ``cfg.data`` (building simulated ones if asked)."""
+    if cfg.data.simulated is None:
+        root = Path(cfg.data.root).expanduser()
+        if not root.exists():
+            raise MrimsmError(f"data directory {str(root)!r} does not exist")
+    else:
+        root = ensure_simulated_dataset(cfg, dist_info)
+    from mrimsm.data.datasets import MeasurementDataset, collate
+
+    dataset = MeasurementDataset(root, split=cfg.data.split)
+    if len(dataset) == 0:
+        raise MrimsmError(f"{root} holds no {cfg.data.split} examples")
+    manifest = {}
+    mpath = Path(root) / "manifest.json"
+    if mpath.is_file():
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, ValueError):
+            manifest = {}
+    rho = manifest.get("rho")
+    if rho is None and cfg.data.simulated is not None:
+        rho = cfg.data.simulated.rho
+    info = {
+        "root": str(root),
+        "split": cfg.data.split,
+        "num_examples": len(dataset),
+        "manifest": manifest,
+        "rho": None if rho is None else float(rho),
+        "example": dataset[0],
+        "train_masks": _training_masks(dataset, manifest),
+    }
+    return DataBundle(dataset, collate, info)
+
+
+def _training_masks(dataset: Any, manifest: dict) -> Optional[torch.Tensor]:
+    """``(N, W)`` bool masks of the training acquisitions: from the dataset when it
+    offers them cheaply (``dataset.masks``), else by reading the items when the
+    manifest does not name the mask family (small data sets only)."""
+    masks = getattr(dataset, "masks", None)
+    if masks is None and not isinstance(manifest.get("mask"), dict) and len(dataset) <= 5000:
+        masks = [dataset[i]["mask"] for i in range(len(dataset))]
+    if masks is None:
+        return None
+
+    def squeeze(m: Any) -> torch.Tensor:  # (1, 1, W) -> (W,), (1, H, W) -> (H, W)
+        t = torch.as_tensor(np.asarray(m))
+        while t.dim() > 1 and t.shape[0] == 1:
+            t = t[0]
+        return t
+
+    return torch.stack([squeeze(m) for m in masks]).bool()
+
+
+class StepBatchSampler:
+    """Seeded, resumable batch order: yields the index lists of steps
+    ``start_step, start_step + 1, ...`` for this rank.
+
+    The ``n`` examples are permuted once per epoch with a generator seeded by
+    ``(seed, epoch)``; each step takes the next ``batch_size * world_size``
+    indices of the permutation (a partial last batch is dropped) and rank ``r``
+    the ``r``-th slice of ``batch_size`` of them. So ``world_size`` processes
+    with ``batch_size`` each see exactly the examples of one process with
+    ``batch_size * world_size``, and the order at step ``s`` depends on ``s``
+    alone (resuming mid-epoch needs no extra state).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start_step: int = 0, max_steps: Optional[int] = None):
+        self.n = int(n)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.start_step = int(start_step)
+        self.max_steps = max_steps
+        self.global_batch = self.batch_size * self.world_size
+        if self.n < self.global_batch:
+            raise MrimsmError(
+                f"the training set has {self.n} examples, fewer than one batch "
+                f"({self.batch_size} x {self.world_size} processes); lower train.batch_size"
+            )
+        self.steps_per_epoch = self.n // self.global_batch
+        self._perm_epoch = -1
+        self._perm: Optional[np.ndarray] = None
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        start = k * self.global_batch + self.rank * self.batch_size
+        return [int(i) for i in perm[start : start + self.batch_size]]
+
+    def state(self, step: int) -> dict:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return {"seed": self.seed, "epoch": epoch, "batch_in_epoch": k, "steps_per_epoch": self.steps_per_epoch}
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while self.max_steps is None or step < self.max_steps:
+            yield self.indices(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.max_steps is None:
+            raise TypeError("an endless StepBatchSampler has no length")
+        return max(0, self.max_steps - self.start_step)
+
+
+_INIT_STREAM = 1_000_001  # pseudo-ranks of the seeds of the initial weights and the previews
+_PREVIEW_STREAM = 1_000_002
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The 63-bit seed of step ``step`` on rank ``rank``."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(2, np.uint64)[0] >> 1)
+
+
+# -- EMA ---------------------------------------------------------------------------
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers are copied).
+
+    ``decay_at(step) = min(decay, (1 + step) / (10 + step))``: a short warm-up
+    so that short runs are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model)
+        self.module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = self.decay_at(step)
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+# -- pictures ------------------------------------------------------------------------
+
+
+def _to_display(images: torch.Tensor) -> np.ndarray:
+    """``(N, H, W)`` complex/real or ``(N, K, H, W)`` real -> ``(N, H, W)`` or ``(N, H, W, 3)`` in [0, 1]."""
+    x = images.detach().cpu()
+    if x.is_complex():
+        x = x.abs()
+        if x.dim() == 4:
+            x = x.pow(2).sum(1).sqrt()
+    x = x.float().numpy()
+    if x.ndim == 4:
+        x = x[:, 0] if x.shape[1] == 1 else np.moveaxis(x[:, :3], 1, -1)
+    if x.ndim == 4:  # RGB: clip to [0, 1]
+        return np.clip(x, 0.0, 1.0)
+    out = np.empty_like(x)
+    for i, img in enumerate(x):  # magnitudes: each image scaled by its 99.5th percentile
+        hi = float(np.percentile(np.abs(img), 99.5)) or 1.0
+        out[i] = np.clip(img / hi, 0.0, 1.0)
+    return out
+
+
+def save_grid(path: str | os.PathLike, images: torch.Tensor, ncols: Optional[int] = None) -> Path:
+    """Write images as one PNG grid, atomically.
+
+    Args:
+        images: ``(N, H, W)`` complex64 (magnitudes shown) or real, or
+            ``(N, K, H, W)`` real (``K = 3``: RGB in [0, 1]).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+
+    tiles = _to_display(images)
+    n = tiles.shape[0]
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    h, w = tiles.shape[1:3]
+    pad = 2
+    shape = (nrows * (h + pad) + pad, ncols * (w + pad) + pad) + tiles.shape[3:]
+    grid = np.ones(shape, dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = tiles[i]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return path
+
+
+# -- the loop -------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank)."""
+
+    run_dir: Path
+    start_step: int
+    step: int
+    losses: list = field(default_factory=list)  # (step, loss of this rank) for each step run here
+    model: Optional[nn.Module] = None  # the trained module (unwrapped)
+    ema: Optional[nn.Module] = None
+    steps_per_s: float = float("nan")
+    peak_memory_mb: float = float("nan")
+
+
+def _to_device(batch: Mapping, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
+    if not cfg.train.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    except (ImportError, OSError):
+        return float("nan")
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log records after ``last_step`` (they are about to be re-run)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if int(rec.get("step", 0)) <= last_step:
+            keep.append(line)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(x + "\n" for x in keep))
+
+
+def _write_config(path: Path, cfg: Config) -> None:
+    import yaml
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _float(v: Any) -> float:
+    return float(v.detach().float().mean().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def train(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    device: Optional[str] = None,
+    progress: Optional[Callable[..., Any]] = None,
+    echo: Callable[[str], None] = print,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> TrainResult:
+    """Train ``cfg.method`` on ``cfg.data`` for ``cfg.train.max_steps`` steps.
+
+    Args:
+        cfg: a validated :class:`Config`.
+        run_dir: output directory (see the module docstring). Without
+            ``resume`` it must not already hold a checkpoint.
+        resume: continue from ``run_dir/last.pt`` (start at step 0 if there is none).
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        progress: tqdm-like factory, called as ``progress(total=, initial=, desc=)``
+            on rank 0; ``None`` shows no bar.
+        echo: where rank 0's one-line messages go.
+        amp_dtype: force an autocast dtype (tests); default: bf16/fp16 on CUDA
+            when ``train.amp``, none on CPU.
+
+    Returns:
+        a :class:`TrainResult`.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / LAST_NAME
+    if not resume and last.exists():
+        raise MrimsmError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MrimsmError(f"--out {run_dir} exists and is not a directory")
+
+    method_cls = get_method(cfg.method)
+    info = distributed.init(device)
+    try:
+        return _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) -> TrainResult:
+    dev = info.device
+    say = echo if info.is_main else (lambda _msg: None)
+    tc = cfg.train
+
+    # -- data and model ------------------------------------------------------------
+    bundle = method_cls.build_dataset(cfg, info)
+    method = method_cls(cfg, bundle.info)
+    torch.manual_seed(step_seed(tc.seed, _INIT_STREAM, 0))  # same initial weights on every rank
+    model = method.build_model(cfg).to(dev)
+    ema = EMA(model, tc.ema)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    amp = amp_dtype if amp_dtype is not None else _amp_dtype(cfg, dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=(amp == torch.float16 and dev.type == "cuda"))
+
+    # -- resume ----------------------------------------------------------------------
+    start = 0
+    last = run_dir / LAST_NAME
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=dev)
+        if ckpt["method"] != cfg.method:
+            raise MrimsmError(f"{last} was trained with method {ckpt['method']!r}, not {cfg.method!r}")
+        load_state_checked(model, ckpt["model"], str(last))
+        load_state_checked(ema.module, ckpt["ema"], str(last))
+        if ckpt.get("optimizer") is None:
+            raise MrimsmError(f"{last} holds no optimizer state and cannot be resumed")
+        opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        start = int(ckpt["step"])
+        ranks = (ckpt.get("rng") or {}).get("ranks") or []
+        if len(ranks) == info.world_size:
+            restore_rng_state(ranks[info.rank])
+        say(f"resuming {run_dir} from step {start}")
+        del ckpt
+    elif resume:
+        say(f"no checkpoint in {run_dir}; starting from step 0")
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(run_dir / "config.yaml", cfg)
+        _truncate_log(run_dir / "log.jsonl", start)
+    distributed.barrier(info)
+
+    net = distributed.wrap(model, info)
+    sampler = StepBatchSampler(
+        len(bundle.dataset), tc.batch_size, tc.seed, info.rank, info.world_size, start, tc.max_steps
+    )
+    loader = torch.utils.data.DataLoader(
+        bundle.dataset,
+        batch_sampler=sampler,
+        collate_fn=bundle.collate,
+        num_workers=tc.num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+    preview_batch = None
+    if tc.sample_every and info.is_main:
+        n_prev = min(cfg.sample.preview_num, len(bundle.dataset))
+        preview_batch = _to_device(bundle.collate([bundle.dataset[i] for i in range(n_prev)]), dev)
+
+    result = TrainResult(run_dir=run_dir, start_step=start, step=start)
+    bar = progress(total=tc.max_steps, initial=start, desc="train") if (progress and info.is_main) else None
+    log_path = run_dir / "log.jsonl"
+    window: dict[str, list] = {}
+    t_window = time.perf_counter()
+    t_start = t_window
+    steps_in_window = 0
+    step = start
+
+    def write_checkpoint(at_step: int) -> None:
+        rng = distributed.all_gather_object(capture_rng_state(sampler.state(at_step)), info)
+        if not info.is_main:
+            return
+        fields = dict(
+            method=cfg.method,
+            step=at_step,
+            config=cfg.to_dict(),
+            meta=method.checkpoint_meta(cfg),
+            model=model.state_dict(),
+            ema=ema.module.state_dict(),
+            optimizer=opt.state_dict(),
+            scaler=scaler.state_dict() if scaler.is_enabled() else None,
+            rng={"ranks": rng, "world_size": info.world_size},
+        )
+        save_checkpoint(last, **fields)
+        if tc.keep_every and at_step % tc.keep_every == 0:
+            save_checkpoint(run_dir / "checkpoints" / f"step_{at_step:07d}.pt", **fields)
+
+    model.train()
+    try:
+        for indices_batch in loader:
+            # reseed: step s is the same whether or not the run was resumed
+            seed = step_seed(tc.seed, info.rank, step)
+            torch.manual_seed(seed)
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(seed)
+            batch = _to_device(indices_batch, dev)
+            batch["step"] = step
+            batch["epoch"] = sampler.epoch_of(step)
+
+            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss, logs = method.loss(net, batch, gen)
+            loss_value = float(loss.detach().item())
+            if not math.isfinite(loss_value):
+                raise MrimsmError(
+                    f"the loss became {loss_value} at step {step + 1}; lower train.lr or check the data "
+                    f"(last checkpoint: {last if last.exists() else 'none'})"
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            grad_norm = float("nan")
+            if tc.grad_clip > 0:
+                scaler.unscale_(opt)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            ema.update(model, step)
+
+            result.losses.append((step, loss_value))
+            window.setdefault("loss", []).append(loss_value)
+            if tc.grad_clip > 0:
+                window.setdefault("grad_norm", []).append(grad_norm)
+            for k, v in (logs or {}).items():
+                window.setdefault(k, []).append(_float(v))
+            steps_in_window += 1
+
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                now = time.perf_counter()
+                rec = {"step": step, "epoch": sampler.epoch_of(step - 1)}
+                for k, vals in window.items():
+                    rec[k] = distributed.all_reduce_mean(float(np.mean(vals)), info)
+                rec["lr"] = opt.param_groups[0]["lr"]
+                rec["steps_per_s"] = steps_in_window / max(now - t_window, 1e-9)
+                rec["elapsed_s"] = now - t_start
+                if info.is_main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.4g}", it_s=f"{rec['steps_per_s']:.2f}")
+                window, steps_in_window, t_window = {}, 0, now
+            if bar is not None:
+                bar.update(1)
+
+            if tc.sample_every and step % tc.sample_every == 0 and info.is_main:
+                _write_preview(method, ema.module, preview_batch, run_dir, step, tc.seed, dev)
+            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.max_steps:
+                write_checkpoint(step)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if step == start and start < tc.max_steps:
+        raise MrimsmError("the data loader yielded no batches")
+    elapsed = time.perf_counter() - t_start
+    result.step = step
+    result.model = model
+    result.ema = ema.module
+    result.steps_per_s = (step - start) / elapsed if step > start and elapsed > 0 else float("nan")
+    result.peak_memory_mb = _peak_memory_mb(dev)
+    if step > start:
+        say(f"trained steps {start + 1}-{step}: final loss {result.losses[-1][1]:.4g}, "
+            f"{result.steps_per_s:.2f} steps/s; checkpoint {last}")
+    else:
+        say(f"{run_dir} is already at step {step} (train.max_steps = {tc.max_steps}); nothing to do")
+    return result
+
+
+def _write_preview(method: TrainMethod, ema_model: nn.Module, batch: Optional[dict], run_dir: Path,
+                   step: int, seed: int, dev: torch.device) -> None:
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(step_seed(seed, _PREVIEW_STREAM, step))
+    was_training = ema_model.training
+    ema_model.eval()
+    with torch.no_grad():
+        images = method.preview(ema_model, batch, gen)
+    ema_model.train(was_training)
+    if images is not None:
+        save_grid(run_dir / "samples" / f"step_{step:07d}.png", images)

@@ -1,0 +1,206 @@
+"""Config loading: every key validated, errors name the key and the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mrimsm.config import (
+    config_from_dict,
+    known_methods,
+    load_config,
+    method_schema,
+    register_method_schema,
+)
+from mrimsm.errors import MrimsmError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ["tiny.yaml", "tiny_noisy.yaml", "fastmri_r4.yaml", "fastmri_r4_noisy.yaml"]
+
+
+def _write(tmp_path: Path, data: dict, name: str = "c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _tiny_dict() -> dict:
+    return yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.method == "msm"
+    assert cfg.train.lr > 0 and cfg.train.batch_size >= 1
+    assert cfg.model.model_channels in (32, 128)
+    assert cfg.source.endswith(name)
+
+
+def test_paper_scale_settings():
+    cfg = load_config(REPO / "configs" / "fastmri_r4.yaml")
+    assert cfg.model.model_channels == 128
+    assert cfg.model.channel_mult == [1, 1, 2, 2, 4, 4]
+    assert cfg.model.attention_resolutions == [32, 16, 8]
+    assert cfg.train.lr == pytest.approx(5e-5) and cfg.train.ema == pytest.approx(0.9999)
+    assert cfg.diffusion.rho == 0.0 and cfg.diffusion.train_steps == 200
+    noisy = load_config(REPO / "configs" / "fastmri_r4_noisy.yaml")
+    assert noisy.diffusion.rho == pytest.approx(0.1) and noisy.diffusion.lambda_sure == pytest.approx(0.05)
+
+
+def test_tiny_builds_simulated_data():
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    assert cfg.data.root is None and cfg.data.simulated.size == 64
+
+
+def test_unknown_top_level_key(tmp_path):
+    d = _tiny_dict()
+    d["trian"] = {}
+    p = _write(tmp_path, d)
+    with pytest.raises(MrimsmError, match=r"c\.yaml.*unknown key 'trian'"):
+        load_config(p)
+
+
+def test_unknown_nested_key_names_the_path(tmp_path):
+    d = _tiny_dict()
+    d["train"]["lrr"] = 1e-3
+    with pytest.raises(MrimsmError, match=r"c\.yaml: unknown key 'train\.lrr'"):
+        load_config(_write(tmp_path, d))
+    d = _tiny_dict()
+    d["data"]["simulated"]["coils"] = 4
+    with pytest.raises(MrimsmError, match=r"unknown key 'data\.simulated\.coils'"):
+        load_config(_write(tmp_path, d))
+
+
+def test_missing_required_key(tmp_path):
+    d = _tiny_dict()
+    del d["train"]["lr"]
+    with pytest.raises(MrimsmError, match=r"c\.yaml: missing key 'train\.lr'"):
+        load_config(_write(tmp_path, d))
+    d = _tiny_dict()
+    del d["model"]["model_channels"]
+    with pytest.raises(MrimsmError, match=r"missing key 'model\.model_channels'"):
+        load_config(_write(tmp_path, d))
+
+
+def test_missing_section(tmp_path):
+    d = _tiny_dict()
+    del d["model"]
+    with pytest.raises(MrimsmError, match=r"missing section 'model'"):
+        load_config(_write(tmp_path, d))
+
+
+def test_wrong_types(tmp_path):
+    d = _tiny_dict()
+    d["train"]["batch_size"] = "eight"
+    with pytest.raises(MrimsmError, match=r"'train\.batch_size' must be an integer"):
+        load_config(_write(tmp_path, d))
+    d = _tiny_dict()
+    d["model"]["channel_mult"] = 3
+    with pytest.raises(MrimsmError, match=r"'model\.channel_mult' must be a list"):
+        load_config(_write(tmp_path, d))
+    d = _tiny_dict()
+    d["train"]["amp"] = "yes"
+    with pytest.raises(MrimsmError, match=r"'train\.amp' must be true or false"):
+        load_config(_write(tmp_path, d))
+
+
+def test_value_checks(tmp_path):
+    d = _tiny_dict()
+    d["train"]["lr"] = -1.0
+    with pytest.raises(MrimsmError, match=r"'train\.lr' must be > 0"):
+        load_config(_write(tmp_path, d))
+    d = _tiny_dict()
+    d["sample"]["w"] = 0
+    with pytest.raises(MrimsmError, match=r"'sample\.w' must be >= 1"):
+        load_config(_write(tmp_path, d))
+    d = _tiny_dict()
+    d["diffusion"]["train_steps"] = 5000
+    with pytest.raises(MrimsmError, match=r"train_steps"):
+        load_config(_write(tmp_path, d))
+
+
+def test_yaml_string_float_accepted(tmp_path):
+    p = tmp_path / "c.yaml"
+    text = (REPO / "configs" / "tiny.yaml").read_text().replace("lr: 2.0e-4", "lr: 3e-4")
+    assert "lr: 3e-4" in text
+    p.write_text(text)
+    assert load_config(p).train.lr == pytest.approx(3e-4)
+
+
+def test_data_needs_exactly_one_source(tmp_path):
+    d = _tiny_dict()
+    d["data"]["root"] = "somewhere"
+    with pytest.raises(MrimsmError, match="exactly one"):
+        load_config(_write(tmp_path, d))
+    d = _tiny_dict()
+    d["data"] = {}
+    with pytest.raises(MrimsmError, match="exactly one"):
+        load_config(_write(tmp_path, d))
+
+
+def test_method_flag_must_agree(tmp_path):
+    p = _write(tmp_path, _tiny_dict())
+    with pytest.raises(MrimsmError, match="--method"):
+        load_config(p, method="ssdu")
+    assert load_config(p, method="msm").method == "msm"
+
+
+def test_unknown_method(tmp_path):
+    d = _tiny_dict()
+    d["method"] = "magic"
+    with pytest.raises(MrimsmError, match="unknown method 'magic'"):
+        load_config(_write(tmp_path, d))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(MrimsmError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(MrimsmError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("")
+    with pytest.raises(MrimsmError, match="empty"):
+        load_config(p)
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(MrimsmError, match="mapping"):
+        load_config(p)
+
+
+@dataclass
+class _ToyModel:
+    width: int
+    depth: int = 2
+
+
+def test_registered_method_sections(tmp_path):
+    register_method_schema("toy-config-test", {"model": _ToyModel})
+    assert "toy-config-test" in known_methods()
+    assert method_schema("toy-config-test") == {"model": _ToyModel}
+    d = {
+        "method": "toy-config-test",
+        "data": {"root": "x"},
+        "model": {"width": 3},
+        "train": {"lr": 1e-3, "batch_size": 2, "max_steps": 5},
+    }
+    cfg = load_config(_write(tmp_path, d))
+    assert cfg.model == _ToyModel(width=3, depth=2)
+    assert cfg.sample.steps == 200  # the sample section is optional
+    d["model"]["height"] = 1
+    with pytest.raises(MrimsmError, match=r"unknown key 'model\.height'"):
+        load_config(_write(tmp_path, d))
+    with pytest.raises(ValueError):
+        register_method_schema("bad", {"train": _ToyModel})
+
+
+def test_round_trip_and_replace():
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    again = config_from_dict(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict()
+    changed = cfg.replace(**{"train.max_steps": 7, "data.root": "d", "data.simulated": None})
+    assert changed.train.max_steps == 7 and changed.data.root == "d" and changed.data.simulated is None
+    assert cfg.train.max_steps != 7  # the original is untouched
