@@ -34,8 +34,8 @@ $(SAMPLE): | $(STAMP)
 	$(PY) data_scripts/make_sample.py --out $(SAMPLE)
 
 demo: $(STAMP) $(SAMPLE)
-	$(VENV)/bin/mrimsm recon --accel 6 $(SAMPLE) -o $(DEMO_OUT) \
-		--method zero-filled --method cs --png $(DEMO_OUT)/png
+	$(VENV)/bin/mrimsm recon --accel 6 $(SAMPLE) -o $(DEMO_OUT) --threads 1 \
+		--method zero-filled --method cs --method ssdu --method msm --png $(DEMO_OUT)/png
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -168,3 +168,29 @@ def restore_rng_state(state: Mapping) -> None:
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, extra_meta: Optional[dict] = None) -> Path:
+    """Write a small inference-only copy of a training checkpoint.
+
+    Keeps the format keys, method, step, config and meta, and the EMA weights
+    (stored once, under both ``model`` and ``ema``, so :func:`load_checkpoint`
+    accepts it); drops the optimizer, grad scaler and RNG states, so it cannot
+    be resumed. This is how the shipped default models are made.
+
+    Args:
+        src: training checkpoint (file or run directory).
+        dst: output file (written atomically; must differ from ``src``).
+        extra_meta: merged into ``meta["export"]`` (e.g. provenance notes).
+    """
+    src_path = resolve_checkpoint_path(src)
+    dst = Path(dst)
+    if dst.resolve() == src_path.resolve():
+        raise MrimsmError("the exported checkpoint must not overwrite its source")
+    ckpt = load_checkpoint(src_path)
+    ema = {k: v.detach().clone().contiguous() for k, v in ckpt["ema"].items()}
+    meta = dict(ckpt["meta"])
+    meta["export"] = {"source_step": int(ckpt["step"]), "inference_only": True, **(extra_meta or {})}
+    fields = {k: ckpt[k] for k in ("method", "step", "config") if k in ckpt}
+    fields.update(meta=meta, model=ema, ema=ema)
+    return save_checkpoint(dst, **fields)

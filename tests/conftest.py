@@ -23,6 +23,7 @@ from typing import Callable
 import h5py
 import numpy as np
 import pytest
+import torch
 
 #: Kinds the factory can write. The first three are valid files.
 FAKE_KINDS = (
@@ -153,3 +154,14 @@ def prepared_measurements(tmp_path_factory) -> Path:
     opts = PrepOptions(size=64, noise_rho=0.05, skip_last=0, val_fraction=0.5)
     prepare_dataset(base / "raw", base / "out", opts, on_warning=lambda m: None)
     return base / "out"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test runs with one torch thread: on a shared 2-core machine two
+    OpenMP threads contending with other processes made these small tensors
+    7-100x slower. The previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,14 +16,6 @@ from test_train import msm_config  # registers the in-memory "msm-mem" method
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _files(root: Path) -> set:
     return {p.relative_to(root) for p in root.rglob("*")} if root.exists() else set()
 

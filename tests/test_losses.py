@@ -14,15 +14,6 @@ from mrimsm.physics.operators import Identity, MultiCoilMRI, PixelMask
 SCH = VPSchedule()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 class LinearDenoiser(torch.nn.Module):
     """x0 = a u + b roll(u): a simple linear (not diagonal) denoiser, independent of t."""

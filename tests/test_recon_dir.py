@@ -25,15 +25,6 @@ from conftest import write_fake_fastmri
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (two contend badly with other processes on the shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _true_maps(kspace, mask):
     """The simulator's birdcage maps on the readout-cropped grid (replaces ESPIRiT)."""
     s, c, h, w = kspace.shape

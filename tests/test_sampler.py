@@ -39,15 +39,6 @@ H = W = 4
 D = H * W
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- Gaussian models and their exact local denoisers ------------------------------
 
 

@@ -26,16 +26,6 @@ from mrimsm.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine two OpenMP threads contending
-    with other processes make these small convolutions up to 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- a toy method: noisy linear regression with dropout ------------------------------------
 
 

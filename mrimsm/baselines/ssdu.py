@@ -445,7 +445,7 @@ def load_ssdu(path: Any, device: str | torch.device = "cpu", use_ema: bool = Tru
 # -- `mrimsm recon --method ssdu` --------------------------------------------------------
 
 #: The small SSDU checkpoint shipped with the package (trained with configs/ssdu_tiny.yaml).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "ssdu_tiny.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_ssdu.pt"
 
 
 def _checkpoint_option(options: Mapping[str, Any]) -> Path:
