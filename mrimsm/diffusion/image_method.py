@@ -1,0 +1,136 @@
+"""MSM on natural images: the ``msm-images`` training method.
+
+Identical to :class:`~mrimsm.diffusion.method.MSMMethod` (same denoiser, same
+:class:`~mrimsm.diffusion.losses.MSMLoss`, same Algorithm 1) except for where
+the training examples come from (``build_dataset``; ``checkpoint_meta`` and
+``preview`` only add the mask family and the pixel range): an image folder
+(:class:`~mrimsm.data.images.ImageFolderDataset`), each image seen through its
+own fixed Bernoulli pixel mask. Batches have no coil maps, so
+:func:`~mrimsm.diffusion.method.batch_operator` makes them ``Identity(mask)``
+(``T = I``); nothing downstream branches on the data kind.
+
+Config: the MSM sections (``model``, ``diffusion``) plus ``images``
+(:class:`ImageDataConfig`); ``data.root`` (or ``mrimsm train --data DIR``) is the
+image folder. ``diffusion.rho: null`` follows ``images.rho``.
+
+Checkpoint ``meta`` = MSM's, with ``operator: "Identity"``, ``channels``,
+``mask: {"kind": "bernoulli", "p": p}`` and ``value_range: [-1, 1]`` (how to
+turn samples into pixels).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from mrimsm import distributed
+from mrimsm.config import Config
+from mrimsm.diffusion.method import DiffusionConfig, MSMMethod, UNetConfig
+from mrimsm.errors import MrimsmError
+from mrimsm.train import DataBundle, register_method
+
+__all__ = ["ImageDataConfig", "ImageMSMMethod", "VALUE_RANGE", "export_for_inference"]
+
+#: pixel values of the training images (and of samples / restorations)
+VALUE_RANGE = (-1.0, 1.0)
+
+
+@dataclass
+class ImageDataConfig:
+    """How an image folder becomes measurements (see :class:`~mrimsm.data.images.ImageFolderDataset`).
+
+    ``size``: training resolution (paper: 128); ``p``: pixel keep probability (paper: 0.4);
+    ``rho``: measurement noise on kept pixels, images in [-1, 1] (paper: 0 or 0.1);
+    ``seed``: seeds every file's mask and noise; ``channels``: 3 (RGB) or 1;
+    ``channel_mismatch``: convert | skip | error for files with the other channel count.
+    """
+
+    size: int = 128
+    p: float = 0.4
+    rho: float = 0.0
+    seed: int = 0
+    channels: int = 3
+    channel_mismatch: str = "convert"
+
+    def validate(self) -> None:
+        if self.size < 1:
+            raise ValueError("size: must be >= 1")
+        if not 0 < self.p <= 1:
+            raise ValueError("p: must be in (0, 1]")
+        if self.rho < 0:
+            raise ValueError("rho: must be >= 0")
+        if self.seed < 0:
+            raise ValueError("seed: must be >= 0")
+        if self.channels not in (1, 3):
+            raise ValueError("channels: must be 1 or 3")
+        if self.channel_mismatch not in ("convert", "skip", "error"):
+            raise ValueError("channel_mismatch: must be convert, skip or error")
+
+
+@register_method("msm-images")
+class ImageMSMMethod(MSMMethod):
+    """MSM trained on an image folder through fixed pixel masks (``T = I``)."""
+
+    config_sections = {"model": UNetConfig, "diffusion": DiffusionConfig, "images": ImageDataConfig}
+
+    @classmethod
+    def build_dataset(cls, cfg: Config, dist_info: distributed.DistInfo) -> DataBundle:
+        from mrimsm.data.datasets import collate
+        from mrimsm.data.images import ImageFolderDataset
+
+        if cfg.data.root is None:
+            raise MrimsmError(f"{cfg.source}: msm-images trains on an image folder; set data.root or pass --data DIR")
+        im = cfg.images
+        dataset = ImageFolderDataset(
+            Path(cfg.data.root), size=im.size, p=im.p, rho=im.rho, seed=im.seed, channels=im.channels,
+            channel_mismatch=im.channel_mismatch,
+        )
+        if dataset.skipped and dist_info.is_main:
+            warnings.warn(f"{dataset.root}: {dataset.skipped_summary()}", stacklevel=2)
+        info = {
+            "root": str(dataset.root),
+            "split": "all",
+            "num_examples": len(dataset),
+            "manifest": {"images": {"size": im.size, "p": im.p, "rho": im.rho, "seed": im.seed,
+                                    "channels": im.channels, "converted": dataset.converted,
+                                    "skipped": dict(dataset.skipped)}},
+            "rho": im.rho,
+            "example": dataset[0],
+            "train_masks": None,  # the family (Bernoulli p) says it all; per-image masks derive from the seed
+        }
+        return DataBundle(dataset, collate, info)
+
+    def checkpoint_meta(self, cfg: Config) -> dict:
+        meta = super().checkpoint_meta(cfg)
+        meta["mask"] = {"kind": "bernoulli", "p": float(cfg.images.p)}
+        meta["value_range"] = list(VALUE_RANGE)
+        return meta
+
+    def preview(self, model, batch, generator):
+        images = super().preview(model, batch, generator)
+        lo, hi = VALUE_RANGE
+        return None if images is None else (images - lo) / (hi - lo)  # the grid shows [0, 1]
+
+
+def export_for_inference(src, dst, data_root: Optional[str] = None, half: bool = True) -> Path:
+    """Write a small inference-only copy of an MSM checkpoint (how ``mrimsm/assets/default_images.pt``
+    is made): the EMA weights stored once (``model`` and ``ema`` share them), as float16 when
+    ``half`` (loading casts them back to the model's float32), no optimizer, scaler or RNG
+    state (it cannot be resumed). ``data_root`` replaces ``data.root`` in the stored config
+    (e.g. a machine-specific training path)."""
+    from mrimsm.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    config = dict(ckpt["config"])
+    if data_root is not None:
+        config["data"] = dict(config["data"], root=data_root)
+    ema = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().clone().contiguous()
+        for k, v in ckpt["ema"].items()
+    }
+    return save_checkpoint(
+        dst, method=ckpt["method"], step=ckpt["step"], config=config, meta=ckpt["meta"], model=ema, ema=ema,
+        optimizer=None, scaler=None, rng=None,
+    )
