@@ -39,7 +39,9 @@ def register(app: typer.Typer) -> None:
         noise: float = typer.Option(0.01, "--noise", help="--simulate: observation noise std (images in [-1, 1])."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cpu)."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+        threads: Optional[int] = typer.Option(
+            None, "--threads", help="torch CPU threads (1 is fastest on a busy shared CPU)."
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Restore INPUT (box inpainting or 4x super-resolution) with the MSM posterior solver."""
