@@ -464,7 +464,8 @@ def format_report(report: RestoreReport) -> str:
     r = report.restoration
     lines = [
         f"{report.task}: {report.image_size[0]} x {report.image_size[1]} image, {r.samples.shape[0]} sample(s), "
-        f"{r.seconds:.1f} s ({Path(report.checkpoint).name}, trained at {report.model_size[0]} x {report.model_size[1]})"
+        f"{r.seconds:.1f} s ({Path(report.checkpoint).name}, "
+        f"trained at {report.model_size[0]} x {report.model_size[1]})"
     ]
     if report.model_size != report.image_size:
         lines.append("note: the image size differs from the training size; the prior may fit it less well")
