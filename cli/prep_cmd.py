@@ -47,12 +47,9 @@ def register(app: typer.Typer) -> None:
         from mrimsm.data.prep import PrepOptions, prepare_dataset
         from mrimsm.errors import MrimsmError
 
-        if threads is not None:
-            if threads < 1:
-                raise MrimsmError(f"--threads must be >= 1, got {threads}")
-            import torch
+        from cli.main import set_threads
 
-            torch.set_num_threads(threads)
+        set_threads(threads)
 
         opts = PrepOptions(
             accel=accel, noise_rho=noise_rho, size=size,

@@ -47,12 +47,9 @@ def register(app: typer.Typer) -> None:
         """Restore INPUT (box inpainting or 4x super-resolution) with the MSM posterior solver."""
         from mrimsm.errors import MrimsmError
 
-        if threads is not None:
-            if threads < 1:
-                raise MrimsmError(f"--threads must be >= 1, got {threads}")
-            import torch
+        from cli.main import set_threads
 
-            torch.set_num_threads(threads)
+        set_threads(threads)
         if device is not None and device != "cpu" and not device.startswith("cuda"):
             raise MrimsmError(f"--device must be cpu or cuda, got {device!r}")
         if device is not None and device.startswith("cuda"):

@@ -29,12 +29,9 @@ def register(app: typer.Typer) -> None:
         from mrimsm.config import load_config
         from mrimsm.errors import MrimsmError
 
-        if threads is not None:
-            if threads < 1:
-                raise MrimsmError(f"--threads must be >= 1, got {threads}")
-            import torch
+        from cli.main import set_threads
 
-            torch.set_num_threads(threads)
+        set_threads(threads)
         cfg = load_config(config, method=method)
         overrides = {}
         if max_steps is not None:
