@@ -135,6 +135,15 @@ def _check_kspace_meta(ds: Any, path: Path) -> None:
         raise MrimsmError(f"kspace in {path} is empty: shape {tuple(ds.shape)}")
 
 
+def _kspace_dataset(f: "h5py.File", path: Path):
+    """The file's ``kspace`` dataset after the shape/dtype checks (no data read)."""
+    if "kspace" not in f:
+        raise MrimsmError(f"no 'kspace' dataset in {path}")
+    ds = f["kspace"]
+    _check_kspace_meta(ds, path)
+    return ds
+
+
 def read_header(path: str | os.PathLike) -> dict:
     """Validate a file's structure without loading k-space.
 
@@ -149,10 +158,7 @@ def read_header(path: str | os.PathLike) -> dict:
     path = Path(path)
     with _open(path) as f:
         try:
-            if "kspace" not in f:
-                raise MrimsmError(f"no 'kspace' dataset in {path}")
-            ds = f["kspace"]
-            _check_kspace_meta(ds, path)
+            ds = _kspace_dataset(f, path)
             header = bytes(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
             rss_shape = tuple(f["reconstruction_rss"].shape) if "reconstruction_rss" in f else None
             out = {
@@ -193,10 +199,7 @@ def read_multicoil(
     path = Path(path)
     with _open(path) as f:
         try:
-            if "kspace" not in f:
-                raise MrimsmError(f"no 'kspace' dataset in {path}")
-            ds = f["kspace"]
-            _check_kspace_meta(ds, path)
+            ds = _kspace_dataset(f, path)
             n_total, _, _, w = ds.shape
             if slices is None:
                 sel = list(range(n_total))
