@@ -517,6 +517,21 @@ def train(
         distributed.cleanup()
 
 
+def _check_same_parametrization(saved: dict, current: dict, path: Path) -> None:
+    """Refuse to resume when the config changes what the network's output means
+    (``diffusion.skip``, ``diffusion.prediction``); other keys may change on resume."""
+    old_d, new_d = saved.get("diffusion") or {}, current.get("diffusion") or {}
+    if not new_d:
+        return
+    for key, legacy in (("skip", "image"), ("prediction", "x0")):
+        before, after = old_d.get(key, legacy), new_d.get(key, legacy)
+        if before != after:
+            raise MrimsmError(
+                f"{path} was trained with diffusion.{key}: {before}, the config says {after}; "
+                f"set diffusion.{key}: {before} to resume it, or train a new run"
+            )
+
+
 def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) -> TrainResult:
     dev = info.device
     say = echo if info.is_main else (lambda _msg: None)
@@ -539,6 +554,7 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
         ckpt = load_checkpoint(last, map_location=dev)
         if ckpt["method"] != cfg.method:
             raise MrimsmError(f"{last} was trained with method {ckpt['method']!r}, not {cfg.method!r}")
+        _check_same_parametrization(ckpt["config"], cfg.to_dict(), last)
         load_state_checked(model, ckpt["model"], str(last))
         load_state_checked(ema.module, ckpt["ema"], str(last))
         if ckpt.get("optimizer") is None:

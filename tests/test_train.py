@@ -428,3 +428,21 @@ def test_msm_resume_reproduces_the_loss_curve(tmp_path):
     assert rest.losses == full.losses[2:]  # bit-identical on CPU
     for a, b in zip(full.ema.state_dict().values(), rest.ema.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_msm_skip_is_kept_on_resume_and_legacy_checkpoints_load_as_image_skip(tmp_path):
+    from mrimsm.checkpoint import load_checkpoint, save_checkpoint
+    from mrimsm.diffusion.method import load_msm
+
+    cfg = msm_config(max_steps=2, ckpt_every=2)
+    assert cfg.diffusion.skip == "measurement"  # the default for new models
+    train(cfg, tmp_path / "r", echo=lambda m: None)
+    assert load_msm(tmp_path / "r").denoiser.skip == "measurement"
+    other = msm_config(max_steps=4, ckpt_every=2).replace(**{"diffusion.skip": "image"})
+    with pytest.raises(MrimsmError, match="diffusion.skip: measurement"):
+        train(other, tmp_path / "r", resume=True, echo=lambda m: None)
+    # a checkpoint written before the option existed: no diffusion.skip in its config
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    ckpt["config"]["diffusion"].pop("skip")
+    save_checkpoint(tmp_path / "legacy.pt", **ckpt)
+    assert load_msm(tmp_path / "legacy.pt").denoiser.skip == "image"

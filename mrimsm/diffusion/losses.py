@@ -53,6 +53,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from mrimsm.diffusion.denoiser import local_estimate
 from mrimsm.diffusion.schedule import VPSchedule
 from mrimsm.physics.operators import MaskedMeasurement
 
@@ -255,9 +256,7 @@ class MSMLoss:
         scaled = torch.stack(
             [v * self._scal(torch.sqrt(self.schedule.alpha_bar(t)), v) for v, t in zip(vs, ts)]
         )  # (k, B, ...): y_t = sqrt(abar_t) v
-        u = op.adjoint(scaled)  # (k, B, *image)
-        x0 = denoiser(u.reshape(k * b, *u.shape[2:]), torch.cat(list(ts)))
-        s = op(x0.reshape(k, b, *x0.shape[1:]))  # (k, B, ...)
+        s = local_estimate(denoiser, op, scaled, torch.cat(list(ts)))  # (k, B, ...)
         return list(s.unbind(0))
 
     def sure(

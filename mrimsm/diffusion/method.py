@@ -88,6 +88,7 @@ class DiffusionConfig:
     weighting: str = "uniform"
     prediction: str = "x0"
     sigma_data: float = 0.5
+    skip: str = "measurement"  # where the denoiser's skip connection acts (diffusion/denoiser.py)
     reference_grad: bool = False
     num_steps: int = 1000
     beta_start: float = 1e-4
@@ -108,6 +109,8 @@ class DiffusionConfig:
             raise ValueError("prediction: must be x0 or eps")
         if self.sigma_data <= 0:
             raise ValueError("sigma_data: must be > 0")
+        if self.skip not in ("image", "measurement"):
+            raise ValueError("skip: must be image or measurement")
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise ValueError("beta_start: need 0 < beta_start <= beta_end < 1")
 
@@ -315,7 +318,9 @@ def build_denoiser(config: dict, channels: int, image_shape) -> nn.Module:
         resblock_updown=m["resblock_updown"],
     )
     schedule = VPSchedule(d["num_steps"], d["beta_start"], d["beta_end"])
-    return MSMDenoiser(net, schedule, prediction=d["prediction"], sigma_data=d["sigma_data"])
+    return MSMDenoiser(
+        net, schedule, prediction=d["prediction"], sigma_data=d["sigma_data"], skip=d.get("skip", "image")
+    )
 
 
 # -- sampling from a checkpoint -------------------------------------------------------------
@@ -341,6 +346,15 @@ def _is_msm(name: str) -> bool:
         return False
 
 
+def _with_legacy_skip(config: dict) -> dict:
+    """Checkpoints written before ``diffusion.skip`` existed used the image-domain skip."""
+    d = dict(config.get("diffusion") or {})
+    if "skip" in d:
+        return config
+    d["skip"] = "image"
+    return {**config, "diffusion": d}
+
+
 def load_msm(path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedMSM:
     """Load an MSM checkpoint (file or run directory) for sampling/reconstruction."""
     from mrimsm.checkpoint import load_checkpoint, load_state_checked, resolve_checkpoint_path
@@ -350,7 +364,7 @@ def load_msm(path, device: str | torch.device = "cpu", use_ema: bool = True) -> 
     ckpt = load_checkpoint(p, map_location="cpu")
     if not _is_msm(ckpt["method"]):
         raise MrimsmError(f"{p} is a {ckpt['method']!r} checkpoint; sampling needs an msm one")
-    cfg = config_from_dict(ckpt["config"], source=f"{p} (config)")
+    cfg = config_from_dict(_with_legacy_skip(ckpt["config"]), source=f"{p} (config)")
     meta = ckpt["meta"]
     try:
         channels, shape = int(meta["channels"]), meta["image_shape"]

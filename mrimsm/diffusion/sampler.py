@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrimsm.diffusion.denoiser import local_estimate
 from mrimsm.diffusion.losses import gaussian_like
 from mrimsm.diffusion.schedule import VPSchedule
 from mrimsm.errors import MrimsmError
@@ -114,11 +115,9 @@ def network_local_denoiser(denoiser: Callable[[torch.Tensor, torch.Tensor], torc
     """
 
     def local(op_s: MaskedMeasurement, y_t: torch.Tensor, t: int) -> torch.Tensor:
-        u = op_s.adjoint(y_t)  # (K, B, *image): coil-combined zero-filled view
-        k, b = u.shape[:2]
-        steps = torch.full((k * b,), int(t), dtype=torch.int64, device=u.device)
-        x0 = denoiser(u.reshape(k * b, *u.shape[2:]), steps)
-        return op_s(x0.reshape(k, b, *x0.shape[1:]))  # S_i T x0_hat
+        k, b = y_t.shape[:2]
+        steps = torch.full((k * b,), int(t), dtype=torch.int64, device=y_t.device)
+        return local_estimate(denoiser, op_s, y_t, steps)  # S_i T x0_hat (K, B, *meas)
 
     return local
 
