@@ -242,7 +242,7 @@ def restore_observation(
     H = task_operator(task, hw, device)
     sampler = SubmaskSampler(training_mask_family(loaded.meta), hw)
     t0 = time.perf_counter()
-    _, _, samples = posterior_sample(
+    _, std, samples = posterior_sample(
         loaded.denoiser, Identity(), H, y[None], sampler, settings, generator=int(seed),
         image_shape=(channels, *hw), on_step=on_step,
     )
@@ -250,7 +250,7 @@ def restore_observation(
     samples = samples[:, 0].float().cpu()  # (S, K, H, W)
     lo, hi = value_range
     image = samples.mean(0).clamp(lo, hi)
-    std = samples.std(0, correction=0) if samples.shape[0] > 1 else None
+    std = std[0].float().cpu() if samples.shape[0] > 1 else None  # std of the value (real images)
     base = baseline(y.cpu(), task, hw).clamp(lo, hi)
     return Restoration(image=image, std=std, samples=samples, observation=y.cpu(), baseline=base, seconds=seconds)
 

@@ -105,3 +105,24 @@ def test_settings_validation_and_yaml(tmp_path):
     for bad in [dict(steps=0), dict(w=0), dict(samples=0), dict(eta=2.0), dict(placement="x")]:
         with pytest.raises(MrimsmError):
             load_posterior_settings(None, **bad)
+
+
+def test_uncertainty_is_the_std_of_the_value_for_real_images():
+    """Signed real images (natural images in [-1, 1]): the std of the value, not of |x|."""
+    from mrimsm.diffusion.posterior import PosteriorSettings, posterior_sample
+    from mrimsm.diffusion.schedule import VPSchedule
+    from mrimsm.physics.masks import BernoulliPixel, SubmaskSampler
+    from mrimsm.physics.operators import BoxMask, Identity
+
+    def zero_prior(u, t):  # passes its noisy input through: samples of both signs around 0
+        return u
+
+    zero_prior.schedule = VPSchedule()
+    box = BoxMask((8, 8), (4, 4))
+    y = box(torch.zeros(1, 1, 8, 8))
+    settings = PosteriorSettings(steps=2, w=1, eta=1.0, samples=6)
+    _, std, samples = posterior_sample(zero_prior, Identity(), box, y, SubmaskSampler(BernoulliPixel(0.4), (8, 8)),
+                                       settings, generator=0, image_shape=(1, 8, 8))
+    expected = samples.std(0, correction=0)
+    assert torch.allclose(std, expected, atol=1e-6)
+    assert not torch.allclose(std, samples.abs().std(0, correction=0), atol=1e-4)

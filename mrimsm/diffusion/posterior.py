@@ -17,8 +17,9 @@ entries); ``step`` in between relaxes it. ``placement="local"`` applies the step
 each local estimate inside the ``w`` loop instead, as the published code does.
 
 ``K = num_samples`` posterior samples per slice are drawn in one batch; the
-reconstruction is their mean and the pixel-wise standard deviation of the
-magnitude is the uncertainty map.
+reconstruction is their mean and the pixel-wise standard deviation (of the
+magnitude for complex MRI images, of the value for real images) is the
+uncertainty map.
 
 The same code serves MRI and natural images: no branch on the data kind here;
 the operators carry the difference.
@@ -198,8 +199,9 @@ def posterior_sample(
 
     Returns:
         ``(mean (B, *image), std (B, *image) float32, samples (K, B, *image))``:
-        the posterior mean, the pixel-wise std of the magnitude over the ``K``
-        samples (zeros for ``K = 1``), and the samples themselves.
+        the posterior mean, the pixel-wise std over the ``K`` samples of the
+        magnitude (complex images) or of the value (real images), zeros for
+        ``K = 1``, and the samples themselves.
     """
     from mrimsm.diffusion.sampler import msm_sample
 
@@ -223,7 +225,10 @@ def posterior_sample(
     )
     samples = images.reshape(k, b, *images.shape[1:])
     mean = samples.mean(0)
-    std = samples.abs().float().std(0, correction=0) if k > 1 else torch.zeros(mean.shape, dtype=torch.float32)
+    # uncertainty of what is displayed: the magnitude for complex (MRI) images, the
+    # value itself for real (natural) images, whose sign matters
+    shown = samples.abs() if samples.is_complex() else samples
+    std = shown.float().std(0, correction=0) if k > 1 else torch.zeros(mean.shape, dtype=torch.float32)
     return mean, std, samples
 
 
