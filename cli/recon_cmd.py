@@ -2,7 +2,8 @@
 or a directory of them.
 
 Thin layer over :func:`mrimsm.recon.reconstruct_file` and
-:func:`mrimsm.recon.reconstruct_directory`: parses options, shows tqdm progress,
+:func:`mrimsm.recon.reconstruct_directory`: parses options into one
+:class:`mrimsm.recon.ReconOptions` that both take, shows tqdm progress,
 prints the metrics table (one file) or a line per file and a summary (directory).
 Numeric options are taken as text and parsed by :func:`mrimsm.recon.parse_options`,
 so a bad value is a one-line ``error:``. Library imports happen inside the command
@@ -140,21 +141,23 @@ def register(app: typer.Typer) -> None:
 
             torch.set_num_threads(int(lib.parse_number(threads, "--threads", int, 1)))
         base_seed = opts.pop("seed")
-        base_seed = 0 if base_seed is None else base_seed
         cf = opts.pop("center_fraction")
         rank, world, _ = lib.rank_info()
+        job = lib.ReconOptions(
+            methods=method or None,
+            accel=accel,
+            seed=0 if base_seed is None else base_seed,
+            options=opts,
+            png_dir=png,
+            center_fraction=cf,
+            progress=_progress(not quiet and rank == 0),
+        )
 
         if input.is_dir():
             report = lib.reconstruct_directory(
                 input,
                 output,
-                methods=method or None,
-                accel=accel,
-                seed=base_seed,
-                options=opts,
-                png_dir=png,
-                center_fraction=cf,
-                progress=_progress(not quiet and rank == 0),
+                recon_options=job,
                 overwrite=overwrite,
                 on_file=lambda o: _echo_line(f"[rank {rank}] {lib.format_outcome(o)}" if world > 1
                                              else lib.format_outcome(o)),
@@ -167,17 +170,7 @@ def register(app: typer.Typer) -> None:
         if world > 1 and rank != 0:
             typer.echo(f"rank {rank}: one input file; rank 0 reconstructs it")
             return
-        report = lib.reconstruct_file(
-            input,
-            output,
-            methods=method or None,
-            accel=accel,
-            seed=base_seed,
-            options=opts,
-            png_dir=png,
-            center_fraction=cf,
-            progress=_progress(not quiet),
-        )
+        report = lib.reconstruct_file(input, output, recon_options=job)
         typer.echo(lib.format_table(report.results, report.volume))
         for path in report.outputs.values():
             typer.echo(f"wrote {path}")

@@ -78,10 +78,10 @@ def test_parse_accel_bad(bad):
 
 
 def test_registry(monkeypatch):
-    monkeypatch.setattr(recon, "_REGISTRY", dict(recon._REGISTRY))
+    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     assert {"zero-filled", "cs"} <= set(recon.available_methods())
     assert recon.default_method() == ("msm" if "msm" in recon.available_methods() else "cs")
-    spec = recon.register_method("probe-lazy", "mrimsm.recon:_zero_filled_factory", description="lazy")
+    spec = recon.register_method("probe-lazy", "mrimsm.recon.methods:_zero_filled_factory", description="lazy")
     assert callable(spec.build({}))
     with pytest.raises(ValueError, match="already registered"):
         recon.register_method("probe-lazy", lambda o: None)
@@ -128,7 +128,7 @@ def test_too_much_acceleration_is_refused(tmp_path):
 
 
 def test_normalization_contract(tmp_path, monkeypatch):
-    monkeypatch.setattr(recon, "_REGISTRY", dict(recon._REGISTRY))
+    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     seen = []
 
     def factory(options):
@@ -273,7 +273,7 @@ def test_cli_missing_and_nan_files(tmp_path, capsys, monkeypatch):
 
 
 def test_progress_over_slices_and_method_steps(tmp_path, monkeypatch):
-    monkeypatch.setattr(recon, "_REGISTRY", dict(recon._REGISTRY))
+    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     events = []
 
     class Bar:

@@ -54,7 +54,7 @@ def probe(monkeypatch):
     """A registered method ``probe`` (zero-filled) that records the options it was built with."""
     from mrimsm.baselines.classical import zero_filled
 
-    monkeypatch.setattr(recon, "_REGISTRY", dict(recon._REGISTRY))
+    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     seen: list = []
 
     def factory(options):
@@ -162,7 +162,7 @@ def test_resolve_device():
 
 
 def test_batch_slices_option_sets_the_method_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(recon, "_REGISTRY", dict(recon._REGISTRY))
+    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     sizes = []
 
     def factory(options):

@@ -1,0 +1,127 @@
+"""The reconstruction pipeline behind ``mrimsm recon``, with a method registry.
+
+Pipeline for one fastMRI multi-coil file (:func:`reconstruct_file`)::
+
+    read (validated)                      mrimsm.data.fastmri_io.read_multicoil
+    -> remove readout oversampling        1-D centred IFFT along H, centre-crop the rows to the
+                                          reference height, FFT back (exact for column masks)
+    -> mask                               the file's own mask if it is undersampled, else a seeded
+                                          RandomCartesian(accel) per slice, seed_for(file, slice, seed)
+    -> coil maps                          ESPIRiT from the centre columns the mask keeps
+    -> reconstruct, for each method       the registry; normalized input if the method asks
+    -> crop columns, magnitude            (S, h, w) on the reference's intensity scale
+    -> metrics, output, PNGs              fastMRI layout, written atomically, never onto the input
+
+A directory of files (:func:`reconstruct_directory`) runs the same pipeline per file with the
+methods built once, skips files already done, reports and skips bad files, and splits the
+files across ``torchrun`` ranks (rank ``r`` of ``N`` takes files ``r, r + N, ...``).
+
+**Adding a method.** A method is a callable ``method(batch: SliceBatch) -> MethodOutput``
+built by a factory ``factory(options: Mapping[str, Any]) -> method`` (``options``: the
+command's options, e.g. ``device``, ``seed``, ``cs_lambda``, ``checkpoint``; a factory
+reads the keys it knows and ignores the rest). Register it once at import time::
+
+    register_method("msm", make_msm_method, needs_normalization=True, batch_slices=1)
+
+and add the module to :data:`PLUGIN_MODULES` so the pipeline imports it. A factory may be
+given as ``"package.module:function"`` to defer importing heavy code.
+
+**Normalization contract.** With ``needs_normalization=True`` the pipeline divides the
+volume's k-space by ``scale = max |A^H y|`` over the volume (zero-filled SENSE image of the
+masked data with the estimated maps, see :func:`volume_scale`), so the method sees images
+with max magnitude about 1, as MSM/SSDU training data (max |x| = 1 per volume); it multiplies
+the returned images and uncertainty by ``scale`` afterwards. ``batch.scale`` says which
+divisor was used (1.0 for methods that do not ask).
+
+The package's modules, one job each:
+
+================================  ================================================================
+:mod:`mrimsm.recon.methods`       the method interface, the registry, plug-ins, built-in methods
+:mod:`mrimsm.recon.options`       parsing the command's options; :class:`ReconOptions`
+:mod:`mrimsm.recon.progress`      progress-bar helpers
+:mod:`mrimsm.recon.volume`        readout crop, masks, coil maps, scale: :func:`prepare_volume`
+:mod:`mrimsm.recon.run`           one method over a volume's slices: :func:`run_method`
+:mod:`mrimsm.recon.outputs`       output paths, fastMRI-layout files, PNGs, the metrics table
+:mod:`mrimsm.recon.file`          one file end to end: :func:`reconstruct_file`
+:mod:`mrimsm.recon.directory`     a directory across ranks: :func:`reconstruct_directory`
+================================  ================================================================
+
+Everything public is importable from ``mrimsm.recon`` itself.
+"""
+
+from mrimsm.recon.methods import (
+    PLUGIN_MODULES,
+    Factory,
+    MethodOutput,
+    MethodSpec,
+    ReconMethod,
+    SliceBatch,
+    available_methods,
+    default_method,
+    get_method,
+    register_method,
+)
+from mrimsm.recon.options import NUMERIC_OPTIONS, ReconOptions, parse_accel, parse_number, parse_options
+from mrimsm.recon.progress import Progress
+from mrimsm.recon.volume import (
+    CALIB_ROWS,
+    MIN_CALIB_COLUMNS,
+    MIN_CENTER_COLUMNS,
+    PreparedVolume,
+    crop_readout,
+    prepare_volume,
+    volume_scale,
+)
+from mrimsm.recon.run import MethodResult, run_method
+from mrimsm.recon.outputs import format_table, plan_outputs, save_pngs, write_result
+from mrimsm.recon.file import ReconReport, reconstruct_file, resolve_device
+from mrimsm.recon.directory import (
+    DirectoryReport,
+    FileOutcome,
+    directory_outputs,
+    files_for_rank,
+    format_directory_summary,
+    format_outcome,
+    list_inputs,
+    rank_info,
+    reconstruct_directory,
+)
+
+__all__ = [
+    "SliceBatch",
+    "MethodOutput",
+    "MethodSpec",
+    "register_method",
+    "get_method",
+    "available_methods",
+    "default_method",
+    "PLUGIN_MODULES",
+    "parse_accel",
+    "crop_readout",
+    "MIN_CENTER_COLUMNS",
+    "volume_scale",
+    "PreparedVolume",
+    "MethodResult",
+    "prepare_volume",
+    "run_method",
+    "write_result",
+    "save_pngs",
+    "plan_outputs",
+    "reconstruct_file",
+    "ReconOptions",
+    "ReconReport",
+    "format_table",
+    "NUMERIC_OPTIONS",
+    "parse_number",
+    "parse_options",
+    "resolve_device",
+    "list_inputs",
+    "rank_info",
+    "files_for_rank",
+    "directory_outputs",
+    "FileOutcome",
+    "DirectoryReport",
+    "reconstruct_directory",
+    "format_outcome",
+    "format_directory_summary",
+]

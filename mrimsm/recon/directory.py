@@ -1,0 +1,244 @@
+"""Many files: every ``*.h5`` of a directory through the pipeline, skipping files already
+done, reporting bad ones, split across ``torchrun`` ranks (rank ``r`` of ``N`` takes files
+``r, r + N, ...``), and the per-file lines and summary the command prints."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from mrimsm.errors import MrimsmError
+from mrimsm.recon.file import build_methods, reconstruct_one
+from mrimsm.recon.methods import ReconMethod
+from mrimsm.recon.options import ReconOptions
+from mrimsm.recon.outputs import same_file
+from mrimsm.recon.progress import open_bar
+
+def list_inputs(directory: Union[str, os.PathLike]) -> list[Path]:
+    """The ``*.h5`` files directly inside ``directory``, sorted by name (hidden files,
+    e.g. unfinished atomic writes, skipped)."""
+    d = Path(directory)
+    return sorted(p for p in d.iterdir() if p.suffix == ".h5" and not p.name.startswith(".") and p.is_file())
+
+
+def rank_info(environ: Optional[Mapping[str, str]] = None) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's variables ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK`` (``(0, 1, 0)`` when run alone)."""
+    env = os.environ if environ is None else environ
+    values = []
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        text = env.get(key, default)
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise MrimsmError(f"environment variable {key}={text!r} is not an integer") from None
+    rank, world, local = values
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise MrimsmError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
+    return rank, world, local
+
+
+def files_for_rank(files: Sequence[Path], rank: int, world_size: int) -> list[Path]:
+    """Rank ``r`` of ``N`` takes files ``r, r + N, r + 2N, ...`` (no communication needed)."""
+    return list(files[rank::world_size])
+
+
+def directory_outputs(input_file: Path, output_dir: Path, methods: Sequence[str]) -> dict[str, Path]:
+    """Where a file of a directory run goes, in fastMRI's layout (same file name as
+    the input): ``output_dir/<name>`` for one method, ``output_dir/<method>/<name>``
+    for several."""
+    if len(methods) == 1:
+        return {methods[0]: output_dir / input_file.name}
+    return {m: output_dir / m / input_file.name for m in methods}
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one file of a directory run.
+
+    Attributes:
+        path: the input file.
+        status: ``"done"``, ``"skipped"`` (every output already there) or ``"failed"``.
+        outputs: method -> output path (written or found).
+        message: why it failed (one line), or what was skipped.
+        num_slices: slices reconstructed (0 unless done).
+        metrics: method -> :func:`mrimsm.metrics.all_metrics` (when the file has a reference).
+        seconds_per_slice: method -> its wall time per slice.
+        seconds: wall time of the whole file (coil maps included).
+    """
+
+    path: Path
+    status: str
+    outputs: dict
+    message: str = ""
+    num_slices: int = 0
+    metrics: dict = field(default_factory=dict)
+    seconds_per_slice: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class DirectoryReport:
+    """What :func:`reconstruct_directory` did on this rank."""
+
+    input_dir: Path
+    output_dir: Path
+    methods: list
+    rank: int
+    world_size: int
+    num_files: int
+    outcomes: list
+
+    def with_status(self, status: str) -> list:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def failed(self) -> list:
+        return self.with_status("failed")
+
+
+def reconstruct_directory(
+    input_dir: Union[str, os.PathLike],
+    output_dir: Optional[Union[str, os.PathLike]],
+    *args: Any,
+    recon_options: Optional[ReconOptions] = None,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    local_rank: Optional[int] = None,
+    overwrite: bool = False,
+    on_file: Optional[Callable[[FileOutcome], None]] = None,
+    **kwargs: Any,
+) -> DirectoryReport:
+    """Reconstruct every ``*.h5`` file of ``input_dir`` into ``output_dir``.
+
+    Each file is reconstructed as by :func:`~mrimsm.recon.reconstruct_file` (same masks,
+    seeds and outputs' content) into :func:`directory_outputs`. A file whose outputs all exist
+    is skipped (outputs are written atomically, so an existing one is complete);
+    ``overwrite`` redoes them. A file that cannot be reconstructed (corrupt, NaN,
+    wrong size, ...) is reported in its :class:`FileOutcome` and the run goes on.
+    Bad arguments (methods, options, ``accel``, directories) raise MrimsmError before
+    any file is read. Under ``torchrun`` (``rank``/``world_size`` default to
+    :func:`rank_info`) rank ``r`` takes files ``r, r + N, ...`` and, with CUDA, GPU
+    ``local_rank``; no process group is needed.
+
+    Args:
+        input_dir: directory of fastMRI multi-coil files (not searched recursively).
+        output_dir: where the outputs go (created; must not be ``input_dir``).
+        recon_options: a :class:`~mrimsm.recon.ReconOptions`, or its fields instead, as for
+            :func:`~mrimsm.recon.reconstruct_file`.
+        on_file: called with each :class:`FileOutcome` as soon as the file is finished.
+    """
+    job = ReconOptions.of(recon_options, *args, **kwargs)
+    src = Path(input_dir)
+    if not src.is_dir():
+        raise MrimsmError(f"no such directory: {src}")
+    if output_dir is None:
+        raise MrimsmError("a directory input needs -o OUTPUT_DIR")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise MrimsmError(f"with a directory input, -o must be a directory, got the file {out}")
+    if same_file(src, out):
+        raise MrimsmError(f"-o {out} is the input directory; choose another")
+    env_rank, env_world, env_local = rank_info()
+    rank = env_rank if rank is None else int(rank)
+    world_size = env_world if world_size is None else int(world_size)
+    local_rank = env_local if local_rank is None else int(local_rank)
+    job = job.resolved()
+    files = list_inputs(src)
+    if not files:
+        raise MrimsmError(f"no .h5 files in {src}")
+    opts, built = build_methods(job, local_rank)
+
+    mine = files_for_rank(files, rank, world_size)
+    report = DirectoryReport(src, out, list(job.methods), rank, world_size, len(files), [])
+    with open_bar(job.progress, "files", len(mine)) as bar:
+        for path in mine:
+            outcome = _directory_file(path, out, built, opts, job, overwrite)
+            report.outcomes.append(outcome)
+            if on_file is not None:
+                on_file(outcome)
+            bar.update(1)
+    return report
+
+
+def _directory_file(
+    path: Path,
+    out: Path,
+    built: Mapping[str, ReconMethod],
+    opts: Mapping[str, Any],
+    job: ReconOptions,
+    overwrite: bool,
+) -> FileOutcome:
+    """One file of :func:`reconstruct_directory`, never raising for the file's own problems."""
+    names = job.methods
+    outputs = directory_outputs(path, out, names)
+    todo = [m for m in names if overwrite or not outputs[m].exists()]
+    if not todo:
+        return FileOutcome(path, "skipped", outputs, "outputs already exist")
+    t0 = time.perf_counter()
+    try:
+        rep = reconstruct_one(path, {m: outputs[m] for m in todo}, {m: built[m] for m in todo}, opts, job)
+    except MrimsmError as exc:
+        return FileOutcome(path, "failed", outputs, str(exc))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a file no check foresaw
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return FileOutcome(path, "failed", outputs, f"{type(exc).__name__}: {first}")
+    return FileOutcome(
+        path,
+        "done",
+        outputs,
+        "" if len(todo) == len(names) else f"skipped existing: {', '.join(m for m in names if m not in todo)}",
+        num_slices=len(rep.volume.slices),
+        metrics={r.method: r.metrics for r in rep.results if r.metrics is not None},
+        seconds_per_slice={r.method: r.seconds_per_slice for r in rep.results},
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def format_outcome(outcome: FileOutcome) -> str:
+    """One line per file: status, name, and PSNR / SSIM (fastMRI convention) per method."""
+    name = outcome.path.name
+    if outcome.status == "failed":
+        return f"failed  {name}: {outcome.message}"
+    if outcome.status == "skipped":
+        return f"skipped {name}: {outcome.message}"
+    parts = [f"{m} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for m, v in outcome.metrics.items()]
+    tail = f"; {outcome.message}" if outcome.message else ""
+    return f"done    {name}: {outcome.num_slices} slices in {outcome.seconds:.1f} s" + (
+        f"; PSNR / SSIM {', '.join(parts)}" if parts else "") + tail
+
+
+def format_directory_summary(report: DirectoryReport) -> str:
+    """Counts, failures with their reasons, and the mean metrics per method over the
+    files reconstructed on this rank (both conventions, as :func:`~mrimsm.recon.format_table`)."""
+    who = f"rank {report.rank} of {report.world_size}: " if report.world_size > 1 else ""
+    n = len(report.outcomes)
+    lines = [
+        f"{who}{n} of {report.num_files} files in {report.input_dir}: {len(report.with_status('done'))} done, "
+        f"{len(report.with_status('skipped'))} skipped (already done), {len(report.failed)} failed"
+    ]
+    lines += [f"  failed {o.path.name}: {o.message}" for o in report.failed]
+    done = report.with_status("done")
+    rows = []
+    for m in report.methods:
+        mets = [o.metrics[m] for o in done if m in o.metrics]
+        secs = [o.seconds_per_slice[m] for o in done if m in o.seconds_per_slice]
+        if mets:
+            mean = {k: float(np.mean([x[k] for x in mets])) for k in mets[0]}
+            rows.append(
+                f"{m:<12} {mean['psnr']:7.2f} {mean['ssim']:7.4f} {mean['nmse']:8.4f}   "
+                f"{mean['psnr_slice']:7.2f} {mean['ssim_slice']:7.4f} {mean['nmse_slice']:8.4f}   "
+                f"{np.mean(secs):8.3f}   {len(mets)}"
+            )
+    if rows:
+        head = (f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}   {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}   "
+                f"{'s/slice':>8}   files")
+        lines += ["mean over files with a reference:",
+                  f"{'':<12} {'fastMRI (volume, max = ref max)':^25}   {'paper (per slice, [0, 1])':^25}", head,
+                  "-" * len(head)] + rows
+    return "\n".join(lines)

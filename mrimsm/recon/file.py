@@ -1,0 +1,114 @@
+"""One input file through the whole pipeline (:func:`reconstruct_file`), and what a
+directory run shares with it: the methods built once on their device
+(:func:`build_methods`) and one file reconstructed with them (:func:`reconstruct_one`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from mrimsm.errors import MrimsmError
+from mrimsm.recon.methods import ReconMethod, get_method
+from mrimsm.recon.options import ReconOptions
+from mrimsm.recon.outputs import plan_outputs, save_pngs, write_result
+from mrimsm.recon.run import run_method
+from mrimsm.recon.volume import PreparedVolume, prepare_volume
+
+
+@dataclass
+class ReconReport:
+    """What :func:`reconstruct_file` did."""
+
+    volume: PreparedVolume
+    results: list
+    outputs: dict
+    pngs: list
+
+
+def reconstruct_file(
+    input_path: Union[str, os.PathLike],
+    output: Optional[Union[str, os.PathLike]] = None,
+    *args: Any,
+    recon_options: Optional[ReconOptions] = None,
+    **kwargs: Any,
+) -> ReconReport:
+    """Reconstruct one file with one or more methods and write the outputs.
+
+    Everything that can be checked before the expensive work is (method names,
+    ``accel``, output paths, the file itself); each output appears atomically.
+
+    Args:
+        input_path: fastMRI multi-coil ``.h5``.
+        output: output file (one method) or directory (several); default: the current directory.
+        recon_options: a :class:`~mrimsm.recon.ReconOptions` (methods, accel, seed, method
+            options, png_dir, center_fraction, maps_fn, progress), or give its fields
+            instead: ``methods``, ``accel``, ``seed`` positionally or by keyword, the rest
+            by keyword, e.g. ``reconstruct_file(src, out, ["cs"], accel=4, png_dir="png")``.
+    """
+    job = ReconOptions.of(recon_options, *args, **kwargs).resolved()
+    if not Path(input_path).exists():
+        raise MrimsmError(f"no such file: {input_path}")
+    outputs = plan_outputs(input_path, output, job.methods)
+    opts, built = build_methods(job)  # bad options fail before the heavy work
+    return reconstruct_one(input_path, outputs, built, opts, job)
+
+
+def build_methods(job: ReconOptions, local_rank: int = 0) -> tuple[dict, dict[str, ReconMethod]]:
+    """The method options with ``seed`` and the resolved ``device``, and each of
+    ``job.methods`` built once with them."""
+    specs = [get_method(m) for m in job.methods]
+    opts = dict(job.options or {})
+    opts.setdefault("seed", job.seed)
+    opts["device"] = resolve_device(opts.get("device"), local_rank)
+    return opts, {spec.name: spec.build(opts) for spec in specs}
+
+
+def reconstruct_one(
+    input_path: Union[str, os.PathLike],
+    outputs: Mapping[str, Path],
+    built: Mapping[str, ReconMethod],
+    opts: Mapping[str, Any],
+    job: ReconOptions,
+) -> ReconReport:
+    """Prepare one file, run the ``built`` methods, write ``outputs`` (and PNGs).
+    ``job``: :meth:`ReconOptions.resolved` (``accel`` a number or ``None``)."""
+    volume = prepare_volume(
+        input_path, job.accel, job.seed, center_fraction=job.center_fraction, maps_fn=job.maps_fn,
+        progress=job.progress,
+    )
+    results = [run_method(volume, m, opts, job.progress, method=b) for m, b in built.items()]
+    for res in results:
+        write_result(volume, res, outputs[res.method])
+    pngs: list[Path] = []
+    if job.png_dir is not None:
+        for res in results:
+            pngs += save_pngs(volume, res, job.png_dir)
+    return ReconReport(volume, results, dict(outputs), pngs)
+
+
+def resolve_device(requested: Optional[str], local_rank: int = 0) -> str:
+    """The torch device for the learned methods.
+
+    ``None``: CUDA when present, else the CPU. ``"cuda"``: GPU ``local_rank`` (modulo the
+    GPU count), so each ``torchrun`` process takes its own GPU. ``"cuda:k"`` and ``"cpu"``
+    stay as they are. MrimsmError for anything else or CUDA without a GPU.
+    """
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    requested = str(requested).strip()
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise MrimsmError(f"--device {requested} asked for, but no CUDA device is available")
+        if requested == "cuda":
+            return f"cuda:{local_rank % torch.cuda.device_count()}"
+        index = requested.partition(":")[2]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise MrimsmError(f"--device {requested}: no such GPU ({torch.cuda.device_count()} present)")
+        return requested
+    raise MrimsmError(f"--device must be cpu, cuda or cuda:N, got {requested!r}")

@@ -1,0 +1,96 @@
+"""Running one registered method over every slice of a prepared volume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from mrimsm.recon.methods import ReconMethod, SliceBatch, get_method
+from mrimsm.recon.progress import Progress, StepBar, open_bar
+from mrimsm.recon.volume import PreparedVolume
+
+@dataclass
+class MethodResult:
+    """One method's reconstruction of one volume.
+
+    Attributes:
+        method: its name.
+        reconstruction: ``(S, h, w)`` float32 magnitude on the reference's scale.
+        uncertainty: ``(S, h, w)`` float32 or ``None``.
+        metrics: :func:`mrimsm.metrics.all_metrics` against the reference, or ``None``.
+        seconds_per_slice: the method's wall time per slice (coil maps excluded).
+        info: what the method reported.
+    """
+
+    method: str
+    reconstruction: np.ndarray
+    uncertainty: Optional[np.ndarray]
+    metrics: Optional[dict]
+    seconds_per_slice: float
+    info: dict = field(default_factory=dict)
+
+
+def run_method(
+    volume: PreparedVolume,
+    name: str,
+    options: Optional[Mapping[str, Any]] = None,
+    progress: Optional[Progress] = None,
+    method: Optional[ReconMethod] = None,
+) -> MethodResult:
+    """Reconstruct every slice of ``volume`` with the registered method ``name``
+    (``method``: an already built instance, else built from ``options``).
+
+    Slices go to the method ``options["batch_slices"]`` at a time if given, else the
+    method's own ``batch_slices`` attribute if it has one, else the registered number.
+    """
+    from mrimsm.data.fastmri_io import crop_to_reconstruction
+    from mrimsm.metrics import all_metrics
+    from mrimsm.physics.masks import column_mask_tensor, seed_for
+
+    spec = get_method(name)
+    if method is None:
+        method = spec.build(dict(options or {}))
+    per_batch = int((options or {}).get("batch_slices") or getattr(method, "batch_slices", None) or spec.batch_slices)
+    scale = volume.scale if spec.needs_normalization else 1.0
+    n = volume.kspace.shape[0]
+    images, stds, info = [], [], {}
+    elapsed = 0.0
+    with open_bar(progress, name, n) as bar:
+        for start in range(0, n, per_batch):
+            sl = slice(start, min(n, start + per_batch))
+            idx = volume.slices[sl]
+            batch = SliceBatch(
+                kspace=torch.from_numpy(volume.kspace[sl] / np.float32(scale)),
+                mask=column_mask_tensor(volume.mask[sl]),
+                maps=torch.from_numpy(volume.maps[sl]),
+                slice_indices=list(idx),
+                seeds=[seed_for(volume.path.name, int(i), volume.seed) for i in idx],
+                scale=scale,
+                on_step=StepBar(progress, f"{name} steps") if progress is not None else None,
+            )
+            t0 = time.perf_counter()
+            try:
+                out = method(batch)
+            finally:
+                if batch.on_step is not None:
+                    batch.on_step.close()
+            elapsed += time.perf_counter() - t0
+            got = tuple(out.images.shape)
+            if got != tuple(batch.kspace.shape[:1] + batch.kspace.shape[2:]):
+                raise RuntimeError(f"method {name!r} returned images of shape {got}")
+            images.append(out.images.detach().cpu().abs().numpy() * scale)
+            if out.uncertainty is not None:
+                stds.append(out.uncertainty.detach().cpu().numpy() * scale)
+            info.update(out.info)
+            bar.update(sl.stop - sl.start)
+
+    recon = np.ascontiguousarray(crop_to_reconstruction(np.concatenate(images), volume.recon_size), dtype=np.float32)
+    unc = None
+    if stds:
+        unc = np.ascontiguousarray(crop_to_reconstruction(np.concatenate(stds), volume.recon_size), dtype=np.float32)
+    metrics = all_metrics(volume.reference, recon) if volume.reference is not None else None
+    return MethodResult(name, recon, unc, metrics, elapsed / max(n, 1), info)

@@ -1,0 +1,228 @@
+"""One input file made ready for the methods: readout crop, masks (the file's own or
+seeded retrospective ones), ESPIRiT coil maps and the normalization scale."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from mrimsm.errors import MrimsmError
+from mrimsm.recon.progress import Progress, open_bar
+
+def _shift_fft_1d(x: np.ndarray, axis: int, inverse: bool) -> np.ndarray:
+    x = np.fft.ifftshift(x, axes=axis)
+    x = (np.fft.ifft if inverse else np.fft.fft)(x, axis=axis, norm="ortho")
+    return np.fft.fftshift(x, axes=axis)
+
+
+def crop_readout(kspace: np.ndarray, height: int) -> np.ndarray:
+    """Remove readout oversampling: ``(..., H, W)`` -> ``(..., height, W)`` complex64.
+
+    Centred orthonormal 1-D IFFT along H, image-domain centre crop of the rows
+    (start ``(H - height) // 2``, fastMRI's convention), FFT back. The result's
+    ``ifft2c`` equals the centre rows of the input's ``ifft2c`` on the same
+    intensity scale, and sampled/unsampled columns stay as they were.
+    """
+    big = kspace.shape[-2]
+    if height == big:
+        return np.asarray(kspace, dtype=np.complex64)
+    if height > big:
+        raise MrimsmError(f"reference height {height} is larger than the k-space readout {big}")
+    img = _shift_fft_1d(kspace, -2, inverse=True)
+    top = (big - height) // 2
+    img = img[..., top : top + height, :]
+    return _shift_fft_1d(img, -2, inverse=False).astype(np.complex64)
+
+
+def volume_scale(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray) -> float:
+    """The divisor that scales a volume as the training data was scaled: the peak
+    of the ACS-only root-sum-of-squares image (:func:`mrimsm.data.normalization.volume_peak`,
+    the estimator prep-fastmri uses), so that learned methods see images peaking near 1.
+
+    Args:
+        kspace: ``(S, C, H, W)`` complex64 masked k-space.
+        mask: ``(S, W)`` bool.
+        maps: ``(S, C, H, W)`` complex64 (unused; kept for a stable signature).
+    """
+    from mrimsm.data.normalization import volume_peak
+
+    peak = volume_peak(kspace, np.asarray(mask).reshape(len(kspace), -1))
+    return peak if peak > 0 and math.isfinite(peak) else 1.0
+
+
+@dataclass
+class PreparedVolume:
+    """One file made ready for the methods (shared by all methods of a run).
+
+    Attributes:
+        path: the input file.
+        kspace: ``(S, C, h, W)`` complex64 masked k-space, readout oversampling removed.
+        mask: ``(S, W)`` bool, the mask of each slice.
+        maps: ``(S, C, h, W)`` complex64 ESPIRiT maps.
+        reference: ``(S, h, w)`` float32 ``reconstruction_rss`` or ``None``.
+        recon_size: ``(h, w)`` of the output.
+        zero_filled: ``(S, h, w)`` float32 magnitude of ``A^H y`` (for figures).
+        slices: slice indices in the file.
+        attrs: the input's HDF5 attributes.
+        mask_source: ``"file"`` (the file's own mask) or ``"random"`` (retrospective).
+        accel: the requested acceleration (``None`` when the file's mask is used).
+        achieved_accel: ``W / mean number of sampled columns``.
+        seed: the base seed.
+        scale: :func:`volume_scale`, the divisor for methods that need normalized input.
+        maps_seconds: wall time of the coil-map estimation.
+    """
+
+    path: Path
+    kspace: np.ndarray
+    mask: np.ndarray
+    maps: np.ndarray
+    reference: Optional[np.ndarray]
+    recon_size: tuple
+    zero_filled: np.ndarray
+    slices: list
+    attrs: dict
+    mask_source: str
+    accel: Optional[float]
+    achieved_accel: float
+    seed: int
+    scale: float = 1.0
+    maps_seconds: float = 0.0
+
+
+#: Fewest fully sampled centre columns of a retrospective mask (ESPIRiT calibrates on
+#: them). fastMRI's fractions give 15+ at 256 columns but only 4 at 64 columns and R = 6;
+#: measured on simulated 64 x 64 MNI volumes at R = 6 (``cs`` PSNR, sample / 3 tuning
+#: volumes): 21.3 / 22.4 dB with 4 centre columns, 23.5 / 23.9 dB with 8.
+MIN_CENTER_COLUMNS = 8
+#: Below this many centre columns (e.g. in a file's own mask) coil maps are refused
+#: (the same limit as prep-fastmri).
+MIN_CALIB_COLUMNS = 3
+#: Readout rows of the ESPIRiT calibration block (the readout is fully sampled).
+CALIB_ROWS = 24
+
+
+def _default_center_fraction(accel: float, width: int) -> float:
+    """fastMRI's pairing (0.08 at R <= 4, 0.04 at R >= 8, linear between), raised to
+    keep at least :data:`MIN_CENTER_COLUMNS` columns."""
+    cf = 0.08 if accel <= 4 else (0.04 if accel >= 8 else 0.08 - 0.01 * (accel - 4))
+    if round(width * cf) < MIN_CENTER_COLUMNS:
+        cf = MIN_CENTER_COLUMNS / width
+    return cf
+
+
+def _retrospective_masks(
+    name: str, slices: Sequence[int], width: int, accel: float, seed: int, center_fraction: Optional[float]
+) -> np.ndarray:
+    """``(S, W)`` bool: ``RandomCartesian(accel)`` drawn with ``seed_for(name, slice, seed)``."""
+    from mrimsm.physics.masks import cartesian_family, seed_for
+
+    cf = _default_center_fraction(accel, width) if center_fraction is None else float(center_fraction)
+    if not 0 < cf <= 1:
+        raise MrimsmError(f"--center-fraction must be in (0, 1], got {center_fraction}")
+    try:
+        family = cartesian_family("random", accel, center_fraction=cf)
+        return np.stack([family((1, width), seed_for(name, int(s), seed)) for s in slices])
+    except ValueError as exc:  # too much acceleration for the matrix once the centre is kept
+        raise MrimsmError(str(exc)) from None
+
+
+def _estimate_maps(kspace: np.ndarray, mask: np.ndarray, progress: Optional[Progress]) -> np.ndarray:
+    """ESPIRiT maps calibrated, as in prep-fastmri, on a ``CALIB_ROWS x min(24, ACS)``
+    block of the centre columns every slice's mask keeps, kernel ``min(6, (ACS + 1) // 2)``."""
+    from mrimsm.data.espirit import acs_width, estimate_maps
+
+    acs = min(acs_width(m) for m in mask)
+    if acs < MIN_CALIB_COLUMNS:
+        raise MrimsmError(
+            f"only {acs} fully sampled centre columns: too few to estimate coil maps "
+            f"(need >= {MIN_CALIB_COLUMNS})"
+        )
+    width = min(24, acs)
+    with open_bar(progress, "coil maps", kspace.shape[0]) as bar:
+        return estimate_maps(
+            kspace,
+            calib_width=width,
+            calib_rows=min(CALIB_ROWS, kspace.shape[-2]),
+            kernel_width=min(6, (width + 1) // 2),
+            progress=bar.update,
+        )
+
+
+def prepare_volume(
+    path: Union[str, os.PathLike],
+    accel: Optional[float],
+    seed: int = 0,
+    *,
+    center_fraction: Optional[float] = None,
+    maps_fn: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
+    progress: Optional[Progress] = None,
+) -> PreparedVolume:
+    """Read a file and make the masked k-space, masks and coil maps every method uses.
+
+    Args:
+        path: fastMRI multi-coil ``.h5``.
+        accel: acceleration for retrospective undersampling of a fully sampled file
+            (ignored when the file carries its own undersampled ``mask``).
+        seed: base seed of the per-slice masks.
+        center_fraction: override the centre fraction (default: fastMRI's, 0.08 at R <= 4,
+            0.04 at R >= 8, with at least :data:`MIN_CENTER_COLUMNS` columns).
+        maps_fn: ``maps_fn(kspace (S, C, h, W), mask (S, W)) -> maps`` instead of ESPIRiT
+            (tests, or known maps).
+        progress: ``progress(desc, total)`` -> context manager with ``update(n)`` (e.g. tqdm).
+    """
+    from mrimsm.baselines.classical import zero_filled
+    from mrimsm.data.fastmri_io import crop_to_reconstruction, read_multicoil
+
+    data = read_multicoil(path)
+    s, _, big_h, width = data.kspace.shape
+    h, w = data.recon_size
+    if h > big_h or w > width:
+        raise MrimsmError(
+            f"reference size {h}x{w} is larger than the k-space matrix {big_h}x{width} in {data.path}"
+        )
+
+    if data.mask is not None and not data.mask.all():
+        mask = np.broadcast_to(data.mask, (s, width)).copy()
+        source, accel = "file", None
+    else:
+        if accel is None:
+            raise MrimsmError(f"{data.path.name} is fully sampled: give --accel R to undersample it")
+        mask = _retrospective_masks(data.path.name, data.slices, width, accel, seed, center_fraction)
+        source = "random"
+
+    kspace = crop_readout(data.kspace, h) * mask[:, None, None, :].astype(np.complex64)
+
+    t0 = time.perf_counter()
+    maps = (
+        np.asarray(maps_fn(kspace, mask), dtype=np.complex64)
+        if maps_fn is not None
+        else _estimate_maps(kspace, mask, progress)
+    )
+    maps_seconds = time.perf_counter() - t0
+    if maps.shape != kspace.shape:
+        raise MrimsmError(f"coil maps have shape {maps.shape}, expected {kspace.shape}")
+
+    zf = zero_filled(kspace, mask, maps).abs().numpy()
+    return PreparedVolume(
+        path=data.path,
+        kspace=kspace,
+        mask=mask,
+        maps=maps,
+        reference=data.reconstruction_rss,
+        recon_size=(h, w),
+        zero_filled=np.ascontiguousarray(crop_to_reconstruction(zf, (h, w)), dtype=np.float32),
+        slices=list(data.slices),
+        attrs=dict(data.attrs),
+        mask_source=source,
+        accel=accel,
+        achieved_accel=float(width / mask.sum(axis=1).mean()),
+        seed=int(seed),
+        scale=volume_scale(kspace, mask, maps),
+        maps_seconds=maps_seconds,
+    )
