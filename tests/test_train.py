@@ -435,11 +435,11 @@ def test_msm_skip_is_kept_on_resume_and_legacy_checkpoints_load_as_image_skip(tm
     from mrimsm.diffusion.method import load_msm
 
     cfg = msm_config(max_steps=2, ckpt_every=2)
-    assert cfg.diffusion.skip == "measurement"  # the default for new models
+    assert cfg.diffusion.skip == "projection"  # the default for new models
     train(cfg, tmp_path / "r", echo=lambda m: None)
-    assert load_msm(tmp_path / "r").denoiser.skip == "measurement"
+    assert load_msm(tmp_path / "r").denoiser.skip == "projection"
     other = msm_config(max_steps=4, ckpt_every=2).replace(**{"diffusion.skip": "image"})
-    with pytest.raises(MrimsmError, match="diffusion.skip: measurement"):
+    with pytest.raises(MrimsmError, match="diffusion.skip: projection"):
         train(other, tmp_path / "r", resume=True, echo=lambda m: None)
     # a checkpoint written before the option existed: no diffusion.skip in its config
     ckpt = load_checkpoint(tmp_path / "r" / "last.pt")

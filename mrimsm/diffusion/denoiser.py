@@ -32,13 +32,22 @@ the *local clean measurement* ``s_hat = A_S x0`` (:meth:`MSMDenoiser.measure`).
   the shipped session-1 model kept a -19 to -21 dB relative error on the local
   measurement at every noise level (held-out check, ``sigma`` 0.02-0.1), worse
   than its input at ``sigma = 0.02``.
-- ``skip="measurement"`` (default for new models): the same preconditioning
-  applied in the measurement domain, ``s_hat = c_skip v + c_out A_S F(c_in x, t)``
-  with ``v = y_t / sqrt(abar_t)`` (eps: ``s_hat = v - sigma A_S F``). At small
-  ``sigma`` the local measurement passes through exactly, and the backbone
-  only predicts the correction. It is still a function of the local
-  measurement alone, so everything in method.md holds. For ``T = I`` with
-  pixel masks (natural images) both choices give the same ``s_hat``.
+- ``skip="projection"`` (default for new models): the skip term is the
+  least-squares image ``x_ls = argmin_x ||A_S x - v||^2`` (``cg_iters``
+  conjugate-gradient steps on ``A_S^H A_S x = A_S^H v`` from 0, no network), so
+  ``x0 = c_skip x_ls + c_out F(c_in x, t)`` (eps: ``x0 = x_ls - sigma F``), and
+  ``s_hat = A_S x0``. At small ``sigma``, ``A_S x_ls`` is ``v`` projected onto
+  the range of ``A_S``: clean data pass through (8 iterations: -40 dB relative
+  error on clean held-out local measurements, against -21 dB for
+  ``A_S A_S^H v``), and the part of the noise no image can produce is removed.
+  The backbone still sees only the aliased view ``x``, as method.md says; the
+  skip is a fixed linear function of the local measurement, so ``s_hat``
+  remains a denoiser of the local measurement alone. For ``T = I`` with pixel
+  masks ``x_ls = x`` and the choice is moot.
+
+(A third variant, the skip on the measurement itself, ``s_hat = c_skip v +
+c_out A_S F``, was tried and dropped: it can never remove the noise outside
+the range of ``A_S``, and in 700 steps it learnt nothing measurable.)
 
 Checkpoints written before this option existed are read as ``skip="image"``.
 
@@ -59,11 +68,12 @@ import torch
 from torch import nn
 
 from mrimsm.diffusion.schedule import VPSchedule
+from mrimsm.physics.solvers import conjugate_gradient
 from mrimsm.models.channels import from_channels, to_channels
 
 __all__ = ["MSMDenoiser", "SKIPS", "local_estimate"]
 
-SKIPS = ("image", "measurement")
+SKIPS = ("image", "projection")
 
 
 class MSMDenoiser(nn.Module):
@@ -74,8 +84,9 @@ class MSMDenoiser(nn.Module):
             (e.g. :class:`mrimsm.models.unet.UNet` with ``in_channels == out_channels``).
         schedule: the :class:`VPSchedule` that defines ``abar_t`` and ``sigma_t``.
         prediction: ``"x0"`` (preconditioned clean image, default) or ``"eps"``.
-        skip: ``"image"`` or ``"measurement"``: where the skip connection acts
-            (module doc); only :meth:`measure` differs.
+        skip: ``"image"`` (the aliased view ``A_S^H v``) or ``"projection"`` (the
+            least-squares image): the skip term (module doc); only :meth:`measure` differs.
+        cg_iters: conjugate-gradient iterations of the ``projection`` skip.
         sigma_data: expected per-real-component scale of the zero-filled image
             ``A_S^H y`` (images normalised so that ``max |x| = 1`` give about 0.2-0.5).
 
@@ -90,13 +101,17 @@ class MSMDenoiser(nn.Module):
         prediction: str = "x0",
         sigma_data: float = 0.5,
         skip: str = "image",
+        cg_iters: int = 8,
     ):
         super().__init__()
         if prediction not in ("x0", "eps"):
             raise ValueError(f"prediction must be 'x0' or 'eps', got {prediction!r}")
         if skip not in SKIPS:
             raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
+        if int(cg_iters) < 1:
+            raise ValueError("cg_iters must be >= 1")
         self.skip = skip
+        self.cg_iters = int(cg_iters)
         if sigma_data <= 0:
             raise ValueError("sigma_data must be positive")
         self.backbone = backbone
@@ -149,8 +164,7 @@ class MSMDenoiser(nn.Module):
             t: ``(k * B,)`` int64 steps, stack-major.
 
         Returns:
-            ``(k, B, *meas)``: ``A_S x0_hat`` (``skip="image"``) or the
-            measurement-domain preconditioned estimate (``skip="measurement"``).
+            ``(k, B, *meas)``: ``A_S x0_hat``, ``x0_hat`` with the skip of ``self.skip``.
         """
         u = op.adjoint(y_t)  # (k, B, *image)
         kk, b = u.shape[:2]
@@ -158,16 +172,15 @@ class MSMDenoiser(nn.Module):
         if self.skip == "image":
             x0 = self.forward(flat, t)
             return op(x0.reshape(kk, b, *x0.shape[1:]))
-        _, f, k = self._parts(flat, t)
-        proj = op(f.reshape(kk, b, *f.shape[1:]))  # A_S F, (k, B, *meas)
-
-        def km(name: str) -> torch.Tensor:  # (k, B, 1, ...) coefficient for the measurement
-            return k(name, 2).reshape(kk, b, *([1] * (proj.dim() - 2)))
-
-        v = y_t * km("scale")
+        x, f, k = self._parts(flat, t)
+        with torch.no_grad():  # a fixed linear map of the data: no parameters inside
+            x_ls = conjugate_gradient(op.normal, x.reshape(u.shape), max_iter=self.cg_iters, batch_dims=2)
+        x_ls = x_ls.reshape(flat.shape)
         if self.prediction == "eps":
-            return v - km("sigma") * proj
-        return km("c_skip") * v + km("c_out") * proj
+            x0 = x_ls - k("sigma") * f
+        else:
+            x0 = k("c_skip") * x_ls + k("c_out") * f
+        return op(x0.reshape(kk, b, *x0.shape[1:]))
 
 
 def local_estimate(denoiser, op, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ class DiffusionConfig:
     weighting: str = "uniform"
     prediction: str = "x0"
     sigma_data: float = 0.5
-    skip: str = "measurement"  # where the denoiser's skip connection acts (diffusion/denoiser.py)
+    skip: str = "projection"  # the denoiser's skip term: image | projection (diffusion/denoiser.py)
+    cg_iters: int = 8  # CG iterations of the projection skip
     reference_grad: bool = False
     num_steps: int = 1000
     beta_start: float = 1e-4
@@ -109,8 +110,10 @@ class DiffusionConfig:
             raise ValueError("prediction: must be x0 or eps")
         if self.sigma_data <= 0:
             raise ValueError("sigma_data: must be > 0")
-        if self.skip not in ("image", "measurement"):
-            raise ValueError("skip: must be image or measurement")
+        if self.skip not in ("image", "projection"):
+            raise ValueError("skip: must be image or projection")
+        if self.cg_iters < 1:
+            raise ValueError("cg_iters: must be >= 1")
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise ValueError("beta_start: need 0 < beta_start <= beta_end < 1")
 
@@ -319,7 +322,8 @@ def build_denoiser(config: dict, channels: int, image_shape) -> nn.Module:
     )
     schedule = VPSchedule(d["num_steps"], d["beta_start"], d["beta_end"])
     return MSMDenoiser(
-        net, schedule, prediction=d["prediction"], sigma_data=d["sigma_data"], skip=d.get("skip", "image")
+        net, schedule, prediction=d["prediction"], sigma_data=d["sigma_data"], skip=d.get("skip", "image"),
+        cg_iters=d.get("cg_iters", 8),
     )
 
 

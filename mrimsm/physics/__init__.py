@@ -1,4 +1,4 @@
-"""Physics: the centered FFT, the measurement operators and the mask families."""
+"""Physics: the centered FFT, the measurement operators, the mask families and the CG solver."""
 
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.operators import (
@@ -10,6 +10,7 @@ from mrimsm.physics.operators import (
     MultiCoilMRI,
     PixelMask,
 )
+from mrimsm.physics.solvers import conjugate_gradient
 
 __all__ = [
     "fft2c",
@@ -21,4 +22,5 @@ __all__ = [
     "PixelMask",
     "BoxMask",
     "Downsample",
+    "conjugate_gradient",
 ]
