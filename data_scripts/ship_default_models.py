@@ -1,14 +1,17 @@
 """Export the trained default runs as the shipped inference-only models.
 
     .venv/bin/python data_scripts/ship_default_models.py \
-        --msm runs/default_msm --ssdu runs/default_ssdu
+        --msm runs/default_msm --ssdu runs/default_ssdu --images runs/default_images
 
-writes mrimsm/assets/default_msm.pt and default_ssdu.pt (EMA weights, config,
-operator/mask settings; no optimizer) and copies each run's config and training
-log beside them (``*.config.yaml``, ``*.log.jsonl``) for provenance. The runs
-themselves come from ``mrimsm train configs/default_msm.yaml --out runs/default_msm``
-and ``mrimsm train --method ssdu configs/default_ssdu.yaml --out runs/default_ssdu``
-(resumable with ``--resume``).
+writes mrimsm/assets/default_msm.pt, default_ssdu.pt and default_images.pt (EMA weights,
+config, operator/mask settings; no optimizer; the image prior in float16), copies each
+run's config and training log beside them (``*.config.yaml``, ``*.log.jsonl``) for
+provenance, and copies each run's resumable state (``last.pt``) to
+``training/<name>_last.pt`` so that a later session can continue it (training/README.md).
+The runs come from ``mrimsm train configs/default_msm.yaml --out runs/default_msm``,
+``mrimsm train --method ssdu configs/default_ssdu.yaml --out runs/default_ssdu`` and
+``mrimsm train configs/ffhq_tiny.yaml --data data/images/train --out runs/default_images``
+(each resumable with ``--resume``).
 """
 
 from __future__ import annotations
@@ -18,22 +21,49 @@ import shutil
 from pathlib import Path
 
 from mrimsm.checkpoint import export_for_inference
+from mrimsm.utils import atomic_path
 
-ASSETS = Path(__file__).resolve().parents[1] / "mrimsm" / "assets"
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "mrimsm" / "assets"
+TRAINING = REPO / "training"
+
+#: name -> (config file, float16 weights, data.root written into the shipped config)
+MODELS = {
+    "default_msm": ("configs/default_msm.yaml", False, None),
+    "default_ssdu": ("configs/default_ssdu.yaml", False, None),
+    "default_images": ("configs/ffhq_tiny.yaml", True, "data/images/train"),
+}
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def ship(name: str, run: Path, keep_state: bool = True) -> Path:
+    config, half, data_root = MODELS[name]
+    dst = export_for_inference(
+        run, ASSETS / f"{name}.pt", {"run": run.name, "config": config}, half=half, data_root=data_root
+    )
+    for src, suffix in ((run / "config.yaml", "config.yaml"), (run / "log.jsonl", "log.jsonl")):
+        if src.is_file():
+            _copy(src, ASSETS / f"{name}.{suffix}")
+    if keep_state and (run / "last.pt").is_file():
+        _copy(run / "last.pt", TRAINING / f"{name}_last.pt")
+    return dst
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--msm", type=Path, help="MSM run directory")
     ap.add_argument("--ssdu", type=Path, help="SSDU run directory")
+    ap.add_argument("--images", type=Path, help="natural-image MSM run directory")
+    ap.add_argument("--no-state", action="store_true", help="do not copy the resumable states to training/")
     args = ap.parse_args()
-    for name, run in (("default_msm", args.msm), ("default_ssdu", args.ssdu)):
+    for name, run in (("default_msm", args.msm), ("default_ssdu", args.ssdu), ("default_images", args.images)):
         if run is None:
             continue
-        dst = export_for_inference(run, ASSETS / f"{name}.pt", {"run": run.name, "config": f"configs/{name}.yaml"})
-        for src, suffix in ((run / "config.yaml", "config.yaml"), (run / "log.jsonl", "log.jsonl")):
-            if src.is_file():
-                shutil.copyfile(src, ASSETS / f"{name}.{suffix}")
+        dst = ship(name, run, keep_state=not args.no_state)
         print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB)")
 
 

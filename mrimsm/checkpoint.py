@@ -170,7 +170,13 @@ def restore_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, extra_meta: Optional[dict] = None) -> Path:
+def export_for_inference(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    extra_meta: Optional[dict] = None,
+    half: bool = False,
+    data_root: Optional[str] = None,
+) -> Path:
     """Write a small inference-only copy of a training checkpoint.
 
     Keeps the format keys, method, step, config and meta, and the EMA weights
@@ -182,15 +188,25 @@ def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, extra_m
         src: training checkpoint (file or run directory).
         dst: output file (written atomically; must differ from ``src``).
         extra_meta: merged into ``meta["export"]`` (e.g. provenance notes).
+        half: store floating-point weights as float16 (loading casts them back
+            to the model's float32); halves the file.
+        data_root: replaces ``data.root`` in the stored config (e.g. a
+            machine-specific training path).
     """
     src_path = resolve_checkpoint_path(src)
     dst = Path(dst)
     if dst.resolve() == src_path.resolve():
         raise MrimsmError("the exported checkpoint must not overwrite its source")
     ckpt = load_checkpoint(src_path)
-    ema = {k: v.detach().clone().contiguous() for k, v in ckpt["ema"].items()}
+    ema = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().clone().contiguous()
+        for k, v in ckpt["ema"].items()
+    }
     meta = dict(ckpt["meta"])
     meta["export"] = {"source_step": int(ckpt["step"]), "inference_only": True, **(extra_meta or {})}
-    fields = {k: ckpt[k] for k in ("method", "step", "config") if k in ckpt}
-    fields.update(meta=meta, model=ema, ema=ema)
+    config = dict(ckpt["config"])
+    if data_root is not None:
+        config["data"] = dict(config.get("data") or {}, root=data_root)
+    fields = {k: ckpt[k] for k in ("method", "step") if k in ckpt}
+    fields.update(config=config, meta=meta, model=ema, ema=ema)
     return save_checkpoint(dst, **fields)

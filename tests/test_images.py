@@ -275,9 +275,9 @@ def test_train_checkpoint_meta_and_sample(folder, tmp_path, capsys):
     assert out.is_file() and out.with_suffix(".png").is_file()
 
     # the inference-only export (how the shipped model is made): smaller, same predictions
-    from mrimsm.diffusion.image_method import export_for_inference
+    from mrimsm.checkpoint import export_for_inference
 
-    small = export_for_inference(tmp_path / "run" / "last.pt", tmp_path / "small.pt", data_root="data/x")
+    small = export_for_inference(tmp_path / "run" / "last.pt", tmp_path / "small.pt", half=True, data_root="data/x")
     assert small.stat().st_size < 0.5 * (tmp_path / "run" / "last.pt").stat().st_size
     exported = load_msm(small)
     assert exported.config["data"]["root"] == "data/x" and exported.meta["mask"]["kind"] == "bernoulli"

@@ -31,7 +31,7 @@ from mrimsm.diffusion.method import DiffusionConfig, MSMMethod, UNetConfig
 from mrimsm.errors import MrimsmError
 from mrimsm.train import DataBundle, register_method
 
-__all__ = ["ImageDataConfig", "ImageMSMMethod", "VALUE_RANGE", "export_for_inference"]
+__all__ = ["ImageDataConfig", "ImageMSMMethod", "VALUE_RANGE"]
 
 #: pixel values of the training images (and of samples / restorations)
 VALUE_RANGE = (-1.0, 1.0)
@@ -113,24 +113,3 @@ class ImageMSMMethod(MSMMethod):
         lo, hi = VALUE_RANGE
         return None if images is None else (images - lo) / (hi - lo)  # the grid shows [0, 1]
 
-
-def export_for_inference(src, dst, data_root: Optional[str] = None, half: bool = True) -> Path:
-    """Write a small inference-only copy of an MSM checkpoint (how ``mrimsm/assets/default_images.pt``
-    is made): the EMA weights stored once (``model`` and ``ema`` share them), as float16 when
-    ``half`` (loading casts them back to the model's float32), no optimizer, scaler or RNG
-    state (it cannot be resumed). ``data_root`` replaces ``data.root`` in the stored config
-    (e.g. a machine-specific training path)."""
-    from mrimsm.checkpoint import load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(src)
-    config = dict(ckpt["config"])
-    if data_root is not None:
-        config["data"] = dict(config["data"], root=data_root)
-    ema = {
-        k: (v.half() if half and v.is_floating_point() else v).detach().clone().contiguous()
-        for k, v in ckpt["ema"].items()
-    }
-    return save_checkpoint(
-        dst, method=ckpt["method"], step=ckpt["step"], config=config, meta=ckpt["meta"], model=ema, ema=ema,
-        optimizer=None, scaler=None, rng=None,
-    )
