@@ -32,13 +32,13 @@ TARGET_OVER_CS = 1.0
 TARGET_OVER_ZF = 4.0
 
 
-def plan_runs(args, main_steps: int, main_w: int) -> list:
+def plan_runs(args, main_steps: int, main_w: int, main_samples: int = 1) -> list:
     """The rows: the chosen main methods, then the ablations (MSM variants, only when
     MSM itself is run; a value equal to the main setting is the main row)."""
     runs = []
     names = {"zero-filled": "zero-filled", "cs": "CS-L1", "msm": "MSM"}
     for m in args.methods:
-        opts = {"steps": main_steps, "w": main_w, "samples": args.samples} if m == "msm" else {}
+        opts = {"steps": main_steps, "w": main_w, "samples": main_samples} if m == "msm" else {}
         runs.append(C.Run(names[m], m, opts))
     if "msm" not in args.methods:  # an ablation is read against the main MSM row
         return runs
@@ -46,13 +46,18 @@ def plan_runs(args, main_steps: int, main_w: int) -> list:
     if "w" in args.ablations:
         for w in dict.fromkeys(args.ablation_w):
             if w != main_w:
-                runs.append(C.Run(f"MSM w={w}", "msm", {"steps": main_steps, "w": w, "samples": args.samples},
+                runs.append(C.Run(f"MSM w={w}", "msm", {"steps": main_steps, "w": w, "samples": main_samples},
                                   "w", ab_accels))
     if "steps" in args.ablations:
         for st in dict.fromkeys(args.ablation_steps):
             if st != main_steps:
-                runs.append(C.Run(f"MSM {st} steps", "msm", {"steps": st, "w": main_w, "samples": args.samples},
+                runs.append(C.Run(f"MSM {st} steps", "msm", {"steps": st, "w": main_w, "samples": main_samples},
                                   "steps", ab_accels))
+    if "samples" in args.ablations:
+        for k in dict.fromkeys(args.ablation_samples):
+            if k != main_samples:
+                runs.append(C.Run(f"MSM mean of {k}", "msm", {"steps": main_steps, "w": main_w, "samples": k},
+                                  "samples", ab_accels))
     return runs
 
 
@@ -75,14 +80,13 @@ def ablation_table(rows: list, accel: float, group: str, main_label: str) -> str
     picked = [r for r in rows if r["accel"] == accel and (r["group"] == group or r["label"] == main_label)]
     if len(picked) < 2:
         return ""
-    key = "w" if group == "w" else "steps"
-    picked.sort(key=lambda r: -float(r.get(key, 0)))
+    picked.sort(key=lambda r: -float(r.get(group, 0)))
     body = [
-        [r["label"], r.get("steps", "-"), r.get("w", "-"), C.pm(r, "psnr_paper", 2), C.pm(r, "ssim_paper", 4),
+        [r["label"], r.get("steps", "-"), r.get("w", "-"), r.get("samples", "-"), C.pm(r, "psnr_paper", 2), C.pm(r, "ssim_paper", 4),
          C.pm(r, "psnr_fastmri", 2), C.pm(r, "ssim_fastmri", 4), *C.cost_cells(r)]
         for r in picked
     ]
-    header = ["setting", "steps", "w", "PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)", "SSIM (fastMRI)",
+    header = ["setting", "steps", "w", "samples", "PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)", "SSIM (fastMRI)",
               "s/slice", "NFE/slice"]
     return C.md_table(header, body)
 
@@ -102,7 +106,8 @@ def render(args, rows: list, runs: list, data_text: str, model_text: str, second
                                 [[r["label"], *C.metric_cells(r), *C.cost_cells(r)] for r in here]))
         t = target_line(rows, accel)
         lines += ["", t, ""] if t else [""]
-    for group, title in (("w", "masks per step w"), ("steps", "reverse steps")):
+    for group, title in (("w", "masks per step w"), ("steps", "reverse steps"),
+                         ("samples", "posterior samples averaged")):
         for accel in dict.fromkeys(r["accel"] for r in rows if r["group"] == group):
             table = ablation_table(rows, accel, group, "MSM")
             if table:
@@ -115,10 +120,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_arguments(ap)
     ap.add_argument("--methods", nargs="+", default=["zero-filled", "cs", "msm"], choices=["zero-filled", "cs", "msm"])
-    ap.add_argument("--samples", type=int, default=1, help="MSM posterior samples per slice (mean = reconstruction)")
-    ap.add_argument("--ablations", nargs="+", default=["w", "steps"], choices=["w", "steps", "none"])
+    ap.add_argument("--samples", type=int, default=None,
+                    help="MSM posterior samples per slice, mean = reconstruction (default: the settings)")
+    ap.add_argument("--ablations", nargs="+", default=["w", "steps"], choices=["w", "steps", "samples", "none"])
     ap.add_argument("--ablation-accels", type=float, nargs="+", default=[4.0], help="R of the ablations (default 4)")
     ap.add_argument("--ablation-w", type=int, nargs="+", default=[1], help="w values beside the main one (default 1)")
+    ap.add_argument("--ablation-samples", type=int, nargs="+", default=[4],
+                    help="posterior samples averaged, beside the main setting (default 4; ablation 'samples')")
     ap.add_argument("--ablation-steps", type=int, nargs="+", default=[100, 50],
                     help="step counts beside the main one (default 100 50)")
     args = ap.parse_args()
@@ -128,8 +136,8 @@ def main() -> int:
         from mrimsm.diffusion.posterior import load_posterior_settings
 
         t0 = time.perf_counter()
-        settings = load_posterior_settings(args.settings, steps=args.steps, w=args.w)
-        runs = plan_runs(args, settings.steps, settings.w)
+        settings = load_posterior_settings(args.settings, steps=args.steps, w=args.w, samples=args.samples)
+        runs = plan_runs(args, settings.steps, settings.w, settings.samples)
         common = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device, "seed": args.seed}
         built = C.build_methods(runs, common)  # checkpoints and options fail here, before any work
         progress = C.tqdm_progress(args.quiet)
