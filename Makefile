@@ -34,7 +34,7 @@ $(SAMPLE): | $(STAMP)
 	$(PY) data_scripts/make_sample.py --out $(SAMPLE)
 
 demo: $(STAMP) $(SAMPLE)
-	$(VENV)/bin/mrimsm recon --accel 6 $(SAMPLE) -o $(DEMO_OUT) --threads 1 \
+	$(VENV)/bin/mrimsm recon --accel 6 $(SAMPLE) -o $(DEMO_OUT) --threads 2 \
 		--method zero-filled --method cs --method ssdu --method msm --png $(DEMO_OUT)/png
 
 test: $(STAMP)

@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         ),
         samples: Optional[str] = typer.Option(
             None, "--samples", metavar="K",
-            help="msm: posterior samples per slice; > 1 also writes an uncertainty map.",
+            help="msm: posterior samples per slice (default 4, configs/recon_csmri.yaml); their mean is the reconstruction, their std the uncertainty map (K > 1).",
         ),
         batch_slices: Optional[str] = typer.Option(
             None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."

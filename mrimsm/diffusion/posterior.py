@@ -73,7 +73,7 @@ class PosteriorSettings:
     steps: int = 200
     w: int = 3
     eta: float = 0.85
-    samples: int = 1
+    samples: int = 4
     dc_step: float = 1.0
     placement: str = "global"
     batch_slices: int = 4
