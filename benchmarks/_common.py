@@ -285,14 +285,16 @@ def evaluate(
     return records
 
 
-def estimate_nfe(runs: Sequence[Run], slices_by_accel: Mapping[float, int], main_steps: int, main_w: int) -> int:
+def estimate_nfe(
+    runs: Sequence[Run], slices_by_accel: Mapping[float, int], main_steps: int, main_w: int, main_samples: int = 1
+) -> int:
     """Total network evaluations of MSM runs (``steps * w * samples`` per slice)."""
     total = 0
     for run in runs:
         if run.method != "msm":
             continue
         o = run.options
-        per = int(o.get("steps") or main_steps) * int(o.get("w") or main_w) * int(o.get("samples") or 1)
+        per = int(o.get("steps") or main_steps) * int(o.get("w") or main_w) * int(o.get("samples") or main_samples)
         total += per * sum(n for a, n in slices_by_accel.items() if run.runs_at(a))
     return total
 

@@ -364,8 +364,8 @@ def test_recon_benchmark_smoke(tmp_path, monkeypatch, capsys, tiny_msm):
     bench = _load_script("recon")
     monkeypatch.setattr(sys, "argv", [
         str(REPO / "benchmarks" / "recon.py"), "--slices", "1", "--size", "32", "--coils", "4", "--steps", "2",
-        "--ablation-steps", "1", "--checkpoint", str(tiny_msm), "--out", str(tmp_path), "--quiet",
-        "--accels", "2", "4"])  # 32 columns leave no room for R = 6 beside the 8 centre columns
+        "--ablation-steps", "1", "--samples", "1", "--ablation-samples", "2", "--checkpoint", str(tiny_msm),
+        "--out", str(tmp_path), "--quiet", "--accels", "2", "4"])  # 32 columns leave no room for R = 6 beside the 8 centre columns
     with pytest.raises(SystemExit) as exc:
         bench.main()
     assert exc.value.code == 0, capsys.readouterr().err
@@ -374,13 +374,15 @@ def test_recon_benchmark_smoke(tmp_path, monkeypatch, capsys, tiny_msm):
     rows = list(csv.DictReader(open(tmp_path / "recon.csv")))
     got = {(float(r["accel"]), r["label"]) for r in rows}
     assert got == {(a, lab) for a in (2.0, 4.0) for lab in ("zero-filled", "CS-L1", "MSM")} | {
-        (4.0, "MSM w=1"), (4.0, "MSM 1 steps")}
+        (4.0, "MSM w=1"), (4.0, "MSM 1 steps"), (4.0, "MSM mean of 2")}
     by = {(float(r["accel"]), r["label"]): r for r in rows}
     assert float(by[4.0, "MSM"]["nfe_per_slice"]) == 6 and float(by[4.0, "MSM w=1"]["nfe_per_slice"]) == 2
+    assert float(by[4.0, "MSM mean of 2"]["nfe_per_slice"]) == 12
     assert float(by[4.0, "CS-L1"]["psnr_paper_mean"]) > float(by[4.0, "zero-filled"]["psnr_paper_mean"])
     assert all(np.isfinite(float(r["psnr_fastmri_mean"])) for r in rows)
     md = (tmp_path / "recon.md").read_text()
     assert "paper" in md and "fastMRI" in md and "Ablation: masks per step" in md and "Ablation: reverse steps" in md
+    assert "Ablation: posterior samples averaged" in md
 
 
 def test_csmri_benchmark_smoke_and_bad_checkpoint(tmp_path, monkeypatch, capsys, tiny_msm):
