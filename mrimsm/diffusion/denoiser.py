@@ -68,8 +68,8 @@ import torch
 from torch import nn
 
 from mrimsm.diffusion.schedule import VPSchedule
-from mrimsm.physics.solvers import conjugate_gradient
 from mrimsm.models.channels import from_channels, to_channels
+from mrimsm.physics.solvers import conjugate_gradient
 
 __all__ = ["MSMDenoiser", "SKIPS", "local_estimate"]
 
@@ -135,25 +135,30 @@ class MSMDenoiser(nn.Module):
 
     def _parts(self, u_t: torch.Tensor, t: torch.Tensor):
         """``(x, f, k)``: the VP-descaled input, the backbone's output (input's kind)
-        and a function giving a coefficient broadcastable against ``u_t``."""
+        and ``k(name)``, the coefficient ``name`` broadcastable against ``u_t``."""
         t = torch.as_tensor(t, device=u_t.device)
         if t.dim() == 0:
             t = t.expand(u_t.shape[0])
         c = self.coefficients(t)
+        view = (-1,) + (1,) * (u_t.dim() - 1)
 
-        def k(name: str, like_dim: int = u_t.dim()) -> torch.Tensor:  # float32 keeps complex64
-            return c[name].to(device=u_t.device, dtype=torch.float32).view((-1,) + (1,) * (like_dim - 1))
+        def k(name: str) -> torch.Tensor:  # float32 so complex64 stays complex64
+            return c[name].to(device=u_t.device, dtype=torch.float32).view(view)
 
         x = u_t * k("scale")
         f = from_channels(self.backbone(to_channels(x * k("c_in")), t.to(torch.float32)), like=x)
         return x, f, k
 
+    def _combine(self, skip_term: torch.Tensor, f: torch.Tensor, k) -> torch.Tensor:
+        """``x0`` from the skip term and the backbone's output (``prediction``)."""
+        if self.prediction == "eps":
+            return skip_term - k("sigma") * f
+        return k("c_skip") * skip_term + k("c_out") * f
+
     def forward(self, u_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Image-domain clean estimate (the ``skip="image"`` form; see :meth:`measure`)."""
         x, f, k = self._parts(u_t, t)
-        if self.prediction == "eps":
-            return x - k("sigma") * f
-        return k("c_skip") * x + k("c_out") * f
+        return self._combine(x, f, k)
 
     def measure(self, op, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Local clean measurement ``s_hat`` of a stacked batch of local measurements.
@@ -166,21 +171,26 @@ class MSMDenoiser(nn.Module):
         Returns:
             ``(k, B, *meas)``: ``A_S x0_hat``, ``x0_hat`` with the skip of ``self.skip``.
         """
-        u = op.adjoint(y_t)  # (k, B, *image)
-        kk, b = u.shape[:2]
-        flat = u.reshape(kk * b, *u.shape[2:])
         if self.skip == "image":
-            x0 = self.forward(flat, t)
-            return op(x0.reshape(kk, b, *x0.shape[1:]))
-        x, f, k = self._parts(flat, t)
-        with torch.no_grad():  # a fixed linear map of the data: no parameters inside
-            x_ls = conjugate_gradient(op.normal, x.reshape(u.shape), max_iter=self.cg_iters, batch_dims=2)
-        x_ls = x_ls.reshape(flat.shape)
-        if self.prediction == "eps":
-            x0 = x_ls - k("sigma") * f
-        else:
-            x0 = k("c_skip") * x_ls + k("c_out") * f
-        return op(x0.reshape(kk, b, *x0.shape[1:]))
+            return _through_image(self.forward, op, y_t, t)
+        stack = tuple(y_t.shape[:2])
+
+        def x0_projection(u_flat: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+            x, f, k = self._parts(u_flat, steps)
+            with torch.no_grad():  # a fixed linear map of the data: no parameters inside
+                x_ls = conjugate_gradient(op.normal, x.reshape(*stack, *x.shape[1:]), max_iter=self.cg_iters,
+                                          batch_dims=2)
+            return self._combine(x_ls.reshape(x.shape), f, k)
+
+        return _through_image(x0_projection, op, y_t, t)
+
+
+def _through_image(x0_fn, op, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``A_S x0_fn(A_S^H y_t, t)`` with the ``(k, B)`` stack flattened for the image call."""
+    u = op.adjoint(y_t)  # (k, B, *image)
+    kk, b = u.shape[:2]
+    x0 = x0_fn(u.reshape(kk * b, *u.shape[2:]), t)
+    return op(x0.reshape(kk, b, *x0.shape[1:]))
 
 
 def local_estimate(denoiser, op, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -190,7 +200,4 @@ def local_estimate(denoiser, op, y_t: torch.Tensor, t: torch.Tensor) -> torch.Te
     measure = getattr(denoiser, "measure", None)
     if measure is not None:
         return measure(op, y_t, t)
-    u = op.adjoint(y_t)
-    kk, b = u.shape[:2]
-    x0 = denoiser(u.reshape(kk * b, *u.shape[2:]), t)
-    return op(x0.reshape(kk, b, *x0.shape[1:]))
+    return _through_image(denoiser, op, y_t, t)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from mrimsm import distributed
 from mrimsm.config import Config
