@@ -520,10 +520,12 @@ def train(
 def _check_same_parametrization(saved: dict, current: dict, path: Path) -> None:
     """Refuse to resume when the config changes what the network's output means
     (``diffusion.skip``, ``diffusion.prediction``); other keys may change on resume."""
+    from mrimsm.diffusion.denoiser import LEGACY_SKIP
+
     old_d, new_d = saved.get("diffusion") or {}, current.get("diffusion") or {}
     if not new_d:
         return
-    for key, legacy in (("skip", "image"), ("prediction", "x0")):
+    for key, legacy in (("skip", LEGACY_SKIP), ("prediction", "x0")):
         before, after = old_d.get(key, legacy), new_d.get(key, legacy)
         if before != after:
             raise MrimsmError(

@@ -71,9 +71,11 @@ from mrimsm.diffusion.schedule import VPSchedule
 from mrimsm.models.channels import from_channels, to_channels
 from mrimsm.physics.solvers import conjugate_gradient
 
-__all__ = ["MSMDenoiser", "SKIPS", "local_estimate"]
+__all__ = ["MSMDenoiser", "SKIPS", "LEGACY_SKIP", "local_estimate"]
 
 SKIPS = ("image", "projection")
+#: the skip term of checkpoints written before ``diffusion.skip`` existed
+LEGACY_SKIP = "image"
 
 
 class MSMDenoiser(nn.Module):

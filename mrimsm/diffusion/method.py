@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mrimsm.config import Config
+from mrimsm.diffusion.denoiser import LEGACY_SKIP, SKIPS
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import BernoulliPixel, MaskFamily, SubmaskSampler, cartesian_family
 from mrimsm.physics.operators import Identity, MaskedMeasurement, MultiCoilMRI
@@ -110,8 +111,8 @@ class DiffusionConfig:
             raise ValueError("prediction: must be x0 or eps")
         if self.sigma_data <= 0:
             raise ValueError("sigma_data: must be > 0")
-        if self.skip not in ("image", "projection"):
-            raise ValueError("skip: must be image or projection")
+        if self.skip not in SKIPS:
+            raise ValueError(f"skip: must be one of {', '.join(SKIPS)}")
         if self.cg_iters < 1:
             raise ValueError("cg_iters: must be >= 1")
         if not 0 < self.beta_start <= self.beta_end < 1:
@@ -322,8 +323,7 @@ def build_denoiser(config: dict, channels: int, image_shape) -> nn.Module:
     )
     schedule = VPSchedule(d["num_steps"], d["beta_start"], d["beta_end"])
     return MSMDenoiser(
-        net, schedule, prediction=d["prediction"], sigma_data=d["sigma_data"], skip=d.get("skip", "image"),
-        cg_iters=d.get("cg_iters", 8),
+        net, schedule, prediction=d["prediction"], sigma_data=d["sigma_data"], skip=d["skip"], cg_iters=d["cg_iters"]
     )
 
 
@@ -355,7 +355,7 @@ def _with_legacy_skip(config: dict) -> dict:
     d = dict(config.get("diffusion") or {})
     if "skip" in d:
         return config
-    d["skip"] = "image"
+    d["skip"] = LEGACY_SKIP
     return {**config, "diffusion": d}
 
 
