@@ -420,6 +420,22 @@ def write_text(path: Path, text: str) -> Path:
     return Path(path)
 
 
+def write_results(out_dir: Path, stem: str, text: str, rows: Sequence[dict],
+                  slices: Optional[Sequence[dict]] = None, extra: Sequence[Optional[Path]] = ()) -> list[Path]:
+    """Write ``<stem>.md`` (``text``), ``<stem>.csv`` (``rows``) and, when given,
+    ``<stem>_slices.csv``; say every file written (and ``extra`` ones, e.g. a figure)
+    and print the table text."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [write_text(out_dir / f"{stem}.md", text), write_csv(out_dir / f"{stem}.csv", rows)]
+    if slices is not None:
+        written.append(write_csv(out_dir / f"{stem}_slices.csv", slices))
+    for path in written + [p for p in extra if p]:
+        print(f"wrote {path}")
+    print(text)
+    return written
+
+
 def machine_line(device: str) -> str:
     import torch
 

@@ -117,11 +117,7 @@ def main() -> int:
         models = [C.checkpoint_line(k, p) for k, p in (("msm", args.checkpoint), ("ssdu", args.ssdu_checkpoint))
                   if k in args.methods]
         text = render(args, rows, runs, data_text, models, figure, time.perf_counter() - t0)
-        written = [C.write_text(args.out / "csmri.md", text), C.write_csv(args.out / "csmri.csv", rows),
-                   C.write_csv(args.out / "csmri_slices.csv", C.slice_rows(records))]
-        for path in written + ([figure] if figure else []):
-            print(f"wrote {path}")
-        print(text)
+        C.write_results(args.out, "csmri", text, rows, C.slice_rows(records), extra=[figure])
         return 0
 
     C.run_main(body)

@@ -153,11 +153,7 @@ def main() -> int:
         rows = C.summarize(records, runs)
         model = C.checkpoint_line("msm", args.checkpoint) if any(r.method == "msm" for r in runs) else "No MSM run"
         text = render(args, rows, runs, data_text, model, time.perf_counter() - t0)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for path in (C.write_text(args.out / "recon.md", text), C.write_csv(args.out / "recon.csv", rows),
-                     C.write_csv(args.out / "recon_slices.csv", C.slice_rows(records))):
-            print(f"wrote {path}")
-        print(text)
+        C.write_results(args.out, "recon", text, rows, C.slice_rows(records))
         return 0
 
     C.run_main(body)

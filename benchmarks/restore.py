@@ -103,10 +103,7 @@ def main() -> int:
             ),
             "",
         ]
-        args.out.mkdir(parents=True, exist_ok=True)
-        C.write_text(args.out / "restore.md", "\n".join(lines))
-        C.write_csv(args.out / "restore.csv", rows)
-        print("\n".join(lines))
+        C.write_results(args.out, "restore", "\n".join(lines), rows)
         return 0
 
     C.run_main(body)

@@ -311,6 +311,8 @@ def evaluate_folder(
 
     channels, _, value_range = _model_facts(loaded)
     size = int(size or loaded.meta["image_shape"][0])
+    if not Path(folder).is_dir():
+        raise MrimsmError(f"{folder} is not a directory of images")
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise MrimsmError(f"{folder} holds no PNG/JPEG image")

@@ -181,6 +181,11 @@ def test_evaluate_folder_scores_every_image(loaded, tmp_path):
     x = torch.from_numpy(to_model_range(center_crop_resize(read_image(tmp_path / "0.png"), 16)))
     expect = image_metrics(x, baseline(degrade(x, "inpaint-box"), "inpaint-box"))["psnr"]
     assert res["mean-fill"]["psnr"][0] == pytest.approx(expect, abs=1e-6)
+    with pytest.raises(MrimsmError, match="not a directory"):
+        evaluate_folder(loaded, tmp_path / "missing", "inpaint-box", _settings(steps=2))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MrimsmError, match="no PNG/JPEG"):
+        evaluate_folder(loaded, tmp_path / "empty", "inpaint-box", _settings(steps=2))
 
 
 # -- the command line ---------------------------------------------------------------------
