@@ -130,3 +130,37 @@ def test_box_mask_hides_the_box():
     op = BoxMask((8, 8), (4, 2))
     x = torch.ones(1, 3, 8, 8)
     assert op(x).sum() == 3 * (64 - 8)
+
+
+@pytest.mark.parametrize("mask_shape", [(3, 1, 1, 16), (1, 1, 1, 16), (16,)])
+def test_column_path_equals_the_full_fft(mask_shape):
+    """A sparse column mask takes the kept-columns path; it equals fft2c with the mask applied,
+    also with rows keeping different numbers of columns, a stacked leading dimension and autograd."""
+    b, c, h, w = 3, 4, 12, 16
+    maps = _rand((b, c, h, w), seed=4)
+    g = torch.Generator().manual_seed(5)
+    mask = (torch.rand(mask_shape, generator=g) < 0.4).float()
+    mask.view(-1, w)[0, :3] = 0.5  # a non-binary weight is carried too
+    mask.view(-1, w)[:, 7] = 1.0  # every row keeps column 7
+    op = MultiCoilMRI(maps, mask)
+    assert op._cols is not None  # the path under test is taken
+    assert op.with_mask(mask)._cols is not None
+    m4 = mask.view(-1, 1, 1, w)
+    x = _rand((2, b, h, w), seed=6).requires_grad_(True)  # (k, B, H, W)
+    ref = fft2c(x.unsqueeze(-3) * maps) * m4
+    y = op.forward(x)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    z = _rand((2, b, c, h, w), seed=7)
+    torch.testing.assert_close(op.adjoint(z), (ifft2c(z * m4) * maps.conj()).sum(-3), atol=1e-5, rtol=1e-5)
+    (gx,) = torch.autograd.grad(y.abs().square().sum(), x)
+    (gr,) = torch.autograd.grad(ref.abs().square().sum(), x)
+    torch.testing.assert_close(gx, gr, atol=1e-4, rtol=1e-4)
+    check_adjoint(op, x.detach(), z)
+
+
+def test_column_path_is_skipped_for_dense_and_2d_masks():
+    maps = _rand((1, 2, 8, 8))
+    assert MultiCoilMRI(maps, torch.ones(1, 1, 1, 8))._cols is None  # keeps every column
+    assert MultiCoilMRI(maps, torch.rand(1, 1, 8, 8) < 0.3)._cols is None  # 2-D mask
+    assert MultiCoilMRI(maps, None)._cols is None
+    assert MultiCoilMRI(_rand((1, 2, 7, 8)), torch.rand(1, 1, 1, 8) < 0.3)._cols is None  # odd size

@@ -122,6 +122,47 @@ class MaskedMeasurement(LinearOperator):
         return self.full_adjoint(self.apply_mask(y))
 
 
+#: A column mask keeping at most this fraction of the columns (in its fullest
+#: row) is applied by transforming only the kept columns along the readout.
+COLUMN_PATH_MAX_FRACTION = 0.75
+
+
+def _column_plan(mask: Optional[torch.Tensor], h: int, w: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Indices and weights of the kept columns of a 1-D Cartesian mask, or ``None``.
+
+    For a mask ``(..., 1, 1, W)`` (or ``(W,)``, ``(1, W)``) whose rows keep at most
+    :data:`COLUMN_PATH_MAX_FRACTION` of the ``W`` columns, returns
+
+    * ``idx`` ``(R, 1, 1, K)`` int64: each row's kept columns in increasing order,
+      padded with dropped columns up to ``K`` = the largest count of any row
+      (``R`` = number of mask rows, 1 when the mask has no batch dimension);
+    * ``out`` ``(R, 1, H, K)`` float32: the centring signs times the global sign
+      times the mask value at those columns (0 on the padding).
+
+    A 2-D FFT is a 1-D FFT along ``W`` then one along ``H``; only the ``K``
+    gathered columns need the second (and, in the adjoint, the first inverse)
+    transform. Exact up to float rounding; ``None`` (use the full 2-D FFT) for
+    2-D masks, no mask, or masks that keep most columns.
+    """
+    if mask is None or mask.dim() > 4 or mask.shape[-1] != w:
+        return None
+    if mask.dim() >= 2 and mask.shape[-2] != 1:
+        return None
+    if mask.dim() >= 3 and mask.shape[-3] != 1:
+        return None
+    rows = mask.reshape(-1, w)
+    kept = rows != 0
+    k = int(kept.sum(-1).max().item())
+    if k > COLUMN_PATH_MAX_FRACTION * w or k == 0:
+        return None
+    # kept columns first (stable: increasing order), then the dropped ones as padding
+    idx = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[:, :k]  # (R, K)
+    weights = rows.gather(-1, idx)  # (R, K): mask values, 0 on the padding
+    chk = centering_signs(h, w, mask.device) * _global_sign(h, w)  # (H, W)
+    out = chk[:, idx].permute(1, 0, 2) * weights[:, None, :]  # (R, H, K)
+    return idx[:, None, None, :], out[:, None].contiguous()
+
+
 class MultiCoilMRI(MaskedMeasurement):
     """Cartesian multi-coil MRI, ``A = M F C``.
 
@@ -137,7 +178,9 @@ class MultiCoilMRI(MaskedMeasurement):
 
     For even ``H`` and ``W`` the FFT shifts are folded into the stored maps and
     mask (see :mod:`mrimsm.physics.fft`), so one application costs one batched
-    FFT and three element-wise products, with no loop over coils.
+    FFT and three element-wise products, with no loop over coils. With a 1-D
+    column mask (``(B, 1, 1, W)``) that keeps at most 3/4 of the columns, the
+    transform along ``H`` runs on the kept columns only (:func:`_column_plan`).
     """
 
     def __init__(self, maps: torch.Tensor, mask: Optional[torch.Tensor] = None):
@@ -157,6 +200,7 @@ class MultiCoilMRI(MaskedMeasurement):
             self._maps_c_conj = self._maps_c.conj().resolve_conj()
             out = chk * _global_sign(h, w)
             self._out = out if self.mask is None else out * self.mask
+        self._cols = _column_plan(self.mask, h, w) if self._even else None
 
     # -- construction helpers -------------------------------------------------
     @classmethod
@@ -173,6 +217,7 @@ class MultiCoilMRI(MaskedMeasurement):
             h, w = src.maps.shape[-2:]
             out = centering_signs(h, w, src.maps.device) * _global_sign(h, w)
             op._out = out if op.mask is None else out * op.mask
+        op._cols = _column_plan(op.mask, *src.maps.shape[-2:]) if src._even else None
         return op
 
     def with_mask(self, mask: Optional[torch.Tensor]) -> "MultiCoilMRI":
@@ -204,12 +249,24 @@ class MultiCoilMRI(MaskedMeasurement):
     # -- A and A^H with the mask folded into the sign pattern -----------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W)`` complex64 -> ``(B, C, H, W)`` complex64 masked k-space."""
+        if self._cols is not None:
+            idx, out = self._cols
+            z = torch.fft.fft(x.unsqueeze(-3) * self._maps_c, dim=-1, norm="ortho")
+            shape = z.shape[:-1] + idx.shape[-1:]
+            z = torch.fft.fft(z.gather(-1, idx.expand(shape)), dim=-2, norm="ortho") * out
+            return z.new_zeros(shape[:-1] + self.maps.shape[-1:]).scatter_(-1, idx.expand(shape), z)
         if self._even:
             return torch.fft.fft2(x.unsqueeze(-3) * self._maps_c, norm="ortho") * self._out
         return self.apply_mask(self.full_forward(x))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` complex64 -> ``(B, H, W)`` complex64 coil-combined image."""
+        if self._cols is not None:
+            idx, out = self._cols
+            shape = y.shape[:-1] + idx.shape[-1:]
+            z = torch.fft.ifft(y.gather(-1, idx.expand(shape)) * out, dim=-2, norm="ortho")
+            z = z.new_zeros(y.shape).scatter_(-1, idx.expand(shape), z)
+            return (torch.fft.ifft(z, dim=-1, norm="ortho") * self._maps_c_conj).sum(-3)
         if self._even:
             return (torch.fft.ifft2(y * self._out, norm="ortho") * self._maps_c_conj).sum(-3)
         return self.full_adjoint(self.apply_mask(y))
