@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module under ``cli/`` and is registered
 below. Library errors (:class:`mrimsm.errors.MrimsmError`) become one-line
-``error: ...`` messages with exit code 2, never tracebacks.
+``error: ...`` messages with exit code 2, never tracebacks; an interrupt
+(:class:`mrimsm.errors.Interrupted`, SIGINT / SIGTERM) prints ``interrupted: ...`` and
+exits with 130.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Optional
 import typer
 
 from mrimsm import __version__
-from mrimsm.errors import MrimsmError
+from mrimsm.errors import Interrupted, MrimsmError
 
 app = typer.Typer(
     name="mrimsm",
@@ -71,7 +73,14 @@ def main(argv: Optional[list] = None) -> int:
         app(args=argv, prog_name="mrimsm")
     except SystemExit as exc:
         code = exc.code
+        if code == 130 and _from_keyboard_interrupt(exc):
+            # Typer turns a KeyboardInterrupt that a command did not handle into a silent
+            # Exit(130); say so (the long commands raise Interrupted with more to tell)
+            typer.echo("interrupted", err=True)
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except Interrupted as exc:
+        typer.echo(f"interrupted: {exc}", err=True)
+        return exc.exit_code
     except MrimsmError as exc:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
@@ -79,6 +88,17 @@ def main(argv: Optional[list] = None) -> int:
         typer.echo("interrupted", err=True)
         return 130
     return 0
+
+
+def _from_keyboard_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a KeyboardInterrupt (its chain holds one)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":

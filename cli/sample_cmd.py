@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta in [0, 1] (config: 1)."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same samples."),
         out: Path = typer.Option(
-            Path("samples.h5"), "-o", "--out", help="Output HDF5 (a PNG grid is written beside it)."
+            Path("samples.h5"), "-o", "--out",
+            help="Output HDF5 (a PNG grid is written beside it; -o x.png writes x.h5 and x.png)."
         ),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples drawn at once (config: 8)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
@@ -46,18 +47,20 @@ def register(app: typer.Typer) -> None:
             raise MrimsmError("--device cuda was asked for but no CUDA GPU is available")
         elif device != "cpu" and not device.startswith("cuda"):
             raise MrimsmError(f"--device must be cpu or cuda, got {device!r}")
-        h5_path = out if out.suffix.lower() in (".h5", ".hdf5") else out.with_name(out.name + ".h5")
+        # -o x.h5 -> x.h5 + x.png; -o x.png -> the same pair; -o x -> x.h5 + x.png
+        suffix = out.suffix.lower()
+        h5_path = out if suffix in (".h5", ".hdf5") else (
+            out.with_suffix(".h5") if suffix == ".png" else out.with_name(out.name + ".h5"))
         png_path = h5_path.with_suffix(".png")
-        if h5_path.exists() and h5_path.is_dir():
-            raise MrimsmError(f"-o {h5_path} is a directory")
 
         from mrimsm.checkpoint import resolve_checkpoint_path
         from mrimsm.diffusion.method import generate, load_msm, write_samples
         from mrimsm.train import save_grid
+        from mrimsm.utils import check_output
 
         ckpt_path = resolve_checkpoint_path(checkpoint)
-        if ckpt_path.resolve() in (h5_path.resolve(), png_path.resolve()):
-            raise MrimsmError("the output would overwrite the checkpoint; choose another -o")
+        for path in (h5_path, png_path):  # before any work; nothing is created
+            check_output(path, inputs=[ckpt_path], role="checkpoint")
         loaded = load_msm(ckpt_path, device=device)
         defaults = loaded.config.get("sample", {})
         num = num if num is not None else int(defaults.get("num", 16))

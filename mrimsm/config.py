@@ -64,11 +64,13 @@ class SimulatedDataConfig:
     center_lines: Optional[int] = None
 
     def validate(self) -> None:
-        _check(self.size >= 8, "size", "must be >= 8")
+        # the prep pipeline that builds the set crops to a multiple of 16 (PrepOptions.validate)
+        _check(self.size >= 16 and self.size % 16 == 0, "size", "must be a positive multiple of 16")
         _check(self.num_coils >= 1, "num_coils", "must be >= 1")
         _check(self.accel >= 1, "accel", "must be >= 1")
         _check(self.rho >= 0, "rho", "must be >= 0")
-        _check(self.center_lines is None or self.center_lines >= 1, "center_lines", "must be >= 1")
+        _check(self.center_lines is None or 1 <= self.center_lines < self.size, "center_lines",
+               "must be >= 1 and smaller than size")
 
 
 @dataclass
@@ -382,6 +384,8 @@ def load_config(path: str | os.PathLike, method: Optional[str] = None) -> Config
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise MrimsmError(f"config {str(path)!r} is a directory; give a YAML file (e.g. configs/tiny.yaml)")
     if not path.is_file():
         raise MrimsmError(f"config file {str(path)!r} does not exist")
     try:

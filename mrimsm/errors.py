@@ -10,3 +10,11 @@ class MrimsmError(Exception):
     """
 
     exit_code = 2
+
+
+class Interrupted(MrimsmError):
+    """SIGINT or SIGTERM stopped a long command; the message says what finished,
+    what did not and how to go on. The CLI prints ``interrupted: <message>`` and
+    exits with 130 (128 + SIGINT), as a shell does for Ctrl-C."""
+
+    exit_code = 130

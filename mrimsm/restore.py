@@ -43,6 +43,7 @@ import torch
 
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.operators import BoxMask, Downsample, Identity, LinearOperator
+from mrimsm.utils import check_output
 
 __all__ = [
     "TASKS",
@@ -409,8 +410,6 @@ def restore_file(
     input, output = Path(input), Path(output)
     if output.suffix.lower() not in _OUTPUT_SUFFIXES:
         raise MrimsmError(f"-o {output}: the output must end in .png or .jpg")
-    if output.exists() and output.is_dir():
-        raise MrimsmError(f"-o {output} is a directory")
     if noise < 0:
         raise MrimsmError(f"--noise must be >= 0, got {noise}")
     settings = settings if settings is not None else image_settings()
@@ -423,6 +422,7 @@ def restore_file(
     for role, path in written.items():
         if path.resolve() == input.resolve():
             raise MrimsmError(f"the {role} output {path} would overwrite the input; choose another -o")
+        check_output(path)  # a directory, under a file, not writable: before any work
     img = read_image(input)  # (H, W, K) in [0, 1]; one-line error for non-images
     ckpt = Path(checkpoint) if checkpoint is not None else default_image_checkpoint()
     loaded = load_msm(ckpt, device=device)

@@ -31,6 +31,7 @@ Run directory layout: ``config.yaml`` (the resolved config), ``last.pt``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -54,8 +55,9 @@ from mrimsm.checkpoint import (
     save_checkpoint,
 )
 from mrimsm.config import Config, default_cache_dir, method_schema, register_method_schema
-from mrimsm.errors import MrimsmError
-from mrimsm.utils import atomic_path
+from mrimsm.errors import Interrupted, MrimsmError
+from mrimsm.interrupt import deferred_interrupts
+from mrimsm.utils import atomic_path, check_output
 
 __all__ = [
     "TrainMethod",
@@ -506,8 +508,7 @@ def train(
     last = run_dir / LAST_NAME
     if not resume and last.exists():
         raise MrimsmError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise MrimsmError(f"--out {run_dir} exists and is not a directory")
+    check_output(run_dir, kind="dir", flag="--out")  # before any work; nothing is created
 
     method_cls = get_method(cfg.method)
     info = distributed.init(device)
@@ -573,7 +574,7 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
     elif resume:
         say(f"no checkpoint in {run_dir}; starting from step 0")
 
-    if info.is_main:
+    if info.is_main and start < tc.max_steps:  # a no-op resume leaves the run as it is
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(run_dir / "config.yaml", cfg)
         _truncate_log(run_dir / "log.jsonl", start)
@@ -624,7 +625,7 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
             save_checkpoint(run_dir / "checkpoints" / f"step_{at_step:07d}.pt", **fields)
 
     model.train()
-    try:
+    with deferred_interrupts() as stop, _closing(bar):  # SIGINT / SIGTERM: finish the step, save, stop
         for indices_batch in loader:
             # reseed: step s is the same whether or not the run was resumed
             seed = step_seed(tc.seed, info.rank, step)
@@ -681,11 +682,16 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
 
             if tc.sample_every and step % tc.sample_every == 0 and info.is_main:
                 _write_preview(method, ema.module, preview_batch, run_dir, step, tc.seed, dev)
-            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.max_steps:
+            saved = (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.max_steps
+            if saved:
                 write_checkpoint(step)
-    finally:
-        if bar is not None:
-            bar.close()
+            if step < tc.max_steps and _stop_requested(stop, info):
+                if not saved:
+                    write_checkpoint(step)
+                raise Interrupted(
+                    f"{stop.name or 'a signal on another rank'} at step {step} of {tc.max_steps}; "
+                    f"checkpoint {last} written; resume with: mrimsm train {cfg.source} --out {run_dir} --resume"
+                )
 
     if step == start and start < tc.max_steps:
         raise MrimsmError("the data loader yielded no batches")
@@ -701,6 +707,22 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
     else:
         say(f"{run_dir} is already at step {step} (train.max_steps = {tc.max_steps}); nothing to do")
     return result
+
+
+def _stop_requested(flag: Any, info: distributed.DistInfo) -> bool:
+    """Whether a signal asked to stop, on any rank (all ranks stop at the same step)."""
+    if info.world_size > 1:
+        return distributed.all_reduce_mean(float(bool(flag)), info) > 0
+    return bool(flag)
+
+
+@contextlib.contextmanager
+def _closing(bar: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _write_preview(method: TrainMethod, ema_model: nn.Module, batch: Optional[dict], run_dir: Path,

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and seeding."""
+"""Small shared helpers: atomic file writes, the output-path preflight, seeding."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_path", "seed_everything"]
+from mrimsm.errors import MrimsmError
+
+__all__ = ["atomic_path", "same_file", "check_output", "seed_everything"]
 
 
 @contextlib.contextmanager
@@ -41,6 +43,65 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """``a`` and ``b`` name the same file or directory (``False`` when that cannot be told)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except (OSError, RuntimeError):
+        return False
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (as anything: file, directory, link)."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return p
+    return Path(path.absolute().anchor)  # "." or "/" always exist; a deleted working directory
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    kind: str = "file",
+    inputs: Iterable[str | os.PathLike] = (),
+    flag: str = "-o",
+    role: str = "input",
+) -> Path:
+    """The output-path preflight every command runs before any work: ``path`` can be
+    written, and writing it harms no input. Nothing is created.
+
+    Checks, each failing with a one-line MrimsmError that names ``flag``:
+
+    * ``kind="file"``: ``path`` is not an existing directory; ``kind="dir"``: ``path`` is
+      not an existing file (an existing directory is fine, a missing one will be created);
+    * the closest existing ancestor of what must be created is a directory (not a file,
+      e.g. ``README.md/x.h5``) and writable;
+    * ``path`` is none of ``inputs`` and, for a directory, none of them is ``path``
+      itself (outputs named as inputs would replace them); ``role`` names them in the
+      message (``"input"``, ``"checkpoint"``).
+
+    Returns:
+        ``Path(path)``.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise MrimsmError(f"{flag} {p} is a directory; give a file name")
+    if kind == "dir" and (p.exists() or p.is_symlink()) and not p.is_dir():
+        raise MrimsmError(f"{flag} {p} is a file, not a directory")
+    anchor = _nearest_existing(p if kind == "dir" else p.parent)
+    if not anchor.is_dir():
+        raise MrimsmError(f"{flag} {p}: {anchor} is a file, not a directory")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise MrimsmError(f"{flag} {p}: the directory {anchor} is not writable")
+    for src in inputs:
+        if same_file(src, p):
+            raise MrimsmError(f"{flag} {p} would overwrite the {role} {src}; choose another {flag}")
+    return p
 
 
 def seed_everything(seed: int) -> None:

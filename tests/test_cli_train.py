@@ -185,7 +185,7 @@ def test_sample_needs_an_msm_checkpoint(tmp_path, capsys):
 
     train(toy_config(max_steps=1), tmp_path / "toy", echo=lambda m: None)
     assert main(["sample", str(tmp_path / "toy"), "-o", str(tmp_path / "s.h5"), "-q"]) == 2
-    assert "needs an msm one" in _error_line(capsys)
+    assert "not an msm one" in _error_line(capsys)
     assert not (tmp_path / "s.h5").exists()
 
 

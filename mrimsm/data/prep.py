@@ -56,10 +56,11 @@ import torch
 from mrimsm.data.normalization import common_acs, volume_peak
 from mrimsm.data.espirit import estimate_maps
 from mrimsm.data.fastmri_io import crop_to_reconstruction, read_header, read_multicoil
-from mrimsm.errors import MrimsmError
+from mrimsm.errors import Interrupted, MrimsmError
+from mrimsm.interrupt import raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
-from mrimsm.utils import atomic_path
+from mrimsm.utils import atomic_path, check_output
 
 __all__ = [
     "PrepOptions",
@@ -264,6 +265,21 @@ def _centred_width(run: tuple[int, int], w: int) -> int:
     return width
 
 
+def espirit_settings(masks: np.ndarray, opts: PrepOptions) -> dict:
+    """The ESPIRiT calibration of a volume with masks ``(S, n)`` bool (step 5 of the module
+    doc): ``{"calib_width", "calib_rows", "kernel_width", "coarse"}``, the manifest's
+    ``espirit`` entry (recomputed from a finished shard's masks when it is resumed)."""
+    n = masks.shape[-1]
+    run = _common_acs(masks)
+    cw = min(opts.calib_width or 24, _centred_width(run, n))
+    rows = max(opts.calib_rows, cw)
+    kw = min(opts.kernel_width, max(2, (cw + 1) // 2))
+    coarse = opts.espirit_coarse or max(1, n // 64)
+    if opts.espirit_backend == "sigpy":
+        rows, coarse = cw, 1  # sigpy: square block, every pixel
+    return {"calib_width": int(cw), "calib_rows": int(rows), "kernel_width": int(kw), "coarse": int(coarse)}
+
+
 def prepare_volume(
     kspace: np.ndarray,
     recon_size: Sequence[int],
@@ -310,15 +326,11 @@ def prepare_volume(
             y[i] += (noise[0] + 1j * noise[1]) * masks[i][None, None, :]
     y = y.astype(np.complex64)
     # 5. ESPIRiT from what the scan holds
-    cw = min(opts.calib_width or 24, _centred_width(run, n))
-    rows = max(opts.calib_rows, cw)
-    kw = min(opts.kernel_width, max(2, (cw + 1) // 2))
-    coarse = opts.espirit_coarse or max(1, n // 64)
-    if opts.espirit_backend == "sigpy":
-        rows, coarse = cw, 1  # sigpy: square block, every pixel
+    esp = espirit_settings(masks, opts)
     maps = estimate_maps(
-        y, calib_width=cw, calib_rows=rows, kernel_width=kw, thresh=opts.thresh, crop=opts.crop,
-        device=opts.device, backend=opts.espirit_backend, coarse=coarse, progress=progress,
+        y, calib_width=esp["calib_width"], calib_rows=esp["calib_rows"], kernel_width=esp["kernel_width"],
+        thresh=opts.thresh, crop=opts.crop, device=opts.device, backend=opts.espirit_backend,
+        coarse=esp["coarse"], progress=progress,
     )
     out = {
         "y": y,
@@ -326,7 +338,7 @@ def prepare_volume(
         "maps": maps,
         "scale": np.full(len(slice_indices), scale, dtype=np.float32),
         "slice_index": np.asarray(slice_indices, dtype=np.int32),
-        "espirit": {"calib_width": cw, "calib_rows": rows, "kernel_width": kw, "coarse": coarse},
+        "espirit": esp,
     }
     if reference:
         out["reference"] = _coil_combine(z * np.float32(scale), maps).astype(np.complex64)
@@ -400,14 +412,17 @@ def _check_dirs(raw_dir: Path, out_dir: Path) -> list[Path]:
         raise MrimsmError(f"RAW_DIR holds no .h5 files: {raw_dir}")
     if out_dir.resolve() == raw_dir.resolve():
         raise MrimsmError("OUT_DIR must differ from RAW_DIR (inputs are never overwritten)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise MrimsmError(f"OUT_DIR is not writable: {out_dir} ({exc.strerror or exc})") from None
+    check_output(out_dir, kind="dir", flag="OUT_DIR")  # created only once there is work to do
     return files
+
+
+def _remove_if_empty(root: Path) -> None:
+    """Remove ``root`` and the directories below it if none of them holds a file."""
+    if not root.is_dir() or any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
+        return
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        d.rmdir()
+    root.rmdir()
 
 
 def _versions() -> dict:
@@ -479,8 +494,11 @@ def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> d
 
 
 def _worker_init(threads: int) -> None:
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     torch.set_num_threads(threads)
 
 
@@ -519,6 +537,19 @@ def prepare_dataset(
     opts.validate()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     files = _check_dirs(raw_dir, out_dir)
+    missing = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # what this run creates
+    try:
+        with raising_interrupts():
+            return _prepare(raw_dir, out_dir, files, opts, progress, on_start, on_warning, extra_manifest)
+    except BaseException:
+        if missing:
+            _remove_if_empty(missing[-1])  # a failed first run leaves no empty OUT_DIR behind
+        raise
+
+
+def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions, progress, on_start, on_warning,
+             extra_manifest) -> dict:
+    """:func:`prepare_dataset` after its checks (``out_dir`` is created here, when needed)."""
     warn = on_warning or (lambda msg: warnings.warn(msg, stacklevel=3))
     listed = _read_slice_list(opts.slice_list) if opts.slice_list else None
     params_hash = opts.params_hash()
@@ -578,7 +609,7 @@ def prepare_dataset(
 
     val_names = _split_volumes([p.name for p, _, _ in planned], opts.val_fraction, opts.seed)
     for sub in ("train", "val"):
-        (out_dir / sub).mkdir(exist_ok=True)
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
         for stale in (out_dir / sub).glob(".*.tmp"):
             stale.unlink()  # left by a killed run
 
@@ -601,7 +632,16 @@ def prepare_dataset(
 
     if on_start is not None:
         on_start(sum(len(t["slices"]) for t in tasks))
-    results = _execute(tasks, opts, progress)
+    results: list[dict] = []
+    try:
+        _execute(tasks, opts, progress, results)
+    except KeyboardInterrupt:
+        done = sum("error" not in r for r in results)
+        rest = len(tasks) - len(results)
+        raise Interrupted(
+            f"{done} of {len(tasks)} files prepared this run ({len(resumed)} were already done), {rest} not; "
+            f"their shards in {out_dir} are complete; rerun the same command to finish (no manifest.json yet)"
+        ) from None
     for task in resumed:
         results.append(_summary_from_shard(out_dir, task))
 
@@ -669,27 +709,41 @@ def _summary_from_shard(out_dir: Path, task: dict) -> dict:
             "slices": [int(s) for s in f["slice_index"][()]],
             "scale": float(f["scale"][0]),
             "achieved_acceleration": [float(achieved_acceleration(m)) for m in masks],
+            "espirit": espirit_settings(masks, PrepOptions(**task["options"])),
             "resumed": True,
         }
 
 
-def _execute(tasks: list[dict], opts: PrepOptions, progress: Optional[Callable[[int], None]]) -> list[dict]:
+def _execute(tasks: list[dict], opts: PrepOptions, progress: Optional[Callable[[int], None]],
+             results: list[dict]) -> list[dict]:
+    """Run ``tasks``, appending each summary to ``results`` as it finishes (so an interrupt
+    can tell what finished). On KeyboardInterrupt the workers are stopped at once (their
+    shards are written atomically, so no partial file is left) and it propagates."""
     if opts.workers <= 1 or len(tasks) <= 1:
-        return [_run_task(t, progress) for t in tasks]
+        for t in tasks:
+            results.append(_run_task(t, progress))
+        return results
     import concurrent.futures as cf
     import multiprocessing as mp
 
     threads = max(1, (os.cpu_count() or 1) // opts.workers)
-    results = []
-    with cf.ProcessPoolExecutor(
+    pool = cf.ProcessPoolExecutor(
         max_workers=opts.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
-    ) as pool:
+    )
+    try:
         futures = {pool.submit(_run_task, t): t for t in tasks}
         for fut in cf.as_completed(futures):
             res = fut.result()
             results.append(res)
             if progress is not None:
                 progress(len(futures[fut]["slices"]))
+    except BaseException:
+        workers = list(getattr(pool, "_processes", {}).values())  # stop them now, not after their volume
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            proc.terminate()
+        raise
+    pool.shutdown()
     return results
 
 

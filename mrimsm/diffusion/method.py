@@ -367,7 +367,8 @@ def load_msm(path, device: str | torch.device = "cpu", use_ema: bool = True) -> 
     p = resolve_checkpoint_path(path)
     ckpt = load_checkpoint(p, map_location="cpu")
     if not _is_msm(ckpt["method"]):
-        raise MrimsmError(f"{p} is a {ckpt['method']!r} checkpoint; sampling needs an msm one")
+        hint = " (use it with recon -m ssdu --ssdu-checkpoint)" if ckpt["method"] == "ssdu" else ""
+        raise MrimsmError(f"{p} is a {ckpt['method']!r} checkpoint, not an msm one{hint}")
     cfg = config_from_dict(_with_legacy_skip(ckpt["config"]), source=f"{p} (config)")
     meta = ckpt["meta"]
     try:

