@@ -133,9 +133,41 @@ def _msm_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.save({"model": res.model.state_dict(), "losses": res.losses}, os.path.join(out_dir, f"msm{rank}.pt"))
 
 
-def test_msm_under_ddp_keeps_ranks_identical(tmp_path):
+def _split_msm_config():
+    """The doubled batch (4) in one process, its loss computed as the two ranks compute
+    theirs: each half of the batch with that rank's generator (the per-rank noise and
+    steps t), the two losses averaged as DDP averages the gradients."""
+    from test_train import _register_memory_msm, msm_config
+
+    memory_msm = _register_memory_msm()
+
+    @register_method("msm-mem-split")
+    class _SplitMSM(memory_msm):
+        def loss(self, model, batch, generator):
+            half = batch["y"].shape[0] // 2
+            total, logs = 0.0, {}
+            for r in range(2):
+                part = {k: (v[r * half : (r + 1) * half] if isinstance(v, torch.Tensor) and v.dim() else v)
+                        for k, v in batch.items()}
+                seed = step_seed(self.cfg.train.seed, r, batch["step"])
+                torch.manual_seed(seed)
+                gen = torch.Generator(device=generator.device)
+                gen.manual_seed(seed)
+                loss, logs = super().loss(model, part, gen)
+                total = total + loss / 2
+            return total, logs
+
+    d = msm_config(rho=0.1, max_steps=3, batch_size=4).to_dict()
+    d["method"] = "msm-mem-split"
+    return config_from_dict(d, source="msm-mem-split.yaml")
+
+
+def test_msm_under_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
     import test_train  # noqa: F401  (registers the in-memory MSM method before forking)
 
+    # the single-process reference first (see the first test: the forked workers inherit its imports)
+    cfg = _split_msm_config()
+    single = train(cfg, tmp_path / "single", device="cpu", echo=lambda m: None)
     port = _free_port()
     mp.start_processes(_msm_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     r0 = torch.load(tmp_path / "msm0.pt", weights_only=True)
@@ -143,15 +175,31 @@ def test_msm_under_ddp_keeps_ranks_identical(tmp_path):
     assert r0["losses"] != r1["losses"]  # different examples and noise per rank
     for key in r0["model"]:
         torch.testing.assert_close(r0["model"][key], r1["model"][key], rtol=0, atol=0)
+    # the reference's loss is the mean of the ranks' at every step ...
+    for (s, ls), (_, l0), (_, l1) in zip(single.losses, r0["losses"], r1["losses"]):
+        assert ls == pytest.approx((l0 + l1) / 2, rel=1e-5), (s, ls, l0, l1)
+    # ... and the weights after 3 steps (noisy MSM, grad clipping, AdamW) are the reference's
+    worst = 0.0
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(r0["model"][key], value, rtol=1e-4, atol=1e-5)
+        worst = max(worst, (r0["model"][key] - value).abs().max().item())
+    # the comparison is not between two untouched models: the weights moved
+    torch.manual_seed(step_seed(0, _INIT_STREAM, 0))
+    from mrimsm.train import get_method
+
+    cls = get_method("msm-mem-split")
+    init = cls(cfg, cls.build_dataset(cfg, None).info).build_model(cfg).state_dict()
+    moved = max((v - single.model.state_dict()[k]).abs().max().item() for k, v in init.items())
+    assert moved > 100 * max(worst, 1e-7), (moved, worst)
     from mrimsm.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tmp_path / "msm")
     assert ckpt["step"] == 3 and len(ckpt["rng"]["ranks"]) == 2
 
 
-@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path, prepared_measurements):
-    """`torchrun --nproc_per_node 2 -m mrimsm train ...` end to end (gloo, real shards)."""
+    """The README's `torchrun --nproc_per_node N -m mrimsm train CONFIG` end to end:
+    two gloo processes, two steps, real shards, the projection skip."""
     import subprocess
     import sys
     from pathlib import Path

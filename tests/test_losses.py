@@ -241,6 +241,47 @@ def test_loss_validates_arguments():
     assert torch.allclose(lf.weight(torch.tensor([0])), 1 / SCH.sigma(torch.tensor([0])) ** 2)
 
 
+class _FixedSigmas:
+    """A schedule stub whose steps 0, 1, 2 have the given sigmas (measurement units)."""
+
+    def __init__(self, sigmas):
+        self._s = torch.tensor(sigmas, dtype=torch.float64)
+
+    def sigma(self, t):
+        return self._s[torch.as_tensor(t)]
+
+    def respaced(self, n):
+        return torch.arange(len(self._s))
+
+
+def test_edm_weighting_formula():
+    # w(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2, by hand for sigma_data = 0.5:
+    # sigma = 0.5 -> 0.5 / 0.0625 = 8; sigma = 0.1 -> 0.26 / 0.0025 = 104; sigma = 2 -> 4.25 / 1 = 4.25
+    lf = MSMLoss(_FixedSigmas([0.5, 0.1, 2.0]), weighting="edm", sigma_data=0.5, train_steps=3)
+    torch.testing.assert_close(lf.weight(torch.tensor([0, 1, 2])), torch.tensor([8.0, 104.0, 4.25], dtype=torch.float64))
+    # another sigma_data: sigma = 0.5, sigma_data = 1 -> 1.25 / 0.25 = 5
+    lf1 = MSMLoss(_FixedSigmas([0.5]), weighting="edm", sigma_data=1.0, train_steps=1)
+    assert lf1.weight(torch.tensor([0])).item() == pytest.approx(5.0)
+    # on the real schedule it is 1 / c_out^2 of the denoiser's preconditioning (unit-weight target)
+    den = MSMDenoiser(LinearDenoiser(), SCH, sigma_data=0.5)
+    t = torch.tensor([0, 10, 200, 999])
+    lf2 = MSMLoss(SCH, weighting="edm", sigma_data=0.5)
+    torch.testing.assert_close(lf2.weight(t), 1.0 / den.coefficients(t)["c_out"] ** 2)
+
+
+def test_edm_weighting_is_applied_per_example():
+    """The loss is w(t) times the unweighted consistency term, example by example."""
+    op, x = _multicoil(1, coils=3, seed=5)
+    y = op(x)
+    edm = MSMLoss(SCH, weighting="edm", sigma_data=0.5)
+    uni = MSMLoss(SCH, weighting="uniform")
+    for t in (0, 300, 999):
+        tt = torch.tensor([t])
+        le, _ = edm(LinearDenoiser(), y, op, torch.Generator().manual_seed(1), t=tt)
+        lu, _ = uni(LinearDenoiser(), y, op, torch.Generator().manual_seed(1), t=tt)
+        assert le.item() == pytest.approx(edm.weight(tt).item() * lu.item(), rel=1e-5)
+
+
 # -- the denoiser's scaling and preconditioning ----------------------------------------
 
 

@@ -157,8 +157,15 @@ class MSMDenoiser(nn.Module):
             return skip_term - k("sigma") * f
         return k("c_skip") * skip_term + k("c_out") * f
 
-    def forward(self, u_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Image-domain clean estimate (the ``skip="image"`` form; see :meth:`measure`)."""
+    def forward(self, u_t: torch.Tensor, t: torch.Tensor, op=None) -> torch.Tensor:
+        """Image-domain clean estimate (the ``skip="image"`` form; see :meth:`measure`).
+
+        With ``op``, ``u_t`` is read as the stacked local measurements ``y_t`` and the
+        result is :meth:`measure` ``(op, y_t, t)``: the call a DDP wrapper forwards
+        (calling ``wrapper.module.measure`` would bypass the gradient averaging).
+        """
+        if op is not None:
+            return self.measure(op, u_t, t)
         x, f, k = self._parts(u_t, t)
         return self._combine(x, f, k)
 
@@ -199,7 +206,10 @@ def local_estimate(denoiser, op, y_t: torch.Tensor, t: torch.Tensor) -> torch.Te
     """``s_hat = A_S x0_hat`` for stacked local measurements ``y_t`` ``(k, B, *meas)``,
     steps ``t`` ``(k * B,)``: :meth:`MSMDenoiser.measure` when the denoiser has it,
     else ``A_S denoiser(A_S^H y_t, t)`` for a plain image-domain callable."""
-    measure = getattr(denoiser, "measure", None)
-    if measure is not None:
-        return measure(op, y_t, t)
+    inner = getattr(denoiser, "module", denoiser)  # a DDP wrapper's module
+    if getattr(inner, "measure", None) is not None:
+        # through the wrapper's forward when wrapped (DDP averages the gradients of
+        # what its forward computed); without this a wrapped MSMDenoiser silently
+        # trained the image skip whatever diffusion.skip said
+        return denoiser(y_t, t, op=op) if inner is not denoiser else inner.measure(op, y_t, t)
     return _through_image(denoiser, op, y_t, t)
