@@ -28,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices-per-file", type=int, default=8)
     p.add_argument("--step", type=int, default=2, help="every STEP-th slice of the split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pixel", choices=["fit", "native"], default="fit",
+                   help="fit: the 233 mm field of view resized to SIZE; native: 1 mm pixels zero-padded to SIZE")
     args = p.parse_args(argv)
     try:
         paths = write_simulated_raw(args.raw_dir, args.split, args.size, args.coils, args.noise,
-                                    args.slices_per_file, args.step, args.seed)
+                                    args.slices_per_file, args.step, args.seed, pixel=args.pixel)
     except MrimsmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,9 @@ class SimulatedDataConfig:
     """A simulated training set built on first use (MNI152 slices, simulated coils).
 
     ``center_lines`` ``None`` scales the paper's 20 of 256 central columns to ``size``.
+    ``pixel``: ``fit`` resizes the template's 233 mm field of view to ``size``
+    pixels; ``native`` keeps its 1 mm pixels, zero-padded to ``size`` (use
+    ``size >= 240``; see :func:`mrimsm.data.simulate.mni_slices`).
     """
 
     size: int = 64
@@ -62,10 +65,12 @@ class SimulatedDataConfig:
     rho: float = 0.0
     seed: int = 0
     center_lines: Optional[int] = None
+    pixel: str = "fit"
 
     def validate(self) -> None:
         # the prep pipeline that builds the set crops to a multiple of 16 (PrepOptions.validate)
         _check(self.size >= 16 and self.size % 16 == 0, "size", "must be a positive multiple of 16")
+        _check(self.pixel in ("fit", "native"), "pixel", "must be fit or native")
         _check(self.num_coils >= 1, "num_coils", "must be >= 1")
         _check(self.accel >= 1, "accel", "must be >= 1")
         _check(self.rho >= 0, "rho", "must be >= 0")
@@ -93,7 +98,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping. ``batch_size`` is per process (under
-    torchrun the global batch is ``batch_size * world_size``)."""
+    torchrun the global batch is ``batch_size * world_size``). ``amp``: mixed
+    precision on CUDA; ``cpu_bf16``: bf16 autocast on CPU (see :func:`mrimsm.train._amp_dtype`)."""
 
     lr: float
     batch_size: int
@@ -108,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     amp: bool = True
+    cpu_bf16: bool = False
 
     def validate(self) -> None:
         _check(self.lr > 0, "lr", "must be > 0")

@@ -173,6 +173,8 @@ def _simulated_dir(cfg: Config) -> Path:
     base = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
     cl = "auto" if sim.center_lines is None else str(sim.center_lines)
     name = f"sim-{sim.size}px-{sim.num_coils}c-r{sim.accel:g}-cl{cl}-rho{sim.rho:g}-seed{sim.seed}"
+    if sim.pixel != "fit":
+        name += f"-{sim.pixel}"
     return base / name
 
 
@@ -200,7 +202,7 @@ def ensure_simulated_dataset(cfg: Config, dist_info: distributed.DistInfo, echo:
         out.parent.mkdir(parents=True, exist_ok=True)
         prepare_simulated_dataset(
             out, size=sim.size, num_coils=sim.num_coils, accel=sim.accel, rho=sim.rho, seed=sim.seed,
-            center_lines=sim.center_lines,
+            center_lines=sim.center_lines, pixel=sim.pixel,
         )
     distributed.barrier(dist_info)
     return out
@@ -434,6 +436,11 @@ def _to_device(batch: Mapping, device: torch.device) -> dict:
 
 
 def _amp_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype of the loss: on CUDA ``train.amp`` (bf16, else fp16); on CPU
+    ``train.cpu_bf16`` (bf16 autocast: convolutions and matmuls in bf16, while the
+    physics (complex64), the losses and the optimizer stay fp32)."""
+    if device.type == "cpu":
+        return torch.bfloat16 if cfg.train.cpu_bf16 else None
     if not cfg.train.amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -499,7 +506,7 @@ def train(
             on rank 0; ``None`` shows no bar.
         echo: where rank 0's one-line messages go.
         amp_dtype: force an autocast dtype (tests); default: bf16/fp16 on CUDA
-            when ``train.amp``, none on CPU.
+            when ``train.amp``, bf16 on CPU when ``train.cpu_bf16``.
 
     Returns:
         a :class:`TrainResult`.

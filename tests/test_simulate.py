@@ -44,6 +44,24 @@ def test_orientations_differ_and_bad_input():
         sm.mni_slices("axial", [189], 32)
 
 
+def test_native_pixels_pad_without_resampling():
+    # native: the template's 1 mm pixels, centre zero-padded (233 x 197 axial -> 256 x 256)
+    vol = sm.mni_volume()
+    raw = vol[:, :, 80].T[::-1]  # the axial display convention of _raw_slice
+    sl = sm.mni_slices("axial", [80], 256, pixel="native")[0]
+    h, w = raw.shape
+    top, left = (256 - h) // 2, (256 - w) // 2
+    np.testing.assert_array_equal(sl[top : top + h, left : left + w], np.clip(raw, 0, None))
+    assert sl[:top].max() == 0 and sl[:, :left].max() == 0 and sl[top + h :].max() == 0
+    # smaller than the slice: centre crop; fit mode differs (it resamples)
+    small = sm.mni_slices("axial", [80], 160, pixel="native")[0]
+    ct, cl = (h - 160) // 2, (w - 160) // 2
+    np.testing.assert_array_equal(small, np.clip(raw[ct : ct + 160, cl : cl + 160], 0, None))
+    assert not np.allclose(sm.mni_slices("axial", [80], 256)[0], sl)
+    with pytest.raises(MrimsmError, match="pixel mode"):
+        sm.mni_slices("axial", [80], 64, pixel="scaled")
+
+
 @pytest.mark.parametrize("orientation", sm.ORIENTATIONS)
 def test_split_keeps_whole_ranges_apart(orientation):
     spec = sm.MNI_SPLIT[orientation]

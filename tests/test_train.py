@@ -386,6 +386,15 @@ def test_msm_noisy_loss_runs_with_bf16_autocast(tmp_path):
     assert all(np.isfinite(v) for _, v in res.losses)
 
 
+def test_cpu_bf16_autocast_follows_the_config():
+    from mrimsm.train import _amp_dtype
+
+    cpu = torch.device("cpu")
+    assert _amp_dtype(msm_config(), cpu) is None  # default: fp32 on CPU
+    assert _amp_dtype(msm_config(cpu_bf16=True), cpu) == torch.bfloat16
+    assert _amp_dtype(msm_config(cpu_bf16=True, amp=False), cpu) == torch.bfloat16  # amp is CUDA's switch
+
+
 def test_msm_checkpoint_samples_and_preview(tmp_path):
     from mrimsm.diffusion.method import generate, load_msm, training_mask_family
 

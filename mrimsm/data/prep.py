@@ -758,6 +758,7 @@ def prepare_simulated_dataset(
     rho: float = 0.0,
     seed: int = 0,
     center_lines: Optional[int] = None,
+    pixel: str = "fit",
     raw_noise: float = 0.0,
     slices_per_file: int = 8,
     step: int = 2,
@@ -778,6 +779,9 @@ def prepare_simulated_dataset(
         out_dir: where the shards and ``manifest.json`` go.
         size, num_coils: image side and coils.
         accel, rho, seed, center_lines: prep options (paper mask).
+        pixel: ``fit`` (the 233 mm field of view resized to ``size``) or
+            ``native`` (1 mm pixels, zero-padded to ``size``); see
+            :func:`mrimsm.data.simulate.mni_slices`.
         raw_noise: noise already in the simulated raw k-space (default 0: the
             measurement noise is exactly ``rho``).
         slices_per_file, step: volumes of consecutive training slices, every
@@ -797,6 +801,8 @@ def prepare_simulated_dataset(
         "size": size, "num_coils": num_coils, "raw_noise": raw_noise, "slices_per_file": slices_per_file,
         "step": step, "seed": seed, "oversample_readout": True, "slices": slices,
     }
+    if pixel != "fit":  # manifests of the older fit-only sets stay valid
+        simulation["pixel"] = pixel
     opts = PrepOptions(
         accel=accel, noise_rho=rho, size=size, acquisition=None, skip_last=0, val_fraction=val_fraction,
         seed=seed, center_lines=center_lines, workers=workers,
@@ -811,7 +817,7 @@ def prepare_simulated_dataset(
         except (OSError, ValueError):
             pass
     with tempfile.TemporaryDirectory(prefix="mrimsm-sim-raw-") as tmp:
-        write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed)
+        write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed, pixel=pixel)
         prepare_dataset(tmp, out_dir, opts, progress=progress, on_start=on_start,
                         extra_manifest={"simulation": simulation})
     return out_dir

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_SAMPLE_NOISE",
     "mni_path",
     "mni_volume",
+    "PIXEL_MODES",
     "mni_slices",
     "mni_split_indices",
     "smooth_phase",
@@ -117,22 +118,43 @@ def _raw_slice(vol: np.ndarray, orientation: str, index: int) -> np.ndarray:
     return vol[index, :, :].T[::-1]  # sagittal (y, z)
 
 
-def mni_slices(orientation: str, indices: Sequence[int], size: int) -> np.ndarray:
-    """Slices of the MNI152 T1 template resized to ``size x size``.
+#: How MNI slices become ``size x size`` images: ``fit`` resizes the whole
+#: 233 mm field of view to ``size`` pixels (the 64 x 64 demo data); ``native``
+#: keeps the template's 1 mm pixels and zero-pads (or centre-crops) to ``size``
+#: (the 256 x 256 prior: brain anatomy at the pixel scale of real scans).
+PIXEL_MODES = ("fit", "native")
 
-    Each slice is zero-padded to a 233 x 233 square (the volume's largest side,
-    so all orientations share one pixel size) and resized with anti-aliasing.
+
+def _pad_or_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre zero-pad / centre-crop a 2-D array to ``size x size``."""
+    out = np.zeros((size, size), dtype=np.float32)
+    h, w = img.shape
+    sh, sw = max(0, (h - size) // 2), max(0, (w - size) // 2)  # crop offsets in the source
+    dh, dw = max(0, (size - h) // 2), max(0, (size - w) // 2)  # pad offsets in the output
+    ch, cw = min(h, size), min(w, size)
+    out[dh : dh + ch, dw : dw + cw] = img[sh : sh + ch, sw : sw + cw]
+    return out
+
+
+def mni_slices(orientation: str, indices: Sequence[int], size: int, pixel: str = "fit") -> np.ndarray:
+    """Slices of the MNI152 T1 template as ``size x size`` images.
+
+    ``pixel="fit"``: each slice is zero-padded to a 233 x 233 square (the
+    volume's largest side, so all orientations share one pixel size) and
+    resized with anti-aliasing. ``pixel="native"``: the slice keeps its 1 mm
+    pixels and is centre zero-padded (or cropped) to ``size`` (no resampling).
 
     Args:
         orientation: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         indices: slice indices along the orientation's axis.
         size: output side.
+        pixel: ``"fit"`` or ``"native"`` (:data:`PIXEL_MODES`).
 
     Returns:
         ``(N, size, size)`` float32, values in about [0, 1].
     """
-    from skimage.transform import resize
-
+    if pixel not in PIXEL_MODES:
+        raise MrimsmError(f"unknown pixel mode {pixel!r}; use fit or native")
     axis = _orient_axis(orientation)
     vol = mni_volume()
     side = max(vol.shape)
@@ -141,6 +163,11 @@ def mni_slices(orientation: str, indices: Sequence[int], size: int) -> np.ndarra
         if not 0 <= int(idx) < vol.shape[axis]:
             raise MrimsmError(f"{orientation} slice {idx} out of range 0..{vol.shape[axis] - 1}")
         sl = _raw_slice(vol, orientation, int(idx))
+        if pixel == "native":
+            out[k] = _pad_or_crop(np.ascontiguousarray(sl, dtype=np.float32), size)
+            continue
+        from skimage.transform import resize
+
         sq = np.zeros((side, side), dtype=np.float32)
         top, left = (side - sl.shape[0]) // 2, (side - sl.shape[1]) // 2
         sq[top : top + sl.shape[0], left : left + sl.shape[1]] = sl
@@ -365,6 +392,7 @@ def simulate_volume_file(
     noise_std: float = DEFAULT_SAMPLE_NOISE,
     oversample_readout: bool = True,
     seed: int = 0,
+    pixel: str = "fit",
 ) -> Path:
     """Simulate MNI slices as one fastMRI multi-coil "volume" file.
 
@@ -377,7 +405,7 @@ def simulate_volume_file(
         ``acquisition`` (e.g. ``AXT1``: the template is T1-weighted), ``max``,
         ``norm``, ``patient_id``.
     """
-    images = mni_slices(orientation, indices, size)
+    images = mni_slices(orientation, indices, size, pixel)
     sims = [
         simulate_multicoil(im, num_coils, noise_std, oversample_readout, seed=seed * 1000 + k)
         for k, im in enumerate(images)
@@ -387,7 +415,8 @@ def simulate_volume_file(
     attrs = {
         "acquisition": f"{_ACQ_PREFIX[orientation]}T1",
         "patient_id": f"mni152-{orientation}-{indices[0]}-{indices[-1]}-s{seed}",
-        "simulated_from": f"MNI152 ICBM2009a T1 {orientation} slices {list(map(int, indices))}",
+        "simulated_from": f"MNI152 ICBM2009a T1 {orientation} slices {list(map(int, indices))}"
+                          + (" at native 1 mm pixels" if pixel == "native" else ""),
         "noise_std": float(noise_std),
     }
     return write_fastmri_file(path, kspace, ref, attrs)
@@ -403,6 +432,7 @@ def write_simulated_raw(
     step: int = 2,
     seed: int = 0,
     oversample_readout: bool = True,
+    pixel: str = "fit",
 ) -> list[Path]:
     """Write one split of the MNI slices as fastMRI multi-coil "volumes".
 
@@ -424,7 +454,7 @@ def write_simulated_raw(
             chunk = idx[start : start + slices_per_file]
             path = raw_dir / f"mni_{orientation}_{chunk[0]:03d}-{chunk[-1]:03d}.h5"
             paths.append(simulate_volume_file(path, orientation, chunk, size, num_coils, noise_std,
-                                              oversample_readout, seed=seed * 100 + o_i * 20 + v))
+                                              oversample_readout, seed=seed * 100 + o_i * 20 + v, pixel=pixel))
     return paths
 
 
