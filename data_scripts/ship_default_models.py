@@ -1,13 +1,17 @@
 """Export the trained default runs as the shipped inference-only models.
 
     .venv/bin/python data_scripts/ship_default_models.py \
-        --msm runs/default_msm --ssdu runs/default_ssdu --images runs/default_images
+        --msm runs/default_msm --ssdu runs/default_ssdu --images runs/default_images \
+        --msm256 runs/default_msm256
 
 writes mrimsm/assets/default_msm.pt, default_ssdu.pt and default_images.pt (EMA weights,
 config, operator/mask settings; no optimizer; the image prior in float16), copies each
 run's config and training log beside them (``*.config.yaml``, ``*.log.jsonl``) for
-provenance, and copies each run's resumable state (``last.pt``) to
-``training/<name>_last.pt`` so that a later session can continue it (training/README.md).
+provenance, and writes each run's resumable state (``last.pt``) to
+``training/<name>_last.pt`` so that a later session can continue it (training/README.md):
+compact (bf16 weights, EMA and AdamW moments; the moments are dropped and re-warmed on
+resume when the state would exceed 20 MiB), see :func:`mrimsm.checkpoint.compact_training_state`.
+``default_msm256`` (configs/default_msm256.yaml) is the 256 x 256 brain prior.
 The runs come from ``mrimsm train configs/default_msm.yaml --out runs/default_msm``,
 ``mrimsm train --method ssdu configs/default_ssdu.yaml --out runs/default_ssdu`` and
 ``mrimsm train configs/ffhq_tiny.yaml --data data/images/train --out runs/default_images``
@@ -20,7 +24,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from mrimsm.checkpoint import export_for_inference
+from mrimsm.checkpoint import compact_training_state, export_for_inference
 from mrimsm.utils import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +36,11 @@ MODELS = {
     "default_msm": ("configs/default_msm.yaml", False, None),
     "default_ssdu": ("configs/default_ssdu.yaml", False, None),
     "default_images": ("configs/ffhq_tiny.yaml", True, "data/images/train"),
+    "default_msm256": ("configs/default_msm256.yaml", True, None),
 }
+
+#: the most a resumable state under training/ may weigh
+MAX_STATE_BYTES = 20 * 2**20
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -49,7 +57,9 @@ def ship(name: str, run: Path, keep_state: bool = True) -> Path:
         if src.is_file():
             _copy(src, ASSETS / f"{name}.{suffix}")
     if keep_state and (run / "last.pt").is_file():
-        _copy(run / "last.pt", TRAINING / f"{name}_last.pt")
+        state = compact_training_state(run / "last.pt", TRAINING / f"{name}_last.pt")
+        if state.stat().st_size > MAX_STATE_BYTES:
+            compact_training_state(run / "last.pt", state, optimizer="drop")
     return dst
 
 
@@ -58,9 +68,11 @@ def main() -> None:
     ap.add_argument("--msm", type=Path, help="MSM run directory")
     ap.add_argument("--ssdu", type=Path, help="SSDU run directory")
     ap.add_argument("--images", type=Path, help="natural-image MSM run directory")
+    ap.add_argument("--msm256", type=Path, help="256 x 256 MSM run directory (configs/default_msm256.yaml)")
     ap.add_argument("--no-state", action="store_true", help="do not copy the resumable states to training/")
     args = ap.parse_args()
-    for name, run in (("default_msm", args.msm), ("default_ssdu", args.ssdu), ("default_images", args.images)):
+    for name, run in (("default_msm", args.msm), ("default_ssdu", args.ssdu), ("default_images", args.images),
+                      ("default_msm256", args.msm256)):
         if run is None:
             continue
         dst = ship(name, run, keep_state=not args.no_state)

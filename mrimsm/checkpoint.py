@@ -48,6 +48,7 @@ __all__ = [
     "load_checkpoint",
     "resolve_checkpoint_path",
     "load_state_checked",
+    "compact_training_state",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -126,6 +127,56 @@ def load_state_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor
                 f"({k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} here)"
             )
     module.load_state_dict(state)
+
+
+def _bf16(state: Any) -> Any:
+    """Floating-point tensors of a (nested) state as bfloat16; everything else as is."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to(torch.bfloat16).clone() if state.is_floating_point() and state.dim() else state
+    if isinstance(state, Mapping):
+        return {k: _bf16(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_bf16(v) for v in state)
+    return state
+
+
+def compact_training_state(
+    src: str | os.PathLike, dst: str | os.PathLike, optimizer: str = "bf16"
+) -> Path:
+    """Write a small resumable copy of a training checkpoint.
+
+    Weights and EMA are stored as bfloat16; the optimizer moments as bfloat16
+    (``optimizer="bf16"``) or dropped (``"drop"``: :func:`mrimsm.train.train`
+    then re-warms a fresh AdamW on resume). ``meta``'s large tensors
+    (``reference_maps``, ``train_masks``) are dropped: training recomputes the
+    meta from its data. Step, config, RNG and data-order state are kept, so
+    ``mrimsm train --resume`` continues from it; loading casts the weights and
+    moments back to the model's float32 (bf16 rounding: relative 2^-9).
+
+    For a 2.35 M-parameter network: about 19 MB with bf16 moments, 9.4 MB without.
+    """
+    if optimizer not in ("bf16", "drop"):
+        raise ValueError("optimizer must be bf16 or drop")
+    src_path = resolve_checkpoint_path(src)
+    dst = Path(dst)
+    if dst.resolve() == src_path.resolve():
+        raise MrimsmError("the compact state must not overwrite its source")
+    ckpt = load_checkpoint(src_path)
+    if ckpt.get("optimizer") is None:
+        raise MrimsmError(f"{src_path} is not a resumable training state (no optimizer)")
+    out = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "mrimsm_version")}
+    out["model"] = _bf16(ckpt["model"])
+    out["ema"] = _bf16(ckpt["ema"])
+    out["meta"] = {k: v for k, v in dict(ckpt["meta"]).items() if k not in ("reference_maps", "train_masks")}
+    if optimizer == "bf16":
+        opt = dict(ckpt["optimizer"])
+        opt["state"] = {k: {n: (_bf16(t) if n != "step" else t) for n, t in st.items()}
+                        for k, st in opt["state"].items()}
+        out["optimizer"] = opt
+    else:
+        out["optimizer"] = None
+    out["compact"] = {"weights": "bfloat16", "optimizer": "bfloat16" if optimizer == "bf16" else "dropped"}
+    return save_checkpoint(dst, **out)
 
 
 # -- RNG state ------------------------------------------------------------------

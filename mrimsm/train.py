@@ -567,9 +567,12 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
         _check_same_parametrization(ckpt["config"], cfg.to_dict(), last)
         load_state_checked(model, ckpt["model"], str(last))
         load_state_checked(ema.module, ckpt["ema"], str(last))
-        if ckpt.get("optimizer") is None:
+        if ckpt.get("optimizer") is not None:
+            opt.load_state_dict(ckpt["optimizer"])  # bf16 moments (compact states) are cast to fp32
+        elif (ckpt.get("compact") or {}).get("optimizer") == "dropped":
+            say(f"{last} is a compact state without optimizer moments; AdamW starts afresh (re-warms)")
+        else:
             raise MrimsmError(f"{last} holds no optimizer state and cannot be resumed")
-        opt.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
         start = int(ckpt["step"])

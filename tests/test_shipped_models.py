@@ -43,3 +43,45 @@ def test_recon_uses_the_shipped_models_without_a_path(fastmri_sample, tmp_path, 
             if ".msm." in f.name:
                 assert h["uncertainty"].shape == (4, 64, 64)
     assert "msm" in captured.out and "ssdu" in captured.out
+    assert "msm model: shipped 64 x 64 demonstration prior default_msm.pt" in captured.out
+
+
+def test_shipped_prior_chosen_by_scan_size(monkeypatch, tmp_path):
+    import pytest
+
+    from mrimsm.diffusion import shipped
+    from mrimsm.errors import MrimsmError
+
+    assert shipped.choose_shipped_prior((64, 64)).file == "default_msm.pt"
+    for bad in [(100, 100), (64, 128), (400, 400), (320, 300)]:
+        with pytest.raises(MrimsmError, match="no shipped MSM model reconstructs"):
+            shipped.choose_shipped_prior(bad)
+    # the 256 slot: 192..384 in steps of 32; a one-line error while its file is missing
+    monkeypatch.setattr(shipped, "ASSETS", tmp_path)
+    for shape in [(256, 256), (320, 320), (192, 384)]:
+        with pytest.raises(MrimsmError, match="default_msm256.pt is not installed"):
+            shipped.choose_shipped_prior(shape)
+    (tmp_path / "default_msm256.pt").write_bytes(b"")
+    assert shipped.choose_shipped_prior((320, 320)).file == "default_msm256.pt"
+
+
+def test_size_range_of_a_checkpoint():
+    import pytest
+
+    from mrimsm.diffusion.shipped import SHIPPED_PRIORS, check_scan_size, size_range
+    from mrimsm.errors import MrimsmError
+
+    native = {"data": {"simulated": {"pixel": "native"}}, "model": {"channel_mult": [1, 2, 4, 4, 4, 4]}}
+    assert size_range(native, (256, 256)) == (192, 384, 32)
+    prior = SHIPPED_PRIORS[1]  # the table entry agrees with the rule for its config
+    assert (prior.min_side, prior.max_side, prior.multiple) == size_range(native, (256, 256))
+    check_scan_size(native, (256, 256), (320, 320), "m.pt")
+    fit = {"data": {"simulated": {"size": 64}}, "model": {"channel_mult": [1, 2, 4]}}
+    assert size_range(fit, (64, 64)) == (64, 64, 1)
+    check_scan_size(fit, (64, 64), (64, 64), "m.pt")
+    with pytest.raises(MrimsmError, match=r"m.pt reconstructs 64 x 64 only"):
+        check_scan_size(fit, (64, 64), (128, 128), "m.pt")
+    with pytest.raises(MrimsmError, match=r"reconstructs 192-384 \(multiples of 32\)"):
+        check_scan_size(native, (256, 256), (400, 400), "m.pt")
+    with pytest.raises(MrimsmError, match="192-384"):
+        check_scan_size(native, (256, 256), (330, 330), "m.pt")

@@ -137,6 +137,33 @@ def test_resume_after_a_kill_mid_interval(tmp_path, monkeypatch):
     assert [r["loss"] for r in log] == [r["loss"] for r in _log(tmp_path / "full")]
 
 
+@pytest.mark.parametrize("moments", ["bf16", "drop"])
+def test_resume_from_a_compact_bf16_state(tmp_path, moments):
+    from mrimsm.checkpoint import compact_training_state, load_checkpoint
+
+    full = train(toy_config(), tmp_path / "full", echo=lambda m: None)
+    train(toy_config(max_steps=4), tmp_path / "part", echo=lambda m: None)
+    (tmp_path / "small").mkdir()
+    small = compact_training_state(tmp_path / "part", tmp_path / "small" / "last.pt", optimizer=moments)
+    ckpt = load_checkpoint(small)
+    assert ckpt["step"] == 4 and ckpt["compact"]["weights"] == "bfloat16"
+    assert all(v.dtype == torch.bfloat16 for v in ckpt["model"].values() if v.is_floating_point() and v.dim())
+    if moments == "bf16":
+        assert all(t.dtype == torch.bfloat16 for st in ckpt["optimizer"]["state"].values()
+                   for n, t in st.items() if n != "step")
+    else:
+        assert ckpt["optimizer"] is None
+    msgs = []
+    rest = train(toy_config(), tmp_path / "small", resume=True, echo=msgs.append)
+    assert rest.start_step == 4 and rest.step == 8
+    # bf16 rounding of weights (and moments) only: the resumed curve stays near the uninterrupted one
+    got, want = np.array([v for _, v in rest.losses]), np.array([v for _, v in full.losses[4:]])
+    np.testing.assert_allclose(got, want, rtol=0.1 if moments == "bf16" else 0.5)
+    assert (moments == "drop") == any("re-warms" in m for m in msgs)
+    with pytest.raises(MrimsmError, match="must not overwrite"):
+        compact_training_state(small, small)
+
+
 def test_other_seed_other_curve(tmp_path):
     a = train(toy_config(max_steps=3), tmp_path / "a", echo=lambda m: None)
     b = train(toy_config(max_steps=3, seed=6), tmp_path / "b", echo=lambda m: None)

@@ -266,27 +266,37 @@ def make_msm_method(options: Mapping[str, Any]):
     device = torch.device(options.get("device") or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MrimsmError("--device cuda asked for, but no CUDA device is available")
-    ckpt = options.get("checkpoint") or default_checkpoint()
-    loaded = load_msm(ckpt, device=device)
-    meta = loaded.meta
-    if meta.get("operator") != "MultiCoilMRI":
-        raise MrimsmError(f"{loaded.path} was trained on {meta.get('operator')} data, not multi-coil MRI")
-    num_steps = int(meta.get("schedule", {}).get("num_steps", 1000))
-    if settings.steps > num_steps:
-        raise MrimsmError(f"--steps must be <= {num_steps} (the model's schedule), got {settings.steps}")
-    model_shape = tuple(int(s) for s in meta["image_shape"])
-    family = training_mask_family(meta)
+    from mrimsm.diffusion import shipped
+
+    models: dict = {}  # path -> (loaded, family, shipped prior or None)
+
+    def model_for(path, prior):
+        if path not in models:
+            loaded = load_msm(path, device=device)
+            meta = loaded.meta
+            if meta.get("operator") != "MultiCoilMRI":
+                raise MrimsmError(f"{loaded.path} was trained on {meta.get('operator')} data, not multi-coil MRI")
+            num_steps = int(meta.get("schedule", {}).get("num_steps", 1000))
+            if settings.steps > num_steps:
+                raise MrimsmError(f"--steps must be <= {num_steps} (the model's schedule), got {settings.steps}")
+            models[path] = (loaded, training_mask_family(meta), prior)
+        return models[path]
+
+    checkpoint = options.get("checkpoint")
+    if checkpoint:  # load now: a bad --checkpoint fails before any work
+        model_for(checkpoint, None)
 
     def method(batch):
         from mrimsm.recon import MethodOutput
 
         shape = tuple(batch.kspace.shape[-2:])
-        if shape != model_shape:
-            raise MrimsmError(
-                f"the scan is {shape[0]} x {shape[1]} after readout cropping but the model was trained at "
-                f"{model_shape[0]} x {model_shape[1]}; train a model at this size (prep-fastmri --size) "
-                f"or reconstruct with --method cs"
-            )
+        if checkpoint:
+            loaded, family, prior = model_for(checkpoint, None)
+        else:  # the shipped prior for this scan size (mrimsm/diffusion/shipped.py)
+            choice = shipped.choose_shipped_prior(shape)
+            loaded, family, prior = model_for(choice.path, choice)
+        model_shape = tuple(int(s) for s in loaded.meta["image_shape"])
+        shipped.check_scan_size(loaded.config, model_shape, shape, loaded.path)
         maps = batch.maps.to(device)
         mask = batch.mask.to(device)
         y = batch.kspace.to(device) * mask
@@ -294,7 +304,7 @@ def make_msm_method(options: Mapping[str, Any]):
         H = Identity(mask)  # the test scan's own sampling, on the full k-space
         gen = torch.Generator().manual_seed(_batch_seed(batch.seeds))
         mean, std, _ = posterior_sample(
-            loaded.denoiser, op_full, H, y, SubmaskSampler(family, model_shape), settings,
+            loaded.denoiser, op_full, H, y, SubmaskSampler(family, shape), settings,
             generator=gen, on_step=batch.on_step,
         )
         return MethodOutput(
@@ -306,6 +316,7 @@ def make_msm_method(options: Mapping[str, Any]):
                 "w": settings.w,
                 "samples": settings.samples,
                 "checkpoint": str(loaded.path),
+                "model": shipped.describe(prior, loaded.path, loaded.step, model_shape),
             },
         )
 

@@ -138,6 +138,9 @@ def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolum
                 f"{m['psnr_slice']:7.2f} {m['ssim_slice']:7.4f} {m['nmse_slice']:8.4f}"
             )
         lines.append(f"{r.method:<12} {vals}   {r.seconds_per_slice:8.3f}")
+    for r in results:  # which model a learned method used (e.g. the shipped prior picked by size)
+        if r.info.get("model"):
+            lines.append(f"{r.method} model: {r.info['model']}")
     if results and all(r.metrics is None for r in results):
         lines.append("(no reconstruction_rss in the file: no metrics)")
     return "\n".join(lines)

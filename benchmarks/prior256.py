@@ -1,0 +1,171 @@
+"""Held-out check of the 256 x 256 brain prior (issue 13): zero-filled, CS-L1, SENSE
+(when registered) and MSM on the same slices, masks, coil maps and seeds, at R = 4 and 6.
+
+    .venv/bin/python benchmarks/prior256.py --checkpoint runs/default_msm256             # defaults
+    .venv/bin/python benchmarks/prior256.py --sizes 256 320 --dipy dipy-*.whl            # + individual anatomy
+    .venv/bin/python benchmarks/prior256.py --slices 1 --steps 4 --sizes 256 --out /tmp/p   # smoke test
+
+Test sets (never trained on):
+
+* ``mni<size>``: held-out MNI152 T1 slices (``MNI_SPLIT``; the training slices come
+  from the same averaged template, which flatters every learned method) at their native
+  1 mm pixels, zero-padded to ``size`` (``--sizes``, default 256 and 320: the 256 model
+  runs on 320 x 320 scans within its documented size range, mrimsm/diffusion/shipped.py).
+* ``dipy``: a real individual T1 coronal slice, 256 x 256 (about 1 mm), shipped inside
+  the dipy wheel (``dipy/data/files/t1_coronal_slice.npy``). dipy is not a dependency:
+  pass ``--dipy`` a downloaded wheel (``pip download dipy --no-deps``), the ``.npy``
+  file or nothing to look for an installed dipy; without one this set is skipped.
+
+Every slice is simulated as in training (``--coils`` birdcage coils, k-space noise
+``--noise``, readout oversampled by 2, a smooth random phase), then reconstructed
+through the ``mrimsm recon`` pipeline (readout crop, a seeded RandomCartesian(R)
+mask, ESPIRiT maps from the centre columns). MSM uses the posterior settings of
+``configs/recon_csmri.yaml`` with ``--steps / --w / --samples`` overrides (defaults
+here are cheaper: 50 steps, w 1, 1 sample; the evaluation shares 2 CPU cores with
+training). Writes ``<out>/prior256.md`` and ``.csv``; both metric conventions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+DIPY_MEMBER = "dipy/data/files/t1_coronal_slice.npy"
+LABELS = {"zero-filled": "zero-filled", "cs": "CS-L1", "sense": "SENSE", "ssdu": "SSDU", "msm": "MSM"}
+
+
+def dipy_slice(source: Optional[Path]) -> Optional[np.ndarray]:
+    """The dipy T1 coronal slice ``(256, 256)`` float32 in [0, 1], from a wheel, the
+    ``.npy`` file or an installed dipy (``None`` if none is found)."""
+    from mrimsm.errors import MrimsmError
+
+    if source is None:
+        spec = importlib.util.find_spec("dipy")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        source = Path(list(spec.submodule_search_locations)[0]).parent / DIPY_MEMBER
+    source = Path(source)
+    if not source.is_file():
+        raise MrimsmError(f"--dipy {source} is not a file")
+    if source.suffix == ".whl":
+        with zipfile.ZipFile(source) as z:
+            try:
+                with z.open(DIPY_MEMBER) as f:
+                    img = np.load(f)
+            except KeyError:
+                raise MrimsmError(f"{source} holds no {DIPY_MEMBER}") from None
+    else:
+        img = np.load(source)
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim != 2:
+        raise MrimsmError(f"the dipy slice should be 2-D, got shape {img.shape}")
+    return np.clip(img / max(float(img.max()), 1e-12), 0.0, None)
+
+
+def write_sets(work: Path, args) -> dict[str, list[Path]]:
+    """``set name -> [fastMRI files]`` (one file per orientation for the MNI sets)."""
+    from mrimsm.data.simulate import simulate_multicoil, simulate_volume_file, write_fastmri_file
+
+    sets: dict[str, list[Path]] = {}
+    for size in args.sizes:
+        d = work / f"mni{size}"
+        d.mkdir(parents=True, exist_ok=True)
+        sets[f"mni{size}"] = [
+            simulate_volume_file(d / f"heldout_{o}.h5", o, idx, size, args.coils, args.noise, True,
+                                 seed=k, pixel="native")
+            for k, (o, idx) in enumerate(C.heldout_selection(args.slices))
+        ]
+    img = dipy_slice(args.dipy)
+    if img is not None:
+        sim = simulate_multicoil(img, args.coils, args.noise, oversample_readout=True, seed=7)
+        path = write_fastmri_file(work / "dipy_t1_coronal.h5", sim["kspace"][None], sim["reconstruction_rss"][None],
+                                  {"acquisition": "CORT1", "simulated_from": "dipy t1_coronal_slice.npy"})
+        sets["dipy"] = [path]
+    return sets
+
+
+def main() -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="MSM checkpoint or run directory (default: the shipped prior chosen by size)")
+    ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0])
+    ap.add_argument("--slices", type=int, default=3, help="held-out MNI slices per size (default 3)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 320])
+    ap.add_argument("--dipy", type=Path, default=None, help="dipy wheel or t1_coronal_slice.npy")
+    ap.add_argument("--methods", nargs="+", default=["zero-filled", "cs", "sense", "msm"], choices=list(LABELS))
+    ap.add_argument("--settings", type=Path, default=None)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--w", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=1)
+    ap.add_argument("--coils", type=int, default=8)
+    ap.add_argument("--noise", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    def body() -> int:
+        from mrimsm.recon import available_methods
+
+        t0 = time.perf_counter()
+        skipped = [m for m in args.methods if m not in available_methods()]
+        runs = []
+        for m in args.methods:
+            if m in skipped:
+                continue
+            opts = {"steps": args.steps, "w": args.w, "samples": args.samples} if m == "msm" else {}
+            runs.append(C.Run(LABELS[m], m, opts))
+        common = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device, "seed": args.seed}
+        built = C.build_methods(runs, common)
+        progress = C.tqdm_progress(args.quiet)
+        lines = C.header_lines("256 x 256 prior: held-out check (issue 13)", sys.argv, args.device)
+        lines += [f"MSM: {args.checkpoint or 'the shipped prior chosen by size'}; posterior {args.steps} steps, "
+                  f"w {args.w}, {args.samples} sample(s). {args.coils} simulated coils, noise {args.noise:g}; "
+                  f"RandomCartesian masks seeded per file and slice (seed {args.seed})."]
+        if skipped:
+            lines.append(f"Not registered here, skipped: {', '.join(skipped)}.")
+        lines += ["", C.conventions_note("a volume is one orientation's slices, or the one dipy slice"), ""]
+        all_rows = []
+        with tempfile.TemporaryDirectory(prefix="mrimsm-prior256-") as work:
+            sets = write_sets(Path(work), args)
+            if "dipy" not in sets:
+                lines += ["(no dipy slice found: pass --dipy; that set is skipped)", ""]
+            for name, files in sets.items():
+                vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
+                records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda r, k: False)
+                rows = C.summarize(records, runs)
+                models = sorted({r.info.get("model", "") for r in records if r.info.get("model")})
+                size = vols[float(args.accels[0])][0].kspace.shape[-1]
+                lines += [f"## {name}: {rows[0]['slices']} slices, {size} x {size}"
+                          + (f"; MSM model: {'; '.join(models)}" if models else ""), ""]
+                lines.append(C.md_table(["R", "method", *C.METRIC_HEADER, "s/slice", "NFE/slice"],
+                                        [[f"{r['accel']:g}", r["label"], *C.metric_cells(r), *C.cost_cells(r)]
+                                         for r in rows]))
+                lines.append("")
+                all_rows += [{"set": name, **r} for r in rows]
+        lines += [f"Total wall time {(time.perf_counter() - t0) / 60:.1f} min.", ""]
+        C.write_results(args.out, "prior256", "\n".join(lines), all_rows)
+        return 0
+
+    C.run_main(body)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

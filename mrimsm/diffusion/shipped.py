@@ -1,0 +1,123 @@
+"""Which MSM prior reconstructs a scan of a given size.
+
+``mrimsm recon --method msm`` without ``--checkpoint`` picks a shipped prior by
+the scan's image size (after the readout crop), from :data:`SHIPPED_PRIORS`:
+
+=====================  ==============  ==========================================
+file (mrimsm/assets/)  trained at      scans it reconstructs (H and W)
+=====================  ==============  ==========================================
+default_msm.pt         64 x 64         exactly 64 x 64 (3.6 mm pixels: the demo)
+default_msm256.pt      256 x 256       192 .. 384, multiples of 32 (1 mm pixels)
+=====================  ==============  ==========================================
+
+A fully convolutional prior may run on a scan of another size when its pixels
+are about the size of the training pixels: a model trained on native-pixel data
+(``data.simulated.pixel: native``, e.g. the 256 x 256 prior) accepts sides from
+3/4 to 3/2 of its training side that its UNet can halve
+``len(channel_mult) - 1`` times (e.g. 320 x 320 on the 256 model). Any other
+model (including ``--checkpoint`` models trained on resized data or on prepared
+shards) reconstructs its training size only. Outside the range: a one-line
+:class:`~mrimsm.errors.MrimsmError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from mrimsm.errors import MrimsmError
+
+__all__ = ["ShippedPrior", "SHIPPED_PRIORS", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior"]
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class ShippedPrior:
+    """One shipped prior: ``file`` under ``mrimsm/assets``, the side range it serves."""
+
+    file: str
+    trained: int
+    min_side: int
+    max_side: int
+    multiple: int
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return ASSETS / self.file
+
+    def serves(self, shape: Sequence[int]) -> bool:
+        return all(self.min_side <= int(s) <= self.max_side and int(s) % self.multiple == 0 for s in shape)
+
+    def range_text(self) -> str:
+        if self.min_side == self.max_side:
+            return f"{self.min_side} x {self.min_side}"
+        return f"{self.min_side}-{self.max_side} (multiples of {self.multiple})"
+
+
+#: The shipped priors, smallest first (see the module docstring).
+SHIPPED_PRIORS: tuple[ShippedPrior, ...] = (
+    ShippedPrior("default_msm.pt", 64, 64, 64, 1, "64 x 64 demonstration prior"),
+    ShippedPrior("default_msm256.pt", 256, 192, 384, 32, "256 x 256 brain prior"),
+)
+
+
+def size_range(config: Mapping, image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(min_side, max_side, multiple)`` of the scans a checkpoint may reconstruct.
+
+    Args:
+        config: the checkpoint's resolved config dict.
+        image_shape: ``(H, W)`` it was trained at.
+    """
+    side = max(int(s) for s in image_shape)
+    sim = (config.get("data") or {}).get("simulated") or {}
+    if sim.get("pixel") != "native" or int(image_shape[0]) != int(image_shape[1]):
+        return side, side, 1
+    multiple = 2 ** (len((config.get("model") or {}).get("channel_mult") or [1]) - 1)
+    lo = -(-(3 * side // 4) // multiple) * multiple
+    hi = (3 * side // 2) // multiple * multiple
+    return lo, hi, multiple
+
+
+def check_scan_size(config: Mapping, image_shape: Sequence[int], shape: Sequence[int], path: object) -> None:
+    """Raise a one-line :class:`MrimsmError` unless the model at ``path`` (trained at
+    ``image_shape`` with ``config``) may reconstruct a scan of ``shape``."""
+    h, w = int(shape[0]), int(shape[1])
+    if (h, w) == tuple(int(s) for s in image_shape):
+        return
+    lo, hi, mult = size_range(config, image_shape)
+    if all(lo <= s <= hi and s % mult == 0 for s in (h, w)) and lo < hi:
+        return
+    what = f"{lo}-{hi} (multiples of {mult})" if lo < hi else f"{image_shape[0]} x {image_shape[1]} only"
+    raise MrimsmError(
+        f"the scan is {h} x {w} after readout cropping but {path} reconstructs {what}; "
+        f"train a model at this size (prep-fastmri --size) or reconstruct with --method cs"
+    )
+
+
+def choose_shipped_prior(shape: Sequence[int]) -> ShippedPrior:
+    """The shipped prior for a ``(H, W)`` scan, or a one-line :class:`MrimsmError`."""
+    h, w = int(shape[0]), int(shape[1])
+    for prior in SHIPPED_PRIORS:
+        if prior.serves((h, w)):
+            if not prior.path.exists():
+                raise MrimsmError(
+                    f"the scan is {h} x {w}: its shipped MSM model {prior.file} is not installed "
+                    f"({prior.path}); pass --checkpoint or reconstruct with --method cs"
+                )
+            return prior
+    served = ", ".join(f"{p.range_text()} ({p.file})" for p in SHIPPED_PRIORS if p.path.exists())
+    raise MrimsmError(
+        f"no shipped MSM model reconstructs a {h} x {w} scan (after readout cropping); the shipped models "
+        f"serve {served or 'nothing: none is installed'}; pass --checkpoint or reconstruct with --method cs"
+    )
+
+
+def describe(prior: Optional[ShippedPrior], path: object, step: int, image_shape: Sequence[int]) -> str:
+    """The one line telling the user which model reconstructed the scan."""
+    trained = f"trained at {image_shape[0]} x {image_shape[1]}, step {step}"
+    if prior is not None:
+        return f"shipped {prior.description} {prior.file} ({trained})"
+    return f"{path} ({trained})"
