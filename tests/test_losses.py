@@ -408,3 +408,19 @@ def test_both_skips_agree_for_the_identity_operator_with_pixel_masks():
     a = MSMDenoiser(net, SCH, skip="image").measure(op, v, t)
     b = MSMDenoiser(net, SCH, skip="projection").measure(op, v, t)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_inference_dtype_runs_only_the_network_in_bf16_and_only_in_eval():
+    den = _tiny_denoiser()
+    u = torch.randn(2, 16, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([100, 700])
+    den.eval()
+    with torch.no_grad():
+        ref = den(u, t)
+        den.inference_dtype = torch.bfloat16
+        low = den(u, t)
+        assert low.dtype == torch.complex64
+        rel = ((low - ref).norm() / ref.norm()).item()
+        assert 0 < rel < 0.02, rel  # bf16 rounding inside the network, not another result
+        den.train()  # training keeps the ambient precision
+        torch.testing.assert_close(den(u, t), ref, rtol=1e-5, atol=1e-6)

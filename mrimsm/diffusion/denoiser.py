@@ -64,6 +64,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -120,6 +122,9 @@ class MSMDenoiser(nn.Module):
         self.schedule = schedule
         self.prediction = prediction
         self.sigma_data = float(sigma_data)
+        #: autocast dtype of the backbone in eval mode (sampling, reconstruction); ``None``
+        #: keeps the caller's precision. Training (train mode) never uses it.
+        self.inference_dtype: Optional[torch.dtype] = None
 
     def coefficients(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example scalars for steps ``t`` ``(B,)``: ``scale = 1/sqrt(abar)``,
@@ -148,7 +153,16 @@ class MSMDenoiser(nn.Module):
             return c[name].to(device=u_t.device, dtype=torch.float32).view(view)
 
         x = u_t * k("scale")
-        f = from_channels(self.backbone(to_channels(x * k("c_in")), t.to(torch.float32)), like=x)
+        h, t32 = to_channels(x * k("c_in")), t.to(torch.float32)
+        dtype = self.inference_dtype
+        if dtype is not None and not self.training:
+            # the network alone in reduced precision; the physics around it stays complex64
+            with torch.autocast(h.device.type, dtype=dtype):
+                out = self.backbone(h, t32)
+            out = out.float()
+        else:
+            out = self.backbone(h, t32)
+        f = from_channels(out, like=x)
         return x, f, k
 
     def _combine(self, skip_term: torch.Tensor, f: torch.Tensor, k) -> torch.Tensor:

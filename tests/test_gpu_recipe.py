@@ -1,0 +1,133 @@
+"""training/gpu_train.py, the GPU recipe, on CPU: resume a state for a wall-clock budget,
+write it in parts, join the parts back (issue 13, item 3)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mrimsm.checkpoint import load_checkpoint
+from mrimsm.config import load_config
+from mrimsm.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("gpu_train", REPO / "training" / "gpu_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _small_config(tmp_path: Path, **data) -> Path:
+    d = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    d["model"].update(model_channels=16, channel_mult=[1, 2])
+    d["train"].update(batch_size=2, max_steps=1, log_every=1, sample_every=0, ckpt_every=0)
+    if data:
+        d["data"] = data
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepared_measurements):
+    cfg_path = _small_config(tmp_path)
+    cfg = load_config(cfg_path).replace(**{"data.root": str(prepared_measurements), "data.simulated": None})
+    first = train(cfg, tmp_path / "start", device="cpu", echo=lambda m: None)  # the "shipped" state, step 1
+    state = tmp_path / "start" / "last.pt"
+    out = tmp_path / "OUT"
+    budget_s = 6.0
+    gt = _recipe()
+    code = gt.main([
+        "train", str(cfg_path), str(state), "--out", str(out), "--data", str(prepared_measurements),
+        "--minutes", str(budget_s / 60), "--batch", "64", "--device", "cpu", "--threads", "1",
+        "--probe-steps", "2", "--max-chunk-s", "2", "--part-mib", "0.25", "--log-every", "1",
+        "--run-dir", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--site", str(tmp_path / "site"),
+    ])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(json.dumps(manifest["chunks"]))
+    assert manifest["batch"] == 3  # --batch 64 capped at the 3 training examples
+    assert manifest["precision"] == "bf16" and manifest["step_start"] == 1
+    assert manifest["steps"] == manifest["step_end"] - 1 == sum(c["steps"] for c in manifest["chunks"])
+    assert len(manifest["chunks"]) >= 2 and manifest["steps"] > 2  # measured, then filled the budget
+    slack = max(c["seconds"] for c in manifest["chunks"]) + 3.0
+    assert manifest["train_seconds"] <= budget_s + slack, manifest
+    # parts of at most --part-mib, nothing else but the manifest and the log
+    parts = sorted(out.glob("state.pt.part*"))
+    assert len(parts) == len(manifest["parts"]) >= 2
+    assert all(p.stat().st_size <= 0.25 * 2**20 for p in parts)
+    assert {p.name for p in out.iterdir()} == {p.name for p in parts} | {"manifest.json", "log.jsonl"}
+    assert len((out / "log.jsonl").read_text().splitlines()) == manifest["steps"]  # log_every 1
+
+    # join: the exact bytes of the run's state, a resumable checkpoint further on
+    joined = tmp_path / "back" / "last.pt"
+    assert gt.main(["join", str(out), "--to", str(joined)]) == 0
+    assert joined.read_bytes() == (tmp_path / "run" / "last.pt").read_bytes()
+    ckpt = load_checkpoint(joined)
+    assert ckpt["step"] == manifest["step_end"] and ckpt["optimizer"] is not None
+    moved = max((v - first.model.state_dict()[k]).abs().max().item() for k, v in ckpt["model"].items())
+    assert moved > 0
+    # a damaged part is refused, and nothing is written
+    parts[0].write_bytes(b"x" + parts[0].read_bytes()[1:])
+    with pytest.raises(SystemExit, match="does not match"):
+        gt.main(["join", str(out), "--to", str(tmp_path / "bad.pt")])
+    assert not (tmp_path / "bad.pt").exists()
+    with pytest.raises(SystemExit, match="exists"):
+        gt.main(["join", str(out), "--to", str(joined)])
+
+
+def test_split_file_parts(tmp_path):
+    gt = _recipe()
+    src = tmp_path / "f.bin"
+    data = os.urandom(2500)
+    src.write_bytes(data)
+    (tmp_path / "o").mkdir()
+    parts = gt.split_file(src, tmp_path / "o", 1000)
+    assert [p["bytes"] for p in parts] == [1000, 1000, 500]
+    assert b"".join((tmp_path / "o" / p["file"]).read_bytes() for p in parts) == data
+
+
+@pytest.mark.slow
+def test_recipe_as_one_command_on_simulated_data(tmp_path):
+    """The device command itself (subprocess, bundle folder, data simulated from the MNI
+    template in a fresh cache, 30 s budget). Uses the real bundle (.gpu/, made by
+    `gpu_train.py bundle`) when there is one, else a bundle holding only the template."""
+    bundle = REPO / ".gpu"
+    if not (bundle / "nilearn").is_dir():
+        import shutil
+
+        bundle = tmp_path / "bundle"
+        spec = importlib.util.find_spec("nilearn")
+        src = Path(list(spec.submodule_search_locations)[0]).parent / _recipe().MNI_REL
+        (bundle / _recipe().MNI_REL).parent.mkdir(parents=True)
+        shutil.copyfile(src, bundle / _recipe().MNI_REL)
+    cfg_path = _small_config(tmp_path, simulated={"size": 64, "num_coils": 4, "accel": 4, "rho": 0.01, "seed": 0})
+    env = {**os.environ, "MRIMSM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cfg = load_config(cfg_path)
+    subprocess.run(
+        [sys.executable, "-m", "mrimsm", "train", str(cfg_path), "--out", str(tmp_path / "start"), "-q",
+         "--max-steps", "1", "--device", "cpu"], check=True, cwd=REPO, env=env, timeout=900,
+    )
+    assert cfg.data.simulated is not None
+    proc = subprocess.run(
+        [sys.executable, "training/gpu_train.py", "train", str(cfg_path), str(tmp_path / "start" / "last.pt"),
+         "--out", str(tmp_path / "OUT"), "--bundle", str(bundle), "--minutes", "0.5", "--batch", "16",
+         "--device", "cpu", "--threads", "1", "--run-dir", str(tmp_path / "run"),
+         "--cache", str(tmp_path / "cache2"), "--site", str(tmp_path / "site"), "--prep-workers", "1"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "OUT" / "manifest.json").read_text())
+    assert manifest["step_start"] == 1 and manifest["steps"] >= 1 and manifest["batch"] == 16
+    assert manifest["prep_seconds"] > 0  # the training set was simulated there, in --cache
+    assert torch.cuda.is_available() or manifest["device"] == "cpu"
