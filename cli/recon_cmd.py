@@ -111,7 +111,8 @@ def register(app: typer.Typer) -> None:
             help="torch CPU threads (1 is fastest on a busy shared CPU; default: torch's choice).",
         ),
         overwrite: bool = typer.Option(
-            False, "--overwrite", help="Directory input: redo files whose outputs already exist."
+            False, "--overwrite", help="Directory input: redo every output, also those done before or made "
+            "with other settings (without it: done ones are skipped, others refused)."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:

@@ -276,3 +276,140 @@ def test_train_signal_saves_and_resume_matches_an_uninterrupted_run(tmp_path, si
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _scans(folder: Path, n: int, slices: int = 2) -> Path:
+    for i in range(n):
+        write_fake_fastmri(folder / f"s{i}.h5", "full", num_slices=slices, size=32, num_coils=4, seed=i)
+    return folder
+
+
+def _no_partial(folder: Path) -> None:
+    """Every file under ``folder`` is whole: no temp file, every .h5 opens."""
+    for p in folder.rglob("*"):
+        assert not p.name.endswith(".tmp"), p
+        if p.suffix == ".h5":
+            with h5py.File(p, "r") as f:
+                assert len(f.keys()) > 0
+
+
+def test_recon_dir_sigint_says_what_finished_and_rerun_finishes(tmp_path):
+    src = _scans(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cli.main", "recon", str(src), "-o", str(out), "-m", "cs", "--cs-iters", "400",
+           "--accel", "4", "-q", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: out.is_dir() and any(out.glob("*.h5")), proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: ") and "files finished" in last and "not done" in last, last
+    finished = int(last.split("interrupted: ")[1].split()[0])
+    assert 1 <= finished < 5 and stdout.count("done    ") == finished
+    _no_partial(out)
+    # the same command finishes the rest and skips what was done
+    rerun = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{5 - finished} done, {finished} skipped" in rerun.stdout
+    assert sorted(p.name for p in out.iterdir()) == [f"s{i}.h5" for i in range(5)]
+    _no_partial(out)
+
+
+def test_prep_sigint_says_what_finished_and_rerun_resumes(tmp_path):
+    raw = tmp_path / "raw"
+    for i in range(4):
+        write_fake_fastmri(raw / f"v{i}.h5", "full", num_slices=2, size=64, num_coils=4, seed=i)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cli.main", "prep-fastmri", str(raw), str(out), "--size", "64",
+           "--skip-last", "0", "--val-fraction", "0", "--espirit-coarse", "1", "-q", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any((out / "train").glob("v*.h5")) if (out / "train").is_dir() else False, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: ") and "files prepared" in last and "rerun" in last, last
+    prepared = int(last.split("interrupted: ")[1].split()[0])
+    assert 1 <= prepared < 4 and len(list((out / "train").glob("*.h5"))) == prepared
+    assert not (out / "manifest.json").exists()
+    _no_partial(out)
+    rerun = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"({prepared} resumed" in rerun.stdout
+    _no_partial(out)
+
+
+# -- 4. skip-done checks what was done -------------------------------------------------------------
+
+
+def _recon_dir(capsys, src: Path, out: Path, *extra) -> tuple[int, list[str], str]:
+    return _run(["recon", src, "-o", out, "-m", "zero-filled", "-q", *extra], capsys)
+
+
+def test_skip_only_what_was_done_with_the_same_settings(tmp_path, capsys):
+    src, out = _scans(tmp_path / "in", 2), tmp_path / "out"
+    rc, err, stdout = _recon_dir(capsys, src, out, "--accel", "4")
+    assert rc == 0 and "2 done, 0 skipped" in stdout
+    rc, err, stdout = _recon_dir(capsys, src, out, "--accel", "4")
+    assert rc == 0 and "0 done, 2 skipped" in stdout
+    stamps = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    # another acceleration or seed: refused before any work, one line, nothing touched
+    for extra, what in ((["--accel", "2"], "accel 4.0 -> 2.0"), (["--accel", "4", "--seed", "3"], "seed 0 -> 3")):
+        rc, err, stdout = _recon_dir(capsys, src, out, *extra)
+        _one_error(rc, err, "was made with other settings", what, "--overwrite")
+        assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    rc, err, stdout = _recon_dir(capsys, src, out, "--accel", "2", "--overwrite")
+    assert rc == 0 and "2 done, 0 skipped" in stdout
+    rc, err, stdout = _recon_dir(capsys, src, out, "--accel", "2")
+    assert rc == 0 and "0 done, 2 skipped" in stdout
+
+
+def test_method_options_count_and_other_methods_do_not(tmp_path, capsys):
+    src, out = _scans(tmp_path / "in", 1), tmp_path / "out"
+    args = ["recon", src, "-o", out, "-m", "cs", "--accel", "4", "-q", "--cs-iters", "3"]
+    assert _run(args, capsys)[0] == 0
+    rc, err, _ = _run(args[:-1] + ["4"], capsys)
+    _one_error(rc, err, "settings.iters 3 -> 4")
+
+
+def test_truncated_or_incomplete_output_is_redone(tmp_path, capsys):
+    src, out = _scans(tmp_path / "in", 3), tmp_path / "out"
+    assert _recon_dir(capsys, src, out, "--accel", "4")[0] == 0
+    data = (out / "s0.h5").read_bytes()
+    (out / "s0.h5").write_bytes(data[: len(data) // 2])  # truncated
+    with h5py.File(out / "s1.h5", "a") as f:  # one slice short
+        rec = f["reconstruction"][()]
+        del f["reconstruction"]
+        f["reconstruction"] = rec[:1]
+    rc, err, stdout = _recon_dir(capsys, src, out, "--accel", "4")
+    assert rc == 0 and "2 done, 1 skipped" in stdout, stdout
+    assert "redid s0.h5: it does not open cleanly" in stdout and "redid s1.h5: it holds a reconstruction" in stdout
+    _no_partial(out)
+    assert _recon_dir(capsys, src, out, "--accel", "4")[2].count("skipped s") == 3
+
+
+def test_output_without_a_record_is_not_replaced_unasked(tmp_path, capsys):
+    src, out = _scans(tmp_path / "in", 1), tmp_path / "out"
+    out.mkdir()
+    with h5py.File(out / "s0.h5", "w") as f:
+        f["reconstruction"] = np.ones((2, 32, 32), np.float32)
+    rc, err, _ = _recon_dir(capsys, src, out, "--accel", "4")
+    _one_error(rc, err, "has no settings record", "--overwrite")
+    with h5py.File(out / "s0.h5", "r") as f:
+        assert float(f["reconstruction"][0, 0, 0]) == 1.0
+
+
+def test_msm_record_takes_every_solver_setting_and_the_checkpoint_hash():
+    from dataclasses import fields
+
+    from mrimsm.diffusion.posterior import PosteriorSettings, make_msm_method
+    from mrimsm.recon import ReconOptions
+    from mrimsm.recon.outputs import file_sha256, output_record
+
+    method = make_msm_method({"device": "cpu", "steps": 7})
+    rec = output_record("msm", method, {"device": "cpu", "steps": 7}, ReconOptions(["msm"], 4).resolved())
+    assert {f.name for f in fields(PosteriorSettings)} <= set(rec["settings"]) and rec["settings"]["steps"] == 7
+    assert rec["checkpoint_sha256"] == {"checkpoint": file_sha256(ASSETS / "default_msm.pt")}

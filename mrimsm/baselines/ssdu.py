@@ -484,6 +484,7 @@ def make_recon_method(options: Mapping[str, Any]):
         x = loaded.reconstruct(batch.kspace.to(device), batch.maps.to(device), batch.mask.to(device))
         return MethodOutput(x.cpu(), info=dict(info))
 
+    method.settings = {"ssdu_checkpoint": str(loaded.path)}  # recorded in each output (with its hash)
     return method
 
 

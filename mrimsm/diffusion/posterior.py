@@ -28,7 +28,7 @@ the operators carry the difference.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -321,6 +321,7 @@ def make_msm_method(options: Mapping[str, Any]):
         )
 
     method.batch_slices = int(settings.batch_slices)  # the pipeline batches slices by this
+    method.settings = {**asdict(settings), "checkpoint": str(loaded.path)}  # recorded in each output
     return method
 
 

@@ -24,7 +24,11 @@ reads the keys it knows and ignores the rest). Register it once at import time::
     register_method("msm", make_msm_method, needs_normalization=True, batch_slices=1)
 
 and add the module to :data:`PLUGIN_MODULES` so the pipeline imports it. A factory may be
-given as ``"package.module:function"`` to defer importing heavy code.
+given as ``"package.module:function"`` to defer importing heavy code. A built method may
+carry a ``settings`` attribute (a dict or dataclass of everything its output depends on,
+checkpoint paths under keys containing ``checkpoint``): it is recorded in each output
+and a directory rerun skips an output only if it matches (without one, every non-runtime
+option is recorded instead, see :func:`mrimsm.recon.outputs.output_record`).
 
 **Normalization contract.** With ``needs_normalization=True`` the pipeline divides the
 volume's k-space by ``scale = max |A^H y|`` over the volume (zero-filled SENSE image of the

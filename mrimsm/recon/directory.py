@@ -12,10 +12,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from mrimsm.errors import MrimsmError
+from mrimsm.errors import Interrupted, MrimsmError
+from mrimsm.interrupt import raising_interrupts
 from mrimsm.recon.file import build_methods, reconstruct_one
 from mrimsm.recon.methods import ReconMethod
 from mrimsm.recon.options import ReconOptions
+from mrimsm.recon.outputs import output_record, output_state
 from mrimsm.utils import check_output, same_file
 from mrimsm.recon.progress import open_bar
 
@@ -63,7 +65,7 @@ class FileOutcome:
 
     Attributes:
         path: the input file.
-        status: ``"done"``, ``"skipped"`` (every output already there) or ``"failed"``.
+        status: ``"done"``, ``"skipped"`` (every output done before, same settings) or ``"failed"``.
         outputs: method -> output path (written or found).
         message: why it failed (one line), or what was skipped.
         num_slices: slices reconstructed (0 unless done).
@@ -117,10 +119,15 @@ def reconstruct_directory(
     """Reconstruct every ``*.h5`` file of ``input_dir`` into ``output_dir``.
 
     Each file is reconstructed as by :func:`~mrimsm.recon.reconstruct_file` (same masks,
-    seeds and outputs' content) into :func:`directory_outputs`. A file whose outputs all exist
-    is skipped (outputs are written atomically, so an existing one is complete);
-    ``overwrite`` redoes them. A file that cannot be reconstructed (corrupt, NaN,
-    wrong size, ...) is reported in its :class:`FileOutcome` and the run goes on.
+    seeds and outputs' content) into :func:`directory_outputs`. Each output records what
+    made it (:func:`~mrimsm.recon.outputs.output_record`: method, accel, seed, method
+    settings, checkpoint hash); a file is skipped only when every output opens cleanly,
+    is complete and was made with the same record. An output that is broken (truncated,
+    wrong slice count, NaN) is redone with a note; one made with other settings (or with
+    no record) makes the run refuse before any work, unless ``overwrite``, which redoes
+    everything. A file that cannot be reconstructed (corrupt, NaN, wrong size, ...) is
+    reported in its :class:`FileOutcome` and the run goes on. SIGINT / SIGTERM stop the
+    run with :class:`~mrimsm.errors.Interrupted` saying which files finished.
     Bad arguments (methods, options, ``accel``, directories) raise MrimsmError before
     any file is read. Under ``torchrun`` (``rank``/``world_size`` default to
     :func:`rank_info`) rank ``r`` takes files ``r, r + N, ...`` and, with CUDA, GPU
@@ -156,17 +163,69 @@ def reconstruct_directory(
     if not files:
         raise MrimsmError(f"no .h5 files in {src}")
     opts, built = build_methods(job, local_rank)
+    records = {m: output_record(m, built[m], opts, job) for m in job.methods}
 
     mine = files_for_rank(files, rank, world_size)
+    plans = {path: _plan_file(path, out, records, overwrite) for path in mine}  # before any work
+    refused = [(o, why) for todo, notes in plans.values() for o, why in notes if o is not None and why[0] == "!"]
+    if refused:
+        (first, why), more = refused[0], len(refused) - 1
+        raise MrimsmError(
+            f"{first} {why[1:]}; pass --overwrite to redo it, or choose another -o"
+            + (f" ({more} more output(s) like it)" if more else "")
+        )
     report = DirectoryReport(src, out, list(job.methods), rank, world_size, len(files), [])
-    with open_bar(job.progress, "files", len(mine)) as bar:
-        for path in mine:
-            outcome = _directory_file(path, out, built, opts, job, overwrite)
-            report.outcomes.append(outcome)
-            if on_file is not None:
-                on_file(outcome)
-            bar.update(1)
+    try:
+        with raising_interrupts(), open_bar(job.progress, "files", len(mine)) as bar:
+            for path in mine:
+                outcome = _directory_file(path, out, built, opts, job, plans[path])
+                report.outcomes.append(outcome)
+                if on_file is not None:
+                    on_file(outcome)
+                bar.update(1)
+    except KeyboardInterrupt:
+        finished = len(report.outcomes)
+        left = mine[finished:]
+        raise Interrupted(
+            f"{finished} of {len(mine)} files finished ({len(report.with_status('done'))} done, "
+            f"{len(report.with_status('skipped'))} skipped, {len(report.failed)} failed); "
+            f"{len(left)} not done ({left[0].name if left else '-'}{', ...' if len(left) > 1 else ''}); "
+            f"outputs are written whole, so the same command finishes the rest"
+        ) from None
     return report
+
+
+def _input_slices(path: Path) -> Optional[int]:
+    from mrimsm.data.fastmri_io import read_header
+
+    try:
+        return int(read_header(path)["shape"][0])
+    except MrimsmError:
+        return None  # a bad input fails when it is reconstructed
+
+
+def _plan_file(path: Path, out: Path, records: Mapping[str, dict], overwrite: bool) -> tuple[list, list]:
+    """``(methods to run, notes)`` for one input: an output is skipped only when
+    :func:`~mrimsm.recon.outputs.output_state` finds it done; a broken one is redone
+    (note ``(path, reason)``), one of other settings is redone with ``overwrite`` and
+    otherwise refused (note ``(path, "!" + reason)``)."""
+    outputs = directory_outputs(path, out, list(records))
+    if overwrite:
+        return list(records), []
+    todo, notes = [], []
+    slices: Any = ...
+    for m, record in records.items():
+        if not outputs[m].exists():
+            todo.append(m)
+            continue
+        if slices is ...:
+            slices = _input_slices(path)
+        state, why = output_state(outputs[m], record, slices)
+        if state == "done":
+            continue
+        todo.append(m)
+        notes.append((outputs[m], why if state == "broken" else "!" + why))
+    return todo, notes
 
 
 def _directory_file(
@@ -175,14 +234,16 @@ def _directory_file(
     built: Mapping[str, ReconMethod],
     opts: Mapping[str, Any],
     job: ReconOptions,
-    overwrite: bool,
+    plan: tuple[list, list],
 ) -> FileOutcome:
-    """One file of :func:`reconstruct_directory`, never raising for the file's own problems."""
+    """One file of :func:`reconstruct_directory` as :func:`_plan_file` planned it, never
+    raising for the file's own problems."""
     names = job.methods
     outputs = directory_outputs(path, out, names)
-    todo = [m for m in names if overwrite or not outputs[m].exists()]
+    todo, notes = plan
     if not todo:
-        return FileOutcome(path, "skipped", outputs, "outputs already exist")
+        return FileOutcome(path, "skipped", outputs, "done before with the same settings")
+    redone = "; ".join(f"redid {o.name}: it {why}" for o, why in notes)
     t0 = time.perf_counter()
     try:
         rep = reconstruct_one(path, {m: outputs[m] for m in todo}, {m: built[m] for m in todo}, opts, job)
@@ -191,11 +252,12 @@ def _directory_file(
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a file no check foresaw
         first = str(exc).splitlines()[0] if str(exc) else ""
         return FileOutcome(path, "failed", outputs, f"{type(exc).__name__}: {first}")
+    kept = "" if len(todo) == len(names) else f"skipped done: {', '.join(m for m in names if m not in todo)}"
     return FileOutcome(
         path,
         "done",
         outputs,
-        "" if len(todo) == len(names) else f"skipped existing: {', '.join(m for m in names if m not in todo)}",
+        "; ".join(x for x in (kept, redone) if x),
         num_slices=len(rep.volume.slices),
         metrics={r.method: r.metrics for r in rep.results if r.metrics is not None},
         seconds_per_slice={r.method: r.seconds_per_slice for r in rep.results},

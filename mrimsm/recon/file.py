@@ -11,10 +11,11 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from mrimsm.errors import MrimsmError
+from mrimsm.errors import Interrupted, MrimsmError
+from mrimsm.interrupt import raising_interrupts
 from mrimsm.recon.methods import ReconMethod, get_method
 from mrimsm.recon.options import ReconOptions
-from mrimsm.recon.outputs import plan_outputs, save_pngs, write_result
+from mrimsm.recon.outputs import output_record, plan_outputs, save_pngs, write_result
 from mrimsm.recon.run import run_method
 from mrimsm.recon.volume import PreparedVolume, prepare_volume
 from mrimsm.utils import check_output
@@ -57,7 +58,16 @@ def reconstruct_file(
     if job.png_dir is not None:
         check_output(job.png_dir, kind="dir", inputs=[input_path], flag="--png")
     opts, built = build_methods(job)  # bad options fail before the heavy work
-    return reconstruct_one(input_path, outputs, built, opts, job)
+    written: list[Path] = []
+    try:
+        with raising_interrupts():
+            return reconstruct_one(input_path, outputs, built, opts, job, written=written)
+    except KeyboardInterrupt:
+        h5 = [str(p) for p in written if p.suffix != ".png"]
+        png = len(written) - len(h5)
+        done = (", ".join(h5) or "nothing") + (f" and {png} PNG files" if png else "")
+        raise Interrupted(f"{input_path}: wrote {done} before the interrupt (each file whole); "
+                          f"not written: the rest; rerun to finish") from None
 
 
 def build_methods(job: ReconOptions, local_rank: int = 0) -> tuple[dict, dict[str, ReconMethod]]:
@@ -76,20 +86,27 @@ def reconstruct_one(
     built: Mapping[str, ReconMethod],
     opts: Mapping[str, Any],
     job: ReconOptions,
+    written: Optional[list] = None,
 ) -> ReconReport:
-    """Prepare one file, run the ``built`` methods, write ``outputs`` (and PNGs).
-    ``job``: :meth:`ReconOptions.resolved` (``accel`` a number or ``None``)."""
+    """Prepare one file, run the ``built`` methods, write ``outputs`` (and PNGs), each
+    output with its :func:`~mrimsm.recon.outputs.output_record`.
+    ``job``: :meth:`ReconOptions.resolved` (``accel`` a number or ``None``);
+    ``written``: a list each path is appended to once it is written."""
     volume = prepare_volume(
         input_path, job.accel, job.seed, center_fraction=job.center_fraction, maps_fn=job.maps_fn,
         progress=job.progress,
     )
     results = [run_method(volume, m, opts, job.progress, method=b) for m, b in built.items()]
+    written = [] if written is None else written
     for res in results:
-        write_result(volume, res, outputs[res.method])
+        record = output_record(res.method, built[res.method], opts, job)
+        written.append(write_result(volume, res, outputs[res.method], record=record))
     pngs: list[Path] = []
     if job.png_dir is not None:
         for res in results:
-            pngs += save_pngs(volume, res, job.png_dir)
+            new = save_pngs(volume, res, job.png_dir)
+            pngs += new
+            written += new
     return ReconReport(volume, results, dict(outputs), pngs)
 
 

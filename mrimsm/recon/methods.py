@@ -172,6 +172,7 @@ def _zero_filled_factory(options: Mapping[str, Any]) -> ReconMethod:
     def method(batch: SliceBatch) -> MethodOutput:
         return MethodOutput(zero_filled(batch.kspace, batch.mask, batch.maps))
 
+    method.settings = {}  # what the output depends on (recorded in it; no options)
     return method
 
 
@@ -191,6 +192,7 @@ def _cs_factory(options: Mapping[str, Any]) -> ReconMethod:
         images = classical.cs_l1_wavelet(batch.kspace, batch.mask, batch.maps, lamda=lamda, max_iter=iters)
         return MethodOutput(images, info={"iterations": iters, "lambda": lamda})
 
+    method.settings = {"lambda": lamda, "iters": iters}
     return method
 
 

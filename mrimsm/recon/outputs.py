@@ -1,11 +1,15 @@
-"""What a reconstruction leaves behind: output paths, fastMRI-layout files, per-slice
-PNG figures, and the metrics table."""
+"""What a reconstruction leaves behind: output paths, fastMRI-layout files that record
+what made them (:func:`output_record`, checked by :func:`output_state` before a
+directory run skips a file), per-slice PNG figures, and the metrics table."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -45,8 +49,146 @@ def plan_outputs(
     return paths
 
 
-def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, os.PathLike]) -> Path:
-    """Write ``result`` in fastMRI's layout (atomically), metrics as attributes."""
+#: HDF5 attribute of an output: JSON of :func:`output_record`, what made the file.
+RECORD_ATTR = "mrimsm_record"
+#: Method options that change how a method runs (where, how fast), not what it returns.
+RUNTIME_OPTIONS = frozenset({"device", "progress", "threads"})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON types (dataclasses and mappings as dicts, paths as text)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+_SHA256: dict[tuple, str] = {}
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) within the process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
+
+
+def _is_checkpoint_key(key: str) -> bool:
+    return "checkpoint" in key
+
+
+def output_record(name: str, method: Any, options: Mapping[str, Any], job: Any) -> dict:
+    """What an output of method ``name`` is made of, stored in it as :data:`RECORD_ATTR`.
+
+    ``{"method", "accel", "center_fraction", "seed", "settings", "checkpoint_sha256"}``:
+    ``accel`` / ``center_fraction`` / ``seed`` as asked (``job``: a resolved
+    :class:`~mrimsm.recon.ReconOptions`); ``settings`` the built method's own ``settings``
+    attribute when it has one (a dict or a dataclass such as the solver's
+    ``PosteriorSettings``, taken whole so that new fields count), else every option that is
+    not a runtime one (:data:`RUNTIME_OPTIONS`); ``checkpoint_sha256`` the hash of each
+    setting naming a checkpoint file (so a retrained model at the same path counts as other).
+    """
+    own = getattr(method, "settings", None)
+    settings = _plain(own) if own is not None else _plain(
+        {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS and v is not None})
+    if not isinstance(settings, dict):
+        settings = {"value": settings}
+    record = {
+        "method": name,
+        "accel": job.accel,
+        "center_fraction": job.center_fraction,
+        "seed": int(job.seed),
+        "settings": settings,
+    }
+    hashes = {k: file_sha256(v) for k, v in settings.items()
+              if _is_checkpoint_key(k) and isinstance(v, str) and v and Path(v).is_file()}
+    if hashes:
+        record["checkpoint_sha256"] = hashes
+    return record
+
+
+def _comparable(record: Mapping[str, Any]) -> dict:
+    """The record without checkpoint *paths* (their hashes are compared instead)."""
+    out = dict(record)
+    settings = dict(out.get("settings") or {})
+    for key in [k for k in settings if _is_checkpoint_key(k) and k in (out.get("checkpoint_sha256") or {})]:
+        del settings[key]
+    out["settings"] = settings
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict:
+    if not isinstance(d, Mapping):
+        return {prefix: d}
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k} {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def output_state(path: Union[str, os.PathLike], record: Mapping[str, Any],
+                 num_slices: Optional[int] = None) -> tuple[str, str]:
+    """Whether ``path`` already holds the output ``record`` describes.
+
+    Returns ``(state, reason)``: ``("missing", "")``; ``("done", "")`` when it opens
+    cleanly, holds a finite ``reconstruction`` of ``num_slices`` slices (if given) and
+    was made with the same record; ``("broken", why)`` when it does not open cleanly
+    or is incomplete (nothing of value: redo it); ``("different", why)`` when it is a
+    complete output of other settings, or has no record (refuse to replace it unasked).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        return "missing", ""
+    try:
+        with h5py.File(path, "r") as f:
+            if "reconstruction" not in f:
+                return "broken", "holds no reconstruction"
+            rec = f["reconstruction"]
+            if rec.ndim != 3 or (num_slices is not None and rec.shape[0] != num_slices):
+                return "broken", f"holds a reconstruction of shape {tuple(rec.shape)}, not {num_slices} slices"
+            if not np.isfinite(rec[()]).all():
+                return "broken", "holds NaN or Inf"
+            stored = f.attrs.get(RECORD_ATTR)
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+        return "broken", "does not open cleanly (truncated or corrupt)"
+    if stored is None:
+        return "different", "has no settings record (another tool or an older mrimsm made it)"
+    try:
+        stored = json.loads(stored)
+    except (TypeError, ValueError):
+        return "broken", "has an unreadable settings record"
+    diff = _differences(_comparable(stored), _comparable(_plain(record)))
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        return "different", "was made with other settings: " + "; ".join(diff[:3]) + more
+    return "done", ""
+
+
+def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, os.PathLike],
+                 record: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``result`` in fastMRI's layout (atomically), metrics as attributes and
+    ``record`` (:func:`output_record`) as :data:`RECORD_ATTR`."""
     from mrimsm import __version__
     from mrimsm.data.fastmri_io import write_reconstruction
 
@@ -66,6 +208,8 @@ def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, 
     )
     for key, value in (result.metrics or {}).items():
         attrs[key] = value
+    if record is not None:
+        attrs[RECORD_ATTR] = json.dumps(_plain(record), sort_keys=True)
     extra = {"mask": volume.mask.astype(np.uint8)}
     if result.uncertainty is not None:
         extra["uncertainty"] = result.uncertainty
