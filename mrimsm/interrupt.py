@@ -5,6 +5,8 @@ Two ways to stop, both turning SIGTERM into what Ctrl-C does:
 * :func:`raising_interrupts` (recon, prep): SIGINT and SIGTERM raise
   KeyboardInterrupt at once; the loop catches it, and, since every output is
   written atomically, reports what finished as :class:`~mrimsm.errors.Interrupted`.
+  The loop calls :func:`check_interrupt` between files, in case Python swallowed
+  the exception (a signal landing in a weakref callback).
 * :func:`deferred_interrupts` (train): the first signal only sets a flag that the
   loop polls after each step, so the step in flight finishes and a checkpoint is
   written; a second SIGINT raises KeyboardInterrupt at once.
@@ -17,16 +19,30 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Callable, Iterator
 
-__all__ = ["raising_interrupts", "deferred_interrupts", "SIGNALS"]
+__all__ = ["raising_interrupts", "check_interrupt", "deferred_interrupts", "SIGNALS"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+#: Signals received inside :func:`raising_interrupts` blocks, by name.
+_pending: list[str] = []
+
+
 def _raise(signum: int, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _pending.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_pending[-1])
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if a signal came inside :func:`raising_interrupts` but its
+    exception was swallowed (Python drops exceptions raised while a weakref callback or
+    ``__del__`` runs, and a signal can land there). Call it between units of work."""
+    if _pending:
+        raise KeyboardInterrupt(_pending[-1])
 
 
 @contextlib.contextmanager
@@ -47,9 +63,23 @@ def _handlers(handler: Callable) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def raising_interrupts() -> Iterator[None]:
-    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread inside the block."""
-    with _handlers(_raise):
-        yield
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread inside the block
+    (and again at :func:`check_interrupt` or the block's end if that one was lost)."""
+    _pending.clear()
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable) -> None:  # a swallowed interrupt is re-raised later: don't print it
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        with _handlers(_raise):
+            yield
+            check_interrupt()
+    finally:
+        sys.unraisablehook = previous_hook
+        _pending.clear()
 
 
 class _Flag:

@@ -307,7 +307,8 @@ def test_recon_dir_sigint_says_what_finished_and_rerun_finishes(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted: ") and "files finished" in last and "not done" in last, last
     finished = int(last.split("interrupted: ")[1].split()[0])
-    assert 1 <= finished < 5 and stdout.count("done    ") == finished
+    assert 1 <= finished < 5 and len(list(out.glob("*.h5"))) == finished  # what it says is what is there
+    assert stdout.count("done    ") in (finished, finished - 1)  # the last may land with the signal
     _no_partial(out)
     # the same command finishes the rest and skips what was done
     rerun = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)

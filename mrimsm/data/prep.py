@@ -57,7 +57,7 @@ from mrimsm.data.normalization import common_acs, volume_peak
 from mrimsm.data.espirit import estimate_maps
 from mrimsm.data.fastmri_io import crop_to_reconstruction, read_header, read_multicoil
 from mrimsm.errors import Interrupted, MrimsmError
-from mrimsm.interrupt import raising_interrupts
+from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
 from mrimsm.utils import atomic_path, check_output
@@ -635,9 +635,9 @@ def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions,
     results: list[dict] = []
     try:
         _execute(tasks, opts, progress, results)
-    except KeyboardInterrupt:
-        done = sum("error" not in r for r in results)
-        rest = len(tasks) - len(results)
+    except KeyboardInterrupt:  # count the shards on disk: the signal may land after a write
+        done = sum(_shard_done(out_dir / t["shard_rel"], params_hash, t["sha256"]) for t in tasks)
+        rest = len(tasks) - done
         raise Interrupted(
             f"{done} of {len(tasks)} files prepared this run ({len(resumed)} were already done), {rest} not; "
             f"their shards in {out_dir} are complete; rerun the same command to finish (no manifest.json yet)"
@@ -722,6 +722,7 @@ def _execute(tasks: list[dict], opts: PrepOptions, progress: Optional[Callable[[
     if opts.workers <= 1 or len(tasks) <= 1:
         for t in tasks:
             results.append(_run_task(t, progress))
+            check_interrupt()
         return results
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -737,6 +738,7 @@ def _execute(tasks: list[dict], opts: PrepOptions, progress: Optional[Callable[[
             results.append(res)
             if progress is not None:
                 progress(len(futures[fut]["slices"]))
+            check_interrupt()
     except BaseException:
         workers = list(getattr(pool, "_processes", {}).values())  # stop them now, not after their volume
         pool.shutdown(wait=False, cancel_futures=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from mrimsm.errors import Interrupted, MrimsmError
-from mrimsm.interrupt import raising_interrupts
+from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.recon.file import build_methods, reconstruct_one
 from mrimsm.recon.methods import ReconMethod
 from mrimsm.recon.options import ReconOptions
@@ -183,11 +183,17 @@ def reconstruct_directory(
                 if on_file is not None:
                     on_file(outcome)
                 bar.update(1)
+                check_interrupt()
     except KeyboardInterrupt:
         finished = len(report.outcomes)
+        done = len(report.with_status("done"))
+        if finished < len(mine):  # the signal may land after the file in flight was written
+            flight = directory_outputs(mine[finished], out, list(records))
+            if all(output_state(flight[m], records[m])[0] == "done" for m in records):
+                finished, done = finished + 1, done + 1
         left = mine[finished:]
         raise Interrupted(
-            f"{finished} of {len(mine)} files finished ({len(report.with_status('done'))} done, "
+            f"{finished} of {len(mine)} files finished ({done} done, "
             f"{len(report.with_status('skipped'))} skipped, {len(report.failed)} failed); "
             f"{len(left)} not done ({left[0].name if left else '-'}{', ...' if len(left) > 1 else ''}); "
             f"outputs are written whole, so the same command finishes the rest"
