@@ -410,7 +410,11 @@ def test_msm_record_takes_every_solver_setting_and_the_checkpoint_hash():
     from mrimsm.recon import ReconOptions
     from mrimsm.recon.outputs import file_sha256, output_record
 
-    method = make_msm_method({"device": "cpu", "steps": 7})
-    rec = output_record("msm", method, {"device": "cpu", "steps": 7}, ReconOptions(["msm"], 4).resolved())
+    job = ReconOptions(["msm"], 4).resolved()
+    opts = {"device": "cpu", "steps": 7, "checkpoint": str(ASSETS / "default_msm.pt")}
+    rec = output_record("msm", make_msm_method(opts), opts, job)
     assert {f.name for f in fields(PosteriorSettings)} <= set(rec["settings"]) and rec["settings"]["steps"] == 7
     assert rec["checkpoint_sha256"] == {"checkpoint": file_sha256(ASSETS / "default_msm.pt")}
+    # no --checkpoint: the scan's size picks a shipped model, so every installed one counts
+    rec = output_record("msm", make_msm_method({"device": "cpu"}), {"device": "cpu"}, job)
+    assert file_sha256(ASSETS / "default_msm.pt") in rec["checkpoint_sha256"].values()

@@ -321,7 +321,10 @@ def make_msm_method(options: Mapping[str, Any]):
         )
 
     method.batch_slices = int(settings.batch_slices)  # the pipeline batches slices by this
-    method.settings = {**asdict(settings), "checkpoint": str(loaded.path)}  # recorded in each output
+    # recorded in each output (checkpoints by hash): the solver settings whole, and the model
+    # given, or every shipped one installed (which one a scan gets depends on its size)
+    method.settings = {**asdict(settings), **({"checkpoint": str(checkpoint)} if checkpoint else {
+        f"shipped_checkpoint {p.file}": str(p.path) for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
     return method
 
 
