@@ -424,3 +424,23 @@ def test_inference_dtype_runs_only_the_network_in_bf16_and_only_in_eval():
         assert 0 < rel < 0.02, rel  # bf16 rounding inside the network, not another result
         den.train()  # training keeps the ambient precision
         torch.testing.assert_close(den(u, t), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sampling_precision_choice(monkeypatch):
+    from mrimsm.diffusion import denoiser as dn
+    from mrimsm.errors import MrimsmError
+
+    monkeypatch.setenv(dn.PRECISION_ENV, "fp32")
+    assert dn.sampling_dtype("cpu") is None
+    monkeypatch.setenv(dn.PRECISION_ENV, "bf16")
+    assert dn.sampling_dtype("cpu", "Identity") is torch.bfloat16
+    monkeypatch.setenv(dn.PRECISION_ENV, "auto")
+    monkeypatch.setattr(dn, "cpu_has_native_bf16", lambda: True)
+    assert dn.sampling_dtype("cpu") is torch.bfloat16
+    assert dn.sampling_dtype("cpu", "Identity") is None  # the image prior: not measured, fp32
+    assert dn.sampling_dtype("meta") is None  # not a CPU
+    monkeypatch.setattr(dn, "cpu_has_native_bf16", lambda: False)
+    assert dn.sampling_dtype("cpu") is None
+    monkeypatch.setenv(dn.PRECISION_ENV, "half")
+    with pytest.raises(MrimsmError, match="fp32, bf16 or auto"):
+        dn.sampling_dtype("cpu")

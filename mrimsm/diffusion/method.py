@@ -380,6 +380,10 @@ def load_msm(path, device: str | torch.device = "cpu", use_ema: bool = True) -> 
     model.to(device).eval()
     for q in model.parameters():
         q.requires_grad_(False)
+    if hasattr(model, "inference_dtype"):  # bf16 network on CPUs that have it (denoiser.sampling_dtype)
+        from mrimsm.diffusion.denoiser import sampling_dtype
+
+        model.inference_dtype = sampling_dtype(device, str(meta.get("operator", "")))
     return LoadedMSM(model, cfg.to_dict(), meta, int(ckpt["step"]), str(p))
 
 
