@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         ),
         method: Optional[List[str]] = typer.Option(
             None, "--method", "-m", metavar="NAME",
-            help="zero-filled | cs | msm | ssdu (repeat for several; default: msm if installed, else cs).",
+            help="zero-filled | sense | cs | msm | ssdu (repeat for several; default: msm if installed, else cs).",
         ),
         png: Optional[Path] = typer.Option(None, "--png", help="Write per-slice PNG figures into this directory."),
         seed: Optional[str] = typer.Option(
@@ -96,6 +96,32 @@ def register(app: typer.Typer) -> None:
             None, "--dc-step", metavar="G",
             help="msm: data-consistency step in [0, 2] (1 = replace measured k-space by y).",
         ),
+        dc: Optional[str] = typer.Option(
+            None, "--dc", metavar="KIND",
+            help="msm: data consistency: operator (CG on the image through the coils), tweedie "
+            "(Gaussian conditioning with the network's Jacobian), measurement (replace / published rule).",
+        ),
+        dc_lambda: Optional[str] = typer.Option(
+            None, "--dc-lambda", metavar="L", help="msm: prior weight of the operator solve (0 = projection)."
+        ),
+        dc_schedule: Optional[str] = typer.Option(
+            None, "--dc-schedule", metavar="S", help="msm: fixed (lambda) or sigma (lambda / sigma_t^2)."
+        ),
+        dc_iters: Optional[str] = typer.Option(None, "--dc-iters", metavar="N", help="msm: CG iterations of the DC solve."),
+        dc_noise: Optional[str] = typer.Option(
+            None, "--dc-noise", metavar="S", help="msm: tweedie: the data's noise std (normalized units)."
+        ),
+        t0: Optional[str] = typer.Option(
+            None, "--t0", metavar="F",
+            help="msm: warm start: begin the chain at t0 * T from the --init image (1 = from noise; 0 = the init image).",
+        ),
+        init: Optional[str] = typer.Option(
+            None, "--init", metavar="NAME", help="msm: initial image of the warm start: sense, cs, zero-filled or none."
+        ),
+        sense_lambda: Optional[str] = typer.Option(
+            None, "--sense-lambda", metavar="L", help="sense (and msm's sense init): Tikhonov weight (images at max 1)."
+        ),
+        sense_iters: Optional[str] = typer.Option(None, "--sense-iters", metavar="N", help="sense: CG iterations."),
         samples: Optional[str] = typer.Option(
             None, "--samples", metavar="K",
             help="msm: posterior samples per slice (default 4, configs/recon_csmri.yaml); their mean is the reconstruction, their std the uncertainty map (K > 1).",
@@ -132,6 +158,15 @@ def register(app: typer.Typer) -> None:
                 "w": w,
                 "eta": eta,
                 "dc_step": dc_step,
+                "dc": dc,
+                "dc_lambda": dc_lambda,
+                "dc_schedule": dc_schedule,
+                "dc_iters": dc_iters,
+                "dc_noise": dc_noise,
+                "t0": t0,
+                "init": init,
+                "sense_lambda": sense_lambda,
+                "sense_iters": sense_iters,
                 "samples": samples,
                 "batch_slices": batch_slices,
                 "device": device,

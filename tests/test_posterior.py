@@ -61,7 +61,7 @@ def test_data_consistency_lowers_residual_and_is_finite():
     assert std.shape == (2, 16, 16) and samples.shape == (2, 2, 16, 16)
     assert torch.isfinite(torch.view_as_real(mean)).all() and torch.isfinite(std).all()
     assert std.max() > 0  # two samples differ (eta > 0)
-    prior_only = PosteriorSettings(steps=10, w=2, eta=0.85, samples=2, dc_step=0.0)
+    prior_only = PosteriorSettings(steps=10, w=2, eta=0.85, samples=2, dc="measurement", dc_step=0.0)
     mean0, _, _ = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, prior_only, generator=3)
     r_dc, r_prior = _residual(op, mean, y), _residual(op, mean0, y)
     assert r_dc < 0.5 * r_prior, (r_dc, r_prior)
@@ -72,7 +72,8 @@ def test_same_seed_same_samples(placement):
     den = _tiny_denoiser()
     op, x, y, mask = _problem(1)
     sampler = SubmaskSampler(PaperCartesian(4, 4), (16, 16))
-    s = PosteriorSettings(steps=5, w=1, eta=1.0, samples=1, placement=placement)
+    s = PosteriorSettings(steps=5, w=1, eta=1.0, samples=1, placement=placement,
+                         dc="measurement" if placement == "local" else "operator")
     a, _, _ = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=7)
     b, _, _ = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=7)
     c, _, _ = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=8)
@@ -126,3 +127,169 @@ def test_uncertainty_is_the_std_of_the_value_for_real_images():
     expected = samples.std(0, correction=0)
     assert torch.allclose(std, expected, atol=1e-6)
     assert not torch.allclose(std, samples.abs().std(0, correction=0), atol=1e-4)
+
+
+# -- data consistency through the operator, warm start, tweedie (issue: MSM vs CS) ---------
+
+
+def test_operator_consistency_brings_the_residual_to_the_noise_level():
+    from mrimsm.diffusion.posterior import operator_consistency
+
+    op, x, y_clean, mask = _problem(seed=1, n=16, coils=4, slices=2)
+    g = torch.Generator().manual_seed(5)
+    noise = 0.01
+    y = (y_clean + noise * torch.complex(torch.randn(y_clean.shape, generator=g),
+                                         torch.randn(y_clean.shape, generator=g))) * mask
+    x_bar = x + 0.3 * torch.complex(torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g))
+    T = op.with_mask(None)
+    z0 = T.full_forward(x_bar)[None]  # (K = 1, B, C, H, W)
+    hook = operator_consistency(T, Identity(mask), y, lam=0.0, iters=40)
+    x_dc = T.full_adjoint(hook(z0, 0))[0]
+
+    def rms(x_img):  # per measured complex entry
+        return float((op(x_img) - y).abs().pow(2).sum() / mask.expand_as(y).sum()) ** 0.5
+
+    noise_rms = noise * 2**0.5  # complex noise, std `noise` per real component
+    assert rms(x_bar) > 10 * noise_rms
+    assert rms(x_dc) <= noise_rms, (rms(x_dc), noise_rms)
+    # a positive weight keeps it between the estimate and the data
+    x_w = T.full_adjoint(operator_consistency(T, Identity(mask), y, lam=1.0, iters=40)(z0, 0))[0]
+    assert noise_rms < rms(x_w) < rms(x_bar)
+
+
+@pytest.mark.parametrize("kind", ["box", "sr4", "pixels"])
+def test_operator_consistency_is_the_exact_projection_for_identity(kind):
+    from mrimsm.diffusion.posterior import operator_consistency
+    from mrimsm.physics import BoxMask, PixelMask
+
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 1, 3, 16, 16, generator=g)  # (K, B, C, H, W) real images
+    if kind == "box":
+        H = BoxMask((16, 16), (8, 8))
+    elif kind == "sr4":
+        H = Downsample(4)
+    else:
+        H = PixelMask((torch.rand(1, 1, 16, 16, generator=g) < 0.4).float())
+    y = H(torch.randn(1, 3, 16, 16, generator=g))
+    expected = measurement_consistency(H, y, 1.0)(z, 0)
+    got = operator_consistency(Identity(), H, y, lam=0.0, iters=1)(z, 0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_warm_start_with_t0_zero_returns_the_initial_image_and_runs_no_network():
+    op, x, y, mask = _problem()
+    sampler = SubmaskSampler(PaperCartesian(4, 4), (16, 16))
+
+    def no_network(u, t):
+        raise AssertionError("t0 = 0 must not call the network")
+
+    no_network.schedule = _tiny_denoiser().schedule
+    s = PosteriorSettings(steps=10, w=1, samples=3, t0=0.0, init="sense")
+    mean, std, samples = posterior_sample(no_network, op.with_mask(None), Identity(mask), y, sampler, s,
+                                          generator=0, x_init=x)
+    assert samples.shape == (3, *x.shape)
+    torch.testing.assert_close(mean, x)
+    assert float(std.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dc", ["operator", "tweedie"])
+def test_warm_start_same_seed_same_result_and_stays_near_its_start(dc):
+    den = _tiny_denoiser()
+    op, x, y, mask = _problem()
+    sampler = SubmaskSampler(PaperCartesian(4, 4), (16, 16))
+    s = PosteriorSettings(steps=4, w=2, samples=2, t0=0.1, init="sense", dc=dc, dc_lambda=0.01, dc_iters=3)
+    run = lambda seed: posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s,  # noqa: E731
+                                        generator=seed, x_init=x)[2]
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.isfinite(torch.view_as_real(a)).all()
+    # a start at t0 = 0.01 (sigma_t ~ 0.05) stays near its initial image, a cold chain does not
+    near = PosteriorSettings(steps=4, w=2, samples=2, t0=0.01, init="sense", dc=dc, dc_lambda=0.01, dc_iters=3)
+    cold = PosteriorSettings(steps=4, w=2, samples=2, dc=dc, dc_lambda=0.01, dc_iters=3)
+    close = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, near, generator=7, x_init=x)[2]
+    far = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, cold, generator=7)[2]
+    assert (close - x).norm() < 0.5 * (far - x).norm(), (float((close - x).norm()), float((far - x).norm()))
+
+
+@pytest.mark.parametrize("bad, word", [
+    (dict(t0=1.5), "t0"), (dict(t0=-0.1), "t0"), (dict(t0=float("nan")), "t0"),
+    (dict(dc_lambda=-1.0), "dc_lambda"), (dict(dc="gradient"), "dc"), (dict(init="bicubic"), "init"),
+    (dict(t0=0.5), "initial image"), (dict(dc_noise=-0.1), "dc_noise"), (dict(dc_iters=0), "dc_iters"),
+    (dict(dc="operator", placement="local"), "placement"),
+])
+def test_bad_solver_settings_are_one_line_errors(bad, word):
+    with pytest.raises(MrimsmError, match=word) as info:
+        PosteriorSettings(**bad).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_bad_solver_settings_from_the_command_line(fastmri_sample, tmp_path, capsys):
+    from cli.main import main
+
+    for flags in (["--t0", "1.5", "--init", "sense"], ["--dc-lambda", "-1"], ["--init", "nonsense"]):
+        rc = main(["recon", str(fastmri_sample), "--accel", "4", "-m", "msm", "-o", str(tmp_path / "x.h5"),
+                   "-q", *flags])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, (flags, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "x.h5").exists()
+
+
+# -- the solver against a true posterior (Gaussian prior, exact local denoisers) -----------
+
+
+def _gaussian_posterior_problem():
+    """Row-independent Gaussian z (16 pixels) observed on 9 pixels, no noise: the closed-form
+    posterior mean ``Sigma_UM Sigma_MM^-1 y`` and the posterior standard deviations."""
+    from test_sampler import H as GH, W as GW, RowMasks, _row_block_sigma
+
+    sigma = _row_block_sigma()
+    g = torch.Generator().manual_seed(0)
+    z = (torch.linalg.cholesky(sigma) @ torch.randn(GH * GW, generator=g, dtype=torch.float64)).float()
+    hmask = torch.zeros(1, 1, GH, GW)
+    hmask[..., :2] = 1  # two of the four pixels of every row, and one more in row 0
+    hmask[..., 0, 2] = 1
+    y = z.reshape(1, 1, GH, GW) * hmask
+    m = hmask.flatten().bool().numpy()
+    s = sigma.numpy()
+    gain = s[np.ix_(~m, m)] @ np.linalg.inv(s[np.ix_(m, m)])
+    mean_u = gain @ y.flatten().numpy()[m]
+    sd_u = np.sqrt(np.diag(s[np.ix_(~m, ~m)] - gain @ s[np.ix_(m, ~m)]))
+    return sigma, hmask, y, m, mean_u, sd_u, RowMasks(0.5)
+
+
+def _posterior_mean_z_scores(settings: PosteriorSettings, n: int) -> np.ndarray:
+    """Sample-mean error on the unobserved pixels in units of its standard error."""
+    import mrimsm.diffusion.sampler as sampler_mod
+    from mrimsm.physics import PixelMask
+    from test_sampler import H as GH, SCH, W as GW, _pixel_shape, exact_local_denoiser
+
+    sigma, hmask, y, m, mean_u, sd_u, masks = _gaussian_posterior_problem()
+    local = exact_local_denoiser(sigma, 1.0, _pixel_shape)
+    real = sampler_mod.msm_sample
+
+    def with_exact_denoiser(*args, **kwargs):
+        return real(*args, local_denoise=local, **kwargs)
+
+    sampler_mod.msm_sample = with_exact_denoiser  # posterior_sample imports it at call time
+    try:
+        _, _, samples = posterior_sample(None, Identity(), PixelMask(hmask), y, masks, settings, generator=1,
+                                         image_shape=(1, GH, GW), schedule=SCH)
+    finally:
+        sampler_mod.msm_sample = real
+    xs = samples.reshape(n, -1).double().numpy()
+    return (xs[:, ~m].mean(0) - mean_u) / (sd_u / np.sqrt(n))
+
+
+def test_tweedie_consistency_samples_the_true_gaussian_posterior_mean_and_the_published_rule_does_not():
+    n = 1000
+    common = dict(steps=40, w=3, eta=1.0, samples=n)
+    z_tweedie = _posterior_mean_z_scores(PosteriorSettings(dc="tweedie", dc_noise=0.0, dc_iters=16, **common), n)
+    # within sampling error of Sigma_UM Sigma_MM^-1 y (7 unobserved pixels)
+    assert np.sqrt(np.mean(z_tweedie**2)) < 2.0 and np.abs(z_tweedie).max() < 4.0, z_tweedie
+    # the published code's rule (reflection, dc_step 2, on each local estimate) and the
+    # projection rules condition only the observed pixels: biased by many standard errors
+    for rule in (dict(dc="measurement", dc_step=2.0, placement="local"), dict(dc="operator", dc_lambda=0.0)):
+        z = _posterior_mean_z_scores(PosteriorSettings(**rule, **common), n)
+        assert np.sqrt(np.mean(z**2)) > 8.0, (rule, z)

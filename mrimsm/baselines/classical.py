@@ -1,10 +1,12 @@
-"""Classical reconstructions: zero-filled (``A^H y``) and L1-wavelet compressed sensing.
+"""Classical reconstructions: zero-filled (``A^H y``), CG-SENSE and L1-wavelet compressed sensing.
 
 Both take a batch of slices of masked multi-coil k-space with their coil maps
 and return coil-combined complex images.
 
 * :func:`zero_filled` is ``A^H y = sum_c conj(C_c) F^H (M y_c)`` through
   :class:`mrimsm.physics.MultiCoilMRI`.
+* :func:`sense` is parallel imaging without a prior: ``(A^H A + lamda I) x = A^H y``
+  (Tikhonov-regularized SENSE) by conjugate gradients on the same operator.
 * :func:`cs_l1_wavelet` solves, for every slice,
   ``min_x 1/2 ||M F C x - y||^2 + lamda ||Psi x||_1`` (``Psi``: Daubechies-4
   wavelet), the problem of ``sigpy.mri.app.L1WaveletRecon``, with FISTA.
@@ -32,7 +34,9 @@ import torch
 
 from mrimsm.physics.operators import MultiCoilMRI
 
-__all__ = ["zero_filled", "cs_l1_wavelet", "DEFAULT_LAMBDA", "DEFAULT_ITERS"]
+__all__ = [
+    "zero_filled", "sense", "cs_l1_wavelet", "DEFAULT_LAMBDA", "DEFAULT_ITERS", "SENSE_LAMBDA", "SENSE_ITERS",
+]
 
 #: L1 weight for images normalized to max |A^H y| = 1 (what the recon pipeline feeds ``cs``).
 #: Tuned once on simulated data (MNI152 training slices, never the held-out/sample ones):
@@ -81,6 +85,36 @@ def zero_filled(kspace, mask, maps) -> torch.Tensor:
     y = _as_tensor(kspace, torch.complex64)
     op = MultiCoilMRI(_as_tensor(maps, torch.complex64), _mask_4d(mask, y.shape[0]))
     return op.adjoint(y)
+
+
+#: Tikhonov weight and CG iterations of :func:`sense` for images normalized to max |A^H y| ~ 1.
+#: Tuned like CS's on MNI training-range slices only (``benchmarks/sweep_solver.py --sense``).
+SENSE_LAMBDA = 0.01
+SENSE_ITERS = 10
+
+
+def sense(kspace, mask, maps, lamda: float = SENSE_LAMBDA, max_iter: int = SENSE_ITERS) -> torch.Tensor:
+    """CG-SENSE with Tikhonov regularization, batched over slices.
+
+    Solves ``(A^H A + lamda I) x = A^H y`` with ``A = M F C`` (:class:`MultiCoilMRI`)
+    by ``max_iter`` conjugate-gradient steps from zero (early stopping regularizes too).
+
+    Args:
+        kspace: ``(S, C, H, W)`` complex64 masked k-space (torch or numpy).
+        mask: ``(W,)``, ``(S, W)`` or ``(S, 1, 1, W)`` column mask.
+        maps: ``(S, C, H, W)`` complex64 coil maps.
+        lamda: Tikhonov weight (absolute, image-intensity units squared).
+        max_iter: CG iterations.
+
+    Returns:
+        ``(S, H, W)`` complex64 torch tensor.
+    """
+    from mrimsm.physics.solvers import conjugate_gradient
+
+    y = _as_tensor(kspace, torch.complex64)
+    op = MultiCoilMRI(_as_tensor(maps, torch.complex64).to(y.device), _mask_4d(mask, y.shape[0]).to(y.device))
+    lam = float(lamda)
+    return conjugate_gradient(lambda x: op.normal(x) + lam * x, op.adjoint(y), max_iter=int(max_iter))
 
 
 def _step_size(maps: np.ndarray) -> float:

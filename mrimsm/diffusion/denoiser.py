@@ -203,9 +203,10 @@ class MSMDenoiser(nn.Module):
 
         def x0_projection(u_flat: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
             x, f, k = self._parts(u_flat, steps)
-            with torch.no_grad():  # a fixed linear map of the data: no parameters inside
-                x_ls = conjugate_gradient(op.normal, x.reshape(*stack, *x.shape[1:]), max_iter=self.cg_iters,
-                                          batch_dims=2)
+            # a fixed linear map of the data, no parameters inside; differentiable in the
+            # data (the posterior's tweedie consistency takes the denoiser's Jacobian)
+            x_ls = conjugate_gradient(op.normal, x.reshape(*stack, *x.shape[1:]), max_iter=self.cg_iters,
+                                      batch_dims=2)
             return self._combine(x_ls.reshape(x.shape), f, k)
 
         return _through_image(x0_projection, op, y_t, t)

@@ -28,6 +28,7 @@ the operators carry the difference.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -37,6 +38,7 @@ import torch
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import Identity, LinearOperator, MaskedMeasurement, MultiCoilMRI
+from mrimsm.physics.solvers import conjugate_gradient
 
 __all__ = [
     "PosteriorSettings",
@@ -45,9 +47,15 @@ __all__ = [
     "posterior_sample",
     "default_checkpoint",
     "make_msm_method",
+    "operator_consistency",
+    "tweedie_consistency",
+    "initial_image",
 ]
 
 PLACEMENTS = ("global", "local")
+DC_KINDS = ("operator", "measurement", "tweedie")
+DC_SCHEDULES = ("fixed", "sigma")
+INITS = ("none", "sense", "cs", "zero-filled", "baseline")
 
 #: Where the shipped default MSM model lives (inside the installed package).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_msm.pt"
@@ -60,13 +68,32 @@ class PosteriorSettings:
     """Solver settings (``configs/recon_csmri.yaml``).
 
     Attributes:
-        steps: respaced reverse steps (paper: 200).
+        steps: reverse steps of the chain (from ``t0`` down to 0).
         w: masks (network evaluations) per step (paper, inverse problems: 3).
         eta: DDIM stochasticity (paper CS-MRI: 0.85).
         samples: posterior samples per slice (mean = reconstruction, std = uncertainty).
-        dc_step: data-consistency step on the residual (1 = replace measured entries by y).
-        placement: ``global`` (after aggregation, the paper's text) or ``local``
-            (on each local estimate, the published code).
+        dc: data consistency: ``operator`` (a solve on the image through the test
+            operator ``A = H T``, :func:`operator_consistency`) or ``measurement`` (the
+            step ``z - dc_step H^+ (H z - y)`` on the measurement, :func:`measurement_consistency`;
+            with ``dc_step = 2`` and ``placement = local`` the published code's rule) or
+            ``tweedie`` (Gaussian conditioning with the denoiser's own posterior covariance,
+            :func:`tweedie_consistency`: exact for Gaussian priors, costs ``dc_iters``
+            backward passes per step).
+        dc_lambda: weight of the prior term of the ``operator`` solve,
+            ``min ||A x - y||^2 + lambda_t ||x - T^H z0_hat||^2``; 0 is the projection onto
+            ``A x = y``.
+        dc_schedule: ``fixed`` (``lambda_t = dc_lambda``) or ``sigma``
+            (``lambda_t = dc_lambda / sigma_t^2``: DiffPIR-style, the Tweedie estimate is
+            trusted more as its noise level ``sigma_t`` falls).
+        dc_iters: conjugate-gradient iterations of the ``operator`` and ``tweedie`` solves.
+        dc_noise: ``tweedie``: the test data's noise std per real component (normalized units).
+        dc_step: step of the ``measurement`` rule (1 = replace measured entries by y).
+        placement: ``global`` (after aggregation, the paper's text) or ``local`` (on each
+            local estimate, the published code); ``measurement`` only.
+        t0: warm start: the chain starts at ``t0 * (T - 1)`` from the noised initial
+            image (1 = from pure noise, the paper; 0 returns the initial image).
+        init: the initial image of a warm start: ``none`` (t0 must be 1), ``sense``,
+            ``cs``, ``zero-filled`` (MRI), ``baseline`` (restore: bicubic / mean fill).
         batch_slices: slices denoised together (memory vs. speed).
     """
 
@@ -74,26 +101,50 @@ class PosteriorSettings:
     w: int = 3
     eta: float = 0.85
     samples: int = 4
+    dc: str = "operator"
+    dc_lambda: float = 0.0
+    dc_schedule: str = "fixed"
+    dc_iters: int = 10
+    dc_noise: float = 0.01
     dc_step: float = 1.0
     placement: str = "global"
+    t0: float = 1.0
+    init: str = "none"
     batch_slices: int = 4
 
     def validate(self) -> "PosteriorSettings":
-        if int(self.steps) < 1:
-            raise MrimsmError(f"--steps must be >= 1, got {self.steps}")
-        if int(self.w) < 1:
-            raise MrimsmError(f"--w must be >= 1, got {self.w}")
-        if int(self.samples) < 1:
-            raise MrimsmError(f"--samples must be >= 1, got {self.samples}")
-        if not 0.0 <= float(self.eta) <= 1.0:
-            raise MrimsmError(f"eta must be in [0, 1], got {self.eta}")
-        if not 0.0 <= float(self.dc_step) <= 2.0:
-            raise MrimsmError(f"dc_step must be in [0, 2], got {self.dc_step}")
-        if self.placement not in PLACEMENTS:
-            raise MrimsmError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        if int(self.batch_slices) < 1:
-            raise MrimsmError(f"batch_slices must be >= 1, got {self.batch_slices}")
+        checks = [
+            (int(self.steps) >= 1, f"steps must be >= 1, got {self.steps}"),
+            (int(self.w) >= 1, f"w must be >= 1, got {self.w}"),
+            (int(self.samples) >= 1, f"samples must be >= 1, got {self.samples}"),
+            (0.0 <= float(self.eta) <= 1.0, f"eta must be in [0, 1], got {self.eta}"),
+            (self.dc in DC_KINDS, f"dc must be one of {', '.join(DC_KINDS)}, got {self.dc!r}"),
+            (math.isfinite(float(self.dc_lambda)) and float(self.dc_lambda) >= 0,
+             f"dc_lambda must be a number >= 0, got {self.dc_lambda}"),
+            (self.dc_schedule in DC_SCHEDULES,
+             f"dc_schedule must be one of {', '.join(DC_SCHEDULES)}, got {self.dc_schedule!r}"),
+            (int(self.dc_iters) >= 1, f"dc_iters must be >= 1, got {self.dc_iters}"),
+            (math.isfinite(float(self.dc_noise)) and float(self.dc_noise) >= 0,
+             f"dc_noise must be a number >= 0, got {self.dc_noise}"),
+            (0.0 <= float(self.dc_step) <= 2.0, f"dc_step must be in [0, 2], got {self.dc_step}"),
+            (self.placement in PLACEMENTS, f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"),
+            (self.dc == "measurement" or self.placement == "global",
+             "placement local works only with dc: measurement"),
+            (math.isfinite(float(self.t0)) and 0.0 <= float(self.t0) <= 1.0, f"t0 must be in [0, 1], got {self.t0}"),
+            (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
+            (self.init != "none" or float(self.t0) == 1.0, f"t0 = {self.t0} needs an initial image (init)"),
+            (int(self.batch_slices) >= 1, f"batch_slices must be >= 1, got {self.batch_slices}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MrimsmError(message)
         return self
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per slice, at most (a warm start from a step below ``steps``
+        runs ``t0 * (T - 1) + 1`` steps): ``samples * w * steps``, 0 for ``t0 = 0``."""
+        return int(self.samples) * int(self.w) * int(self.steps) if float(self.t0) > 0 else 0
 
 
 def load_posterior_settings(path: Optional[str | Path] = None, **overrides: Any) -> PosteriorSettings:
@@ -152,6 +203,101 @@ def measurement_consistency(H: LinearOperator, y: torch.Tensor, step: float = 1.
     return hook
 
 
+def operator_consistency(
+    op_full: MaskedMeasurement,
+    H: LinearOperator,
+    y: torch.Tensor,
+    lam: float | Callable[[int], float] = 0.0,
+    iters: int = 10,
+):
+    """The data-consistency hook that solves on the image through the test operator.
+
+    With ``A = H T`` (MRI: ``M F C``, the coils used; ``T = I``: ``H`` itself) and the
+    image of the clean estimate ``x_bar = T^H z0_hat``::
+
+        x~ = argmin_x ||A x - y||^2 + lambda_t ||x - x_bar||^2,     z0_hat <- T x~
+
+    by ``iters`` conjugate-gradient steps on ``(A^H A + lambda_t I) x = A^H y + lambda_t x_bar``
+    started at ``x_bar``. ``lambda_t = 0`` is the projection of ``x_bar`` onto
+    ``{A x = y}`` (CG from ``x_bar`` stays in ``x_bar + range(A^H)``); for a 0/1 mask or
+    average pooling with ``T = I`` one iteration is exact, so this equals
+    :func:`measurement_consistency` with ``step = 1`` (tested). The result also lies in
+    the range of ``T`` (MRI: k-space of one coil-combined image).
+
+    Args:
+        op_full: ``T`` (any mask on it is ignored), batch ``B``.
+        H: test operator on the full measurement; ``y = H z + e`` is ``(B, *obs)``.
+        lam: ``lambda_t`` >= 0, a number or a function of the hook's ``t_index``.
+        iters: CG iterations.
+
+    Returns:
+        ``hook(z0_hat (K, B, *meas), t_index) -> z0_hat`` for :func:`msm_sample`.
+    """
+    T = op_full.with_mask(None)
+    rhs_data = T.full_adjoint(H.adjoint(y))  # A^H y, (B, *image)
+    lam_at = lam if callable(lam) else (lambda t_index: float(lam))
+
+    def hook(z0_hat: torch.Tensor, t_index: int) -> torch.Tensor:
+        lam_t = float(lam_at(t_index))
+        x_bar = T.full_adjoint(z0_hat)  # (K, B, *image)
+
+        def normal(x: torch.Tensor) -> torch.Tensor:
+            return T.full_adjoint(H.adjoint(H(T.full_forward(x)))) + lam_t * x
+
+        x = conjugate_gradient(normal, rhs_data + lam_t * x_bar, x0=x_bar, max_iter=int(iters), batch_dims=2)
+        return T.full_forward(x)
+
+    return hook
+
+
+def tweedie_consistency(
+    H: LinearOperator,
+    y: torch.Tensor,
+    schedule,
+    chain: Sequence,
+    noise_std: float = 0.01,
+    iters: int = 5,
+):
+    """Data consistency by Gaussian conditioning with the denoiser's own covariance.
+
+    Tweedie: the clean estimate ``m = E[z0 | z_t]`` has covariance
+    ``Cov[z0 | z_t] = sigma_t^2 J`` with ``J = dm / dx_t`` (``x_t = z_t / sqrt(abar_t)``,
+    per real component). Conditioning that Gaussian on ``y = H z0 + e`` (``e``: std
+    ``noise_std`` per real component) gives::
+
+        z0_hat <- m + C H^T u,    (H C H^T + noise_std^2 I) u = y - H m,    C = sigma_t^2 J^T
+
+    solved by ``iters`` conjugate-gradient steps in the observation space, each a
+    vector-Jacobian product through the aggregated network estimate (one backward
+    pass of the ``w`` network calls). For a Gaussian prior with exact denoisers this is
+    ``E[z0 | z_t, y]``, so the sampler draws from the true posterior (tested against
+    the closed form); the ``operator`` and ``measurement`` rules replace ``J`` by a
+    multiple of the identity, which conditions only what ``H`` sees directly. ``J^T``
+    is used for ``J`` (equal for an exact MMSE denoiser, whose Jacobian is symmetric).
+
+    Returns:
+        ``hook(m (K, B, *meas), t_index, z_t) -> z0_hat`` with ``hook.needs_graph = True``:
+        :func:`msm_sample` gives it ``m`` as a differentiable function of the state ``z_t``.
+    """
+    coef = {ti: (float(schedule.sigma(t)) ** 2, math.sqrt(float(schedule.alpha_bar(t)))) for ti, t, _ in chain}
+    jitter = max(float(noise_std) ** 2, 1e-8)
+
+    def hook(m: torch.Tensor, t_index: int, z_t: torch.Tensor) -> torch.Tensor:
+        s2, c = coef[t_index]
+
+        def cov(v: torch.Tensor) -> torch.Tensor:  # C v = sigma^2 J^T v, J w.r.t. x_t = z_t / c
+            (g,) = torch.autograd.grad(m, z_t, v, retain_graph=True)
+            return s2 * c * g
+
+        with torch.no_grad():
+            r = y - H(m)
+        u = conjugate_gradient(lambda v: H(cov(H.adjoint(v))) + jitter * v, r, max_iter=int(iters), batch_dims=2)
+        return (m + cov(H.adjoint(u))).detach()
+
+    hook.needs_graph = True
+    return hook
+
+
 def _local(hook):
     def local(s_hat: torch.Tensor, op_s: MaskedMeasurement, t_index: int) -> torch.Tensor:
         # the local estimate lives on S_i only: correct it there
@@ -173,6 +319,14 @@ def _step_progress(on_step: Optional[Callable[[int, int], None]]):
     return wrap
 
 
+def _dc_lambda(settings: PosteriorSettings, schedule, chain: Sequence) -> Callable[[int], float]:
+    """``lambda_t`` by ``t_index`` of the chain: fixed, or ``dc_lambda / sigma_t^2``."""
+    if settings.dc_schedule == "fixed":
+        return lambda t_index: float(settings.dc_lambda)
+    sigma = {t_index: float(schedule.sigma(t)) for t_index, t, _ in chain}
+    return lambda t_index: float(settings.dc_lambda) / max(sigma[t_index], 1e-6) ** 2
+
+
 def posterior_sample(
     denoiser: Callable,
     op_full: MaskedMeasurement,
@@ -183,6 +337,8 @@ def posterior_sample(
     generator: torch.Generator | int | None = None,
     image_shape: Optional[Sequence[int]] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
+    x_init: Optional[torch.Tensor] = None,
+    schedule=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw ``settings.samples`` posterior samples for each of ``B`` observations.
 
@@ -196,19 +352,41 @@ def posterior_sample(
         generator: seed or torch.Generator (same seed, same samples).
         image_shape: per-sample image shape for operators without ``image_shape``.
         on_step: ``on_step(done, total)`` after each reverse step.
+        x_init: ``(B, *image)`` initial image of a warm start (``settings.t0 < 1``), e.g. a
+            SENSE reconstruction; required when ``settings.init`` is not ``none``.
+        schedule: the diffusion schedule, default ``denoiser.schedule``.
 
     Returns:
         ``(mean (B, *image), std (B, *image) float32, samples (K, B, *image))``:
         the posterior mean, the pixel-wise std over the ``K`` samples of the
         magnitude (complex images) or of the value (real images), zeros for
-        ``K = 1``, and the samples themselves.
+        ``K = 1``, and the samples themselves. With ``t0 = 0`` every sample is ``x_init``.
     """
-    from mrimsm.diffusion.sampler import msm_sample
+    from mrimsm.diffusion.sampler import msm_sample, sampling_timesteps
 
     settings.validate()
-    hook = measurement_consistency(H, y, float(settings.dc_step))
     b = y.shape[0]
     k = int(settings.samples)
+    schedule = schedule if schedule is not None else getattr(denoiser, "schedule", None)
+    if schedule is None:
+        raise ValueError("pass schedule= (the denoiser has none)")
+    start = None
+    if settings.init != "none":
+        if x_init is None:
+            raise MrimsmError(f"init {settings.init!r} needs an initial image (x_init)")
+        x_init = x_init.to(y.device)
+        if float(settings.t0) == 0.0:  # nothing to run: the initial image itself
+            samples = x_init.unsqueeze(0).expand(k, *x_init.shape).clone()
+            return _summarize(samples)
+        start = (op_full.with_mask(None).full_forward(x_init), round(float(settings.t0) * (schedule.num_steps - 1)))
+    chain = sampling_timesteps(schedule, int(settings.steps), None if start is None else start[1])
+    if settings.dc == "operator":
+        hook = operator_consistency(op_full, H, y, _dc_lambda(settings, schedule, chain), int(settings.dc_iters))
+    elif settings.dc == "tweedie":
+        hook = tweedie_consistency(H, y, schedule, chain, float(settings.dc_noise), int(settings.dc_iters))
+    else:
+        hook = measurement_consistency(H, y, float(settings.dc_step))
+    local = settings.dc == "measurement" and settings.placement == "local"
     images = msm_sample(
         denoiser,
         op_full,
@@ -218,12 +396,19 @@ def posterior_sample(
         w=int(settings.w),
         eta=float(settings.eta),
         generator=generator,
-        data_consistency=hook if settings.placement == "global" else None,
-        local_consistency=_local(hook) if settings.placement == "local" else None,
+        data_consistency=None if local else hook,
+        local_consistency=_local(hook) if local else None,
         progress=_step_progress(on_step),
         image_shape=image_shape,
+        schedule=schedule,
+        start=start,
     )
-    samples = images.reshape(k, b, *images.shape[1:])
+    return _summarize(images.reshape(k, b, *images.shape[1:]))
+
+
+def _summarize(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, std, samples)`` of ``(K, B, *image)`` samples (see :func:`posterior_sample`)."""
+    k = samples.shape[0]
     mean = samples.mean(0)
     # uncertainty of what is displayed: the magnitude for complex (MRI) images, the
     # value itself for real (natural) images, whose sign matters
@@ -252,8 +437,9 @@ def _batch_seed(seeds: Sequence[int]) -> int:
 def make_msm_method(options: Mapping[str, Any]):
     """Factory for ``mrimsm recon --method msm``.
 
-    Options read: ``checkpoint`` (default: the shipped model), ``settings`` (YAML),
-    ``steps``, ``w``, ``eta``, ``samples``, ``dc_step``, ``placement``, ``device``.
+    Options read: ``checkpoint`` (default: the shipped model), ``settings`` (YAML), every
+    :class:`PosteriorSettings` field (``steps``, ``w``, ``t0``, ``init``, ``dc``, ...), ``device``,
+    and ``sense_lambda`` / ``cs_lambda`` for the warm start's initial image.
     The randomness of a batch of slices is seeded from the slices' seeds, so a
     run is reproducible (for a given ``batch_slices``).
     """
@@ -261,8 +447,10 @@ def make_msm_method(options: Mapping[str, Any]):
 
     settings = load_posterior_settings(
         options.get("settings"),
-        **{k: options.get(k) for k in ("steps", "w", "eta", "samples", "dc_step", "placement", "batch_slices")},
+        **{f.name: options.get(f.name) for f in fields(PosteriorSettings)},
     )
+    if settings.init == "baseline":
+        raise MrimsmError("init 'baseline' is for restore; for MRI use sense, cs or zero-filled")
     device = torch.device(options.get("device") or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MrimsmError("--device cuda asked for, but no CUDA device is available")
@@ -303,18 +491,17 @@ def make_msm_method(options: Mapping[str, Any]):
         op_full = MultiCoilMRI(maps, None)
         H = Identity(mask)  # the test scan's own sampling, on the full k-space
         gen = torch.Generator().manual_seed(_batch_seed(batch.seeds))
+        x_init = initial_image(settings.init, y, mask, maps, options)
         mean, std, _ = posterior_sample(
             loaded.denoiser, op_full, H, y, SubmaskSampler(family, shape), settings,
-            generator=gen, on_step=batch.on_step,
+            generator=gen, on_step=batch.on_step, x_init=x_init,
         )
         return MethodOutput(
             images=mean.detach().cpu().to(torch.complex64),
             uncertainty=std.detach().cpu() if settings.samples > 1 else None,
             info={
-                "nfe_per_slice": settings.steps * settings.w * settings.samples,
-                "steps": settings.steps,
-                "w": settings.w,
-                "samples": settings.samples,
+                "nfe_per_slice": settings.nfe,
+                **{f.name: getattr(settings, f.name) for f in fields(PosteriorSettings)},
                 "checkpoint": str(loaded.path),
                 "model": shipped.describe(prior, loaded.path, loaded.step, model_shape),
             },
@@ -326,6 +513,32 @@ def make_msm_method(options: Mapping[str, Any]):
     method.settings = {**asdict(settings), **({"checkpoint": str(checkpoint)} if checkpoint else {
         f"shipped_checkpoint {p.file}": str(p.path) for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
     return method
+
+
+def initial_image(init: str, y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor,
+                  options: Mapping[str, Any]) -> Optional[torch.Tensor]:
+    """The warm start's initial image ``(S, H, W)`` complex64 from masked k-space ``y``
+    ``(S, C, H, W)``: ``sense`` (CG-SENSE), ``cs`` (L1-wavelet) or ``zero-filled``; ``None``
+    for ``none``. ``options`` may carry ``sense_lambda`` / ``cs_lambda`` and their iterations."""
+    from mrimsm.baselines import classical
+
+    if init == "none":
+        return None
+    if init == "zero-filled":
+        return classical.zero_filled(y, mask, maps)
+    if init == "sense":
+        lam = options.get("sense_lambda")
+        iters = options.get("sense_iters")
+        return classical.sense(y, mask, maps, classical.SENSE_LAMBDA if lam is None else float(lam),
+                               classical.SENSE_ITERS if iters is None else int(iters))
+    if init == "cs":
+        lam = options.get("cs_lambda")
+        iters = options.get("cs_iters")
+        out = classical.cs_l1_wavelet(y.cpu(), mask.cpu(), maps.cpu(),
+                                      classical.DEFAULT_LAMBDA if lam is None else float(lam),
+                                      classical.DEFAULT_ITERS if iters is None else int(iters))
+        return out.to(y.device)
+    raise MrimsmError(f"init {init!r} is not an MRI initial image (none, sense, cs, zero-filled)")
 
 
 def _register() -> None:

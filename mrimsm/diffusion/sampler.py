@@ -53,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -73,14 +74,24 @@ LocalDenoiser = Callable[[MaskedMeasurement, torch.Tensor, int], torch.Tensor]
 UPDATES = ("replace", "global")
 
 
-def sampling_timesteps(schedule: VPSchedule, steps: int) -> list[tuple[int, int, int]]:
+def sampling_timesteps(schedule: VPSchedule, steps: int, t_start: Optional[int] = None) -> list[tuple[int, int, int]]:
     """The reverse chain as ``(t_index, t, t_prev)`` triples, first to last.
 
     ``t_index`` counts down ``steps - 1 .. 0`` (the index hooks receive), ``t`` is
     the original step index fed to the network, ``t_prev`` the next (less noisy)
-    step, ``-1`` (clean) after the last.
+    step, ``-1`` (clean) after the last. The chain starts at ``T - 1`` (pure noise)
+    or, for a warm start, at ``t_start``: ``steps`` steps spread evenly over
+    ``0 .. t_start`` (fewer if they would repeat a step).
     """
-    ts = schedule.respaced(steps).tolist()
+    if t_start is None or int(t_start) >= schedule.num_steps - 1:
+        ts = schedule.respaced(steps).tolist()
+    else:
+        t_start = int(t_start)
+        if t_start < 0:
+            raise ValueError(f"t_start must be >= 0, got {t_start}")
+        n = max(1, min(int(steps), t_start + 1))
+        grid = torch.linspace(0, t_start, n, dtype=torch.float64) if n > 1 else torch.tensor([float(t_start)])
+        ts = torch.unique(torch.round(grid).to(torch.int64)).tolist()
     return [(k, ts[k], ts[k - 1] if k > 0 else -1) for k in range(len(ts) - 1, -1, -1)]
 
 
@@ -165,6 +176,7 @@ def msm_sample(
     update: str = "global",
     return_state: bool = False,
     device: Optional[torch.device | str] = None,
+    start: Optional[tuple[torch.Tensor, int]] = None,
 ):
     """Draw samples with Algorithm 1.
 
@@ -200,6 +212,11 @@ def msm_sample(
         return_state: also return ``z0_hat`` ``(N, *meas)``.
         device: where the state lives; default: the operator's tensors' device, else the
             denoiser's, else CPU.
+        start: warm start ``(z_init, t_start)``: instead of pure noise at ``T - 1`` the
+            chain starts at step ``t_start`` from ``sqrt(abar) z_init + sqrt(1 - abar) n``
+            (SDEdit / CCDF style), with ``z_init`` ``(B, *meas)`` or ``(K, B, *meas)`` the
+            full measurement of an initial image (``T x_init``), which is also the clean
+            estimate on entries no mask covers before the first aggregation.
 
     Returns:
         images ``(N, *image)`` (complex64 for MRI, T^H z0_hat), then the uncertainty map
@@ -253,21 +270,25 @@ def msm_sample(
     if isinstance(denoiser, nn.Module):
         denoiser.eval()
     try:
-        # start: z_T ~ N(0, I) per real component; no clean estimate yet
+        # start: z_T ~ N(0, I) per real component, no clean estimate yet; or a warm
+        # start: the initial measurement noised to the starting step
         z = noise(torch.zeros((k, b, *meas_shape), dtype=z_like.dtype, device=device))
         z0_hat = torch.zeros_like(z)
-        chain = sampling_timesteps(schedule, steps)
-        for t_index, t, t_prev in progress(chain) if progress is not None else chain:
-            co = ddim_coefficients(schedule, t, t_prev, float(eta))
-            z_t = z  # the state at level t
-            acc = torch.zeros_like(z)  # sum_i S_i s_hat_i
-            cov = None  # sum_i S_i (coverage, mask layout)
+        chain = sampling_timesteps(schedule, steps, None if start is None else int(start[1]))
+        if start is not None:
+            z0_hat = z0_hat + start[0].to(device=device, dtype=z.dtype)
+            ab = float(schedule.alpha_bar(chain[0][1]))
+            z = math.sqrt(ab) * z0_hat + math.sqrt(1 - ab) * z
+        def aggregate(z_t: torch.Tensor, t: int, t_index: int, co: dict):
+            """Steps 1-2 at level ``t``: ``(sum_i S_i s_hat_i, coverage, state)``; the state
+            is ``z_t`` except in ``replace`` mode (local DDIM steps written back on S_i)."""
+            z_cur, acc, cov = z_t, torch.zeros_like(z_t), None
             for _ in range(int(w)):
                 # step 1: draw a mask S_i from the training family (one per sample)
                 mask = draw_masks()
                 op_s = op_full.with_mask(mask)
                 # step 1: local measurement S_i z -> u = A_{S_i}^H (S_i z) -> x0_hat -> s_hat_i = S_i T x0_hat
-                y_t = op_s.apply_mask(z)
+                y_t = op_s.apply_mask(z_cur)
                 s_hat = op_s.apply_mask(local_denoise(op_s, y_t, t))
                 # step 1 [section 6]: optional local data consistency on s_hat_i
                 if local_consistency is not None:
@@ -280,16 +301,27 @@ def msm_sample(
                     eps = (y_t - co["sqrt_ab_t"] * s_hat) / co["sqrt_1m_ab_t"]
                     y_prev = co["sqrt_ab_prev"] * s_hat + co["c_eps"] * eps
                     if co["noise_std"] > 0:
-                        y_prev = y_prev + co["noise_std"] * op_s.apply_mask(noise(z))
-                    z = z - y_t + y_prev
-            # step 2: MMSE aggregation with weights 1 / max(coverage, 1) on covered
-            # entries; uncovered entries keep the previous z0_hat
-            covered = (cov > 0).expand_as(z)
-            z0_agg = torch.where(covered, acc * SubmaskSampler.weights(cov), z0_hat)
-            z0_hat = z0_agg
-            # step 2 [section 6]: optional data consistency on the aggregated estimate
-            if data_consistency is not None:
-                z0_hat = data_consistency(z0_hat, t_index)
+                        y_prev = y_prev + co["noise_std"] * op_s.apply_mask(noise(z_cur))
+                    z_cur = z_cur - y_t + y_prev
+            return acc, cov, z_cur
+
+        # a hook that takes the denoiser's Jacobian (``needs_graph``) gets the state at
+        # level t as a graph leaf and the aggregated estimate as a function of it
+        needs_graph = bool(getattr(data_consistency, "needs_graph", False))
+        for t_index, t, t_prev in progress(chain) if progress is not None else chain:
+            co = ddim_coefficients(schedule, t, t_prev, float(eta))
+            z_t = z.detach().requires_grad_() if needs_graph else z  # the state at level t
+            with torch.enable_grad() if needs_graph else contextlib.nullcontext():
+                acc, cov, z = aggregate(z_t, t, t_index, co)
+                # step 2: MMSE aggregation with weights 1 / max(coverage, 1) on covered
+                # entries; uncovered entries keep the previous z0_hat
+                covered = (cov > 0).expand_as(z)
+                z0_agg = torch.where(covered, acc * SubmaskSampler.weights(cov), z0_hat)
+                z0_hat = z0_agg
+                # step 2 [section 6]: optional data consistency on the aggregated estimate
+                if data_consistency is not None:
+                    z0_hat = data_consistency(z0_hat, t_index, z_t) if needs_graph else data_consistency(z0_hat, t_index)
+            z0_hat, z0_agg, z, z_t = z0_hat.detach(), z0_agg.detach(), z.detach(), z_t.detach()
             if update == "global":
                 # step 3: DDIM(eta) step of the whole state from z0_hat, t -> t_prev
                 eps = (z_t - co["sqrt_ab_t"] * z0_hat) / co["sqrt_1m_ab_t"]

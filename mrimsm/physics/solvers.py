@@ -33,7 +33,8 @@ def conjugate_gradient(
 
     Args:
         apply_a: ``x -> A x`` (same shape as ``x``), linear and Hermitian
-            positive definite per batch item, e.g. ``lambda x: op.normal(x) + mu * x``.
+            positive definite per batch item, e.g. ``lambda x: op.normal(x) + mu * x``
+            (an item that meets a direction of non-positive curvature stops there).
         b: right-hand side ``(B, ...)``, complex or real (``(B, H, W)`` complex64 here).
         x0: starting point (default zeros).
         max_iter: at most this many iterations (SSDU: 10).
@@ -63,7 +64,9 @@ def conjugate_gradient(
                 break
         ap = apply_a(p)
         p_ap = _dot(p, ap, dims)
-        alpha = rs / p_ap.clamp_min(tiny)
+        # an item whose operator shows no positive curvature along p (only possible when
+        # A is not positive definite, e.g. a network's Jacobian) stops where it is
+        alpha = torch.where(p_ap > tiny, rs / p_ap.clamp_min(tiny), torch.zeros_like(rs))
         if stop is not None:
             alpha = torch.where(active, alpha, torch.zeros_like(alpha))
         x = x + alpha * p

@@ -176,6 +176,25 @@ def _zero_filled_factory(options: Mapping[str, Any]) -> ReconMethod:
     return method
 
 
+def _sense_factory(options: Mapping[str, Any]) -> ReconMethod:
+    from mrimsm.baselines import classical
+
+    lamda = options.get("sense_lambda")
+    iters = options.get("sense_iters")
+    lamda = classical.SENSE_LAMBDA if lamda is None else float(lamda)
+    iters = classical.SENSE_ITERS if iters is None else int(iters)
+    if not (math.isfinite(lamda) and lamda >= 0):
+        raise MrimsmError(f"--sense-lambda must be a number >= 0, got {lamda}")
+    if iters < 1:
+        raise MrimsmError(f"--sense-iters must be >= 1, got {iters}")
+
+    def method(batch: SliceBatch) -> MethodOutput:
+        images = classical.sense(batch.kspace, batch.mask, batch.maps, lamda=lamda, max_iter=iters)
+        return MethodOutput(images, info={"iterations": iters, "lambda": lamda})
+
+    return method
+
+
 def _cs_factory(options: Mapping[str, Any]) -> ReconMethod:
     from mrimsm.baselines import classical
 
@@ -198,6 +217,13 @@ def _cs_factory(options: Mapping[str, Any]) -> ReconMethod:
 
 register_method(
     "zero-filled", _zero_filled_factory, batch_slices=64, description="A^H y with the ESPIRiT maps"
+)
+register_method(
+    "sense",
+    _sense_factory,
+    needs_normalization=True,
+    batch_slices=16,
+    description="CG-SENSE with Tikhonov regularization (parallel imaging, no prior)",
 )
 register_method(
     "cs",

@@ -31,7 +31,7 @@ def parse_accel(value: Any) -> float:
 #: Numeric options of ``mrimsm recon``: ``key -> (flag, type, low, high, low_open)``
 #: (``None`` = unbounded). The command takes them as text and calls
 #: :func:`parse_options`, so a bad value is a one-line error, never a usage block.
-#: Ranges that depend on a method (``eta``, ``dc_step``) are left to its factory.
+#: Ranges that depend on a method (``eta``, ``dc_step``, ``t0``, ``dc_lambda``) are left to its factory.
 NUMERIC_OPTIONS: dict[str, tuple] = {
     "seed": ("--seed", int, 0, None, False),
     "center_fraction": ("--center-fraction", float, 0.0, 1.0, True),
@@ -42,6 +42,12 @@ NUMERIC_OPTIONS: dict[str, tuple] = {
     "samples": ("--samples", int, 1, None, False),
     "eta": ("--eta", float, None, None, False),
     "dc_step": ("--dc-step", float, None, None, False),
+    "dc_lambda": ("--dc-lambda", float, None, None, False),
+    "dc_iters": ("--dc-iters", int, 1, None, False),
+    "dc_noise": ("--dc-noise", float, None, None, False),
+    "t0": ("--t0", float, None, None, False),
+    "sense_lambda": ("--sense-lambda", float, 0.0, None, False),
+    "sense_iters": ("--sense-iters", int, 1, None, False),
     "batch_slices": ("--batch-slices", int, 1, None, False),
 }
 

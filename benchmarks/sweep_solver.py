@@ -1,0 +1,131 @@
+"""Choose the posterior solver's defaults on VALIDATION slices (never the held-out test slices).
+
+Validation slices: MNI152 slices of the training ranges that the shipped priors never saw
+(the odd offsets: the training sets take every other slice from the start of each range,
+so these are 1 mm neighbours of training slices, not held-out anatomy). The held-out
+evaluation slices of ``recon.py`` / ``csmri.py`` are not touched here.
+
+Each ``--grid`` entry is ``key=v1,v2,...`` over :class:`mrimsm.diffusion.posterior.PosteriorSettings`
+fields (``dc``, ``dc_lambda``, ``dc_schedule``, ``t0``, ``init``, ``steps``, ``w``, ``samples``,
+``eta``, ...); the sweep runs their Cartesian product on top of ``--base`` (same syntax,
+one value each). ``--sense`` sweeps the SENSE baseline's Tikhonov weight and iterations
+instead; ``--baselines`` adds zero-filled, SENSE and CS-L1 rows for reference.
+
+    .venv/bin/python benchmarks/sweep_solver.py --accels 6 --base steps=50 samples=1 \\
+        --grid dc=operator,measurement dc_lambda=0,0.01 --out results/sweep
+    .venv/bin/python benchmarks/sweep_solver.py --sense --accels 4 6
+
+Writes ``<out>/sweep.md`` and ``sweep.csv`` (one row per setting and R; both PSNR
+conventions, SSIM, seconds and network evaluations per slice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+#: Validation slices per orientation: never trained on (odd offsets of the training ranges).
+VALIDATION = {"axial": [41, 111], "coronal": [71, 161], "sagittal": [45, 121]}
+
+
+def validation_selection(num_slices: int) -> list[tuple[str, list[int]]]:
+    """``num_slices`` validation slices dealt round-robin over the orientations."""
+    from mrimsm.data.simulate import mni_split_indices
+    from mrimsm.errors import MrimsmError
+
+    for o, idx in VALIDATION.items():  # guard: never a training or held-out slice
+        trained = set(mni_split_indices(o, "train", step=2)) | set(mni_split_indices(o, "heldout", step=1))
+        if trained & set(idx):
+            raise MrimsmError(f"validation slices {sorted(trained & set(idx))} ({o}) are used elsewhere")
+    most = sum(len(v) for v in VALIDATION.values())
+    if not 1 <= num_slices <= most:
+        raise MrimsmError(f"--slices must be in 1..{most}, got {num_slices}")
+    order = [(o, i) for j in range(2) for o, idx in VALIDATION.items() for i in idx[j : j + 1]][:num_slices]
+    return [(o, [i for oo, i in order if oo == o]) for o in VALIDATION if any(oo == o for oo, _ in order)]
+
+
+def parse_values(text: str):
+    out = []
+    for v in text.split(","):
+        try:
+            out.append(int(v))
+        except ValueError:
+            try:
+                out.append(float(v))
+            except ValueError:
+                out.append(v)
+    return out
+
+
+def parse_grid(items) -> list[dict]:
+    """``["a=1,2", "b=x"]`` -> ``[{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]``."""
+    keys, values = [], []
+    for item in items or []:
+        key, _, vals = item.partition("=")
+        keys.append(key.strip())
+        values.append(parse_values(vals))
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)] if keys else [{}]
+
+
+def label_of(opts: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in opts.items()) or "default"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_arguments(ap)
+    ap.add_argument("--base", nargs="*", default=[], help="fixed settings key=value")
+    ap.add_argument("--grid", nargs="*", default=[], help="swept settings key=v1,v2,...")
+    ap.add_argument("--sense", action="store_true", help="sweep SENSE's sense_lambda / sense_iters instead")
+    ap.add_argument("--baselines", action="store_true", help="add zero-filled, SENSE and CS-L1 rows")
+    ap.set_defaults(out=C.RESULTS_DIR / "sweep")
+    args = ap.parse_args()
+    C.setup_torch(args)
+
+    def body() -> int:
+        from mrimsm.data.simulate import simulate_volume_file
+
+        t0 = time.perf_counter()
+        base = parse_grid(args.base)[0]
+        if args.sense:
+            grid = parse_grid(args.grid or ["sense_lambda=0,0.001,0.003,0.01,0.03,0.1", "sense_iters=5,10,20,50"])
+            runs = [C.Run(label_of(g), "sense", {**base, **g}) for g in grid]
+        else:
+            runs = [C.Run(label_of(g), "msm", {**base, **g}) for g in parse_grid(args.grid)]
+        if args.baselines:
+            runs = [C.Run(n, m, {}) for n, m in (("zero-filled", "zero-filled"), ("SENSE", "sense"), ("CS-L1", "cs"))] + runs
+        common = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device, "seed": args.seed}
+        built = C.build_methods(runs, common)
+        progress = C.tqdm_progress(args.quiet)
+        with tempfile.TemporaryDirectory(prefix="mrimsm-sweep-") as work:
+            sel = validation_selection(args.slices)
+            files = [simulate_volume_file(Path(work) / f"val_{o}.h5", o, idx, args.size, args.coils, args.noise, True,
+                                          seed=100 + k) for k, (o, idx) in enumerate(sel)]
+            vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
+            records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda run, k: False)
+        rows = C.summarize(records, runs)
+        lines = C.header_lines("Posterior solver sweep on validation slices", sys.argv, args.device)
+        lines += [f"Validation slices (trained on by no shipped model, not the held-out test set): "
+                  f"{'; '.join(f'{o} {i}' for o, i in sel)}, {args.size} x {args.size}, {args.coils} coils, "
+                  f"noise {args.noise:g}. Base: {label_of(base)}.", "", C.conventions_note("one per orientation"), ""]
+        for accel in dict.fromkeys(r["accel"] for r in rows):
+            here = sorted((r for r in rows if r["accel"] == accel), key=lambda r: -r["psnr_paper_mean"])
+            lines += [f"## R = {accel:g}", "", C.md_table(["setting", *C.METRIC_HEADER, "s/slice", "NFE/slice"],
+                      [[r["label"], *C.metric_cells(r), *C.cost_cells(r)] for r in here]), ""]
+        lines += [f"Total wall time {(time.perf_counter() - t0) / 60:.1f} min.", ""]
+        C.write_results(args.out, "sweep", "\n".join(lines), rows, C.slice_rows(records))
+        return 0
+
+    C.run_main(body)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
