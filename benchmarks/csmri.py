@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: zero-filled, CS-L1 (sigpy), SSDU and MSM on the same held-out
+"""Issue 7 benchmark: zero-filled, SENSE, CS-L1 (sigpy), SSDU and MSM on the same held-out
 slices with the same masks, coil maps and seeds, at R = 4 and R = 6.
 
     .venv/bin/python benchmarks/csmri.py                                   # defaults (< 30 min on 2 CPU cores)
@@ -38,7 +38,7 @@ PAPER_PSNR = {
     6.0: {"SSDU": 28.02, "MSM": 28.86},
 }
 
-LABELS = {"zero-filled": "zero-filled", "cs": "CS-L1", "ssdu": "SSDU", "msm": "MSM"}
+LABELS = {"zero-filled": "zero-filled", "sense": "SENSE", "cs": "CS-L1", "ssdu": "SSDU", "msm": "MSM"}
 
 
 def plan_runs(args) -> list:
@@ -66,7 +66,7 @@ def margin_line(rows: list, accel: float) -> str:
 
 def render(args, rows: list, runs: list, data_text: str, model_lines: list, figure: Path | None,
            seconds: float) -> str:
-    lines = C.header_lines("CS-MRI benchmark: zero-filled, CS-L1, SSDU, MSM (issue 7)", sys.argv, args.device)
+    lines = C.header_lines("CS-MRI benchmark: zero-filled, SENSE, CS-L1, SSDU, MSM", sys.argv, args.device)
     lines += [f"Data: {data_text}", ""] + [m + "." for m in model_lines] + ["", C.conventions_note(
         "here a volume is one orientation's slices" if args.data is None else "one per source volume"), ""]
     labels = [r.label for r in runs]

@@ -26,8 +26,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 DEFAULT_DATA = C.REPO / "data" / "images"
-#: (label, steps, w, samples)
-DEFAULT_SETTINGS = (("msm 200 steps", 200, 3, 1), ("msm 100 steps, mean of 4", 100, 3, 4))
+#: (label, posterior settings): the paper's setting from noise, and the default (warm start
+#: from the baseline image, mean of 4 samples; mrimsm.restore.image_settings)
+DEFAULT_SETTINGS = (
+    ("msm from noise, 200 steps, 1 sample", dict(steps=200, w=3, samples=1, t0=1.0, init="none")),
+    ("msm default", {}),
+)
+
+
+def parse_setting(text: str) -> tuple[str, dict]:
+    """``"steps=50 t0=0.3 init=baseline"`` -> (label, settings dict)."""
+    out = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        for kind in (int, float, str):
+            try:
+                out[key] = kind(value)
+                break
+            except ValueError:
+                continue
+    return text, out
 
 
 def _heldout(args) -> Path:
@@ -51,7 +69,8 @@ def main() -> int:
     ap.add_argument("--tasks", nargs="+", default=["inpaint-box", "sr4"], choices=["inpaint-box", "sr4"])
     ap.add_argument("--limit", type=int, default=None, help="at most this many images")
     ap.add_argument("--noise", type=float, default=0.01, help="observation noise std (images in [-1, 1])")
-    ap.add_argument("--steps", type=int, nargs="+", default=None, help="one setting per value (w 3, 1 sample)")
+    ap.add_argument("--setting", action="append", default=None, metavar='"KEY=V KEY=V"',
+                    help="a solver setting over the defaults (repeatable), e.g. --setting \"steps=50 t0=0.3\"")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
     ap.add_argument("--threads", type=int, default=1)
@@ -68,13 +87,14 @@ def main() -> int:
         folder = _heldout(args)
         ckpt = args.checkpoint or default_image_checkpoint()
         loaded = load_msm(ckpt)
-        settings = DEFAULT_SETTINGS if args.steps is None else tuple((f"msm {s} steps", s, 3, 1) for s in args.steps)
+        settings = DEFAULT_SETTINGS if args.setting is None else tuple(parse_setting(t) for t in args.setting)
         rows, t_start = [], time.perf_counter()
         for task in args.tasks:
             base = baseline_name(task)
-            for label, steps, w, samples in settings:
-                res = evaluate_folder(loaded, folder, task, image_settings(steps=steps, w=w, samples=samples),
-                                      noise=args.noise, seed=args.seed, limit=args.limit)
+            for label, overrides in settings:
+                chosen = image_settings(**overrides)
+                steps, w, samples = chosen.steps, chosen.w, chosen.samples
+                res = evaluate_folder(loaded, folder, task, chosen, noise=args.noise, seed=args.seed, limit=args.limit)
                 n = len(res["names"])
                 m, b = res["mean"]["msm"], res["mean"][base]
                 row = {
@@ -83,7 +103,7 @@ def main() -> int:
                     "baseline": base, "baseline_psnr": round(b["psnr"], 3), "baseline_ssim": round(b["ssim"], 4),
                     "msm_minus_baseline_db": round(m["psnr"] - b["psnr"], 3),
                     "seconds_per_image": round(res["seconds"] / max(n, 1), 3),
-                    "nfe_per_image": steps * w * samples,
+                    "nfe_per_image": chosen.nfe, "t0": chosen.t0, "init": chosen.init,
                 }
                 rows.append(row)
                 if not args.quiet:

@@ -36,6 +36,12 @@ def register(app: typer.Typer) -> None:
         steps: Optional[int] = typer.Option(None, "--steps", help="Reverse diffusion steps (default 200)."),
         w: Optional[int] = typer.Option(None, "--w", help="Random masks per step (default 3)."),
         eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta in [0, 1] (default 1)."),
+        t0: Optional[float] = typer.Option(
+            None, "--t0", help="Warm start: begin the chain at t0 * T from --init (1 = from noise)."
+        ),
+        init: Optional[str] = typer.Option(
+            None, "--init", help="Initial image of the warm start: baseline (bicubic / mean fill) or none."
+        ),
         noise: float = typer.Option(0.01, "--noise", help="--simulate: observation noise std (images in [-1, 1])."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cpu)."),
@@ -60,7 +66,7 @@ def register(app: typer.Typer) -> None:
 
         from mrimsm.restore import format_report, image_settings, restore_file
 
-        settings = image_settings(steps=steps, w=w, eta=eta, samples=samples)
+        settings = image_settings(steps=steps, w=w, eta=eta, samples=samples, t0=t0, init=init)
         bar = None
         if not quiet:
             from tqdm import tqdm

@@ -242,17 +242,20 @@ def restore_observation(
     y = y.to(device=device, dtype=torch.float32)
     H = task_operator(task, hw, device)
     sampler = SubmaskSampler(training_mask_family(loaded.meta), hw)
+    lo, hi = value_range
+    base = baseline(y.cpu(), task, hw).clamp(lo, hi)
+    if settings.init not in ("none", "baseline"):
+        raise MrimsmError(f"restore starts from noise (init none) or from the {baseline_name(task)} image "
+                          f"(init baseline), not {settings.init!r}")
     t0 = time.perf_counter()
     _, std, samples = posterior_sample(
         loaded.denoiser, Identity(), H, y[None], sampler, settings, generator=int(seed),
-        image_shape=(channels, *hw), on_step=on_step,
+        image_shape=(channels, *hw), on_step=on_step, x_init=base[None].to(device),
     )
     seconds = time.perf_counter() - t0
     samples = samples[:, 0].float().cpu()  # (S, K, H, W)
-    lo, hi = value_range
     image = samples.mean(0).clamp(lo, hi)
     std = std[0].float().cpu() if samples.shape[0] > 1 else None  # std of the value (real images)
-    base = baseline(y.cpu(), task, hw).clamp(lo, hi)
     return Restoration(image=image, std=std, samples=samples, observation=y.cpu(), baseline=base, seconds=seconds)
 
 
