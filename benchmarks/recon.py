@@ -36,11 +36,12 @@ TARGET_OVER_SENSE = 1.0
 TARGET_OVER_ZF = 4.0
 
 
-#: Data-consistency variants beside the default (label, options).
+#: Data-consistency variants beside the default (label, options). ``dc: tweedie`` is left out:
+#: exact for Gaussian priors (tests/test_posterior.py) but with the shipped network's Jacobian
+#: it diverged on the validation slices (9.5-13 dB at R = 6, 4x the time; benchmarks/README.md).
 DC_ABLATIONS = (
     ("replace (dc_step 1, after aggregation)", {"dc": "measurement", "dc_step": 1.0, "placement": "global"}),
     ("published (dc_step 2, each local estimate)", {"dc": "measurement", "dc_step": 2.0, "placement": "local"}),
-    ("tweedie (3 CG steps)", {"dc": "tweedie", "dc_iters": 3}),
 )
 
 

@@ -87,7 +87,7 @@ def image_settings(**overrides):
     are ignored."""
     from mrimsm.diffusion.posterior import PosteriorSettings
 
-    values = dict(steps=200, w=3, eta=1.0, samples=1, dc_step=1.0, placement="global")
+    values = dict(steps=200, w=3, eta=1.0, samples=1, dc="operator", dc_lambda=0.0, t0=1.0, init="none")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PosteriorSettings(**values).validate()
 

@@ -18,6 +18,10 @@ from mrimsm.physics import Downsample, Identity, MultiCoilMRI
 from mrimsm.physics.masks import PaperCartesian, RandomCartesian, SubmaskSampler, column_mask_tensor
 
 
+#: the paper's chain: from pure noise, no initial image
+COLD = dict(t0=1.0, init="none")
+
+
 def _tiny_denoiser(seed: int = 0):
     from mrimsm.diffusion.denoiser import MSMDenoiser
     from mrimsm.diffusion.schedule import VPSchedule
@@ -55,13 +59,13 @@ def test_data_consistency_lowers_residual_and_is_finite():
     den = _tiny_denoiser()
     op, x, y, mask = _problem()
     sampler = SubmaskSampler(PaperCartesian(4, 4), (16, 16))
-    s = PosteriorSettings(steps=10, w=2, eta=0.85, samples=2, dc_step=1.0)
+    s = PosteriorSettings(steps=10, w=2, eta=0.85, samples=2, dc_step=1.0, **COLD)
     mean, std, samples = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=3)
     assert mean.shape == (2, 16, 16) and mean.dtype == torch.complex64
     assert std.shape == (2, 16, 16) and samples.shape == (2, 2, 16, 16)
     assert torch.isfinite(torch.view_as_real(mean)).all() and torch.isfinite(std).all()
     assert std.max() > 0  # two samples differ (eta > 0)
-    prior_only = PosteriorSettings(steps=10, w=2, eta=0.85, samples=2, dc="measurement", dc_step=0.0)
+    prior_only = PosteriorSettings(steps=10, w=2, eta=0.85, samples=2, dc="measurement", dc_step=0.0, **COLD)
     mean0, _, _ = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, prior_only, generator=3)
     r_dc, r_prior = _residual(op, mean, y), _residual(op, mean0, y)
     assert r_dc < 0.5 * r_prior, (r_dc, r_prior)
@@ -72,7 +76,7 @@ def test_same_seed_same_samples(placement):
     den = _tiny_denoiser()
     op, x, y, mask = _problem(1)
     sampler = SubmaskSampler(PaperCartesian(4, 4), (16, 16))
-    s = PosteriorSettings(steps=5, w=1, eta=1.0, samples=1, placement=placement,
+    s = PosteriorSettings(steps=5, w=1, eta=1.0, samples=1, placement=placement, **COLD,
                          dc="measurement" if placement == "local" else "operator")
     a, _, _ = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=7)
     b, _, _ = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=7)
@@ -95,7 +99,16 @@ def test_consistency_hook_projects_masks_and_downsampling():
 
 
 def test_settings_validation_and_yaml(tmp_path):
-    assert load_posterior_settings(None).steps == 200
+    import dataclasses
+
+    import yaml
+
+    from mrimsm.diffusion.posterior import DEFAULT_SETTINGS_FILE
+
+    # the shipped settings file and the code's defaults agree (an installed package may lack the file)
+    shipped = yaml.safe_load(DEFAULT_SETTINGS_FILE.read_text())["posterior"]
+    assert dataclasses.asdict(load_posterior_settings(None)) == dataclasses.asdict(PosteriorSettings(**shipped))
+    assert {k: getattr(PosteriorSettings(), k) for k in shipped} == shipped
     p = tmp_path / "s.yaml"
     p.write_text("posterior:\n  steps: 50\n  w: 1\n")
     s = load_posterior_settings(p, w=2)
@@ -121,7 +134,7 @@ def test_uncertainty_is_the_std_of_the_value_for_real_images():
     zero_prior.schedule = VPSchedule()
     box = BoxMask((8, 8), (4, 4))
     y = box(torch.zeros(1, 1, 8, 8))
-    settings = PosteriorSettings(steps=2, w=1, eta=1.0, samples=6)
+    settings = PosteriorSettings(steps=2, w=1, eta=1.0, samples=6, **COLD)
     _, std, samples = posterior_sample(zero_prior, Identity(), box, y, SubmaskSampler(BernoulliPixel(0.4), (8, 8)),
                                        settings, generator=0, image_shape=(1, 8, 8))
     expected = samples.std(0, correction=0)
@@ -206,7 +219,7 @@ def test_warm_start_same_seed_same_result_and_stays_near_its_start(dc):
     assert torch.isfinite(torch.view_as_real(a)).all()
     # a start at t0 = 0.01 (sigma_t ~ 0.05) stays near its initial image, a cold chain does not
     near = PosteriorSettings(steps=4, w=2, samples=2, t0=0.01, init="sense", dc=dc, dc_lambda=0.01, dc_iters=3)
-    cold = PosteriorSettings(steps=4, w=2, samples=2, dc=dc, dc_lambda=0.01, dc_iters=3)
+    cold = PosteriorSettings(steps=4, w=2, samples=2, dc=dc, dc_lambda=0.01, dc_iters=3, **COLD)
     close = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, near, generator=7, x_init=x)[2]
     far = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, cold, generator=7)[2]
     assert (close - x).norm() < 0.5 * (far - x).norm(), (float((close - x).norm()), float((far - x).norm()))
@@ -215,7 +228,7 @@ def test_warm_start_same_seed_same_result_and_stays_near_its_start(dc):
 @pytest.mark.parametrize("bad, word", [
     (dict(t0=1.5), "t0"), (dict(t0=-0.1), "t0"), (dict(t0=float("nan")), "t0"),
     (dict(dc_lambda=-1.0), "dc_lambda"), (dict(dc="gradient"), "dc"), (dict(init="bicubic"), "init"),
-    (dict(t0=0.5), "initial image"), (dict(dc_noise=-0.1), "dc_noise"), (dict(dc_iters=0), "dc_iters"),
+    (dict(t0=0.5, init="none"), "initial image"), (dict(dc_noise=-0.1), "dc_noise"), (dict(dc_iters=0), "dc_iters"),
     (dict(dc="operator", placement="local"), "placement"),
 ])
 def test_bad_solver_settings_are_one_line_errors(bad, word):
@@ -284,7 +297,7 @@ def _posterior_mean_z_scores(settings: PosteriorSettings, n: int) -> np.ndarray:
 
 def test_tweedie_consistency_samples_the_true_gaussian_posterior_mean_and_the_published_rule_does_not():
     n = 1000
-    common = dict(steps=40, w=3, eta=1.0, samples=n)
+    common = dict(steps=40, w=3, eta=1.0, samples=n, **COLD)
     z_tweedie = _posterior_mean_z_scores(PosteriorSettings(dc="tweedie", dc_noise=0.0, dc_iters=16, **common), n)
     # within sampling error of Sigma_UM Sigma_MM^-1 y (7 unobserved pixels)
     assert np.sqrt(np.mean(z_tweedie**2)) < 2.0 and np.abs(z_tweedie).max() < 4.0, z_tweedie
