@@ -406,7 +406,8 @@ def test_output_without_a_record_is_not_replaced_unasked(tmp_path, capsys):
 def test_msm_record_takes_every_solver_setting_and_the_checkpoint_hash():
     from dataclasses import fields
 
-    from mrimsm.diffusion.posterior import PosteriorSettings, make_msm_method
+    from mrimsm.diffusion.posterior import PosteriorSettings
+    from mrimsm.recon.msm import make_msm_method
     from mrimsm.recon import ReconOptions
     from mrimsm.recon.outputs import file_sha256, output_record
 

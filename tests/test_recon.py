@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -77,16 +81,28 @@ def test_parse_accel_bad(bad):
         recon.parse_accel(bad)
 
 
-def test_registry(monkeypatch):
-    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
-    assert {"zero-filled", "cs"} <= set(recon.available_methods())
-    assert recon.default_method() == ("msm" if "msm" in recon.available_methods() else "cs")
-    spec = recon.register_method("probe-lazy", "mrimsm.recon.methods:_zero_filled_factory", description="lazy")
-    assert callable(spec.build({}))
-    with pytest.raises(ValueError, match="already registered"):
-        recon.register_method("probe-lazy", lambda o: None)
+def test_method_table():
+    assert set(recon.available_methods()) == {"zero-filled", "sense", "cs", "ssdu", "msm"}
+    assert recon.default_method() == "msm"
+    for name, spec in recon.METHODS.items():  # every factory string names a real function
+        module, _, attr = spec.factory.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name
+    assert callable(recon.get_method("zero-filled").build({}))
     with pytest.raises(MrimsmError, match="unknown method 'nope'.*zero-filled"):
         recon.get_method("nope")
+
+
+def test_a_broken_method_is_a_clear_error():
+    for factory in ("mrimsm.recon.no_such_module:make", "mrimsm.recon.classical:no_such_factory"):
+        with pytest.raises(MrimsmError, match="method 'probe' is broken"):
+            recon.MethodSpec("probe", factory).build({})
+
+
+def test_importing_the_pipeline_loads_no_method():
+    """The table is static: importing ``mrimsm.recon`` imports no method module."""
+    code = "import sys, mrimsm.recon; print(sorted(m for m in sys.modules if m.startswith(('mrimsm.diffusion', 'mrimsm.baselines.ssdu', 'mrimsm.recon.msm'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # -- the pipeline ----------------------------------------------------------------
@@ -128,7 +144,6 @@ def test_too_much_acceleration_is_refused(tmp_path):
 
 
 def test_normalization_contract(tmp_path, monkeypatch):
-    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     seen = []
 
     def factory(options):
@@ -139,7 +154,8 @@ def test_normalization_contract(tmp_path, monkeypatch):
 
         return method
 
-    recon.register_method("probe-norm", factory, needs_normalization=True, batch_slices=1)
+    spec = recon.MethodSpec("probe-norm", factory, needs_normalization=True, batch_slices=1)
+    monkeypatch.setitem(recon.METHODS, "probe-norm", spec)
     src = _rescaled(_sim_file(tmp_path / "a.h5", size=64, slices=2), 1e-3)
     vol = recon.prepare_volume(src, 4, maps_fn=_true_maps)
     res = recon.run_method(vol, "probe-norm")
@@ -273,7 +289,6 @@ def test_cli_missing_and_nan_files(tmp_path, capsys, monkeypatch):
 
 
 def test_progress_over_slices_and_method_steps(tmp_path, monkeypatch):
-    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     events = []
 
     class Bar:
@@ -298,7 +313,7 @@ def test_progress_over_slices_and_method_steps(tmp_path, monkeypatch):
 
         return method
 
-    recon.register_method("probe-steps", factory, batch_slices=1)
+    monkeypatch.setitem(recon.METHODS, "probe-steps", recon.MethodSpec("probe-steps", factory, batch_slices=1))
     vol = recon.prepare_volume(_sim_file(tmp_path / "a.h5", slices=2), 4, maps_fn=_true_maps)
     recon.run_method(vol, "probe-steps", progress=Bar)
     steps = [e for e in events if e[1] == "probe-steps steps"]

@@ -54,14 +54,13 @@ def probe(monkeypatch):
     """A registered method ``probe`` (zero-filled) that records the options it was built with."""
     from mrimsm.baselines.classical import zero_filled
 
-    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     seen: list = []
 
     def factory(options):
         seen.append(dict(options))
         return lambda batch: recon.MethodOutput(zero_filled(batch.kspace, batch.mask, batch.maps))
 
-    recon.register_method("probe", factory)
+    monkeypatch.setitem(recon.METHODS, "probe", recon.MethodSpec("probe", factory))
     return seen
 
 
@@ -162,7 +161,6 @@ def test_resolve_device():
 
 
 def test_batch_slices_option_sets_the_method_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(recon.methods, "_REGISTRY", dict(recon.methods._REGISTRY))
     sizes = []
 
     def factory(options):
@@ -172,7 +170,7 @@ def test_batch_slices_option_sets_the_method_batches(tmp_path, monkeypatch):
 
         return method
 
-    recon.register_method("sizes", factory, batch_slices=8)
+    monkeypatch.setitem(recon.METHODS, "sizes", recon.MethodSpec("sizes", factory, batch_slices=8))
     path = write_fake_fastmri(tmp_path / "a.h5", "full", num_slices=3, size=32, num_coils=2)
     vol = recon.prepare_volume(path, 4, maps_fn=_true_maps)
     recon.run_method(vol, "sizes")

@@ -28,8 +28,7 @@ Entry points:
 * ``mrimsm train --method ssdu configs/ssdu_tiny.yaml`` -- :class:`SSDUMethod`
   plugs into the shared loop of :mod:`mrimsm.train` (checkpoints, resume,
   progress, torchrun);
-* ``mrimsm recon --method ssdu`` -- :func:`make_recon_method`, registered with
-  :mod:`mrimsm.recon` when this module is imported;
+* ``mrimsm recon --method ssdu`` -- :func:`mrimsm.recon.ssdu.make_ssdu_method`;
 * in Python: :func:`load_ssdu` then ``loaded.reconstruct(y, maps, mask)``.
 """
 
@@ -65,7 +64,6 @@ __all__ = [
     "LoadedSSDU",
     "load_ssdu",
     "DEFAULT_CHECKPOINT",
-    "make_recon_method",
 ]
 
 
@@ -442,63 +440,5 @@ def load_ssdu(path: Any, device: str | torch.device = "cpu", use_ema: bool = Tru
     return LoadedSSDU(model, cfg.to_dict(), dict(ckpt.get("meta") or {}), int(ckpt["step"]), str(p))
 
 
-# -- `mrimsm recon --method ssdu` --------------------------------------------------------
-
 #: The small SSDU checkpoint shipped with the package (trained with configs/ssdu_tiny.yaml).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_ssdu.pt"
-
-
-def _checkpoint_option(options: Mapping[str, Any]) -> Path:
-    path = options.get("ssdu_checkpoint") or (options.get("checkpoints") or {}).get("ssdu")
-    if path:
-        return Path(path)
-    if DEFAULT_CHECKPOINT.is_file():
-        return DEFAULT_CHECKPOINT
-    raise MrimsmError(
-        "no SSDU checkpoint: pass --ssdu-checkpoint, or train one with "
-        "`mrimsm train --method ssdu configs/ssdu_tiny.yaml`"
-    )
-
-
-def make_recon_method(options: Mapping[str, Any]):
-    """The recon pipeline's factory: ``options["ssdu_checkpoint"]`` (or
-    ``options["checkpoints"]["ssdu"]``, else :data:`DEFAULT_CHECKPOINT`) and
-    ``options["device"]``. The method reconstructs each batch with every acquired
-    line (``Theta`` = the acquisition mask); the network is fully convolutional,
-    so any image size works. Reports ``nfe_per_slice`` (regulariser calls) and
-    ``cg_iters_per_slice``.
-    """
-    from mrimsm.recon import MethodOutput
-
-    device = torch.device(options.get("device") or "cpu")
-    loaded = load_ssdu(_checkpoint_option(options), device=device)
-    net = loaded.model
-    info = {
-        "nfe_per_slice": net.num_unrolls,
-        "cg_iters_per_slice": net.num_unrolls * net.dc.cg_iters,
-        "checkpoint": loaded.path,
-        "checkpoint_step": loaded.step,
-    }
-
-    def method(batch) -> "MethodOutput":
-        x = loaded.reconstruct(batch.kspace.to(device), batch.maps.to(device), batch.mask.to(device))
-        return MethodOutput(x.cpu(), info=dict(info))
-
-    method.settings = {"ssdu_checkpoint": str(loaded.path)}  # recorded in each output (with its hash)
-    return method
-
-
-def _register_recon() -> None:
-    from mrimsm import recon
-
-    recon.register_method(
-        "ssdu",
-        make_recon_method,
-        needs_normalization=True,
-        batch_slices=8,
-        description="SSDU unrolled network (self-supervised baseline), all acquired lines",
-        replace=True,  # harmless if this module is imported twice (reload)
-    )
-
-
-_register_recon()

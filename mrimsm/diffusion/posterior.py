@@ -27,17 +27,16 @@ the operators carry the difference.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler
-from mrimsm.physics.operators import Identity, LinearOperator, MaskedMeasurement, MultiCoilMRI
+from mrimsm.physics.operators import LinearOperator, MaskedMeasurement
 from mrimsm.physics.solvers import conjugate_gradient
 
 __all__ = [
@@ -46,10 +45,8 @@ __all__ = [
     "measurement_consistency",
     "posterior_sample",
     "default_checkpoint",
-    "make_msm_method",
     "operator_consistency",
     "tweedie_consistency",
-    "initial_image",
 ]
 
 PLACEMENTS = ("global", "local")
@@ -429,131 +426,3 @@ def default_checkpoint() -> Path:
             f"the default MSM model is missing ({DEFAULT_CHECKPOINT}); pass --checkpoint or reinstall mrimsm"
         )
     return DEFAULT_CHECKPOINT
-
-
-def _batch_seed(seeds: Sequence[int]) -> int:
-    text = ",".join(str(int(s)) for s in seeds).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
-
-
-def make_msm_method(options: Mapping[str, Any]):
-    """Factory for ``mrimsm recon --method msm``.
-
-    Options read: ``checkpoint`` (default: the shipped model), ``settings`` (YAML), every
-    :class:`PosteriorSettings` field (``steps``, ``w``, ``t0``, ``init``, ``dc``, ...), ``device``,
-    and ``sense_lambda`` / ``cs_lambda`` for the warm start's initial image.
-    The randomness of a batch of slices is seeded from the slices' seeds, so a
-    run is reproducible (for a given ``batch_slices``).
-    """
-    from mrimsm.diffusion.method import load_msm, training_mask_family
-
-    settings = load_posterior_settings(
-        options.get("settings"),
-        **{f.name: options.get(f.name) for f in fields(PosteriorSettings)},
-    )
-    if settings.init == "baseline":
-        raise MrimsmError("init 'baseline' is for restore; for MRI use sense, cs or zero-filled")
-    device = torch.device(options.get("device") or "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MrimsmError("--device cuda asked for, but no CUDA device is available")
-    from mrimsm.diffusion import shipped
-
-    models: dict = {}  # path -> (loaded, family, shipped prior or None)
-
-    def model_for(path, prior):
-        if path not in models:
-            loaded = load_msm(path, device=device)
-            meta = loaded.meta
-            if meta.get("operator") != "MultiCoilMRI":
-                raise MrimsmError(f"{loaded.path} was trained on {meta.get('operator')} data, not multi-coil MRI")
-            num_steps = int(meta.get("schedule", {}).get("num_steps", 1000))
-            if settings.steps > num_steps:
-                raise MrimsmError(f"--steps must be <= {num_steps} (the model's schedule), got {settings.steps}")
-            models[path] = (loaded, training_mask_family(meta), prior)
-        return models[path]
-
-    checkpoint = options.get("checkpoint")
-    if checkpoint:  # load now: a bad --checkpoint fails before any work
-        model_for(checkpoint, None)
-
-    def method(batch):
-        from mrimsm.recon import MethodOutput
-
-        shape = tuple(batch.kspace.shape[-2:])
-        if checkpoint:
-            loaded, family, prior = model_for(checkpoint, None)
-        else:  # the shipped prior for this scan size (mrimsm/diffusion/shipped.py)
-            choice = shipped.choose_shipped_prior(shape)
-            loaded, family, prior = model_for(choice.path, choice)
-        model_shape = tuple(int(s) for s in loaded.meta["image_shape"])
-        shipped.check_scan_size(loaded.config, model_shape, shape, loaded.path)
-        maps = batch.maps.to(device)
-        mask = batch.mask.to(device)
-        y = batch.kspace.to(device) * mask
-        op_full = MultiCoilMRI(maps, None)
-        H = Identity(mask)  # the test scan's own sampling, on the full k-space
-        gen = torch.Generator().manual_seed(_batch_seed(batch.seeds))
-        x_init = initial_image(settings.init, y, mask, maps, options)
-        mean, std, _ = posterior_sample(
-            loaded.denoiser, op_full, H, y, SubmaskSampler(family, shape), settings,
-            generator=gen, on_step=batch.on_step, x_init=x_init,
-        )
-        return MethodOutput(
-            images=mean.detach().cpu().to(torch.complex64),
-            uncertainty=std.detach().cpu() if settings.samples > 1 else None,
-            info={
-                "nfe_per_slice": settings.nfe,
-                **{f.name: getattr(settings, f.name) for f in fields(PosteriorSettings)},
-                "checkpoint": str(loaded.path),
-                "model": shipped.describe(prior, loaded.path, loaded.step, model_shape),
-            },
-        )
-
-    method.batch_slices = int(settings.batch_slices)  # the pipeline batches slices by this
-    # recorded in each output (checkpoints by hash): the solver settings whole, and the model
-    # given, or every shipped one installed (which one a scan gets depends on its size)
-    method.settings = {**asdict(settings), **({"checkpoint": str(checkpoint)} if checkpoint else {
-        f"shipped_checkpoint {p.file}": str(p.path) for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
-    return method
-
-
-def initial_image(init: str, y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor,
-                  options: Mapping[str, Any]) -> Optional[torch.Tensor]:
-    """The warm start's initial image ``(S, H, W)`` complex64 from masked k-space ``y``
-    ``(S, C, H, W)``: ``sense`` (CG-SENSE), ``cs`` (L1-wavelet) or ``zero-filled``; ``None``
-    for ``none``. ``options`` may carry ``sense_lambda`` / ``cs_lambda`` and their iterations."""
-    from mrimsm.baselines import classical
-
-    if init == "none":
-        return None
-    if init == "zero-filled":
-        return classical.zero_filled(y, mask, maps)
-    if init == "sense":
-        lam = options.get("sense_lambda")
-        iters = options.get("sense_iters")
-        return classical.sense(y, mask, maps, classical.SENSE_LAMBDA if lam is None else float(lam),
-                               classical.SENSE_ITERS if iters is None else int(iters))
-    if init == "cs":
-        lam = options.get("cs_lambda")
-        iters = options.get("cs_iters")
-        out = classical.cs_l1_wavelet(y.cpu(), mask.cpu(), maps.cpu(),
-                                      classical.DEFAULT_LAMBDA if lam is None else float(lam),
-                                      classical.DEFAULT_ITERS if iters is None else int(iters))
-        return out.to(y.device)
-    raise MrimsmError(f"init {init!r} is not an MRI initial image (none, sense, cs, zero-filled)")
-
-
-def _register() -> None:
-    from mrimsm.recon import register_method
-
-    register_method(
-        "msm",
-        make_msm_method,
-        needs_normalization=True,
-        batch_slices=PosteriorSettings.batch_slices,
-        description="MSM diffusion prior + data consistency (Algorithm 1)",
-        replace=True,
-    )
-
-
-_register()

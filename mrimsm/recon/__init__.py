@@ -1,4 +1,4 @@
-"""The reconstruction pipeline behind ``mrimsm recon``, with a method registry.
+"""The reconstruction pipeline behind ``mrimsm recon``, with its table of methods.
 
 Pipeline for one fastMRI multi-coil file (:func:`reconstruct_file`)::
 
@@ -8,7 +8,7 @@ Pipeline for one fastMRI multi-coil file (:func:`reconstruct_file`)::
     -> mask                               the file's own mask if it is undersampled, else a seeded
                                           RandomCartesian(accel) per slice, seed_for(file, slice, seed)
     -> coil maps                          ESPIRiT from the centre columns the mask keeps
-    -> reconstruct, for each method       the registry; normalized input if the method asks
+    -> reconstruct, for each method       the method table; normalized input if the method asks
     -> crop columns, magnitude            (S, h, w) on the reference's intensity scale
     -> metrics, output, PNGs              fastMRI layout, written atomically, never onto the input
 
@@ -19,12 +19,13 @@ files across ``torchrun`` ranks (rank ``r`` of ``N`` takes files ``r, r + N, ...
 **Adding a method.** A method is a callable ``method(batch: SliceBatch) -> MethodOutput``
 built by a factory ``factory(options: Mapping[str, Any]) -> method`` (``options``: the
 command's options, e.g. ``device``, ``seed``, ``cs_lambda``, ``checkpoint``; a factory
-reads the keys it knows and ignores the rest). Register it once at import time::
+reads the keys it knows and ignores the rest). Add one row to the table
+:data:`~mrimsm.recon.methods.METHODS`, naming the factory as ``"package.module:function"``
+(imported when the method is built, so ``recon`` starts without loading every network)::
 
-    register_method("msm", make_msm_method, needs_normalization=True, batch_slices=1)
+    MethodSpec("msm", "mrimsm.recon.msm:make_msm_method", needs_normalization=True, batch_slices=4)
 
-and add the module to :data:`PLUGIN_MODULES` so the pipeline imports it. A factory may be
-given as ``"package.module:function"`` to defer importing heavy code. A built method may
+A built method may
 carry a ``settings`` attribute (a dict or dataclass of everything its output depends on,
 checkpoint paths under keys containing ``checkpoint``): it is recorded in each output
 and a directory rerun skips an output only if it matches (without one, every non-runtime
@@ -40,7 +41,10 @@ divisor was used (1.0 for methods that do not ask).
 The package's modules, one job each:
 
 ================================  ================================================================
-:mod:`mrimsm.recon.methods`       the method interface, the registry, plug-ins, built-in methods
+:mod:`mrimsm.recon.methods`       the method interface and the static table of methods
+:mod:`mrimsm.recon.classical`     factories of ``zero-filled``, ``sense`` and ``cs``
+:mod:`mrimsm.recon.msm`           factory of ``msm`` (the MSM prior, posterior sampling)
+:mod:`mrimsm.recon.ssdu`          factory of ``ssdu`` (the unrolled network)
 :mod:`mrimsm.recon.options`       parsing the command's options; :class:`ReconOptions`
 :mod:`mrimsm.recon.progress`      progress-bar helpers
 :mod:`mrimsm.recon.volume`        readout crop, masks, coil maps, scale: :func:`prepare_volume`
@@ -54,7 +58,8 @@ Everything public is importable from ``mrimsm.recon`` itself.
 """
 
 from mrimsm.recon.methods import (
-    PLUGIN_MODULES,
+    DEFAULT_METHOD,
+    METHODS,
     Factory,
     MethodOutput,
     MethodSpec,
@@ -63,7 +68,6 @@ from mrimsm.recon.methods import (
     available_methods,
     default_method,
     get_method,
-    register_method,
 )
 from mrimsm.recon.options import NUMERIC_OPTIONS, ReconOptions, parse_accel, parse_number, parse_options
 from mrimsm.recon.progress import Progress
@@ -95,11 +99,11 @@ __all__ = [
     "SliceBatch",
     "MethodOutput",
     "MethodSpec",
-    "register_method",
+    "METHODS",
     "get_method",
     "available_methods",
     "default_method",
-    "PLUGIN_MODULES",
+    "DEFAULT_METHOD",
     "parse_accel",
     "crop_readout",
     "MIN_CENTER_COLUMNS",
