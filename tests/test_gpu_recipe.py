@@ -51,6 +51,7 @@ def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepare
         "train", str(cfg_path), str(state), "--out", str(out), "--data", str(prepared_measurements),
         "--minutes", str(budget_s / 60), "--batch", "64", "--device", "cpu", "--threads", "1",
         "--probe-steps", "2", "--max-chunk-s", "2", "--part-mib", "0.25", "--log-every", "1",
+        "--sampling-calls", "1", "--sampling-batches", "1",
         "--run-dir", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--site", str(tmp_path / "site"),
     ])
     assert code == 0
@@ -58,6 +59,8 @@ def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepare
     print(json.dumps(manifest["chunks"]))
     assert manifest["batch"] == 3  # --batch 64 capped at the 3 training examples
     assert manifest["precision"] == "bf16" and manifest["step_start"] == 1
+    assert [(r["images_per_call"], r["precision"]) for r in manifest["sampling"]] == [(1, "fp32"), (1, "bf16")]
+    assert all(r["nfe_per_s"] > 0 for r in manifest["sampling"])
     assert manifest["steps"] == manifest["step_end"] - 1 == sum(c["steps"] for c in manifest["chunks"])
     first_chunk = manifest["chunks"][0]
     if first_chunk["seconds"] + 2.0 + 2 / first_chunk["steps_per_s"] < budget_s:  # room left for a step
@@ -125,7 +128,8 @@ def test_recipe_as_one_command_on_simulated_data(tmp_path):
         [sys.executable, "training/gpu_train.py", "train", str(cfg_path), str(tmp_path / "start" / "last.pt"),
          "--out", str(tmp_path / "OUT"), "--bundle", str(bundle), "--minutes", "0.5", "--batch", "16",
          "--device", "cpu", "--threads", "1", "--run-dir", str(tmp_path / "run"),
-         "--cache", str(tmp_path / "cache2"), "--site", str(tmp_path / "site"), "--prep-workers", "1"],
+         "--cache", str(tmp_path / "cache2"), "--site", str(tmp_path / "site"), "--prep-workers", "1",
+         "--sampling-calls", "0"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -25,7 +25,9 @@ git-ignored (``.gpu/`` is).
    with an ordinary checkpoint;
 4. writes the new resumable state to ``OUT`` in parts of at most ``--part-mib``
    (16) MiB, ``state.pt.partNN``, with ``manifest.json`` (sizes, SHA-256, steps,
-   timings) and ``log.jsonl``.
+   timings) and ``log.jsonl``;
+5. times sampling there (network evaluations per second, fp32 and bf16, 1 and 16
+   images per call) into the manifest.
 
 ``join FOLDER --to PATH`` (here): reassembles the parts listed in
 ``FOLDER/manifest.json``, checks every SHA-256 and writes ``PATH`` atomically;
@@ -321,10 +323,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / (MANIFEST + ".tmp")).replace(out / MANIFEST)
     if (run_dir / "log.jsonl").is_file():
         shutil.copyfile(run_dir / "log.jsonl", out / "log.jsonl")
+    if args.sampling_calls > 0:  # after the state is safe in OUT: a failure here loses nothing
+        try:
+            manifest["sampling"] = time_sampling(args.config, device, args.sampling_batches, args.sampling_calls)
+        except Exception as exc:  # report, do not fail the run
+            manifest["sampling_error"] = f"{type(exc).__name__}: {exc}"
+        (out / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=1))
+        (out / (MANIFEST + ".tmp")).replace(out / MANIFEST)
     _say(f"trained steps {start + 1}-{step} ({steps_run} steps, batch {batch}) in {train_s:.0f} s: "
          f"{manifest['steps_per_s']} steps/s, {manifest['images_per_s']} images/s; "
          f"state {size / 2**20:.1f} MiB in {len(parts)} parts in {out}")
     return 0
+
+
+def time_sampling(config: Path, device: str, batches: list, calls: int) -> list[dict]:
+    """Network evaluations per second of the sampler's denoiser call, fp32 and bf16
+    (``benchmarks/train_speed.py``'s ``bench_sample``: random weights of the config's size)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+    rows = []
+    for b in batches:
+        for precision in ("fp32", "bf16"):
+            r = ts.bench_sample(Path(config), calls, device, 8, int(b), precision)
+            rows.append({"images_per_call": int(b), "precision": precision, "nfe_per_s": round(r["nfe_per_s"], 2)})
+            _say(f"sampling: {b} images per call, {precision}: {r['nfe_per_s']:.1f} NFE/s")
+    return rows
 
 
 # -- join (here) ---------------------------------------------------------------------
@@ -393,6 +419,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     t.add_argument("--site", type=Path, default=Path("/tmp/mrimsm_gpu_site"), help="where the wheels go")
     t.add_argument("--cache", type=Path, default=None,
                    help="MRIMSM_CACHE for the simulated data (default: $MRIMSM_CACHE, else /tmp/mrimsm_cache)")
+    t.add_argument("--sampling-calls", type=int, default=20, help="timed sampler calls afterwards (0: none)")
+    t.add_argument("--sampling-batches", type=int, nargs="+", default=[1, 16], help="images per sampler call")
     t.add_argument("--verbose", action="store_true")
     t.set_defaults(func=cmd_train)
 
