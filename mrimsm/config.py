@@ -83,14 +83,18 @@ class DataConfig:
     """Where the training measurements come from: exactly one of ``root`` (a
     prepared shard directory; relative paths are relative to the working directory)
     or ``simulated`` (built into ``cache_dir`` on first use; default
-    ``$MRIMSM_CACHE`` or ``~/.cache/mrimsm``)."""
+    ``$MRIMSM_CACHE`` or ``~/.cache/mrimsm``). ``flip_prob``: each training
+    example is flipped left-right with this probability, k-space, coil maps and
+    mask together, so the measurement model stays exact (:mod:`mrimsm.data.augment`)."""
 
     root: Optional[str] = None
     simulated: Optional[SimulatedDataConfig] = None
     cache_dir: Optional[str] = None
     split: str = "train"
+    flip_prob: float = 0.0
 
     def validate(self) -> None:
+        _check(0.0 <= self.flip_prob <= 1.0, "flip_prob", "must be in [0, 1]")
         if (self.root is None) == (self.simulated is None):
             raise _KeyProblem("root", "set exactly one of data.root and data.simulated")
 

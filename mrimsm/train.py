@@ -643,6 +643,11 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
             gen = torch.Generator(device=dev)
             gen.manual_seed(seed)
             batch = _to_device(indices_batch, dev)
+            if cfg.data.flip_prob > 0:  # its own stream: the method's draws stay those of an unflipped run
+                from mrimsm.data.augment import flip_batch
+
+                batch = flip_batch(batch, cfg.data.flip_prob,
+                                   torch.Generator().manual_seed(step_seed(tc.seed, info.rank, step) ^ 0xF11F))
             batch["step"] = step
             batch["epoch"] = sampler.epoch_of(step)
 
