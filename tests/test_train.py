@@ -422,6 +422,14 @@ def test_cpu_bf16_autocast_follows_the_config():
     assert _amp_dtype(msm_config(cpu_bf16=True, amp=False), cpu) == torch.bfloat16  # amp is CUDA's switch
 
 
+def test_training_with_flips_runs_and_differs(tmp_path):
+    # data.flip_prob (mrimsm/data/augment.py): the flips change the batches, nothing else breaks
+    a = train(msm_config(max_steps=2), tmp_path / "a", echo=lambda m: None)
+    b = train(msm_config(max_steps=2).replace(**{"data.flip_prob": 1.0}), tmp_path / "b", echo=lambda m: None)
+    assert all(np.isfinite(v) for _, v in b.losses)
+    assert [v for _, v in a.losses] != [v for _, v in b.losses]
+
+
 def test_msm_checkpoint_samples_and_preview(tmp_path):
     from mrimsm.diffusion.method import generate, load_msm, training_mask_family
 
