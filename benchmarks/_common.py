@@ -460,13 +460,14 @@ def checkpoint_line(kind: str, path: Optional[Path]) -> str:
     """``"MSM model: PATH (step N, 64 x 64)"`` (the default one when ``path`` is None)."""
     try:
         if kind == "msm":
-            from mrimsm.diffusion.method import load_msm
+            from mrimsm.inference import load_msm
             from mrimsm.diffusion.posterior import default_checkpoint
 
             loaded = load_msm(path or default_checkpoint())
             shape = " x ".join(map(str, loaded.meta.get("image_shape", [])))
             return f"MSM model: `{loaded.path}` (training step {loaded.step}, {shape})"
-        from mrimsm.baselines.ssdu import DEFAULT_CHECKPOINT, load_ssdu
+        from mrimsm.baselines.ssdu import DEFAULT_CHECKPOINT
+        from mrimsm.inference import load_ssdu
 
         loaded = load_ssdu(path or DEFAULT_CHECKPOINT)
         return f"SSDU model: `{loaded.path}` (training step {loaded.step})"

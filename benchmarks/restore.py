@@ -80,7 +80,7 @@ def main() -> int:
     def body() -> int:
         import torch
 
-        from mrimsm.diffusion.method import load_msm
+        from mrimsm.inference import load_msm
         from mrimsm.restore import baseline_name, default_image_checkpoint, evaluate_folder, image_settings
 
         torch.set_num_threads(max(1, args.threads))

@@ -25,7 +25,8 @@ def _fresh(config: Path, coils: int, device: str):
     import importlib.util
 
     from mrimsm.config import load_config
-    from mrimsm.diffusion.method import LoadedMSM, build_denoiser
+    from mrimsm.inference import LoadedMSM
+    from mrimsm.diffusion.denoiser import build_denoiser
 
     spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
     ts = importlib.util.module_from_spec(spec)
@@ -61,7 +62,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from mrimsm.diffusion.method import generate, load_msm
+    from mrimsm.inference import generate, load_msm
 
     loaded = load_msm(args.ckpt, device=args.device) if args.ckpt else _fresh(args.config, args.coils, args.device)
     shape = loaded.meta["image_shape"]

@@ -59,7 +59,7 @@ def synthetic_batch(batch: int, size: int, coils: int, rho: float, seed: int = 0
 
 def _setup(config: Path, coils: int, batch: Optional[int], device: str):
     from mrimsm.config import load_config
-    from mrimsm.train import get_method
+    from mrimsm.methods import training_method as get_method
 
     cfg = load_config(config)
     size = cfg.data.simulated.size if cfg.data.simulated is not None else 256

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         png_path = h5_path.with_suffix(".png")
 
         from mrimsm.checkpoint import resolve_checkpoint_path
-        from mrimsm.diffusion.method import generate, load_msm, write_samples
+        from mrimsm.inference import generate, load_msm, write_samples
         from mrimsm.train import save_grid
         from mrimsm.utils import check_output
 

@@ -2,10 +2,9 @@
 
 A config file has the common sections ``data``, ``train`` and ``sample``, an
 optional ``method`` key (default ``msm``) and the sections of its method (for
-MSM: ``model`` and ``diffusion``). Methods declare their sections with
-:func:`register_method_schema`; the module that does so for a built-in method
-is imported on demand (see ``_METHOD_MODULES``), so ``load_config`` works for
-``ssdu`` without the caller importing anything.
+MSM: ``model`` and ``diffusion``): the ``config_sections`` of its
+:class:`~mrimsm.trainmethod.TrainMethod`, found in the table
+:data:`mrimsm.methods.TRAINING_METHODS`.
 
 Every key is checked: an unknown key, a missing required key or a value of the
 wrong type raises :class:`~mrimsm.errors.MrimsmError` naming the key and file::
@@ -21,7 +20,6 @@ for float fields.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import types
 import typing
@@ -29,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from mrimsm.data.training_data import default_cache_dir
 from mrimsm.errors import MrimsmError
+from mrimsm.methods import known_methods, training_method
 
 __all__ = [
     "SimulatedDataConfig",
@@ -37,7 +37,6 @@ __all__ = [
     "TrainConfig",
     "SampleConfig",
     "Config",
-    "register_method_schema",
     "method_schema",
     "known_methods",
     "load_config",
@@ -151,53 +150,22 @@ class SampleConfig:
         _check(0 <= self.eta <= 1, "eta", "must be in [0, 1]")
 
 
-# -- method registry -------------------------------------------------------------
+# -- a method's sections ------------------------------------------------------------
 
-_METHOD_SCHEMAS: dict[str, dict[str, type]] = {}
-# Built-in methods: the module that registers each one's schema (imported lazily).
-_METHOD_MODULES: dict[str, str] = {
-    "msm": "mrimsm.diffusion.method",
-    "ssdu": "mrimsm.baselines.ssdu",
-    "msm-images": "mrimsm.diffusion.image_method",
-}
 COMMON_SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig}
 
 
-def register_method_schema(name: str, sections: Mapping[str, type], module: Optional[str] = None) -> None:
-    """Declare the config sections of training method ``name``.
-
-    Args:
-        name: method name as written in ``method:`` / ``--method``.
-        sections: section name -> dataclass, e.g. ``{"model": UNetConfig,
-            "diffusion": DiffusionConfig}``. A dataclass may define
-            ``validate(self)`` raising ``ValueError("key: message")``.
-        module: module to import to get this registration (for lazy lookup).
-    """
+def method_schema(name: str) -> dict[str, type]:
+    """The config sections of training method ``name`` (its ``config_sections``, from
+    the table :data:`mrimsm.methods.TRAINING_METHODS`)."""
+    sections = dict(training_method(name).config_sections)
     clash = set(sections) & (set(COMMON_SECTIONS) | {"method"})
     if clash:
-        raise ValueError(f"method {name!r} may not redefine the common sections {sorted(clash)}")
+        raise MrimsmError(f"method {name!r} may not redefine the common sections {sorted(clash)}")
     for cls in sections.values():
         if not dataclasses.is_dataclass(cls):
-            raise TypeError(f"section classes must be dataclasses, got {cls!r}")
-    _METHOD_SCHEMAS[name] = dict(sections)
-    if module is not None:
-        _METHOD_MODULES[name] = module
-
-
-def known_methods() -> list[str]:
-    return sorted(set(_METHOD_SCHEMAS) | set(_METHOD_MODULES))
-
-
-def method_schema(name: str) -> dict[str, type]:
-    """The sections of method ``name``, importing its module if needed."""
-    if name not in _METHOD_SCHEMAS and name in _METHOD_MODULES:
-        try:
-            importlib.import_module(_METHOD_MODULES[name])
-        except ModuleNotFoundError as exc:
-            raise MrimsmError(f"method {name!r} is not available ({exc})") from None
-    if name not in _METHOD_SCHEMAS:
-        raise MrimsmError(f"unknown method {name!r}; known: {', '.join(known_methods())}")
-    return _METHOD_SCHEMAS[name]
+            raise MrimsmError(f"method {name!r}: section classes must be dataclasses, got {cls!r}")
+    return sections
 
 
 # -- the config object -------------------------------------------------------------
@@ -410,9 +378,3 @@ def load_config(path: str | os.PathLike, method: Optional[str] = None) -> Config
     if raw is None:
         raise MrimsmError(f"{path}: the config file is empty")
     return config_from_dict(raw, source=str(path), method=method)
-
-
-def default_cache_dir() -> Path:
-    """``$MRIMSM_CACHE`` or ``~/.cache/mrimsm``."""
-    env = os.environ.get("MRIMSM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "mrimsm"

@@ -225,7 +225,7 @@ def restore_observation(
         seed: same seed, same samples.
         on_step: ``on_step(done, total)`` after each reverse step.
     """
-    from mrimsm.diffusion.method import training_mask_family
+    from mrimsm.physics.masks import training_mask_family
     from mrimsm.diffusion.posterior import posterior_sample
     from mrimsm.physics.masks import SubmaskSampler
 
@@ -407,7 +407,7 @@ def restore_file(
         sizes not divisible by the UNet's downsampling (or by 4 for sr4).
     """
     from mrimsm.data.images import image_to_tensor, read_image, save_image
-    from mrimsm.diffusion.method import load_msm
+    from mrimsm.inference import load_msm
 
     _check_task(task)
     input, output = Path(input), Path(output)

@@ -1,15 +1,15 @@
 """The one training loop, shared by every method (MSM, SSDU, ...).
 
-A method plugs in by subclassing :class:`TrainMethod` and registering it::
+A method is a :class:`~mrimsm.trainmethod.TrainMethod` (its data, model, loss,
+preview, checkpoint metadata, resume check) named in the table
+:data:`mrimsm.methods.TRAINING_METHODS`::
 
-    @register_method("msm")
     class MSMMethod(TrainMethod):
         config_sections = {"model": UNetConfig, "diffusion": DiffusionConfig}
         def build_model(self, cfg): ...
         def loss(self, model, batch, generator): ...
 
-:func:`train` then does everything else: data (prepared shards, or a
-simulated set built on first use), a seeded resumable batch order, AdamW, EMA,
+:func:`train` then does everything else: a seeded resumable batch order, AdamW, EMA,
 gradient clipping, mixed precision on CUDA, DDP under ``torchrun``, a JSON-lines
 log, preview grids, atomic checkpoints and ``--resume``.
 
@@ -39,7 +39,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -54,212 +54,21 @@ from mrimsm.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from mrimsm.config import Config, default_cache_dir, method_schema, register_method_schema
+from mrimsm.config import Config
 from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import deferred_interrupts
+from mrimsm.methods import training_method
+from mrimsm.trainmethod import TrainMethod
 from mrimsm.utils import atomic_path, check_output
 
 __all__ = [
-    "TrainMethod",
-    "DataBundle",
     "TrainResult",
-    "register_method",
-    "get_method",
     "train",
     "StepBatchSampler",
     "EMA",
     "step_seed",
     "save_grid",
-    "ensure_simulated_dataset",
-    "measurement_data",
 ]
-
-
-# -- method plug-in interface ---------------------------------------------------
-
-
-@dataclass
-class DataBundle:
-    """What a method's ``build_dataset`` returns.
-
-    ``dataset[i]`` is one example (a dict); ``collate(list_of_items)`` makes a
-    batch dict; ``info`` describes the data for the method and the checkpoint
-    (``root``, ``num_examples``, ``manifest`` ...).
-    """
-
-    dataset: Any
-    collate: Callable[[list], dict]
-    info: dict = field(default_factory=dict)
-
-
-class TrainMethod:
-    """Base class of a training method.
-
-    The loop constructs ``method = cls(cfg, data_info)`` after
-    ``cls.build_dataset(cfg, dist_info)``, then calls:
-
-    * ``build_model(cfg) -> nn.Module`` (the module whose weights are trained,
-      EMA'd and checkpointed);
-    * ``loss(model, batch, generator) -> (loss, logs)`` every step: ``model`` may
-      be a DDP wrapper (call it, don't reach for attributes; use
-      ``distributed.unwrap(model)`` for those), ``batch`` is the collated dict on
-      the training device plus ``batch["step"]`` and ``batch["epoch"]`` (ints),
-      ``generator`` a ``torch.Generator`` on the device seeded from
-      ``(seed, rank, step)``; ``loss`` a scalar tensor averaged over the batch,
-      ``logs`` a dict of floats / 0-d tensors to average into the log (the
-      same keys on every rank: they are averaged across ranks);
-    * ``preview(model, batch, generator) -> images or None`` with the EMA model
-      every ``train.sample_every`` steps (rank 0 only); images ``(N, H, W)``
-      complex/real or ``(N, K, H, W)`` real, saved as a PNG grid;
-    * ``checkpoint_meta(cfg) -> dict`` stored as ``meta`` in each checkpoint
-      (operator and mask settings; tensors allowed).
-    """
-
-    name: ClassVar[str] = "base"
-    config_sections: ClassVar[dict[str, type]] = {}
-
-    def __init__(self, cfg: Config, data_info: Optional[dict] = None):
-        self.cfg = cfg
-        self.data_info = dict(data_info or {})
-
-    @classmethod
-    def build_dataset(cls, cfg: Config, dist_info: distributed.DistInfo) -> DataBundle:
-        """Training data; by default the prepared multi-coil measurement shards."""
-        return measurement_data(cfg, dist_info)
-
-    def build_model(self, cfg: Config) -> nn.Module:
-        raise NotImplementedError
-
-    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
-
-    def preview(self, model: nn.Module, batch: dict, generator: torch.Generator) -> Optional[torch.Tensor]:
-        return None
-
-    def checkpoint_meta(self, cfg: Config) -> dict:
-        return {}
-
-
-_METHODS: dict[str, type] = {}
-
-
-def register_method(name: str, module: Optional[str] = None) -> Callable[[type], type]:
-    """Class decorator: register a :class:`TrainMethod` (and its config sections)."""
-
-    def deco(cls: type) -> type:
-        if not issubclass(cls, TrainMethod):
-            raise TypeError(f"{cls!r} is not a TrainMethod")
-        cls.name = name
-        register_method_schema(name, cls.config_sections, module=module or cls.__module__)
-        _METHODS[name] = cls
-        return cls
-
-    return deco
-
-
-def get_method(name: str) -> type:
-    """The registered :class:`TrainMethod` class for ``name`` (importing built-ins)."""
-    method_schema(name)  # imports the method's module if it is a built-in
-    if name not in _METHODS:
-        raise MrimsmError(f"method {name!r} has a config schema but no training method")
-    return _METHODS[name]
-
-
-# -- data ------------------------------------------------------------------------
-
-
-def _simulated_dir(cfg: Config) -> Path:
-    sim = cfg.data.simulated
-    base = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
-    cl = "auto" if sim.center_lines is None else str(sim.center_lines)
-    name = f"sim-{sim.size}px-{sim.num_coils}c-r{sim.accel:g}-cl{cl}-rho{sim.rho:g}-seed{sim.seed}"
-    if sim.pixel != "fit":
-        name += f"-{sim.pixel}"
-    return base / name
-
-
-def _manifest_complete(root: Path) -> bool:
-    try:
-        return bool(json.loads((root / "manifest.json").read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
-
-
-def ensure_simulated_dataset(cfg: Config, dist_info: distributed.DistInfo, echo: Callable[[str], None] = print) -> Path:
-    """Build ``data.simulated`` into the cache on first use; return its directory.
-
-    Rank 0 runs :func:`mrimsm.data.prep.prepare_simulated_dataset`, which writes
-    its shards atomically, resumes a build that was killed and returns at once
-    for a finished one; the other ranks wait.
-    """
-    out = _simulated_dir(cfg)
-    if dist_info.is_main:
-        from mrimsm.data.prep import prepare_simulated_dataset
-
-        sim = cfg.data.simulated
-        if not _manifest_complete(out):
-            echo(f"building the simulated training set in {out} (first use; a few minutes) ...")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        prepare_simulated_dataset(
-            out, size=sim.size, num_coils=sim.num_coils, accel=sim.accel, rho=sim.rho, seed=sim.seed,
-            center_lines=sim.center_lines, pixel=sim.pixel,
-        )
-    distributed.barrier(dist_info)
-    return out
-
-
-def measurement_data(cfg: Config, dist_info: distributed.DistInfo) -> DataBundle:
-    """The multi-coil measurement shards of ``cfg.data`` (building simulated ones if asked)."""
-    if cfg.data.simulated is None:
-        root = Path(cfg.data.root).expanduser()
-        if not root.exists():
-            raise MrimsmError(f"data directory {str(root)!r} does not exist")
-    else:
-        root = ensure_simulated_dataset(cfg, dist_info)
-    from mrimsm.data.datasets import MeasurementDataset, collate
-
-    dataset = MeasurementDataset(root, split=cfg.data.split)
-    if len(dataset) == 0:
-        raise MrimsmError(f"{root} holds no {cfg.data.split} examples")
-    manifest = {}
-    mpath = Path(root) / "manifest.json"
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError):
-            manifest = {}
-    rho = manifest.get("rho")
-    if rho is None and cfg.data.simulated is not None:
-        rho = cfg.data.simulated.rho
-    info = {
-        "root": str(root),
-        "split": cfg.data.split,
-        "num_examples": len(dataset),
-        "manifest": manifest,
-        "rho": None if rho is None else float(rho),
-        "example": dataset[0],
-        "train_masks": _training_masks(dataset, manifest),
-    }
-    return DataBundle(dataset, collate, info)
-
-
-def _training_masks(dataset: Any, manifest: dict) -> Optional[torch.Tensor]:
-    """``(N, W)`` bool masks of the training acquisitions: from the dataset when it
-    offers them cheaply (``dataset.masks``), else by reading the items when the
-    manifest does not name the mask family (small data sets only)."""
-    masks = getattr(dataset, "masks", None)
-    if masks is None and not isinstance(manifest.get("mask"), dict) and len(dataset) <= 5000:
-        masks = [dataset[i]["mask"] for i in range(len(dataset))]
-    if masks is None:
-        return None
-
-    def squeeze(m: Any) -> torch.Tensor:  # (1, 1, W) -> (W,), (1, H, W) -> (H, W)
-        t = torch.as_tensor(np.asarray(m))
-        while t.dim() > 1 and t.shape[0] == 1:
-            t = t[0]
-        return t
-
-    return torch.stack([squeeze(m) for m in masks]).bool()
 
 
 class StepBatchSampler:
@@ -517,29 +326,12 @@ def train(
         raise MrimsmError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
     check_output(run_dir, kind="dir", flag="--out")  # before any work; nothing is created
 
-    method_cls = get_method(cfg.method)
+    method_cls = training_method(cfg.method)
     info = distributed.init(device)
     try:
         return _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype)
     finally:
         distributed.cleanup()
-
-
-def _check_same_parametrization(saved: dict, current: dict, path: Path) -> None:
-    """Refuse to resume when the config changes what the network's output means
-    (``diffusion.skip``, ``diffusion.prediction``); other keys may change on resume."""
-    from mrimsm.diffusion.denoiser import LEGACY_SKIP
-
-    old_d, new_d = saved.get("diffusion") or {}, current.get("diffusion") or {}
-    if not new_d:
-        return
-    for key, legacy in (("skip", LEGACY_SKIP), ("prediction", "x0")):
-        before, after = old_d.get(key, legacy), new_d.get(key, legacy)
-        if before != after:
-            raise MrimsmError(
-                f"{path} was trained with diffusion.{key}: {before}, the config says {after}; "
-                f"set diffusion.{key}: {before} to resume it, or train a new run"
-            )
 
 
 def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) -> TrainResult:
@@ -564,7 +356,7 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
         ckpt = load_checkpoint(last, map_location=dev)
         if ckpt["method"] != cfg.method:
             raise MrimsmError(f"{last} was trained with method {ckpt['method']!r}, not {cfg.method!r}")
-        _check_same_parametrization(ckpt["config"], cfg.to_dict(), last)
+        method.check_resume(ckpt["config"], last)
         load_state_checked(model, ckpt["model"], str(last))
         load_state_checked(ema.module, ckpt["ema"], str(last))
         if ckpt.get("optimizer") is not None:

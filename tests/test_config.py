@@ -13,9 +13,10 @@ from mrimsm.config import (
     known_methods,
     load_config,
     method_schema,
-    register_method_schema,
 )
 from mrimsm.errors import MrimsmError
+from mrimsm.methods import TRAINING_METHODS
+from mrimsm.trainmethod import TrainMethod
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["tiny.yaml", "tiny_noisy.yaml", "fastmri_r4.yaml", "fastmri_r4_noisy.yaml"]
@@ -177,8 +178,17 @@ class _ToyModel:
     depth: int = 2
 
 
-def test_registered_method_sections(tmp_path):
-    register_method_schema("toy-config-test", {"model": _ToyModel})
+class _ToyMethod(TrainMethod):
+    config_sections = {"model": _ToyModel}
+
+
+class _BadMethod(TrainMethod):
+    config_sections = {"train": _ToyModel}
+
+
+def test_registered_method_sections(tmp_path, monkeypatch):
+    monkeypatch.setitem(TRAINING_METHODS, "toy-config-test", _ToyMethod)
+    monkeypatch.setitem(TRAINING_METHODS, "bad", _BadMethod)
     assert "toy-config-test" in known_methods()
     assert method_schema("toy-config-test") == {"model": _ToyModel}
     d = {
@@ -193,8 +203,8 @@ def test_registered_method_sections(tmp_path):
     d["model"]["height"] = 1
     with pytest.raises(MrimsmError, match=r"unknown key 'model\.height'"):
         load_config(_write(tmp_path, d))
-    with pytest.raises(ValueError):
-        register_method_schema("bad", {"train": _ToyModel})
+    with pytest.raises(MrimsmError, match="may not redefine the common sections"):
+        method_schema("bad")
 
 
 def test_round_trip_and_replace():

@@ -16,7 +16,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from mrimsm.config import config_from_dict
-from mrimsm.train import _INIT_STREAM, DataBundle, TrainMethod, register_method, step_seed, train
+from mrimsm.train import _INIT_STREAM, step_seed, train
+from mrimsm.trainmethod import DataBundle, TrainMethod
+from mrimsm.methods import register_method
 
 
 @dataclass
@@ -185,7 +187,7 @@ def test_msm_under_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
         worst = max(worst, (r0["model"][key] - value).abs().max().item())
     # the comparison is not between two untouched models: the weights moved
     torch.manual_seed(step_seed(0, _INIT_STREAM, 0))
-    from mrimsm.train import get_method
+    from mrimsm.methods import training_method as get_method
 
     cls = get_method("msm-mem-split")
     init = cls(cfg, cls.build_dataset(cfg, None).info).build_model(cfg).state_dict()

@@ -240,7 +240,7 @@ def test_configs_load():
 
 def test_simulated_data_is_refused(tmp_path):
     from mrimsm import distributed
-    from mrimsm.train import get_method
+    from mrimsm.methods import training_method as get_method
 
     cfg = _tiny_config(tmp_path).replace(**{"data.root": None, "data.simulated": {"size": 16}})
     with pytest.raises(MrimsmError, match="image folder"):
@@ -250,7 +250,7 @@ def test_simulated_data_is_refused(tmp_path):
 def test_train_checkpoint_meta_and_sample(folder, tmp_path, capsys):
     from cli.main import main
     from mrimsm.checkpoint import load_checkpoint
-    from mrimsm.diffusion.method import generate, load_msm
+    from mrimsm.inference import generate, load_msm
     from mrimsm.train import train
 
     cfg = _tiny_config(folder, **{"train.sample_every": 2})

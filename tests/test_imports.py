@@ -73,3 +73,66 @@ def test_every_module_imports_alone():
     assert out.returncode == 0, out.stderr[-3000:]
     failures = json.loads(out.stdout.strip().splitlines()[-1])
     assert not failures, "\n".join(f"{m}:\n{e}" for m, e in failures.items())
+
+
+# -- imports point down: the layers of docs/design.md ---------------------------------------
+
+#: Each unit (a sub-package, or a module at the top of the package) and its layer;
+#: a unit imports only from units of a lower layer (or from itself).
+LAYERS: dict[str, int] = {
+    "mrimsm.errors": 0, "mrimsm.utils": 1, "mrimsm.interrupt": 1, "mrimsm.distributed": 1,
+    "mrimsm.physics": 2, "mrimsm.metrics": 2, "mrimsm.checkpoint": 2,
+    "mrimsm.models": 3, "mrimsm.data": 3,
+    "mrimsm.trainmethod": 4,
+    "mrimsm.diffusion": 5, "mrimsm.baselines": 5,
+    "mrimsm.methods": 6, "mrimsm.config": 7, "mrimsm.inference": 8,
+    "mrimsm.train": 9, "mrimsm.recon": 9, "mrimsm.restore": 9,
+    "cli": 10, "mrimsm.__main__": 11,
+}
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "cli":
+        return "cli"
+    return ".".join(parts[:2]) if len(parts) > 1 else "mrimsm"
+
+
+def _imports(path: Path, module: str) -> list[tuple[str, int]]:
+    """``(imported module, line)`` for every import in ``path`` (function-level ones too),
+    except those under ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for n in ast.walk(node))
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.module, node.lineno))
+            out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
+    return [(m, line) for m, line in out if m.split(".")[0] in ("mrimsm", "cli") and m != "mrimsm"]
+
+
+def test_imports_point_down_the_layers():
+    bad = []
+    for module in package_modules() + ["mrimsm.__main__"]:
+        if module == "mrimsm":
+            continue
+        path = ROOT / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        src = _unit(module)
+        assert src in LAYERS, f"{module}: put its unit {src} in LAYERS"
+        for target, line in _imports(path, module):
+            dst = _unit(target)
+            if dst == src or dst not in LAYERS:
+                continue  # the unit itself, or a name from the package's __init__ (the version)
+            if LAYERS.get(dst, -1) >= LAYERS[src]:
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {src} imports {target}")
+    assert not bad, "imports that do not point down:\n" + "\n".join(bad)

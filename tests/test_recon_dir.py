@@ -69,7 +69,7 @@ def tiny_msm(tmp_path_factory) -> Path:
     """An untrained (random but non-zero) 32 x 32 MSM checkpoint in the trainer's format."""
     from mrimsm.checkpoint import save_checkpoint
     from mrimsm.config import load_config
-    from mrimsm.diffusion.method import build_denoiser
+    from mrimsm.diffusion.denoiser import build_denoiser
 
     cfg = load_config(REPO / "configs" / "tiny.yaml").to_dict()
     cfg["model"].update(model_channels=8, channel_mult=[1, 2], attention_resolutions=[], num_head_channels=8)

@@ -35,7 +35,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from mrimsm import distributed
     from mrimsm.checkpoint import save_checkpoint
     from mrimsm.config import load_config
-    from mrimsm.train import get_method
+    from mrimsm.methods import training_method as get_method
 
     base = tmp_path_factory.mktemp("restore_ckpt")
     for i in range(2):
@@ -62,7 +62,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(tiny_ckpt):
-    from mrimsm.diffusion.method import load_msm
+    from mrimsm.inference import load_msm
 
     return load_msm(tiny_ckpt)
 
@@ -284,7 +284,7 @@ def test_cli_refuses_an_mri_checkpoint(tmp_path, capsys, tiny_ckpt):
 
 
 def test_default_checkpoint_is_shipped_small_and_found(tmp_path, capsys):
-    from mrimsm.diffusion.method import load_msm
+    from mrimsm.inference import load_msm
     from mrimsm.restore import default_image_checkpoint
 
     path = default_image_checkpoint()
@@ -308,7 +308,7 @@ def test_shipped_prior_denoises_heldout_crops(tmp_path):
     import sys
 
     from mrimsm.data.images import center_crop_resize, read_image, to_model_range
-    from mrimsm.diffusion.method import load_msm
+    from mrimsm.inference import load_msm
     from mrimsm.restore import default_image_checkpoint
 
     spec = importlib.util.spec_from_file_location("make_image_folder", REPO / "data_scripts" / "make_image_folder.py")

@@ -253,7 +253,7 @@ def test_tiny_training_lowers_heldout_kspace_loss():
 
 
 def _toy_bundle(num: int = 8):
-    from mrimsm.train import DataBundle
+    from mrimsm.trainmethod import DataBundle
 
     items = [{k: v for k, v in it.items() if k != "reference"} for it in _dataset(num, seed=2)]
     info = {"root": "<toy>", "split": "train", "num_examples": num, "example": items[0], "rho": 0.01}
@@ -275,7 +275,8 @@ def _toy_config(max_steps: int = 6):
 
 
 def test_trains_through_the_shared_loop_and_loads_back(tmp_path, monkeypatch):
-    from mrimsm.baselines.ssdu import SSDUMethod, load_ssdu
+    from mrimsm.baselines.ssdu import SSDUMethod
+    from mrimsm.inference import load_ssdu
     from mrimsm.train import train
 
     monkeypatch.setattr(SSDUMethod, "build_dataset", classmethod(lambda cls, cfg, dist: _toy_bundle()))
@@ -317,7 +318,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_load_rejects_other_checkpoints(tmp_path, monkeypatch):
     from mrimsm import recon
-    from mrimsm.baselines.ssdu import load_ssdu
+    from mrimsm.inference import load_ssdu
 
     monkeypatch.setattr(ssdu, "DEFAULT_CHECKPOINT", tmp_path / "none.pt")
     with pytest.raises(MrimsmError, match="no SSDU checkpoint"):

@@ -14,16 +14,10 @@ from torch import nn
 
 from mrimsm.config import config_from_dict
 from mrimsm.errors import MrimsmError
-from mrimsm.train import (
-    EMA,
-    DataBundle,
-    StepBatchSampler,
-    TrainMethod,
-    get_method,
-    register_method,
-    save_grid,
-    train,
-)
+from mrimsm.methods import register_method
+from mrimsm.methods import training_method as get_method
+from mrimsm.train import EMA, StepBatchSampler, save_grid, train
+from mrimsm.trainmethod import DataBundle, TrainMethod
 
 
 # -- a toy method: noisy linear regression with dropout ------------------------------------
@@ -431,7 +425,8 @@ def test_training_with_flips_runs_and_differs(tmp_path):
 
 
 def test_msm_checkpoint_samples_and_preview(tmp_path):
-    from mrimsm.diffusion.method import generate, load_msm, training_mask_family
+    from mrimsm.inference import generate, load_msm
+    from mrimsm.physics.masks import training_mask_family
 
     train(msm_config(max_steps=2, sample_every=2), tmp_path / "r", echo=lambda m: None)
     assert (tmp_path / "r" / "samples" / "step_0000002.png").is_file()
@@ -476,7 +471,7 @@ def test_msm_resume_reproduces_the_loss_curve(tmp_path):
 
 def test_msm_skip_is_kept_on_resume_and_legacy_checkpoints_load_as_image_skip(tmp_path):
     from mrimsm.checkpoint import load_checkpoint, save_checkpoint
-    from mrimsm.diffusion.method import load_msm
+    from mrimsm.inference import load_msm
 
     cfg = msm_config(max_steps=2, ckpt_every=2)
     assert cfg.diffusion.skip == "projection"  # the default for new models

@@ -146,8 +146,9 @@ _CACHE: dict = {}
 
 
 def _in_memory_data() -> None:
-    """Route :func:`mrimsm.train.measurement_data` through a per-process in-memory copy."""
-    import mrimsm.train as tr
+    """Route :func:`mrimsm.data.training_data.measurement_data` (the default
+    ``TrainMethod.build_dataset``) through a per-process in-memory copy."""
+    import mrimsm.trainmethod as tr
 
     if getattr(tr.measurement_data, "_in_memory", False):
         return
@@ -174,7 +175,7 @@ def _prepare_data(cfg, workers: int) -> float:
 
     import mrimsm.data.prep as prep
     from mrimsm import distributed
-    from mrimsm.train import ensure_simulated_dataset
+    from mrimsm.data.training_data import ensure_simulated_dataset
 
     original = prep.prepare_simulated_dataset
     prep.prepare_simulated_dataset = functools.partial(original, workers=max(1, workers))
@@ -263,7 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     step = int(load_checkpoint(run_dir / LAST_NAME)["step"])
 
     from mrimsm.distributed import DistInfo
-    from mrimsm.train import measurement_data
+    from mrimsm.data.training_data import measurement_data
 
     n = len(measurement_data(cfg, DistInfo()).dataset)  # read into memory once, here
     batch = min(args.batch or cfg.train.batch_size, n)

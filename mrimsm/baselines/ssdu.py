@@ -29,25 +29,27 @@ Entry points:
   plugs into the shared loop of :mod:`mrimsm.train` (checkpoints, resume,
   progress, torchrun);
 * ``mrimsm recon --method ssdu`` -- :func:`mrimsm.recon.ssdu.make_ssdu_method`;
-* in Python: :func:`load_ssdu` then ``loaded.reconstruct(y, maps, mask)``.
+* in Python: :func:`mrimsm.inference.load_ssdu` then ``loaded.reconstruct(y, maps, mask)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 import torch
 
 from mrimsm import distributed
-from mrimsm.config import Config
 from mrimsm.errors import MrimsmError
 from mrimsm.models.unrolled import UnrolledNet
 from mrimsm.physics.masks import ssdu_split
 from mrimsm.physics.operators import MultiCoilMRI
-from mrimsm.train import TrainMethod, register_method
+from mrimsm.trainmethod import TrainMethod
+
+if TYPE_CHECKING:  # the config is read, never built, here
+    from mrimsm.config import Config
 
 __all__ = [
     "SSDUModelConfig",
@@ -62,7 +64,6 @@ __all__ = [
     "heldout_loss",
     "SSDUMethod",
     "LoadedSSDU",
-    "load_ssdu",
     "DEFAULT_CHECKPOINT",
 ]
 
@@ -348,7 +349,6 @@ def _indices(batch: dict) -> list[int]:
 # -- the training method (plugged into mrimsm.train's loop) ----------------------------
 
 
-@register_method("ssdu")
 class SSDUMethod(TrainMethod):
     """SSDU as a :class:`~mrimsm.train.TrainMethod`: ``mrimsm train --method ssdu CONFIG``.
 
@@ -416,28 +416,6 @@ class LoadedSSDU:
     def reconstruct(self, y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """:func:`ssdu_reconstruct` with this network (inputs on the model's device)."""
         return ssdu_reconstruct(self.model, y, maps, mask)
-
-
-def load_ssdu(path: Any, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedSSDU:
-    """Load an SSDU checkpoint (file or run directory) for reconstruction.
-
-    ``use_ema`` takes the EMA weights (identical to the trained ones with
-    ``train.ema: 0``, the SSDU configs' setting). Bad files -> :class:`MrimsmError`.
-    """
-    from mrimsm.checkpoint import load_checkpoint, load_state_checked, resolve_checkpoint_path
-    from mrimsm.config import config_from_dict
-
-    p = resolve_checkpoint_path(path)
-    ckpt = load_checkpoint(p, map_location="cpu")
-    if ckpt["method"] != "ssdu":
-        raise MrimsmError(f"{p} is a {ckpt['method']!r} checkpoint, not an ssdu one")
-    cfg = config_from_dict(ckpt["config"], source=f"{p} (config)")
-    model = build_unrolled(cfg.model)
-    load_state_checked(model, ckpt["ema" if use_ema else "model"], str(p))
-    model.to(device).eval()
-    for q in model.parameters():
-        q.requires_grad_(False)
-    return LoadedSSDU(model, cfg.to_dict(), dict(ckpt.get("meta") or {}), int(ckpt["step"]), str(p))
 
 
 #: The small SSDU checkpoint shipped with the package (trained with configs/ssdu_tiny.yaml).

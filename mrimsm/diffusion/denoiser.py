@@ -74,9 +74,10 @@ from torch import nn
 from mrimsm.diffusion.schedule import VPSchedule
 from mrimsm.errors import MrimsmError
 from mrimsm.models.channels import from_channels, to_channels
+from mrimsm.models.unet import UNet
 from mrimsm.physics.solvers import conjugate_gradient
 
-__all__ = ["MSMDenoiser", "SKIPS", "LEGACY_SKIP", "local_estimate"]
+__all__ = ["MSMDenoiser", "SKIPS", "LEGACY_SKIP", "local_estimate", "build_denoiser"]
 
 SKIPS = ("image", "projection")
 #: the skip term of checkpoints written before ``diffusion.skip`` existed
@@ -265,3 +266,31 @@ def local_estimate(denoiser, op, y_t: torch.Tensor, t: torch.Tensor) -> torch.Te
         # trained the image skip whatever diffusion.skip said
         return denoiser(y_t, t, op=op) if inner is not denoiser else inner.measure(op, y_t, t)
     return _through_image(denoiser, op, y_t, t)
+
+
+def build_denoiser(config: dict, channels: int, image_shape) -> nn.Module:
+    """``MSMDenoiser(UNet)`` from a config dict (as stored in checkpoints)."""
+    m, d = config["model"], config["diffusion"]
+    h, w = int(image_shape[0]), int(image_shape[1])
+    divisor = 2 ** (len(m["channel_mult"]) - 1)
+    if h % divisor or w % divisor:
+        raise MrimsmError(
+            f"image size {h} x {w} is not divisible by {divisor} (2 ** (len(model.channel_mult) - 1))"
+        )
+    net = UNet(
+        in_channels=channels,
+        out_channels=channels,
+        model_channels=m["model_channels"],
+        channel_mult=tuple(m["channel_mult"]),
+        num_res_blocks=m["num_res_blocks"],
+        attention_resolutions=tuple(m["attention_resolutions"]),
+        num_head_channels=m["num_head_channels"],
+        dropout=m["dropout"],
+        image_size=max(h, w),
+        use_scale_shift_norm=m["use_scale_shift_norm"],
+        resblock_updown=m["resblock_updown"],
+    )
+    schedule = VPSchedule(d["num_steps"], d["beta_start"], d["beta_end"])
+    return MSMDenoiser(
+        net, schedule, prediction=d["prediction"], sigma_data=d["sigma_data"], skip=d["skip"], cg_iters=d["cg_iters"]
+    )

@@ -23,12 +23,17 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mrimsm import distributed
-from mrimsm.config import Config
+from mrimsm.data.datasets import collate
+from mrimsm.data.images import ImageFolderDataset
 from mrimsm.diffusion.method import DiffusionConfig, MSMMethod, UNetConfig
 from mrimsm.errors import MrimsmError
-from mrimsm.train import DataBundle, register_method
+from mrimsm.trainmethod import DataBundle
+
+if TYPE_CHECKING:  # the config is read, never built, here
+    from mrimsm.config import Config
 
 __all__ = ["ImageDataConfig", "ImageMSMMethod", "VALUE_RANGE"]
 
@@ -68,7 +73,6 @@ class ImageDataConfig:
             raise ValueError("channel_mismatch: must be convert, skip or error")
 
 
-@register_method("msm-images")
 class ImageMSMMethod(MSMMethod):
     """MSM trained on an image folder through fixed pixel masks (``T = I``)."""
 
@@ -76,9 +80,6 @@ class ImageMSMMethod(MSMMethod):
 
     @classmethod
     def build_dataset(cls, cfg: Config, dist_info: distributed.DistInfo) -> DataBundle:
-        from mrimsm.data.datasets import collate
-        from mrimsm.data.images import ImageFolderDataset
-
         if cfg.data.root is None:
             raise MrimsmError(f"{cfg.source}: msm-images trains on an image folder; set data.root or pass --data DIR")
         im = cfg.images

@@ -33,6 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from mrimsm.errors import MrimsmError
+
 __all__ = [
     "MaskFamily",
     "RandomCartesian",
@@ -48,6 +50,8 @@ __all__ = [
     "ssdu_split",
     "SubmaskSampler",
     "coverage_weights",
+    "EmpiricalMasks",
+    "training_mask_family",
 ]
 
 
@@ -373,3 +377,46 @@ class SubmaskSampler:
     @staticmethod
     def weights(coverage: torch.Tensor) -> torch.Tensor:
         return coverage_weights(coverage)
+
+
+# -- the mask family a checkpoint was trained with -----------------------------------
+
+
+class EmpiricalMasks(MaskFamily):
+    """The training acquisitions' own masks as a family: each draw is one of them.
+
+    Args:
+        masks: ``(N, W)`` (1-D Cartesian) or ``(N, H, W)`` bool.
+    """
+
+    def __init__(self, masks: np.ndarray):
+        self.masks = np.asarray(masks).astype(bool)
+        if self.masks.ndim not in (2, 3) or self.masks.shape[0] == 0:
+            raise ValueError(f"need (N, W) or (N, H, W) masks, got shape {self.masks.shape}")
+        self.one_dimensional = self.masks.ndim == 2
+
+    def __call__(self, shape, seed=None) -> np.ndarray:
+        return self.masks[np.random.default_rng(seed).integers(len(self.masks))].copy()
+
+    def probability(self, shape) -> np.ndarray:
+        return self.masks.mean(0)
+
+
+def training_mask_family(meta: dict) -> MaskFamily:
+    """The mask family a checkpoint was trained with (``meta["mask"]``): a 1-D
+    Cartesian family (``kind`` random / equispaced / paper), ``bernoulli`` pixel
+    masks (``p``), or ``empirical`` (the recorded ``train_masks``)."""
+    spec = dict(meta.get("mask") or {})
+    kind = spec.get("kind", "empirical")
+    if kind == "empirical":
+        masks = meta.get("train_masks")
+        if masks is None:
+            raise MrimsmError("the checkpoint records neither a mask family nor its training masks")
+        return EmpiricalMasks(torch.as_tensor(masks).cpu().numpy())
+    if kind == "bernoulli":  # natural images: pixel masks keeping a fraction p
+        return BernoulliPixel(float(spec.get("p", 0.4)))
+    kw = {k: spec[k] for k in ("center_fraction", "center_lines") if spec.get(k) is not None}
+    try:
+        return cartesian_family(kind, float(spec["accel"]), **kw)
+    except (KeyError, ValueError) as exc:
+        raise MrimsmError(f"the checkpoint's mask settings {spec} are not usable ({exc})") from None

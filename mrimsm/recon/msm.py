@@ -15,7 +15,8 @@ import torch
 
 from mrimsm.baselines import classical
 from mrimsm.diffusion import shipped
-from mrimsm.diffusion.method import load_msm, training_mask_family
+from mrimsm.inference import load_msm
+from mrimsm.physics.masks import training_mask_family
 from mrimsm.diffusion.posterior import PosteriorSettings, load_posterior_settings, posterior_sample
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler

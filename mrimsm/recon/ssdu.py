@@ -9,6 +9,7 @@ import torch
 
 from mrimsm.baselines import ssdu
 from mrimsm.errors import MrimsmError
+from mrimsm.inference import load_ssdu
 from mrimsm.recon.methods import MethodOutput, ReconMethod, SliceBatch
 
 __all__ = ["make_ssdu_method"]
@@ -35,7 +36,7 @@ def make_ssdu_method(options: Mapping[str, Any]) -> ReconMethod:
     ``cg_iters_per_slice``.
     """
     device = torch.device(options.get("device") or "cpu")
-    loaded = ssdu.load_ssdu(_checkpoint_option(options), device=device)
+    loaded = load_ssdu(_checkpoint_option(options), device=device)
     net = loaded.model
     info = {
         "nfe_per_slice": net.num_unrolls,
