@@ -28,6 +28,7 @@ from mrimsm.diffusion.sampler import (
     network_local_denoiser,
     sampling_timesteps,
 )
+from mrimsm.diffusion.losses import gaussian_like
 from mrimsm.diffusion.schedule import VPSchedule
 from mrimsm.errors import MrimsmError
 from mrimsm.models.unet import UNet
@@ -143,11 +144,46 @@ def _pixel_shape(mask, shp):
     return mask.expand(shp)
 
 
+def replace_sample(local_denoise, op_full, mask_sampler, n, steps, w, eta, seed, image_shape, schedule=SCH):
+    """The literal in-loop variant of Algorithm 1, for comparison with :func:`msm_sample`:
+    each local estimate takes its own DDIM step ``t -> t_prev``, written back into ``z`` on
+    ``S_i`` (later masks read what earlier ones wrote); entries no mask covers do not move.
+    Same seeding as ``msm_sample``; no warm start, no hooks. Returns ``(N, *image)``."""
+    g = torch.Generator().manual_seed(seed)
+    np_rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    op_full = op_full.with_mask(None)
+    z_like = op_full.full_forward(torch.zeros((1, *image_shape)))
+    b = z_like.shape[0]
+    k = n // b
+    z = gaussian_like(torch.zeros((k, b, *z_like.shape[1:]), dtype=z_like.dtype), g)
+    z0_hat = torch.zeros_like(z)
+    for _, t, t_prev in sampling_timesteps(schedule, steps):
+        co = ddim_coefficients(schedule, t, t_prev, eta)
+        acc, cov = torch.zeros_like(z), None
+        for _ in range(w):
+            mask = mask_sampler.draw(n, np_rng)
+            mask = mask.reshape(k, b, *mask.shape[1:])
+            op_s = op_full.with_mask(mask)
+            y_t = op_s.apply_mask(z)
+            s_hat = op_s.apply_mask(local_denoise(op_s, y_t, t))
+            acc, cov = acc + s_hat, mask if cov is None else cov + mask
+            eps = (y_t - co["sqrt_ab_t"] * s_hat) / co["sqrt_1m_ab_t"]
+            y_prev = co["sqrt_ab_prev"] * s_hat + co["c_eps"] * eps
+            if co["noise_std"] > 0:
+                y_prev = y_prev + co["noise_std"] * op_s.apply_mask(gaussian_like(z, g))
+            z = z - y_t + y_prev
+        z0_hat = torch.where((cov > 0).expand_as(z), acc * SubmaskSampler.weights(cov), z0_hat)
+    images = op_full.full_adjoint(z0_hat)
+    return images.reshape(n, *images.shape[2:])
+
+
 def _sample_identity(sigma_z, masks, n, steps, w, update="global", seed=0):
-    x = msm_sample(
-        None, Identity(), masks, n, steps=steps, w=w, eta=1.0, generator=seed, schedule=SCH,
-        local_denoise=exact_local_denoiser(sigma_z, 1.0, _pixel_shape), image_shape=(1, H, W), update=update,
-    )
+    local = exact_local_denoiser(sigma_z, 1.0, _pixel_shape)
+    if update == "replace":
+        x = replace_sample(local, Identity(), masks, n, steps, w, 1.0, seed, (1, H, W))
+    else:
+        x = msm_sample(None, Identity(), masks, n, steps=steps, w=w, eta=1.0, generator=seed, schedule=SCH,
+                       local_denoise=local, image_shape=(1, H, W))
     xs = x.reshape(n, D).double()
     return xs.mean(0), xs.T @ xs / n
 
@@ -312,8 +348,8 @@ def test_network_sampling_is_seeded_finite_and_shaped():
     # the default local denoiser is exactly the wrapper around the image-domain denoiser
     d = msm_sample(den, op, sampler, 2, steps=4, w=2, generator=7, local_denoise=network_local_denoiser(den))
     assert torch.equal(a, d)
-    r = msm_sample(den, op, sampler, 2, steps=4, w=2, generator=7, update="replace", eta=0.0)
-    assert torch.isfinite(r).all()
+    r = replace_sample(network_local_denoiser(den), op, sampler, 2, 4, 2, 0.0, 7, (16, 16), schedule=den.schedule)
+    assert r.shape == a.shape and torch.isfinite(r).all()
 
 
 def test_batched_maps_uncertainty_and_state():
@@ -324,8 +360,15 @@ def test_batched_maps_uncertainty_and_state():
         seen.append(tuple(y_t.shape))
         return network_local_denoiser(den)(op_s, y_t, t)
 
-    x, unc, z0 = msm_sample(den, op, sampler, 6, steps=3, w=1, generator=0, local_denoise=local,
-                            return_uncertainty=True, return_state=True)
+    states = []
+
+    def record(z0_hat, t_index):  # the aggregated estimate of every step, unchanged
+        states.append(z0_hat)
+        return z0_hat
+
+    x = msm_sample(den, op, sampler, 6, steps=3, w=1, generator=0, local_denoise=local, data_consistency=record)
+    z0 = states[-1].reshape(6, 2, 16, 16)
+    unc = x.abs().reshape(3, 2, 16, 16).std(dim=0, correction=0)  # over the K = 3 samples per batch element
     assert x.shape == (6, 16, 16) and unc.shape == (2, 16, 16) and z0.shape == (6, 2, 16, 16)
     assert set(seen) == {(3, 2, 2, 16, 16)}  # (K, B, C, H, W)
     assert (unc >= 0).all() and unc.max() > 0
@@ -344,7 +387,11 @@ def test_data_consistency_hooks_are_applied():
 
     def replace_measured(z0_hat, t_index):
         calls.append(t_index)
-        return z0_hat * (1 - test_mask) + y * test_mask  # y (B, ...) broadcasts over (K, B, ...)
+        out = z0_hat * (1 - test_mask) + y * test_mask  # y (B, ...) broadcasts over (K, B, ...)
+        states.append(out)
+        return out
+
+    states = []
 
     local_calls = []
 
@@ -352,12 +399,16 @@ def test_data_consistency_hooks_are_applied():
         local_calls.append(t_index)
         return s_hat
 
-    x, z0 = msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0, data_consistency=replace_measured,
-                       local_consistency=local_hook, return_state=True)
+    msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0, data_consistency=replace_measured,
+               local_consistency=local_hook)
+    z0 = states[-1].reshape(2, 2, 16, 16)
     assert calls == [4, 3, 2, 1, 0]
     assert local_calls == [4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
     assert torch.allclose(z0 * test_mask, (y * test_mask).expand(2, -1, -1, -1), atol=1e-6)
-    free = msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0, return_state=True)[1]
+    free_states = []
+    msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0,
+               data_consistency=lambda z0_hat, t_index: free_states.append(z0_hat) or z0_hat)
+    free = free_states[-1].reshape(2, 2, 16, 16)
     resid = lambda z: float(((z - y) * test_mask).abs().sum())  # noqa: E731
     assert resid(z0) < 1e-3 * resid(free)
 

@@ -1,4 +1,4 @@
-"""Algorithm 1: sampling full measurements with the MSM score (method.md section 5).
+"""Algorithm 1: sampling full measurements with the MSM score (docs/method.md, Algorithm 1).
 
 The state is the full measurement estimate ``z`` (MRI: multi-coil k-space
 ``(C, H, W)`` per sample), VP-scaled: at step ``t`` it stands for
@@ -15,20 +15,15 @@ of the respaced chain (``steps`` of the ``T`` training steps) does:
    ``z0_hat`` and the implied noise ``eps = (z - sqrt(abar_t) z0_hat) / sqrt(1 - abar_t)``;
    after the last step return ``T^H z0_hat`` (MRI: ``C^H F^H z0_hat``).
 
-This is ``update="global"``, the default: as ``w`` grows the aggregation tends
-to the expectation over masks, so the sampler tends to the "full" MSM sampler
-the paper's KL bound compares with (checked in closed form on Gaussian data in
-``tests/test_sampler.py``: the covariance error to the ideal sampler falls from
-0.17 at ``w = 1`` to sampling noise at ``w = 3``). It is also what the CPU
-prototype and the authors' code do (aggregated ``x0``, then one DDIM step).
-
-``update="replace"`` is the literal reading of method.md: inside the ``w`` loop
-each local measurement takes its own DDIM step and is written back into ``z``
-on ``S_i`` (later masks see what earlier ones wrote), and entries no mask covers
-are not advanced. An entry covered by two masks in one step is then stepped
-twice (the second mask reads it at ``t_prev`` but treats it as level ``t``),
-which over-disperses the samples as ``w`` grows (Gaussian test: covariance
-error 0.28, 0.06, 0.22, 1.08 for ``w`` = 1, 2, 3, 6). Kept for comparison only.
+As ``w`` grows the aggregation tends to the expectation over masks, so the
+sampler tends to the "full" MSM sampler the paper's KL bound compares with
+(checked in closed form on Gaussian data in ``tests/test_sampler.py``: the
+covariance error to the ideal sampler falls from 0.17 at ``w = 1`` to sampling
+noise at ``w = 3``). It is also what the CPU prototype and the authors' code do
+(aggregated ``x0``, then one DDIM step). The literal alternative (each local
+estimate takes its own DDIM step, written back into ``z`` on ``S_i``)
+over-disperses the samples as ``w`` grows; ``tests/test_sampler.py`` keeps it
+for that comparison.
 
 Design of the denoiser interface: the sampler talks to the network through a
 *local denoiser* ``local_denoise(op_S, y_t, t) -> s_hat``, which maps a
@@ -55,7 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,10 +63,9 @@ from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import MaskedMeasurement
 
-__all__ = ["msm_sample", "sampling_timesteps", "ddim_coefficients", "network_local_denoiser", "UPDATES"]
+__all__ = ["msm_sample", "sampling_timesteps", "ddim_coefficients", "network_local_denoiser"]
 
 LocalDenoiser = Callable[[MaskedMeasurement, torch.Tensor, int], torch.Tensor]
-UPDATES = ("replace", "global")
 
 
 def sampling_timesteps(schedule: VPSchedule, steps: int, t_start: Optional[int] = None) -> list[tuple[int, int, int]]:
@@ -155,6 +149,43 @@ def _as_generator(generator: Optional[torch.Generator | int]) -> torch.Generator
     return g
 
 
+def _check_arguments(num_samples: int, steps: int, w: int, eta: float) -> None:
+    """MrimsmError for sampler settings out of range."""
+    for name, value in (("w (masks per step)", w), ("steps", steps), ("num_samples", num_samples)):
+        if int(value) < 1:
+            raise MrimsmError(f"{name} must be >= 1, got {value}")
+    if not 0.0 <= float(eta) <= 1.0:
+        raise MrimsmError(f"eta must be in [0, 1], got {eta}")
+
+
+def _resolve(denoiser, op_full: MaskedMeasurement, schedule: Optional[VPSchedule],
+             local_denoise: Optional[LocalDenoiser], image_shape: Optional[Sequence[int]]):
+    """``(schedule, local_denoise, image_shape)`` with their defaults (see :func:`msm_sample`)."""
+    schedule = schedule if schedule is not None else getattr(denoiser, "schedule", None)
+    if schedule is None:
+        raise ValueError("pass schedule= (the denoiser has none)")
+    if local_denoise is None:
+        if denoiser is None:
+            raise ValueError("give a denoiser or a local_denoise")
+        local_denoise = network_local_denoiser(denoiser)
+    if image_shape is None and not hasattr(op_full, "image_shape"):
+        raise ValueError("pass image_shape= for operators without image_shape")
+    return schedule, local_denoise, tuple(int(s) for s in (image_shape or op_full.image_shape[1:]))
+
+
+@contextlib.contextmanager
+def _eval_mode(denoiser) -> Iterator[None]:
+    """The denoiser in eval mode for the block (an ``nn.Module``'s mode is restored)."""
+    was_training = isinstance(denoiser, nn.Module) and denoiser.training
+    if isinstance(denoiser, nn.Module):
+        denoiser.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            denoiser.train()
+
+
 @torch.no_grad()
 def msm_sample(
     denoiser: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
@@ -165,184 +196,93 @@ def msm_sample(
     w: int = 1,
     eta: float = 1.0,
     generator: Optional[torch.Generator | int] = None,
-    data_consistency: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
+    data_consistency: Optional[Callable[..., torch.Tensor]] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
-    return_uncertainty: bool = False,
     *,
     schedule: Optional[VPSchedule] = None,
     local_consistency: Optional[Callable[[torch.Tensor, MaskedMeasurement, int], torch.Tensor]] = None,
     local_denoise: Optional[LocalDenoiser] = None,
     image_shape: Optional[Sequence[int]] = None,
-    update: str = "global",
-    return_state: bool = False,
-    device: Optional[torch.device | str] = None,
     start: Optional[tuple[torch.Tensor, int]] = None,
-):
-    """Draw samples with Algorithm 1.
+) -> torch.Tensor:
+    """Draw ``num_samples`` samples with Algorithm 1: images ``(N, *image)`` (``T^H z0_hat``).
 
     Args:
         denoiser: image-domain ``(u_t (M, *image), t (M,) int64) -> x0`` (an
-            :class:`MSMDenoiser`; put it in eval mode, done here for ``nn.Module``);
-            may be ``None`` when ``local_denoise`` is given.
-        op_full: the operator with no mask (``T``), batch ``B`` (e.g. ``MultiCoilMRI(maps)``).
-        mask_sampler: draws the random masks ``S_i`` (the training mask family).
-        num_samples: ``N``, a multiple of ``B``.
-        steps: respaced reverse steps (paper: 200). w: masks per step (network calls per step).
-        eta: DDIM stochasticity (1.0 generation, 0.85 CS-MRI in the paper, 0 deterministic).
-        generator: torch.Generator or int seed; drives all noise and mask draws
-            (same seed -> identical samples). ``None``: a fresh random seed.
-        data_consistency: hook ``(z0_hat (K, B, *meas), t_index) -> z0_hat`` after the
-            aggregation (``t_index`` counts ``steps - 1 .. 0``; see
-            :func:`sampling_timesteps`). Its change moves the state as it would move the
-            DDIM step (``update="global"``: the step starts from the corrected ``z0_hat``;
-            ``"replace"``: entries covered at this step shift by ``a * change``, ``a`` from
-            :func:`ddim_coefficients`).
+            :class:`MSMDenoiser`, put in eval mode here); ``None`` when ``local_denoise`` is given.
+        op_full: the operator with no mask (``T``), batch ``B``; mask_sampler: the training
+            mask family; num_samples: ``N``, a multiple of ``B``; steps: reverse steps (paper
+            200); w: masks per step; eta: DDIM stochasticity (0: deterministic); generator:
+            torch.Generator or int seed of all draws (``None``: a fresh seed).
+        data_consistency: hook ``(z0_hat (K, B, *meas), t_index) -> z0_hat`` on the aggregated
+            estimate, before the DDIM step (``t_index`` counts ``steps - 1 .. 0``). A hook with a
+            true ``needs_graph`` attribute is called ``(z0_hat, t_index, z_t)`` with gradients
+            on: ``z_t``, the state at this level, is a graph leaf and ``z0_hat`` a function of it.
         progress: wraps the list of steps, e.g. ``tqdm``.
-        return_uncertainty: also return the pixel-wise std of the magnitude over the ``K``
-            samples of each batch element, ``(B, *image)`` float32 (zeros if ``K = 1``).
         schedule: defaults to ``denoiser.schedule``.
-        local_consistency: hook ``(s_hat (K, B, *meas), op_S, t_index) -> s_hat`` on each
-            local clean estimate before its DDIM step (the published code's placement).
-        local_denoise: ``(op_S, y_t (K, B, *meas), t int) -> s_hat`` replacing the network
+        local_consistency: hook ``(s_hat (K, B, *meas), op_S, t_index) -> s_hat`` on each local
+            estimate (the published code's placement).
+        local_denoise: ``(op_S, y_t (K, B, *meas), t) -> s_hat`` in place of the network
             (see :func:`network_local_denoiser`).
-        image_shape: per-sample image shape without batch; default ``op_full.image_shape[1:]``.
-            Required for operators without ``image_shape`` (``Identity``: ``(K, H, W)``).
-        update: ``"global"`` (default) or ``"replace"`` (method.md's literal reading,
-            over-disperses for ``w >= 3``; see the module doc).
-        return_state: also return ``z0_hat`` ``(N, *meas)``.
-        device: where the state lives; default: the operator's tensors' device, else the
-            denoiser's, else CPU.
-        start: warm start ``(z_init, t_start)``: instead of pure noise at ``T - 1`` the
-            chain starts at step ``t_start`` from ``sqrt(abar) z_init + sqrt(1 - abar) n``
-            (SDEdit / CCDF style), with ``z_init`` ``(B, *meas)`` or ``(K, B, *meas)`` the
-            full measurement of an initial image (``T x_init``), which is also the clean
+        image_shape: per-sample image shape; default ``op_full.image_shape[1:]`` (required
+            for operators without one, e.g. ``Identity``: ``(K, H, W)``).
+        start: warm start ``(z_init, t_start)``: the chain starts at ``t_start`` from
+            ``sqrt(abar) z_init + sqrt(1 - abar) n`` (SDEdit style); ``z_init`` ``(B, *meas)`` or
+            ``(K, B, *meas)`` is the full measurement of an initial image and the clean
             estimate on entries no mask covers before the first aggregation.
-
-    Returns:
-        images ``(N, *image)`` (complex64 for MRI, T^H z0_hat), then the uncertainty map
-        and/or the final ``z0_hat`` if asked (a tuple in that order).
     """
-    # -- checks and set-up ----------------------------------------------------
-    if int(w) < 1:
-        raise MrimsmError(f"w (masks per step) must be >= 1, got {w}")
-    if int(steps) < 1:
-        raise MrimsmError(f"steps must be >= 1, got {steps}")
-    if int(num_samples) < 1:
-        raise MrimsmError(f"num_samples must be >= 1, got {num_samples}")
-    if not 0.0 <= float(eta) <= 1.0:
-        raise MrimsmError(f"eta must be in [0, 1], got {eta}")
-    if update not in UPDATES:
-        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-    schedule = schedule if schedule is not None else getattr(denoiser, "schedule", None)
-    if schedule is None:
-        raise ValueError("pass schedule= (the denoiser has none)")
-    if local_denoise is None:
-        if denoiser is None:
-            raise ValueError("give a denoiser or a local_denoise")
-        local_denoise = network_local_denoiser(denoiser)
-    if image_shape is None:
-        if not hasattr(op_full, "image_shape"):
-            raise ValueError("pass image_shape= for operators without image_shape")
-        image_shape = tuple(op_full.image_shape[1:])
-    image_shape = tuple(int(s) for s in image_shape)
+    _check_arguments(num_samples, steps, w, eta)
+    schedule, local_denoise, image_shape = _resolve(denoiser, op_full, schedule, local_denoise, image_shape)
     op_full = op_full.with_mask(None)
-    device = torch.device(device) if device is not None else _infer_device(op_full, denoiser)
+    device = _infer_device(op_full, denoiser)
     g = _as_generator(generator)
     np_rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-
     # measurement layout: (B, *meas) from T applied to a zero image; state (K, B, *meas)
     z_like = op_full.full_forward(torch.zeros((1, *image_shape), device=device))
-    b = z_like.shape[0]
-    n = int(num_samples)
+    b, n = z_like.shape[0], int(num_samples)
     if n % b:
         raise MrimsmError(f"num_samples ({n}) must be a multiple of the operator's batch ({b})")
     k = n // b
-    meas_shape = tuple(z_like.shape[1:])
+    needs_graph = bool(getattr(data_consistency, "needs_graph", False))
 
-    def noise(like: torch.Tensor) -> torch.Tensor:
-        return gaussian_like(like, g)
-
-    def draw_masks() -> torch.Tensor:  # (K, B, *mask layout) float32
-        m = mask_sampler.draw(n, np_rng, device=device)
-        return m.reshape(k, b, *m.shape[1:])
-
-    was_training = isinstance(denoiser, nn.Module) and denoiser.training
-    if isinstance(denoiser, nn.Module):
-        denoiser.eval()
-    try:
+    with _eval_mode(denoiser):
         # start: z_T ~ N(0, I) per real component, no clean estimate yet; or a warm
         # start: the initial measurement noised to the starting step
-        z = noise(torch.zeros((k, b, *meas_shape), dtype=z_like.dtype, device=device))
+        z = gaussian_like(torch.zeros((k, b, *z_like.shape[1:]), dtype=z_like.dtype, device=device), g)
         z0_hat = torch.zeros_like(z)
         chain = sampling_timesteps(schedule, steps, None if start is None else int(start[1]))
         if start is not None:
             z0_hat = z0_hat + start[0].to(device=device, dtype=z.dtype)
             ab = float(schedule.alpha_bar(chain[0][1]))
             z = math.sqrt(ab) * z0_hat + math.sqrt(1 - ab) * z
-        def aggregate(z_t: torch.Tensor, t: int, t_index: int, co: dict):
-            """Steps 1-2 at level ``t``: ``(sum_i S_i s_hat_i, coverage, state)``; the state
-            is ``z_t`` except in ``replace`` mode (local DDIM steps written back on S_i)."""
-            z_cur, acc, cov = z_t, torch.zeros_like(z_t), None
-            for _ in range(int(w)):
-                # step 1: draw a mask S_i from the training family (one per sample)
-                mask = draw_masks()
-                op_s = op_full.with_mask(mask)
-                # step 1: local measurement S_i z -> u = A_{S_i}^H (S_i z) -> x0_hat -> s_hat_i = S_i T x0_hat
-                y_t = op_s.apply_mask(z_cur)
-                s_hat = op_s.apply_mask(local_denoise(op_s, y_t, t))
-                # step 1 [section 6]: optional local data consistency on s_hat_i
-                if local_consistency is not None:
-                    s_hat = op_s.apply_mask(local_consistency(s_hat, op_s, t_index))
-                acc = acc + s_hat
-                cov = mask if cov is None else cov + mask
-                if update == "replace":
-                    # method.md literal: local DDIM step t -> t_prev of S_i z, written back
-                    # into z on S_i (entries outside S_i keep their values)
-                    eps = (y_t - co["sqrt_ab_t"] * s_hat) / co["sqrt_1m_ab_t"]
-                    y_prev = co["sqrt_ab_prev"] * s_hat + co["c_eps"] * eps
-                    if co["noise_std"] > 0:
-                        y_prev = y_prev + co["noise_std"] * op_s.apply_mask(noise(z_cur))
-                    z_cur = z_cur - y_t + y_prev
-            return acc, cov, z_cur
-
-        # a hook that takes the denoiser's Jacobian (``needs_graph``) gets the state at
-        # level t as a graph leaf and the aggregated estimate as a function of it
-        needs_graph = bool(getattr(data_consistency, "needs_graph", False))
         for t_index, t, t_prev in progress(chain) if progress is not None else chain:
             co = ddim_coefficients(schedule, t, t_prev, float(eta))
             z_t = z.detach().requires_grad_() if needs_graph else z  # the state at level t
             with torch.enable_grad() if needs_graph else contextlib.nullcontext():
-                acc, cov, z = aggregate(z_t, t, t_index, co)
+                acc, cov = torch.zeros_like(z_t), None
+                for _ in range(int(w)):
+                    # step 1: draw S_i from the training family (one per sample); local
+                    # measurement S_i z -> A_{S_i}^H (S_i z) -> x0_hat -> s_hat_i = S_i T x0_hat
+                    mask = mask_sampler.draw(n, np_rng, device=device)
+                    mask = mask.reshape(k, b, *mask.shape[1:])
+                    op_s = op_full.with_mask(mask)
+                    s_hat = op_s.apply_mask(local_denoise(op_s, op_s.apply_mask(z_t), t))
+                    if local_consistency is not None:  # optional local data consistency on s_hat_i
+                        s_hat = op_s.apply_mask(local_consistency(s_hat, op_s, t_index))
+                    acc = acc + s_hat
+                    cov = mask if cov is None else cov + mask
                 # step 2: MMSE aggregation with weights 1 / max(coverage, 1) on covered
                 # entries; uncovered entries keep the previous z0_hat
-                covered = (cov > 0).expand_as(z)
-                z0_agg = torch.where(covered, acc * SubmaskSampler.weights(cov), z0_hat)
-                z0_hat = z0_agg
-                # step 2 [section 6]: optional data consistency on the aggregated estimate
-                if data_consistency is not None:
+                covered = (cov > 0).expand_as(z_t)
+                z0_hat = torch.where(covered, acc * SubmaskSampler.weights(cov), z0_hat)
+                if data_consistency is not None:  # optional data consistency on z0_hat
                     z0_hat = data_consistency(z0_hat, t_index, z_t) if needs_graph else data_consistency(z0_hat, t_index)
-            z0_hat, z0_agg, z, z_t = z0_hat.detach(), z0_agg.detach(), z.detach(), z_t.detach()
-            if update == "global":
-                # step 3: DDIM(eta) step of the whole state from z0_hat, t -> t_prev
-                eps = (z_t - co["sqrt_ab_t"] * z0_hat) / co["sqrt_1m_ab_t"]
-                z = co["sqrt_ab_prev"] * z0_hat + co["c_eps"] * eps
-                if co["noise_std"] > 0:
-                    z = z + co["noise_std"] * noise(z)
-            elif data_consistency is not None:
-                # replace mode: the hook's change moves the covered entries as it
-                # would have moved their local DDIM steps
-                z = z + co["a"] * torch.where(covered, z0_hat - z0_agg, torch.zeros_like(z))
-        # step 3: the image T^H z0_hat
+            z0_hat, z_t = z0_hat.detach(), z_t.detach()
+            # step 3: DDIM(eta) step of the whole state from z0_hat, t -> t_prev
+            eps = (z_t - co["sqrt_ab_t"] * z0_hat) / co["sqrt_1m_ab_t"]
+            z = co["sqrt_ab_prev"] * z0_hat + co["c_eps"] * eps
+            if co["noise_std"] > 0:
+                z = z + co["noise_std"] * gaussian_like(z, g)
+        # the image T^H z0_hat
         images = op_full.full_adjoint(z0_hat)
-    finally:
-        if was_training:
-            denoiser.train()
-
-    images = images.reshape(n, *images.shape[2:])
-    out = [images]
-    if return_uncertainty:
-        mag = images.abs().reshape(k, b, *images.shape[1:]).float()
-        out.append(mag.std(dim=0, correction=0))
-    if return_state:
-        out.append(z0_hat.reshape(n, *meas_shape))
-    return out[0] if len(out) == 1 else tuple(out)
+    return images.reshape(n, *images.shape[2:])
