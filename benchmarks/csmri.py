@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: zero-filled, SENSE, CS-L1 (sigpy), SSDU and MSM on the same held-out
+"""Benchmark: zero-filled, SENSE, CS-L1 (sigpy), SSDU and MSM on the same held-out
 slices with the same masks, coil maps and seeds, at R = 4 and R = 6.
 
     .venv/bin/python benchmarks/csmri.py                                   # defaults (< 30 min on 2 CPU cores)

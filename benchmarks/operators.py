@@ -4,7 +4,7 @@ Prints, side by side: sigpy's Sense, a straightforward torch version with
 fftshift/ifftshift, the bare FFT + inverse FFT, and mrimsm's MultiCoilMRI
 (shifts folded into a sign pattern; with the column mask only the kept
 columns are transformed along the readout, and the 2-D FFT path it replaced
-is timed beside it). Target (issue 3): MultiCoilMRI within
+is timed beside it). Target: MultiCoilMRI within
 1.3x of the bare FFT. Usage::
 
     .venv/bin/python benchmarks/operators.py [--coils 16] [--size 256] [--threads 2] [--repeat 30]

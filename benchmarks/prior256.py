@@ -1,4 +1,4 @@
-"""Held-out check of the 256 x 256 brain prior (issue 13): zero-filled, CS-L1, SENSE
+"""Held-out check of the 256 x 256 brain prior: zero-filled, CS-L1, SENSE
 (when registered) and MSM on the same slices, masks, coil maps and seeds, at R = 4 and 6.
 
     .venv/bin/python benchmarks/prior256.py --checkpoint runs/default_msm256             # defaults
@@ -134,7 +134,7 @@ def main() -> int:
         common = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device, "seed": args.seed}
         built = C.build_methods(runs, common)
         progress = C.tqdm_progress(args.quiet)
-        lines = C.header_lines("256 x 256 prior: held-out check (issue 13)", sys.argv, args.device)
+        lines = C.header_lines("256 x 256 prior: held-out check", sys.argv, args.device)
         lines += [f"MSM: {args.checkpoint or 'the shipped prior chosen by size'}; posterior {args.steps} steps, "
                   f"w {args.w}, {args.samples} sample(s). {args.coils} simulated coils, noise {args.noise:g}; "
                   f"RandomCartesian masks seeded per file and slice (seed {args.seed})."]

@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: zero-filled, CS-L1 (sigpy) and MSM posterior sampling on held-out
+"""Benchmark: zero-filled, CS-L1 (sigpy) and MSM posterior sampling on held-out
 slices at R = 4 and R = 6, with the paper's ablations (w = 1 vs 3; 200 vs 100 vs 50 steps)
 and the number of posterior samples averaged (4 vs 1).
 

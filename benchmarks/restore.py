@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: box inpainting and 4x super-resolution of held-out natural images
+"""Benchmark: box inpainting and 4x super-resolution of held-out natural images
 with the MSM image prior, against the simple baselines (mean fill, bicubic).
 
     .venv/bin/python benchmarks/restore.py                                  # shipped tiny prior
@@ -110,7 +110,7 @@ def main() -> int:
                     C.log_line(f"{task:<12} {label:<26} MSM {m['psnr']:6.2f} dB  {base} {b['psnr']:6.2f} dB  ({n} images)")
         seconds = time.perf_counter() - t_start
         step = int(loaded.step)
-        lines = C.header_lines("Natural-image restoration (issue 8)", sys.argv, "cpu") + [
+        lines = C.header_lines("Natural-image restoration", sys.argv, "cpu") + [
             f"Model: `{ckpt}` (step {step}, {loaded.meta['image_shape'][0]} x {loaded.meta['image_shape'][1]}); "
             f"data: `{folder}`; observation noise {args.noise}; total {seconds / 60:.1f} min.",
             "",

@@ -39,7 +39,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -334,12 +334,22 @@ def train(
         distributed.cleanup()
 
 
-def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) -> TrainResult:
-    dev = info.device
-    say = echo if info.is_main else (lambda _msg: None)
-    tc = cfg.train
+@dataclass
+class _Run:
+    """What one training run holds: the method, the trained module, its EMA, the optimizer."""
 
-    # -- data and model ------------------------------------------------------------
+    method: TrainMethod
+    bundle: Any
+    model: nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp: Optional[torch.dtype]
+
+
+def _build(cfg: Config, method_cls: type, info: distributed.DistInfo, amp_dtype: Optional[torch.dtype]) -> _Run:
+    """Data, method, model (same initial weights on every rank), EMA, AdamW, loss scaler."""
+    dev, tc = info.device, cfg.train
     bundle = method_cls.build_dataset(cfg, info)
     method = method_cls(cfg, bundle.info)
     torch.manual_seed(step_seed(tc.seed, _INIT_STREAM, 0))  # same initial weights on every rank
@@ -348,85 +358,141 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     amp = amp_dtype if amp_dtype is not None else _amp_dtype(cfg, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp == torch.float16 and dev.type == "cuda"))
+    return _Run(method, bundle, model, ema, opt, scaler, amp)
 
-    # -- resume ----------------------------------------------------------------------
-    start = 0
+
+def _resume(run: _Run, cfg: Config, run_dir: Path, info: distributed.DistInfo, say: Callable[[str], None]) -> int:
+    """Load ``run_dir/last.pt`` into ``run`` (weights, EMA, optimizer, scaler, RNG); its step."""
     last = run_dir / LAST_NAME
-    if resume and last.exists():
-        ckpt = load_checkpoint(last, map_location=dev)
-        if ckpt["method"] != cfg.method:
-            raise MrimsmError(f"{last} was trained with method {ckpt['method']!r}, not {cfg.method!r}")
-        method.check_resume(ckpt["config"], last)
-        load_state_checked(model, ckpt["model"], str(last))
-        load_state_checked(ema.module, ckpt["ema"], str(last))
-        if ckpt.get("optimizer") is not None:
-            opt.load_state_dict(ckpt["optimizer"])  # bf16 moments (compact states) are cast to fp32
-        elif (ckpt.get("compact") or {}).get("optimizer") == "dropped":
-            say(f"{last} is a compact state without optimizer moments; AdamW starts afresh (re-warms)")
-        else:
-            raise MrimsmError(f"{last} holds no optimizer state and cannot be resumed")
-        if ckpt.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        start = int(ckpt["step"])
-        ranks = (ckpt.get("rng") or {}).get("ranks") or []
-        if len(ranks) == info.world_size:
-            restore_rng_state(ranks[info.rank])
-        say(f"resuming {run_dir} from step {start}")
-        del ckpt
-    elif resume:
+    if not last.exists():
         say(f"no checkpoint in {run_dir}; starting from step 0")
+        return 0
+    ckpt = load_checkpoint(last, map_location=info.device)
+    if ckpt["method"] != cfg.method:
+        raise MrimsmError(f"{last} was trained with method {ckpt['method']!r}, not {cfg.method!r}")
+    run.method.check_resume(ckpt["config"], last)
+    load_state_checked(run.model, ckpt["model"], str(last))
+    load_state_checked(run.ema.module, ckpt["ema"], str(last))
+    if ckpt.get("optimizer") is not None:
+        run.opt.load_state_dict(ckpt["optimizer"])  # bf16 moments (compact states) are cast to fp32
+    elif (ckpt.get("compact") or {}).get("optimizer") == "dropped":
+        say(f"{last} is a compact state without optimizer moments; AdamW starts afresh (re-warms)")
+    else:
+        raise MrimsmError(f"{last} holds no optimizer state and cannot be resumed")
+    if ckpt.get("scaler") and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler"])
+    start = int(ckpt["step"])
+    ranks = (ckpt.get("rng") or {}).get("ranks") or []
+    if len(ranks) == info.world_size:
+        restore_rng_state(ranks[info.rank])
+    say(f"resuming {run_dir} from step {start}")
+    return start
 
+
+def _write_checkpoint(run: _Run, cfg: Config, run_dir: Path, info: distributed.DistInfo,
+                      sampler: StepBatchSampler, at_step: int) -> None:
+    """``last.pt`` (and ``checkpoints/step_*.pt`` every ``train.keep_every`` steps); RNG of every rank."""
+    rng = distributed.all_gather_object(capture_rng_state(sampler.state(at_step)), info)
+    if not info.is_main:
+        return
+    fields = dict(
+        method=cfg.method,
+        step=at_step,
+        config=cfg.to_dict(),
+        meta=run.method.checkpoint_meta(cfg),
+        model=run.model.state_dict(),
+        ema=run.ema.module.state_dict(),
+        optimizer=run.opt.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        rng={"ranks": rng, "world_size": info.world_size},
+    )
+    save_checkpoint(run_dir / LAST_NAME, **fields)
+    if cfg.train.keep_every and at_step % cfg.train.keep_every == 0:
+        save_checkpoint(run_dir / "checkpoints" / f"step_{at_step:07d}.pt", **fields)
+
+
+def _optimizer_step(run: _Run, net: nn.Module, batch: dict, gen: torch.Generator, cfg: Config,
+                    step: int, last: Path) -> tuple[float, float, dict]:
+    """One step: loss (under autocast), backward, clipping, AdamW; ``(loss, grad norm, logs)``."""
+    tc, dev = cfg.train, gen.device
+    with torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+        loss, logs = run.method.loss(net, batch, gen)
+    loss_value = float(loss.detach().item())
+    if not math.isfinite(loss_value):
+        raise MrimsmError(
+            f"the loss became {loss_value} at step {step + 1}; lower train.lr or check the data "
+            f"(last checkpoint: {last if last.exists() else 'none'})"
+        )
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    grad_norm = float("nan")
+    if tc.grad_clip > 0:
+        run.scaler.unscale_(run.opt)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip))
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    return loss_value, grad_norm, logs or {}
+
+
+class _LogWindow:
+    """The values of the steps since the last log record, averaged across ranks into it."""
+
+    def __init__(self, path: Path, info: distributed.DistInfo):
+        self.path, self.info = path, info
+        self.values: dict[str, list] = {}
+        self.steps = 0
+        self.t_start = self.t_window = time.perf_counter()
+
+    def add(self, pairs: Iterable[tuple[str, Any]]) -> None:
+        """One step's ``(key, value)`` pairs (a key may come twice: both values count)."""
+        for k, v in pairs:
+            self.values.setdefault(k, []).append(_float(v))
+        self.steps += 1
+
+    def write(self, step: int, epoch: int, lr: float, bar: Any) -> None:
+        now = time.perf_counter()
+        rec = {"step": step, "epoch": epoch}
+        for k, vals in self.values.items():
+            rec[k] = distributed.all_reduce_mean(float(np.mean(vals)), self.info)
+        rec["lr"] = lr
+        rec["steps_per_s"] = self.steps / max(now - self.t_window, 1e-9)
+        rec["elapsed_s"] = now - self.t_start
+        if self.info.is_main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.4g}", it_s=f"{rec['steps_per_s']:.2f}")
+        self.values, self.steps, self.t_window = {}, 0, now
+
+
+def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) -> TrainResult:
+    dev = info.device
+    say = echo if info.is_main else (lambda _msg: None)
+    tc = cfg.train
+    last = run_dir / LAST_NAME
+    run = _build(cfg, method_cls, info, amp_dtype)
+    start = _resume(run, cfg, run_dir, info, say) if resume else 0
     if info.is_main and start < tc.max_steps:  # a no-op resume leaves the run as it is
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(run_dir / "config.yaml", cfg)
         _truncate_log(run_dir / "log.jsonl", start)
     distributed.barrier(info)
 
-    net = distributed.wrap(model, info)
-    sampler = StepBatchSampler(
-        len(bundle.dataset), tc.batch_size, tc.seed, info.rank, info.world_size, start, tc.max_steps
-    )
+    net = distributed.wrap(run.model, info)
+    dataset, collate = run.bundle.dataset, run.bundle.collate
+    sampler = StepBatchSampler(len(dataset), tc.batch_size, tc.seed, info.rank, info.world_size, start, tc.max_steps)
     loader = torch.utils.data.DataLoader(
-        bundle.dataset,
-        batch_sampler=sampler,
-        collate_fn=bundle.collate,
-        num_workers=tc.num_workers,
-        pin_memory=dev.type == "cuda",
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=tc.num_workers, pin_memory=dev.type == "cuda"
     )
     preview_batch = None
     if tc.sample_every and info.is_main:
-        n_prev = min(cfg.sample.preview_num, len(bundle.dataset))
-        preview_batch = _to_device(bundle.collate([bundle.dataset[i] for i in range(n_prev)]), dev)
+        preview_batch = _to_device(collate([dataset[i] for i in range(min(cfg.sample.preview_num, len(dataset)))]), dev)
 
     result = TrainResult(run_dir=run_dir, start_step=start, step=start)
     bar = progress(total=tc.max_steps, initial=start, desc="train") if (progress and info.is_main) else None
-    log_path = run_dir / "log.jsonl"
-    window: dict[str, list] = {}
-    t_window = time.perf_counter()
-    t_start = t_window
-    steps_in_window = 0
+    window = _LogWindow(run_dir / "log.jsonl", info)
     step = start
-
-    def write_checkpoint(at_step: int) -> None:
-        rng = distributed.all_gather_object(capture_rng_state(sampler.state(at_step)), info)
-        if not info.is_main:
-            return
-        fields = dict(
-            method=cfg.method,
-            step=at_step,
-            config=cfg.to_dict(),
-            meta=method.checkpoint_meta(cfg),
-            model=model.state_dict(),
-            ema=ema.module.state_dict(),
-            optimizer=opt.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else None,
-            rng={"ranks": rng, "world_size": info.world_size},
-        )
-        save_checkpoint(last, **fields)
-        if tc.keep_every and at_step % tc.keep_every == 0:
-            save_checkpoint(run_dir / "checkpoints" / f"step_{at_step:07d}.pt", **fields)
-
-    model.train()
+    run.model.train()
     with deferred_interrupts() as stop, _closing(bar):  # SIGINT / SIGTERM: finish the step, save, stop
         for indices_batch in loader:
             # reseed: step s is the same whether or not the run was resumed
@@ -442,77 +508,48 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
                                    torch.Generator().manual_seed(step_seed(tc.seed, info.rank, step) ^ 0xF11F))
             batch["step"] = step
             batch["epoch"] = sampler.epoch_of(step)
-
-            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, logs = method.loss(net, batch, gen)
-            loss_value = float(loss.detach().item())
-            if not math.isfinite(loss_value):
-                raise MrimsmError(
-                    f"the loss became {loss_value} at step {step + 1}; lower train.lr or check the data "
-                    f"(last checkpoint: {last if last.exists() else 'none'})"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            grad_norm = float("nan")
-            if tc.grad_clip > 0:
-                scaler.unscale_(opt)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            scaler.step(opt)
-            scaler.update()
+            loss_value, grad_norm, logs = _optimizer_step(run, net, batch, gen, cfg, step, last)
             step += 1
-            ema.update(model, step)
+            run.ema.update(run.model, step)
 
             result.losses.append((step, loss_value))
-            window.setdefault("loss", []).append(loss_value)
-            if tc.grad_clip > 0:
-                window.setdefault("grad_norm", []).append(grad_norm)
-            for k, v in (logs or {}).items():
-                window.setdefault(k, []).append(_float(v))
-            steps_in_window += 1
-
+            window.add([("loss", loss_value), *([("grad_norm", grad_norm)] if tc.grad_clip > 0 else []), *logs.items()])
             if step % tc.log_every == 0 or step == tc.max_steps:
-                now = time.perf_counter()
-                rec = {"step": step, "epoch": sampler.epoch_of(step - 1)}
-                for k, vals in window.items():
-                    rec[k] = distributed.all_reduce_mean(float(np.mean(vals)), info)
-                rec["lr"] = opt.param_groups[0]["lr"]
-                rec["steps_per_s"] = steps_in_window / max(now - t_window, 1e-9)
-                rec["elapsed_s"] = now - t_start
-                if info.is_main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4g}", it_s=f"{rec['steps_per_s']:.2f}")
-                window, steps_in_window, t_window = {}, 0, now
+                window.write(step, sampler.epoch_of(step - 1), run.opt.param_groups[0]["lr"], bar)
             if bar is not None:
                 bar.update(1)
 
             if tc.sample_every and step % tc.sample_every == 0 and info.is_main:
-                _write_preview(method, ema.module, preview_batch, run_dir, step, tc.seed, dev)
+                _write_preview(run.method, run.ema.module, preview_batch, run_dir, step, tc.seed, dev)
             saved = (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.max_steps
             if saved:
-                write_checkpoint(step)
+                _write_checkpoint(run, cfg, run_dir, info, sampler, step)
             if step < tc.max_steps and _stop_requested(stop, info):
                 if not saved:
-                    write_checkpoint(step)
+                    _write_checkpoint(run, cfg, run_dir, info, sampler, step)
                 raise Interrupted(
                     f"{stop.name or 'a signal on another rank'} at step {step} of {tc.max_steps}; "
                     f"checkpoint {last} written; resume with: mrimsm train {cfg.source} --out {run_dir} --resume"
                 )
+    return _finish(result, run, step, start, window.t_start, tc.max_steps, last, run_dir, dev, say)
 
-    if step == start and start < tc.max_steps:
+
+def _finish(result: TrainResult, run: _Run, step: int, start: int, t_start: float, max_steps: int,
+            last: Path, run_dir: Path, dev: torch.device, say: Callable[[str], None]) -> TrainResult:
+    """Fill in the result and say what was done."""
+    if step == start and start < max_steps:
         raise MrimsmError("the data loader yielded no batches")
     elapsed = time.perf_counter() - t_start
     result.step = step
-    result.model = model
-    result.ema = ema.module
+    result.model = run.model
+    result.ema = run.ema.module
     result.steps_per_s = (step - start) / elapsed if step > start and elapsed > 0 else float("nan")
     result.peak_memory_mb = _peak_memory_mb(dev)
     if step > start:
         say(f"trained steps {start + 1}-{step}: final loss {result.losses[-1][1]:.4g}, "
             f"{result.steps_per_s:.2f} steps/s; checkpoint {last}")
     else:
-        say(f"{run_dir} is already at step {step} (train.max_steps = {tc.max_steps}); nothing to do")
+        say(f"{run_dir} is already at step {step} (train.max_steps = {max_steps}); nothing to do")
     return result
 
 

@@ -1,4 +1,4 @@
-"""Failure paths (issue 15): outputs checked before any work, interrupts that save and say
+"""Failure paths: outputs checked before any work, interrupts that save and say
 what finished, size guards, skip-done that checks what was done, and a fuzz loop of
 corrupted inputs. Every failure is one ``error:`` line with exit 2 (``interrupted:`` and
 130 for a signal), never a traceback, never a partial file."""

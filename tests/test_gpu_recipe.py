@@ -1,5 +1,5 @@
 """training/gpu_train.py, the GPU recipe, on CPU: resume a state for a wall-clock budget,
-write it in parts, join the parts back (issue 13, item 3)."""
+write it in parts, join the parts back."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def test_sigma_and_alpha_bar_match_the_definition():
     assert float(sch.sigma(-1)) == 0.0 and float(sch.alpha_bar(-1)) == 1.0
     # monotone: more noise at larger t
     assert bool((sch.sigmas[1:] > sch.sigmas[:-1]).all())
-    # the numbers method.md quotes: sigma_0 ~ 0.01, rho = 0.1 near step 26
+    # the numbers docs/method.md quotes: sigma_0 ~ 0.01, rho = 0.1 near step 26
     assert abs(float(sch.sigma(0)) - 0.01) < 1e-4
 
 
@@ -58,12 +58,12 @@ def test_respaced_200_is_every_fifth_step_with_both_ends():
 def test_t_for_sigma_is_closest_from_below():
     sch = VPSchedule()
     t = sch.t_for_sigma(0.1)
-    assert t == 26  # method.md: "rho = 0.1 corresponds to a step near 26"
+    assert t == 26  # docs/method.md: "rho = 0.1 corresponds to a step near 26"
     assert float(sch.sigma(t)) <= 0.1 < float(sch.sigma(t + 1))
     ts = sch.respaced(200)
     t200 = sch.t_for_sigma(0.1, ts)
     assert t200 == 25 and t200 in ts.tolist()
-    # about 6 of the 200 training steps have sigma_t <= rho = 0.1 (method.md)
+    # about 6 of the 200 training steps have sigma_t <= rho = 0.1 (docs/method.md)
     assert int((sch.sigma(ts) <= 0.1).sum()) == 6
     # below the smallest level: the smallest candidate
     assert sch.t_for_sigma(1e-6, ts) == 0

@@ -1,7 +1,7 @@
 """The MSM denoiser: image-domain view of a noisy masked measurement -> clean image.
 
 ``x0 = denoiser(u_t, t)`` where ``u_t = A_S^H y_t`` and
-``y_t = sqrt(abar_t) (y + sigma_t n)`` on the entries of ``S`` (method.md
+``y_t = sqrt(abar_t) (y + sigma_t n)`` on the entries of ``S`` (docs/method.md
 section 3). The denoiser gets no mask: the network sees only ``u_t`` and ``t``.
 
 Scaling and preconditioning (EDM-style, with ``sigma = sigma_t`` in
@@ -40,7 +40,7 @@ the *local clean measurement* ``s_hat = A_S x0`` (:meth:`MSMDenoiser.measure`).
   the range of ``A_S``: clean data pass through (8 iterations: -40 dB relative
   error on clean held-out local measurements, against -21 dB for
   ``A_S A_S^H v``), and the part of the noise no image can produce is removed.
-  The backbone still sees only the aliased view ``x``, as method.md says; the
+  The backbone still sees only the aliased view ``x``, as docs/method.md says; the
   skip is a fixed linear function of the local measurement, so ``s_hat``
   remains a denoiser of the local measurement alone. For ``T = I`` with pixel
   masks ``x_ls = x`` and the choice is moot.

@@ -1,4 +1,4 @@
-"""MSM training losses on undersampled (and noisy) measurements (method.md section 4).
+"""MSM training losses on undersampled (and noisy) measurements (docs/method.md section 4).
 
 Each training example is one acquisition ``y = S z + e`` (zeros outside its
 mask ``S``; ``e`` with standard deviation ``rho`` per real component on ``S``),
@@ -13,7 +13,7 @@ out again inside :class:`~mrimsm.diffusion.denoiser.MSMDenoiser`). ``n`` is
 standard normal per real component on ``S``; ``m`` is the number of measured
 **real** degrees of freedom per example (a complex entry counts twice), so
 ``rho`` and ``sigma_t`` are per-real-component levels and the formulas below
-read exactly as in method.md.
+read exactly as in docs/method.md.
 
 Noiseless, ``rho = 0``::
 
@@ -161,7 +161,7 @@ class MSMLoss:
             ``"edm"`` (``(sigma_t^2 + sigma_data^2) / (sigma_t sigma_data)^2``).
         sigma_data: only for ``weighting="edm"``.
         reference_grad: let the pseudo-clean reference carry gradient (published
-            code) instead of detaching it (default, as issue 5 asks).
+            code) instead of detaching it (default).
 
     Call:
         denoiser: ``(u_t, t) -> x0`` (:class:`~mrimsm.diffusion.denoiser.MSMDenoiser`).

@@ -6,7 +6,7 @@ Config sections (besides the common ``data`` / ``train`` / ``sample``):
 * ``model`` (:class:`UNetConfig`): the UNet's widths and attention; the input
   and output channels (2 per complex image) and the image size come from the data.
 * ``diffusion`` (:class:`DiffusionConfig`): the schedule, the loss settings of
-  method.md section 4 (``rho``, ``lambda_sure``, ``tau``, ``train_steps``) and
+  docs/method.md section 4 (``rho``, ``lambda_sure``, ``tau``, ``train_steps``) and
   the denoiser's preconditioning. ``rho: null`` takes the noise level the data
   was prepared with.
 
@@ -82,7 +82,7 @@ class UNetConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Schedule, loss and denoiser settings (method.md sections 3-4)."""
+    """Schedule, loss and denoiser settings (docs/method.md sections 3-4)."""
 
     rho: Optional[float] = None
     lambda_sure: float = 0.05
@@ -148,7 +148,7 @@ def batch_operator(batch: dict) -> MaskedMeasurement:
 
 
 class MSMMethod(TrainMethod):
-    """Measurement score-based diffusion (method.md): MSMDenoiser(UNet) + MSMLoss."""
+    """Measurement score-based diffusion (docs/method.md): MSMDenoiser(UNet) + MSMLoss."""
 
     config_sections = {"model": UNetConfig, "diffusion": DiffusionConfig}
 

@@ -1,4 +1,4 @@
-"""Posterior sampling for linear inverse problems with the MSM prior (method.md section 6).
+"""Posterior sampling for linear inverse problems with the MSM prior (docs/method.md section 6).
 
 Algorithm 1 (:func:`mrimsm.diffusion.sampler.msm_sample`) plus a data-consistency
 step on the aggregated clean estimate at every reverse step::

@@ -1,6 +1,6 @@
 """The variance-preserving noise schedule, in the units MSM needs.
 
-Forward process on a measurement ``y`` (method.md section 3)::
+Forward process on a measurement ``y`` (docs/method.md section 3)::
 
     y_t = sqrt(abar_t) * (y + sigma_t * n),   sigma_t = sqrt((1 - abar_t) / abar_t)
 
