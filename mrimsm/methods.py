@@ -9,11 +9,11 @@ adds a row at run time, for tests and experiments; the package never calls it.
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Union
 
 from mrimsm.errors import MrimsmError
 from mrimsm.trainmethod import TrainMethod
+from mrimsm.utils import load_method_object
 
 __all__ = ["TRAINING_METHODS", "training_method", "known_methods", "register_method"]
 
@@ -34,13 +34,7 @@ def training_method(name: str) -> type:
     """The :class:`TrainMethod` class of ``name``; MrimsmError for an unknown or broken one."""
     if name not in TRAINING_METHODS:
         raise MrimsmError(f"unknown method {name!r}; known: {', '.join(known_methods())}")
-    cls = TRAINING_METHODS[name]
-    if isinstance(cls, str):
-        module, _, attr = cls.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise MrimsmError(f"method {name!r} is broken: {TRAINING_METHODS[name]} ({type(exc).__name__}: {exc})") from exc
+    cls = load_method_object(name, TRAINING_METHODS[name])
     if not (isinstance(cls, type) and issubclass(cls, TrainMethod)):
         raise MrimsmError(f"method {name!r} is broken: {cls!r} is not a TrainMethod")
     return cls

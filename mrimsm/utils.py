@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from mrimsm.errors import MrimsmError
 
-__all__ = ["atomic_path", "same_file", "check_output", "seed_everything"]
+__all__ = ["atomic_path", "same_file", "check_output", "seed_everything", "load_method_object"]
 
 
 @contextlib.contextmanager
@@ -109,3 +110,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def load_method_object(name: str, ref: Any) -> Any:
+    """What a method table row names: ``ref`` itself, or for a ``"module:attribute"``
+    string that attribute, imported now. MrimsmError naming method ``name`` if the
+    import or the lookup fails (a broken method is an error, never skipped)."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise MrimsmError(f"method {name!r} is broken: {ref} ({type(exc).__name__}: {exc})") from exc

@@ -8,13 +8,13 @@ to its flags. Nothing registers itself: adding a method is one line in the table
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
 from mrimsm.errors import MrimsmError
+from mrimsm.utils import load_method_object
 
 
 @dataclass
@@ -83,14 +83,7 @@ class MethodSpec:
 
     def build(self, options: Mapping[str, Any]) -> ReconMethod:
         """The method, built by the factory from the command's ``options``."""
-        factory = self.factory
-        if isinstance(factory, str):
-            module, _, attr = factory.partition(":")
-            try:
-                factory = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as exc:
-                raise MrimsmError(f"method {self.name!r} is broken: {factory} ({type(exc).__name__}: {exc})") from exc
-        return factory(options)
+        return load_method_object(self.name, self.factory)(options)
 
 
 #: The reconstruction methods, by ``--method`` name.
