@@ -79,15 +79,22 @@ def main(argv: Optional[list] = None) -> int:
             typer.echo("interrupted", err=True)
         return code if isinstance(code, int) else (0 if code is None else 1)
     except Interrupted as exc:
-        typer.echo(f"interrupted: {exc}", err=True)
+        typer.echo(f"interrupted: {_one_line(exc)}", err=True)
         return exc.exit_code
     except MrimsmError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one printable line (newlines folded; text that is not UTF-8, e.g.
+    a file's bytes read with surrogate escapes, shown as ``\\xNN``)."""
+    text = " ".join(str(exc).split("\n"))
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _from_keyboard_interrupt(exc: BaseException) -> bool:

@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ __all__ = [
     "baseline_name",
     "image_metrics",
     "Restoration",
+    "check_memory",
     "restore_observation",
     "simulate_restoration",
     "evaluate_folder",
@@ -209,6 +211,48 @@ def _check_image_size(hw: tuple[int, int], divisor: int, what: str) -> None:
         )
 
 
+#: Share of the free memory a restoration may plan to use (the rest: the process, the OS).
+MEMORY_SHARE = 0.8
+
+
+def check_memory(loaded, hw: tuple[int, int], batch: int, device, task: str = "inpaint-box") -> int:
+    """Refuse, before any work, a restoration whose network pass would not fit in memory.
+
+    Peak memory of one denoiser pass on ``batch`` images of ``hw`` (the restored size) is
+    estimated with :func:`mrimsm.models.memory.forward_bytes` (the attention scores grow
+    with the 4th power of the side) and compared with :data:`MEMORY_SHARE` of what
+    ``device`` has free. Returns the estimate in bytes.
+
+    Raises:
+        MrimsmError: one line with the need, what is free and the largest square image
+        (input side for ``sr4``) that fits, and ``--samples 1``'s if that is larger.
+    """
+    from mrimsm.models.memory import available_bytes, forward_bytes, largest_square
+
+    net = getattr(loaded.denoiser, "backbone", loaded.denoiser)
+    need = forward_bytes(net, hw, batch)
+    free = available_bytes(device)
+    if free is None or need <= MEMORY_SHARE * free:
+        return need
+    budget = int(MEMORY_SHARE * free)
+    scale = SR_FACTOR if task == "sr4" else 1
+    divisor = int(getattr(net, "divisor", 1))
+    multiple = divisor * scale // math.gcd(divisor, scale)
+    side = largest_square(net, budget, batch, multiple) // scale
+    what = f"an sr4 input of {hw[0] // scale} x {hw[1] // scale} ({hw[0]} x {hw[1]} restored)" if scale > 1 \
+        else f"a {hw[0]} x {hw[1]} image"
+    hint = ""
+    if batch > 1:
+        one = largest_square(net, budget, 1, multiple) // scale
+        hint = f" ({one} x {one} with --samples 1)" if one > side else ""
+    gib = 2.0**30
+    raise MrimsmError(
+        f"{what} needs about {need / gib:,.1f} GiB with this model and {batch} sample(s) at once, more than "
+        f"{MEMORY_SHARE:.0%} of the {free / gib:.1f} GiB free on {torch.device(device).type}; the largest that fits "
+        f"is about {side} x {side}{hint}; crop or resize the image"
+    )
+
+
 def restore_observation(
     loaded,
     y: torch.Tensor,
@@ -239,6 +283,7 @@ def restore_observation(
     hw = (int(y.shape[-2]) * scale, int(y.shape[-1]) * scale)
     _check_image_size(hw, divisor, "the restored image" if scale > 1 else "the image")
     device = next(loaded.denoiser.parameters()).device
+    check_memory(loaded, hw, int(settings.samples), device, task)
     y = y.to(device=device, dtype=torch.float32)
     H = task_operator(task, hw, device)
     sampler = SubmaskSampler(training_mask_family(loaded.meta), hw)

@@ -212,7 +212,11 @@ def read_multicoil(
                 kspace = np.stack([ds[i] for i in sel]) if sel else ds[0:0]
             mask = None
             if "mask" in f:
-                mask = np.asarray(f["mask"][()]).astype(bool).reshape(-1)
+                raw_mask = np.asarray(f["mask"][()])
+                if raw_mask.dtype.kind not in "biuf" or (raw_mask.dtype.kind != "b" and not np.isin(
+                        raw_mask, (0, 1)).all()):
+                    raise MrimsmError(f"'mask' in {path} must hold 0/1 (or booleans), got {raw_mask.dtype} values")
+                mask = raw_mask.astype(bool).reshape(-1)
                 if mask.shape != (w,):
                     raise MrimsmError(f"'mask' in {path} has shape {mask.shape}, expected ({w},)")
             rss_ref = None

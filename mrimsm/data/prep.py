@@ -305,7 +305,17 @@ def prepare_volume(
         ``maps`` ``(S, C, n, n)`` complex64, ``scale`` ``(S,)`` float32 (one value),
         ``slice_index`` ``(S,)`` int32, optionally ``reference``.
     """
+    if recon_size[0] > kspace.shape[-2] or recon_size[1] > kspace.shape[-1]:
+        raise MrimsmError(
+            f"{name}: reference size {recon_size[0]}x{recon_size[1]} is larger than the k-space matrix "
+            f"{kspace.shape[-2]}x{kspace.shape[-1]} (a malformed file)"
+        )
     z = to_target_kspace(kspace, recon_size, opts.size)
+    if not np.isfinite(z).all():
+        raise MrimsmError(
+            f"{name}: k-space values up to {float(np.abs(kspace).max()):.3g} overflow float32 arithmetic; "
+            f"rescale the file"
+        )
     n = opts.size
     family = mask_family(opts)
     masks = np.stack([family((n, n), seed=seed_for(name, int(s), opts.seed)) for s in slice_indices])

@@ -185,6 +185,14 @@ def output_state(path: Union[str, os.PathLike], record: Mapping[str, Any],
     return "done", ""
 
 
+def _storable(value: Any) -> Any:
+    """An input attribute as HDF5 can store it again (text that is not UTF-8, e.g. bytes
+    read with surrogate escapes, keeps its bytes as ``\\xNN``)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, os.PathLike],
                  record: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``result`` in fastMRI's layout (atomically), metrics as attributes and
@@ -195,7 +203,8 @@ def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, 
     path = Path(path)
     if same_file(volume.path, path):
         raise MrimsmError(f"output {path} is the input file; choose another -o")
-    attrs: dict[str, Any] = {k: volume.attrs[k] for k in ("acquisition", "patient_id", "max", "norm") if k in volume.attrs}
+    attrs: dict[str, Any] = {k: _storable(volume.attrs[k]) for k in ("acquisition", "patient_id", "max", "norm")
+                             if k in volume.attrs}
     attrs.update(
         method=result.method,
         source_file=volume.path.name,

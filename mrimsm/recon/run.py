@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from mrimsm.errors import MrimsmError
 from mrimsm.recon.methods import ReconMethod, SliceBatch, get_method
 from mrimsm.recon.progress import Progress, StepBar, open_bar
 from mrimsm.recon.volume import PreparedVolume
@@ -83,6 +84,12 @@ def run_method(
             if got != tuple(batch.kspace.shape[:1] + batch.kspace.shape[2:]):
                 raise RuntimeError(f"method {name!r} returned images of shape {got}")
             images.append(out.images.detach().cpu().abs().numpy() * scale)
+            if not np.isfinite(images[-1]).all():
+                kmax = float(np.abs(volume.kspace).max())
+                raise MrimsmError(
+                    f"method {name!r} returned NaN or Inf for {volume.path.name} (largest |k-space| value "
+                    f"{kmax:.3g}: the input's scale may be out of float32's range)"
+                )
             if out.uncertainty is not None:
                 stds.append(out.uncertainty.detach().cpu().numpy() * scale)
             info.update(out.info)

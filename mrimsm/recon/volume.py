@@ -197,6 +197,11 @@ def prepare_volume(
         source = "random"
 
     kspace = crop_readout(data.kspace, h) * mask[:, None, None, :].astype(np.complex64)
+    if not np.isfinite(kspace).all():
+        raise MrimsmError(
+            f"{Path(path).name}: k-space values up to {float(np.abs(data.kspace).max()):.3g} overflow float32 "
+            f"arithmetic; rescale the file"
+        )
 
     t0 = time.perf_counter()
     maps = (
