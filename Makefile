@@ -35,7 +35,7 @@ $(SAMPLE): | $(STAMP)
 
 demo: $(STAMP) $(SAMPLE)
 	$(VENV)/bin/mrimsm recon --accel 6 $(SAMPLE) -o $(DEMO_OUT) --threads 2 \
-		--method zero-filled --method cs --method ssdu --method msm --png $(DEMO_OUT)/png
+		--method zero-filled --method sense --method cs --method ssdu --method msm --png $(DEMO_OUT)/png
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -98,7 +98,7 @@ class PosteriorSettings:
 
     steps: int = 50
     w: int = 3
-    eta: float = 0.85
+    eta: float = 1.0
     samples: int = 4
     dc: str = "operator"
     dc_lambda: float = 0.0001
