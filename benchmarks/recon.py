@@ -56,24 +56,27 @@ def plan_runs(args, main_steps: int, main_w: int, main_samples: int = 1) -> list
     if "msm" not in args.methods:  # an ablation is read against the main MSM row
         return runs
     ab_accels = tuple(float(a) for a in args.ablation_accels)
+    ab_k = main_samples if args.ablation_k is None else int(args.ablation_k)  # samples in dc/start/w/steps rows
     if "w" in args.ablations:
         for w in dict.fromkeys(args.ablation_w):
             if w != main_w:
-                runs.append(C.Run(f"MSM w={w}", "msm", {"steps": main_steps, "w": w, "samples": main_samples},
+                runs.append(C.Run(f"MSM w={w}", "msm", {"steps": main_steps, "w": w, "samples": ab_k},
                                   "w", ab_accels))
     if "steps" in args.ablations:
         for st in dict.fromkeys(args.ablation_steps):
             if st != main_steps:
-                runs.append(C.Run(f"MSM {st} steps", "msm", {"steps": st, "w": main_w, "samples": main_samples},
+                runs.append(C.Run(f"MSM {st} steps", "msm", {"steps": st, "w": main_w, "samples": ab_k},
                                   "steps", ab_accels))
     if "dc" in args.ablations:
         for label, dc in DC_ABLATIONS:
-            runs.append(C.Run(f"MSM dc {label}", "msm", {"steps": main_steps, "w": main_w, "samples": main_samples,
+            runs.append(C.Run(f"MSM dc {label}", "msm", {"steps": main_steps, "w": main_w, "samples": ab_k,
                                                          **dc}, "dc", ab_accels))
-    if "t0" in args.ablations:
-        for t0 in dict.fromkeys(args.ablation_t0):
-            runs.append(C.Run(f"MSM t0={t0:g}", "msm", {"steps": main_steps, "w": main_w, "samples": main_samples,
-                                                         "t0": t0, "init": "none" if t0 == 1 else None}, "t0", ab_accels))
+    if "start" in args.ablations:
+        for spec in dict.fromkeys(args.ablation_starts):
+            init, _, t0 = spec.partition(":")
+            runs.append(C.Run(f"MSM start {init} t0={float(t0):g}", "msm",
+                              {"steps": main_steps, "w": main_w, "samples": ab_k, "init": init,
+                               "t0": float(t0)}, "start", ab_accels))
     if "samples" in args.ablations:
         for k in dict.fromkeys(args.ablation_samples):
             if k != main_samples:
@@ -134,7 +137,7 @@ def render(args, rows: list, runs: list, data_text: str, model_text: str, second
                                 [[r["label"], *C.metric_cells(r), *C.cost_cells(r)] for r in here]))
         t = target_line(rows, accel)
         lines += ["", t, ""] if t else [""]
-    for group, title in (("dc", "data consistency"), ("t0", "warm start t0"), ("w", "masks per step w"),
+    for group, title in (("dc", "data consistency"), ("start", "start of the chain"), ("w", "masks per step w"),
                          ("steps", "reverse steps"), ("samples", "posterior samples averaged")):
         for accel in dict.fromkeys(r["accel"] for r in rows if r["group"] == group):
             table = ablation_table(rows, accel, group, "MSM")
@@ -151,10 +154,13 @@ def main() -> int:
                     choices=["zero-filled", "sense", "cs", "msm"])
     ap.add_argument("--samples", type=int, default=None,
                     help="MSM posterior samples per slice, mean = reconstruction (default: the settings)")
-    ap.add_argument("--ablations", nargs="+", default=["dc", "t0", "w", "steps", "samples"],
-                    choices=["dc", "t0", "w", "steps", "samples", "none"])
-    ap.add_argument("--ablation-t0", type=float, nargs="+", default=[1.0],
-                    help="warm-start levels beside the main one (default 1: from noise, the paper)")
+    ap.add_argument("--ablations", nargs="+", default=["dc", "start", "w", "steps", "samples"],
+                    choices=["dc", "start", "w", "steps", "samples", "none"])
+    ap.add_argument("--ablation-starts", nargs="+", default=["none:1", "sense:0.3"], metavar="INIT:T0",
+                    help="starts beside the main one, as init:t0 (default none:1 = from noise, the paper; sense:0.3)")
+    ap.add_argument("--ablation-k", type=int, default=None,
+                    help="posterior samples in the dc/start/w/steps ablation rows (default: the main setting); "
+                    "compare them with the 'mean of K' row of the samples ablation")
     ap.add_argument("--ablation-accels", type=float, nargs="+", default=[4.0], help="R of the ablations (default 4)")
     ap.add_argument("--ablation-w", type=int, nargs="+", default=[1], help="w values beside the main one (default 1)")
     ap.add_argument("--ablation-samples", type=int, nargs="+", default=[1],

@@ -373,7 +373,7 @@ def test_recon_benchmark_smoke(tmp_path, monkeypatch, capsys, tiny_msm):
     got = {(float(r["accel"]), r["label"]) for r in rows}
     from_bench = {(4.0, f"MSM dc {label}") for label, _ in bench.DC_ABLATIONS}
     assert got == {(a, lab) for a in (2.0, 4.0) for lab in ("zero-filled", "SENSE", "CS-L1", "MSM")} | {
-        (4.0, "MSM w=1"), (4.0, "MSM 1 steps"), (4.0, "MSM mean of 2"), (4.0, "MSM t0=1")} | from_bench
+        (4.0, "MSM w=1"), (4.0, "MSM 1 steps"), (4.0, "MSM mean of 2"), (4.0, "MSM start none t0=1"), (4.0, "MSM start sense t0=0.3")} | from_bench
     by = {(float(r["accel"]), r["label"]): r for r in rows}
     assert float(by[4.0, "MSM"]["nfe_per_slice"]) == 6 and float(by[4.0, "MSM w=1"]["nfe_per_slice"]) == 2
     assert float(by[4.0, "MSM mean of 2"]["nfe_per_slice"]) == 12
@@ -382,7 +382,7 @@ def test_recon_benchmark_smoke(tmp_path, monkeypatch, capsys, tiny_msm):
     md = (tmp_path / "recon.md").read_text()
     assert "paper" in md and "fastMRI" in md and "Ablation: masks per step" in md and "Ablation: reverse steps" in md
     assert "Ablation: posterior samples averaged" in md
-    assert "Ablation: data consistency" in md and "Ablation: warm start t0" in md
+    assert "Ablation: data consistency" in md and "Ablation: start of the chain" in md
 
 
 def test_csmri_benchmark_smoke_and_bad_checkpoint(tmp_path, monkeypatch, capsys, tiny_msm):

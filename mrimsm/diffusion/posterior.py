@@ -1,22 +1,39 @@
 """Posterior sampling for linear inverse problems with the MSM prior (docs/method.md section 6).
 
 Algorithm 1 (:func:`mrimsm.diffusion.sampler.msm_sample`) plus a data-consistency
-step on the aggregated clean estimate at every reverse step::
+step on the aggregated clean estimate ``z0_hat`` at every reverse step, for a test
+observation ``y = H z + e`` (``H`` acts on the full measurement ``z``: MRI, the test
+scan's own Cartesian mask on multi-coil k-space; natural images, a box mask or 4x
+average pooling on the image itself, ``T = I``). Three kinds (``PosteriorSettings.dc``):
 
-    z0_hat <- z0_hat - step * H^+ (H z0_hat - y)
+* ``operator`` (default, :func:`operator_consistency`): a solve on the *image* through
+  the test operator ``A = H T`` (MRI: ``M F C``, so the coils' parallel imaging is used)::
 
-``H`` acts on the full measurement ``z`` (MRI: the test scan's own Cartesian
-mask on multi-coil k-space, through the same operator module; faces: a box mask
-or 4x average pooling on the image itself, ``T = I``). ``H^+`` is the operator's
-pseudo-inverse where it has one (``Downsample.pseudo_inverse``) and its adjoint
-otherwise (exact for 0/1 masks). With ``step = 1`` this *replaces* the measured
-entries by ``y`` (the gradient step on ``||y - H z||^2`` with ``gamma = 1/2``),
-the natural default for test noise of 0.01; ``step = 2`` is what the authors'
-published code does (it reflects the estimate to ``2 y - s_hat`` on measured
-entries); ``step`` in between relaxes it. ``placement="local"`` applies the step to
-each local estimate inside the ``w`` loop instead, as the published code does.
+      x~ = argmin_x ||A x - y||^2 + lambda_t ||x - T^H z0_hat||^2,    z0_hat <- T x~
 
-``K = num_samples`` posterior samples per slice are drawn in one batch; the
+  by conjugate gradients from ``T^H z0_hat``. ``lambda_t`` is fixed or ``c / sigma_t^2``
+  (``dc_schedule: sigma``, DiffPIR-style: with ``c`` = the data's noise variance this
+  is the MAP step when the Tweedie estimate's error is ``sigma_t``). ``lambda = 0`` is
+  the projection onto ``{A x = y}``; for ``T = I`` and a mask or pooling it is exactly
+  the replacement / pseudo-inverse step below.
+* ``measurement`` (:func:`measurement_consistency`): ``z0_hat <- z0_hat - step H^+ (H z0_hat - y)``
+  on the measurement. ``step = 1`` *replaces* the measured entries by ``y``; ``step = 2``
+  with ``placement: local`` (on each local estimate inside the ``w`` loop) is the
+  authors' published code, which reflects the estimate to ``2 y - s_hat``. It never
+  uses the coil sensitivities: on multi-coil data it lost 2.1 dB against ``operator``
+  on the validation slices (benchmarks/README.md).
+* ``tweedie`` (:func:`tweedie_consistency`): Gaussian conditioning with the denoiser's
+  own covariance ``sigma_t^2 J`` (vector-Jacobian products through the network). Exact
+  for Gaussian priors (the sampler then draws the true posterior, tested in closed
+  form; the other two kinds are biased there), but with a trained network the
+  Jacobian is not a covariance and the step diverged on MRI; kept for study.
+
+Warm start (``t0 < 1``, CCDF / SDEdit style): the chain starts at step ``t0 (T - 1)``
+from the noised measurement of an initial image (MRI: CG-SENSE, CS or zero-filled;
+restore: bicubic / mean fill), and runs ``steps`` steps from there. ``t0 = 0`` returns
+the initial image.
+
+``K = samples`` posterior samples per slice are drawn in one batch; the
 reconstruction is their mean and the pixel-wise standard deviation (of the
 magnitude for complex MRI images, of the value for real images) is the
 uncertainty map.
