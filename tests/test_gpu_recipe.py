@@ -137,3 +137,20 @@ def test_recipe_as_one_command_on_simulated_data(tmp_path):
     assert manifest["step_start"] == 1 and manifest["steps"] >= 1 and manifest["batch"] == 16
     assert manifest["prep_seconds"] > 0  # the training set was simulated there, in --cache
     assert torch.cuda.is_available() or manifest["device"] == "cpu"
+
+
+def test_travelling_bytes_counts_what_the_run_tool_sends(tmp_path):
+    gt = _recipe()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text("/.gpu/\n/big.bin\n")
+    (repo / "tracked.txt").write_bytes(b"a" * 100)
+    subprocess.run(["git", "-C", str(repo), "add", "tracked.txt", ".gitignore"], check=True)
+    (repo / "untracked.txt").write_bytes(b"b" * 10)  # travels: not ignored
+    (repo / "big.bin").write_bytes(b"c" * 1000)  # ignored, not carried: stays
+    (repo / ".gpu" / "wheels").mkdir(parents=True)
+    (repo / ".gpu" / "wheels" / "x.whl").write_bytes(b"d" * 50)
+    sizes = gt.travelling_bytes(repo, [".gpu"])
+    assert sizes == {"tree": 100 + 10 + len("/.gpu/\n/big.bin\n"), "carry": 50, "total": 110 + 16 + 50}
+    assert gt.main(["check", "--repo", str(repo)]) == 0

@@ -29,6 +29,9 @@ git-ignored (``.gpu/`` is).
 5. times sampling there (network evaluations per second, fp32 and bf16, 1 and 16
    images per call) into the manifest.
 
+``check`` (here): whether the working tree plus ``.gpu`` fit the 64 MiB the run
+tool sends (exit 1 when they do not).
+
 ``join FOLDER --to PATH`` (here): reassembles the parts listed in
 ``FOLDER/manifest.json``, checks every SHA-256 and writes ``PATH`` atomically;
 ``mrimsm train CONFIG --out RUN --resume`` then continues it
@@ -96,6 +99,34 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     _say(f"bundle {out}: {total / 2**20:.1f} MiB ({', '.join(p.name for p in sorted(wheels.glob('*.whl')))}, "
          f"{dst.name})")
     return 0
+
+
+def travelling_bytes(repo: Path, carry: list) -> dict:
+    """Bytes the run tool sends: tracked files, untracked files git does not ignore,
+    and the carried paths."""
+
+    def files(*git_args: str) -> list:
+        out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", *git_args],
+                             capture_output=True, check=True).stdout
+        return [repo / f for f in out.decode().split("\0") if f]
+
+    tree = sum(p.stat().st_size for p in files() + files("--others", "--exclude-standard") if p.is_file())
+    carried = 0
+    for c in carry:
+        path = repo / c
+        items = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        carried += sum(p.stat().st_size for p in items)
+    return {"tree": tree, "carry": carried, "total": tree + carried}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Whether the working tree plus the carried bundle fit the run tool's 64 MiB."""
+    sizes = travelling_bytes(Path(args.repo), [str(c) for c in args.carry])
+    limit = 64 * 2**20
+    ok = sizes["total"] <= limit
+    print(f"working tree {sizes['tree'] / 2**20:.1f} MiB + carried {sizes['carry'] / 2**20:.1f} MiB = "
+          f"{sizes['total'] / 2**20:.1f} MiB of 64 MiB: {'fits' if ok else 'TOO LARGE, the run tool refuses the call'}")
+    return 0 if ok else 1
 
 
 # -- train (there) ---------------------------------------------------------------------
@@ -394,6 +425,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     b = sub.add_parser("bundle", help="download the wheels and copy the template (here, once)")
     b.add_argument("dir", type=Path, nargs="?", default=REPO / ".gpu")
     b.set_defaults(func=cmd_bundle)
+
+    c = sub.add_parser("check", help="does the working tree plus the bundle fit the 64 MiB the run tool sends?")
+    c.add_argument("--repo", type=Path, default=REPO)
+    c.add_argument("--carry", type=Path, nargs="*", default=[Path(".gpu")])
+    c.set_defaults(func=cmd_check)
 
     t = sub.add_parser("train", help="resume STATE with CONFIG for --minutes, write the state to --out")
     t.add_argument("config", type=Path)
