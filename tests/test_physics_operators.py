@@ -164,3 +164,18 @@ def test_column_path_is_skipped_for_dense_and_2d_masks():
     assert MultiCoilMRI(maps, torch.rand(1, 1, 8, 8) < 0.3)._cols is None  # 2-D mask
     assert MultiCoilMRI(maps, None)._cols is None
     assert MultiCoilMRI(_rand((1, 2, 7, 8)), torch.rand(1, 1, 1, 8) < 0.3)._cols is None  # odd size
+
+
+def test_column_path_broadcasts_masks_over_one_image():
+    """More masks than images (one image, four masks): the same broadcast as the 2-D path."""
+    maps = _rand((1, 3, 8, 12), seed=8)
+    mask = (torch.rand(4, 1, 1, 12, generator=torch.Generator().manual_seed(9)) < 0.4).float()
+    mask[..., 6] = 1
+    op = MultiCoilMRI(maps, mask)
+    full = MultiCoilMRI(maps, mask)
+    full._cols = None
+    assert op._cols is not None
+    x, z = _rand((1, 8, 12), seed=10), _rand((1, 3, 8, 12), seed=11)
+    torch.testing.assert_close(op.forward(x), full.forward(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(op.adjoint(z), full.adjoint(z), atol=1e-5, rtol=1e-5)
+    assert op.forward(x).shape == (4, 3, 8, 12) and op.adjoint(z).shape == (4, 8, 12)

@@ -252,9 +252,10 @@ class MultiCoilMRI(MaskedMeasurement):
         if self._cols is not None:
             idx, out = self._cols
             z = torch.fft.fft(x.unsqueeze(-3) * self._maps_c, dim=-1, norm="ortho")
-            shape = z.shape[:-1] + idx.shape[-1:]
-            z = torch.fft.fft(z.gather(-1, idx.expand(shape)), dim=-2, norm="ortho") * out
-            return z.new_zeros(shape[:-1] + self.maps.shape[-1:]).scatter_(-1, idx.expand(shape), z)
+            lead = torch.broadcast_shapes(z.shape[:-1], idx.shape[:-1])  # masks may outnumber images
+            ie = idx.expand(*lead, idx.shape[-1])
+            z = torch.fft.fft(z.expand(*lead, z.shape[-1]).gather(-1, ie), dim=-2, norm="ortho").mul_(out)
+            return z.new_zeros(*lead, self.maps.shape[-1]).scatter_(-1, ie, z)
         if self._even:
             return torch.fft.fft2(x.unsqueeze(-3) * self._maps_c, norm="ortho") * self._out
         return self.apply_mask(self.full_forward(x))
@@ -263,10 +264,11 @@ class MultiCoilMRI(MaskedMeasurement):
         """``(B, C, H, W)`` complex64 -> ``(B, H, W)`` complex64 coil-combined image."""
         if self._cols is not None:
             idx, out = self._cols
-            shape = y.shape[:-1] + idx.shape[-1:]
-            z = torch.fft.ifft(y.gather(-1, idx.expand(shape)) * out, dim=-2, norm="ortho")
-            z = z.new_zeros(y.shape).scatter_(-1, idx.expand(shape), z)
-            return (torch.fft.ifft(z, dim=-1, norm="ortho") * self._maps_c_conj).sum(-3)
+            lead = torch.broadcast_shapes(y.shape[:-1], idx.shape[:-1])
+            ie = idx.expand(*lead, idx.shape[-1])
+            z = torch.fft.ifft(y.expand(*lead, y.shape[-1]).gather(-1, ie).mul_(out), dim=-2, norm="ortho")
+            z = z.new_zeros(*lead, y.shape[-1]).scatter_(-1, ie, z)
+            return torch.fft.ifft(z, dim=-1, norm="ortho").mul_(self._maps_c_conj).sum(-3)
         if self._even:
             return (torch.fft.ifft2(y * self._out, norm="ortho") * self._maps_c_conj).sum(-3)
         return self.full_adjoint(self.apply_mask(y))
