@@ -445,7 +445,7 @@ def test_restore_refuses_what_would_not_fit_in_one_line(tmp_path, capsys, monkey
 
 
 def test_memory_estimate_grows_as_attention_does():
-    from mrimsm.diffusion.method import load_msm
+    from mrimsm.inference import load_msm
     from mrimsm.models.memory import forward_bytes, largest_square
 
     net = load_msm(ASSETS / "default_images.pt").denoiser.backbone
@@ -463,7 +463,7 @@ def test_memory_estimate_is_within_a_factor_of_two_of_the_peak_rss(tmp_path):
     process's own (imports, model) RSS."""
     from PIL import Image
 
-    from mrimsm.diffusion.method import load_msm
+    from mrimsm.inference import load_msm
     from mrimsm.models.memory import forward_bytes
 
     img = tmp_path / "img.png"
@@ -471,7 +471,7 @@ def test_memory_estimate_is_within_a_factor_of_two_of_the_peak_rss(tmp_path):
     code = (
         "import resource, sys; sys.path.insert(0, {repo!r}); from cli.main import main; "
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-        "import mrimsm.restore, mrimsm.diffusion.method; base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "import mrimsm.restore, mrimsm.inference; base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         "rc = main(sys.argv[1:]); print('RSS', base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
         "sys.exit(rc)"
     ).format(repo=str(REPO))
