@@ -47,17 +47,6 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def set_threads(threads: Optional[int]) -> None:
-    """Apply ``--threads`` (torch CPU threads); ``None`` keeps torch's default."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise MrimsmError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 # -- subcommands (each module registers itself on `app`) ----------------------
 # Registration lines are added here as commands become real.
 from cli import train_cmd; train_cmd.register(app)  # noqa: E402,E702

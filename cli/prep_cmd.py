@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from mrimsm.data.prep import PrepOptions, prepare_dataset
         from mrimsm.errors import MrimsmError
 
-        from cli.main import set_threads
+        from mrimsm.utils import set_threads
 
         set_threads(threads)
 

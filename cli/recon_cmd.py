@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
             None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."
         ),
         device: Optional[str] = typer.Option(
-            None, "--device", help="cpu, cuda or cuda:N for the learned methods (default: cuda if present)."
+            None, "--device", help="cpu, cuda or cuda:N for the learned methods (default: cuda if available)."
         ),
         threads: Optional[str] = typer.Option(
             None, "--threads", metavar="N",
@@ -173,9 +173,9 @@ def register(app: typer.Typer) -> None:
             }
         )
         if threads is not None:
-            import torch
+            from mrimsm.utils import set_threads
 
-            torch.set_num_threads(int(lib.parse_number(threads, "--threads", int, 1)))
+            set_threads(int(lib.parse_number(threads, "--threads", int, 1)))
         base_seed = opts.pop("seed")
         cf = opts.pop("center_fraction")
         rank, world, _ = lib.rank_info()

@@ -44,25 +44,17 @@ def register(app: typer.Typer) -> None:
         ),
         noise: float = typer.Option(0.01, "--noise", help="--simulate: observation noise std (images in [-1, 1])."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cpu)."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
         threads: Optional[int] = typer.Option(
             None, "--threads", help="torch CPU threads (1 is fastest on a busy shared CPU)."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Restore INPUT (box inpainting or 4x super-resolution) with the MSM posterior solver."""
-        from mrimsm.errors import MrimsmError
-
-        from cli.main import set_threads
+        from mrimsm.utils import resolve_device, set_threads
 
         set_threads(threads)
-        if device is not None and device != "cpu" and not device.startswith("cuda"):
-            raise MrimsmError(f"--device must be cpu or cuda, got {device!r}")
-        if device is not None and device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise MrimsmError("--device cuda was asked for but no CUDA GPU is available")
+        torch_device = resolve_device(device)
 
         from mrimsm.restore import format_report, image_settings, restore_file
 
@@ -80,7 +72,7 @@ def register(app: typer.Typer) -> None:
         try:
             report = restore_file(
                 input, output, task, checkpoint=checkpoint, simulate=simulate, settings=settings,
-                noise=noise, seed=seed, device=device or "cpu", on_step=on_step,
+                noise=noise, seed=seed, device=torch_device, on_step=on_step,
             )
         finally:
             if bar is not None:

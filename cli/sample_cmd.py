@@ -22,16 +22,15 @@ def register(app: typer.Typer) -> None:
             help="Output HDF5 (a PNG grid is written beside it; -o x.png writes x.h5 and x.png)."
         ),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples drawn at once (config: 8)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
         threads: Optional[int] = typer.Option(
             None, "--threads", help="torch CPU threads (1 is fastest on a busy shared CPU)."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Draw samples from a trained MSM prior; write HDF5 (complex images) and a PNG grid."""
-        import torch
-
         from mrimsm.errors import MrimsmError
+        from mrimsm.utils import resolve_device, set_threads
 
         for name, value in (("-n", num), ("--steps", steps), ("--w", w), ("--batch-size", batch_size),
                             ("--threads", threads)):
@@ -39,14 +38,8 @@ def register(app: typer.Typer) -> None:
                 raise MrimsmError(f"{name} must be >= 1, got {value}")
         if eta is not None and not 0 <= eta <= 1:
             raise MrimsmError(f"--eta must be in [0, 1], got {eta}")
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise MrimsmError("--device cuda was asked for but no CUDA GPU is available")
-        elif device != "cpu" and not device.startswith("cuda"):
-            raise MrimsmError(f"--device must be cpu or cuda, got {device!r}")
+        set_threads(threads)
+        torch_device = resolve_device(device)
         # -o x.h5 -> x.h5 + x.png; -o x.png -> the same pair; -o x -> x.h5 + x.png
         suffix = out.suffix.lower()
         h5_path = out if suffix in (".h5", ".hdf5") else (
@@ -61,7 +54,7 @@ def register(app: typer.Typer) -> None:
         ckpt_path = resolve_checkpoint_path(checkpoint)
         for path in (h5_path, png_path):  # before any work; nothing is created
             check_output(path, inputs=[ckpt_path], role="checkpoint")
-        loaded = load_msm(ckpt_path, device=device)
+        loaded = load_msm(ckpt_path, device=torch_device)
         defaults = loaded.config.get("sample", {})
         num = num if num is not None else int(defaults.get("num", 16))
         steps = steps if steps is not None else int(defaults.get("steps", 200))
@@ -83,7 +76,7 @@ def register(app: typer.Typer) -> None:
         try:
             images = generate(
                 loaded, num, steps=steps, w=w, eta=eta, seed=seed, batch_size=batch_size,
-                device=device, progress=advance,
+                device=torch_device, progress=advance,
             )
         finally:
             if bar is not None:

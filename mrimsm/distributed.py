@@ -1,10 +1,11 @@
 """Run the same training script alone or under ``torchrun``.
 
 :func:`init` reads the environment variables that ``torchrun`` sets (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Without them
-it returns a single-process :class:`DistInfo` and touches nothing. With them
-it joins the process group: NCCL when the process drives a GPU, gloo on CPU.
-Only rank 0 writes files and prints (``info.is_main``)::
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; :func:`rank_info`
+parses the first three, for the recon pipeline too). Without them it returns a
+single-process :class:`DistInfo` and touches nothing. With them it joins the
+process group: NCCL when the process drives a GPU, gloo on CPU. Only rank 0 writes
+files and prints (``info.is_main``)::
 
     info = distributed.init("cuda")          # alone or under torchrun
     model = distributed.wrap(model.to(info.device), info)
@@ -16,14 +17,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.distributed as dist
 
 from mrimsm.errors import MrimsmError
+from mrimsm.utils import resolve_device
 
-__all__ = ["DistInfo", "init", "wrap", "unwrap", "barrier", "all_gather_object", "broadcast_object", "cleanup"]
+__all__ = ["DistInfo", "rank_info", "init", "wrap", "unwrap", "barrier", "all_gather_object", "broadcast_object", "cleanup"]
 
 
 @dataclass(frozen=True)
@@ -44,35 +46,45 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _resolve_device(requested: Optional[str], local_rank: int) -> torch.device:
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
-        raise MrimsmError(f"unknown device {requested!r}; use cpu or cuda")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MrimsmError("--device cuda was asked for but no CUDA GPU is available")
-        if requested == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device(requested)
-    return torch.device("cpu")
+def rank_info(environ: Optional[Mapping[str, str]] = None) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's variables ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK`` (``(0, 1, 0)`` when run alone).
+
+    Args:
+        environ: the environment to read (default: ``os.environ``).
+
+    Raises:
+        MrimsmError: (one line) a value that is not an integer, or ranks that do not fit
+        (``0 <= RANK < WORLD_SIZE``, ``LOCAL_RANK >= 0``).
+    """
+    env = os.environ if environ is None else environ
+    values = []
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        text = env.get(key, default)
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise MrimsmError(f"environment variable {key}={text!r} is not an integer") from None
+    rank, world, local = values
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise MrimsmError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
+    return rank, world, local
 
 
 def init(device: Optional[str] = None, timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group if launched by ``torchrun``; otherwise run alone.
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available). Under
-            torchrun with CUDA each process takes GPU ``LOCAL_RANK``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``None`` (CUDA when available),
+            see :func:`mrimsm.utils.resolve_device`. Under torchrun with ``"cuda"``
+            each process takes GPU ``LOCAL_RANK``.
         timeout_s: collective timeout.
 
     Returns:
         the :class:`DistInfo` of this process.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _resolve_device(device, local_rank)
+    rank, world_size, local_rank = rank_info()
+    dev = resolve_device(device, local_rank)
     if world_size <= 1:
         return DistInfo(0, 1, 0, dev)
     if dev.type == "cuda":

@@ -44,7 +44,7 @@ import torch
 
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.operators import BoxMask, Downsample, Identity, LinearOperator
-from mrimsm.utils import check_output
+from mrimsm.utils import check_output, resolve_device
 
 __all__ = [
     "TASKS",
@@ -431,7 +431,7 @@ def restore_file(
     settings=None,
     noise: float = 0.01,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: Optional[str | torch.device] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
 ) -> RestoreReport:
     """Restore an image file and write PNGs.
@@ -446,6 +446,7 @@ def restore_file(
         checkpoint: image MSM checkpoint (default: :func:`default_image_checkpoint`).
         settings: :func:`image_settings` (default).
         noise: ``simulate`` only: std of the observation noise, images in [-1, 1].
+        device: see :func:`~mrimsm.utils.resolve_device` (default: CUDA when present).
 
     Raises:
         MrimsmError: unknown task, unreadable input, output == input, channel mismatch,
@@ -473,7 +474,7 @@ def restore_file(
         check_output(path)  # a directory, under a file, not writable: before any work
     img = read_image(input)  # (H, W, K) in [0, 1]; one-line error for non-images
     ckpt = Path(checkpoint) if checkpoint is not None else default_image_checkpoint()
-    loaded = load_msm(ckpt, device=device)
+    loaded = load_msm(ckpt, device=resolve_device(device))
     channels, divisor, value_range = _model_facts(loaded)
     for role, path in written.items():
         if path.resolve() == Path(loaded.path).resolve():

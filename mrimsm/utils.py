@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, the output-path preflight, seeding."""
+"""Small shared helpers: atomic file writes, the output-path preflight, seeding, the
+device choice and the CPU thread count."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from mrimsm.errors import MrimsmError
 
-__all__ = ["atomic_path", "same_file", "check_output", "seed_everything", "load_method_object"]
+__all__ = [
+    "atomic_path", "same_file", "check_output", "seed_everything", "load_method_object",
+    "resolve_device", "set_threads",
+]
 
 
 @contextlib.contextmanager
@@ -110,6 +114,45 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def resolve_device(name: Optional[str | torch.device] = None, local_rank: int = 0) -> torch.device:
+    """The torch device of every command and library entry point that runs a network.
+
+    The one default: ``None`` is CUDA when a GPU is present, else the CPU.
+    ``"cuda"`` is GPU ``local_rank`` modulo the GPU count, so each ``torchrun``
+    process takes its own GPU; ``"cuda:N"`` is GPU ``N``; ``"cpu"`` is the CPU.
+
+    Raises:
+        MrimsmError: (one line) CUDA asked for without a CUDA GPU, a GPU index that
+        does not exist, or any other name.
+    """
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    text = str(name).strip()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise MrimsmError(f"--device {text} asked for, but no CUDA device is available")
+        count = torch.cuda.device_count()
+        if text == "cuda":
+            return torch.device("cuda", local_rank % count)
+        index = text.partition(":")[2]
+        if not index.isdigit() or int(index) >= count:
+            raise MrimsmError(f"--device {text}: no such GPU ({count} present)")
+        return torch.device("cuda", int(index))
+    raise MrimsmError(f"--device must be cpu, cuda or cuda:N, got {text!r}")
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Apply ``--threads``: torch's CPU thread count; ``None`` keeps torch's default.
+    MrimsmError for a count below 1."""
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise MrimsmError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(int(threads))
 
 
 def load_method_object(name: str, ref: Any) -> Any:

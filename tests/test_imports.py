@@ -80,8 +80,8 @@ def test_every_module_imports_alone():
 #: Each unit (a sub-package, or a module at the top of the package) and its layer;
 #: a unit imports only from units of a lower layer (or from itself).
 LAYERS: dict[str, int] = {
-    "mrimsm.errors": 0, "mrimsm.utils": 1, "mrimsm.interrupt": 1, "mrimsm.distributed": 1,
-    "mrimsm.physics": 2, "mrimsm.metrics": 2, "mrimsm.checkpoint": 2,
+    "mrimsm.errors": 0, "mrimsm.utils": 1, "mrimsm.interrupt": 1,
+    "mrimsm.distributed": 2, "mrimsm.physics": 2, "mrimsm.metrics": 2, "mrimsm.checkpoint": 2,
     "mrimsm.models": 3, "mrimsm.data": 3,
     "mrimsm.trainmethod": 4,
     "mrimsm.diffusion": 5, "mrimsm.baselines": 5,

@@ -151,13 +151,17 @@ def test_cli_passes_msm_options_through(tmp_path, capsys, monkeypatch, probe):
 
 
 def test_resolve_device():
-    assert recon.resolve_device("cpu", 3) == "cpu"
-    assert recon.resolve_device(None) == ("cuda:0" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(MrimsmError, match="--device"):
-        recon.resolve_device("gpu")
+    from mrimsm.utils import resolve_device
+
+    assert resolve_device("cpu", 3) == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", " "):
+        with pytest.raises(MrimsmError, match="--device"):
+            resolve_device(bad)
     if not torch.cuda.is_available():
-        with pytest.raises(MrimsmError, match="no CUDA"):
-            recon.resolve_device("cuda")
+        for name in ("cuda", "cuda:0"):
+            with pytest.raises(MrimsmError, match="no CUDA"):
+                resolve_device(name)
 
 
 def test_batch_slices_option_sets_the_method_batches(tmp_path, monkeypatch):
@@ -190,6 +194,24 @@ def test_rank_helpers():
     for env in ({"RANK": "2", "WORLD_SIZE": "2"}, {"WORLD_SIZE": "x"}):
         with pytest.raises(MrimsmError):
             recon.rank_info(env)
+
+
+def test_training_reads_torchrun_environment_with_the_same_parser(monkeypatch):
+    from mrimsm import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "x")
+    with pytest.raises(MrimsmError, match="WORLD_SIZE"):
+        distributed.init("cpu")
+
+
+def test_set_threads():
+    from mrimsm.utils import set_threads
+
+    before = torch.get_num_threads()
+    set_threads(None)
+    assert torch.get_num_threads() == before
+    with pytest.raises(MrimsmError, match="--threads"):
+        set_threads(0)
 
 
 def test_directory_matches_single_file_and_splits_across_ranks(tmp_path):

@@ -60,7 +60,7 @@ from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
-from mrimsm.utils import atomic_path, check_output
+from mrimsm.utils import atomic_path, check_output, set_threads
 
 __all__ = [
     "PrepOptions",
@@ -506,10 +506,8 @@ def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> d
 def _worker_init(threads: int) -> None:
     import signal
 
-    import torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
-    torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 # -- the pipeline --------------------------------------------------------------------

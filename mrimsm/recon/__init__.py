@@ -82,7 +82,7 @@ from mrimsm.recon.volume import (
 )
 from mrimsm.recon.run import MethodResult, run_method
 from mrimsm.recon.outputs import format_table, plan_outputs, save_pngs, write_result
-from mrimsm.recon.file import ReconReport, reconstruct_file, resolve_device
+from mrimsm.recon.file import ReconReport, reconstruct_file
 from mrimsm.recon.directory import (
     DirectoryReport,
     FileOutcome,
@@ -122,7 +122,6 @@ __all__ = [
     "NUMERIC_OPTIONS",
     "parse_number",
     "parse_options",
-    "resolve_device",
     "list_inputs",
     "rank_info",
     "files_for_rank",

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from mrimsm.distributed import rank_info
 from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.recon.file import build_methods, reconstruct_one
@@ -26,23 +27,6 @@ def list_inputs(directory: Union[str, os.PathLike]) -> list[Path]:
     e.g. unfinished atomic writes, skipped)."""
     d = Path(directory)
     return sorted(p for p in d.iterdir() if p.suffix == ".h5" and not p.name.startswith(".") and p.is_file())
-
-
-def rank_info(environ: Optional[Mapping[str, str]] = None) -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's variables ``RANK``,
-    ``WORLD_SIZE``, ``LOCAL_RANK`` (``(0, 1, 0)`` when run alone)."""
-    env = os.environ if environ is None else environ
-    values = []
-    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        text = env.get(key, default)
-        try:
-            values.append(int(text))
-        except ValueError:
-            raise MrimsmError(f"environment variable {key}={text!r} is not an integer") from None
-    rank, world, local = values
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise MrimsmError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
-    return rank, world, local
 
 
 def files_for_rank(files: Sequence[Path], rank: int, world_size: int) -> list[Path]:

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-import torch
-
 from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import raising_interrupts
 from mrimsm.recon.methods import ReconMethod, get_method
@@ -18,7 +16,7 @@ from mrimsm.recon.options import ReconOptions
 from mrimsm.recon.outputs import output_record, plan_outputs, save_pngs, write_result
 from mrimsm.recon.run import run_method
 from mrimsm.recon.volume import PreparedVolume, prepare_volume
-from mrimsm.utils import check_output
+from mrimsm.utils import check_output, resolve_device
 
 
 @dataclass
@@ -76,7 +74,7 @@ def build_methods(job: ReconOptions, local_rank: int = 0) -> tuple[dict, dict[st
     specs = [get_method(m) for m in job.methods]
     opts = dict(job.options or {})
     opts.setdefault("seed", job.seed)
-    opts["device"] = resolve_device(opts.get("device"), local_rank)
+    opts["device"] = str(resolve_device(opts.get("device"), local_rank))
     return opts, {spec.name: spec.build(opts) for spec in specs}
 
 
@@ -108,27 +106,3 @@ def reconstruct_one(
             pngs += new
             written += new
     return ReconReport(volume, results, dict(outputs), pngs)
-
-
-def resolve_device(requested: Optional[str], local_rank: int = 0) -> str:
-    """The torch device for the learned methods.
-
-    ``None``: CUDA when present, else the CPU. ``"cuda"``: GPU ``local_rank`` (modulo the
-    GPU count), so each ``torchrun`` process takes its own GPU. ``"cuda:k"`` and ``"cpu"``
-    stay as they are. MrimsmError for anything else or CUDA without a GPU.
-    """
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    requested = str(requested).strip()
-    if requested == "cpu":
-        return "cpu"
-    if requested == "cuda" or requested.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise MrimsmError(f"--device {requested} asked for, but no CUDA device is available")
-        if requested == "cuda":
-            return f"cuda:{local_rank % torch.cuda.device_count()}"
-        index = requested.partition(":")[2]
-        if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise MrimsmError(f"--device {requested}: no such GPU ({torch.cuda.device_count()} present)")
-        return requested
-    raise MrimsmError(f"--device must be cpu, cuda or cuda:N, got {requested!r}")

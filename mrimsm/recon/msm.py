@@ -23,6 +23,7 @@ from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import Identity, MultiCoilMRI
 from mrimsm.recon.classical import _lambda_and_iters
 from mrimsm.recon.methods import MethodOutput
+from mrimsm.utils import resolve_device
 
 __all__ = ["make_msm_method", "initial_image"]
 
@@ -36,8 +37,9 @@ def make_msm_method(options: Mapping[str, Any]):
     """Factory for ``mrimsm recon --method msm``.
 
     Options read: ``checkpoint`` (default: the shipped model), ``settings`` (YAML), every
-    :class:`PosteriorSettings` field (``steps``, ``w``, ``t0``, ``init``, ``dc``, ...), ``device``,
-    and ``sense_lambda`` / ``cs_lambda`` for the warm start's initial image.
+    :class:`PosteriorSettings` field (``steps``, ``w``, ``t0``, ``init``, ``dc``, ...),
+    ``device`` (:func:`~mrimsm.utils.resolve_device`; default: CUDA when present), and
+    ``sense_lambda`` / ``cs_lambda`` for the warm start's initial image.
     The randomness of a batch of slices is seeded from the slices' seeds, so a
     run is reproducible (for a given ``batch_slices``).
     """
@@ -47,9 +49,7 @@ def make_msm_method(options: Mapping[str, Any]):
     )
     if settings.init == "baseline":
         raise MrimsmError("init 'baseline' is for restore; for MRI use sense, cs or zero-filled")
-    device = torch.device(options.get("device") or "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MrimsmError("--device cuda asked for, but no CUDA device is available")
+    device = resolve_device(options.get("device"))
     models: dict = {}  # path -> (loaded, family, shipped prior or None)
 
     def model_for(path, prior):

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
 from mrimsm.baselines import ssdu
 from mrimsm.errors import MrimsmError
 from mrimsm.inference import load_ssdu
 from mrimsm.recon.methods import MethodOutput, ReconMethod, SliceBatch
+from mrimsm.utils import resolve_device
 
 __all__ = ["make_ssdu_method"]
 
@@ -30,12 +29,12 @@ def _checkpoint_option(options: Mapping[str, Any]) -> Path:
 def make_ssdu_method(options: Mapping[str, Any]) -> ReconMethod:
     """The recon pipeline's factory: ``options["ssdu_checkpoint"]`` (or
     ``options["checkpoints"]["ssdu"]``, else :data:`DEFAULT_CHECKPOINT`) and
-    ``options["device"]``. The method reconstructs each batch with every acquired
-    line (``Theta`` = the acquisition mask); the network is fully convolutional,
-    so any image size works. Reports ``nfe_per_slice`` (regulariser calls) and
+    ``options["device"]`` (:func:`~mrimsm.utils.resolve_device`; default: CUDA when
+    present). The method reconstructs each batch with every acquired line (``Theta`` =
+    the acquisition mask); the network is fully convolutional, so any image size works. Reports ``nfe_per_slice`` (regulariser calls) and
     ``cg_iters_per_slice``.
     """
-    device = torch.device(options.get("device") or "cpu")
+    device = resolve_device(options.get("device"))
     loaded = load_ssdu(_checkpoint_option(options), device=device)
     net = loaded.model
     info = {
