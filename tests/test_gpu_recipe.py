@@ -154,3 +154,19 @@ def test_travelling_bytes_counts_what_the_run_tool_sends(tmp_path):
     sizes = gt.travelling_bytes(repo, [".gpu"])
     assert sizes == {"tree": 100 + 10 + len("/.gpu/\n/big.bin\n"), "carry": 50, "total": 110 + 16 + 50}
     assert gt.main(["check", "--repo", str(repo)]) == 0
+
+
+def test_data_is_prepared_with_the_workers_asked_for(tmp_path, monkeypatch):
+    import mrimsm.data.training_data as td
+
+    seen = {}
+
+    def fake_prepare(out, **kw):
+        seen.update(kw)
+        return out
+
+    monkeypatch.setattr(td, "prepare_simulated_dataset", fake_prepare)
+    monkeypatch.setenv("MRIMSM_CACHE", str(tmp_path))
+    cfg = load_config(_small_config(tmp_path, simulated={"size": 64, "num_coils": 4, "accel": 4, "rho": 0.0}))
+    assert _recipe()._prepare_data(cfg, 3) >= 0
+    assert seen["workers"] == 3 and seen["size"] == 64 and seen["num_coils"] == 4

@@ -202,18 +202,10 @@ def _prepare_data(cfg, workers: int) -> float:
     t0 = time.perf_counter()
     if cfg.data.simulated is None:
         return 0.0
-    import functools
-
-    import mrimsm.data.prep as prep
     from mrimsm import distributed
     from mrimsm.data.training_data import ensure_simulated_dataset
 
-    original = prep.prepare_simulated_dataset
-    prep.prepare_simulated_dataset = functools.partial(original, workers=max(1, workers))
-    try:
-        root = ensure_simulated_dataset(cfg, distributed.DistInfo(), echo=_say)
-    finally:
-        prep.prepare_simulated_dataset = original
+    root = ensure_simulated_dataset(cfg, distributed.DistInfo(), echo=_say, workers=workers)
     dt = time.perf_counter() - t0
     _say(f"training data ready in {root} ({dt:.0f} s)")
     return dt

@@ -64,12 +64,14 @@ def _manifest_complete(root: Path) -> bool:
         return False
 
 
-def ensure_simulated_dataset(cfg: Config, dist_info: distributed.DistInfo, echo: Callable[[str], None] = print) -> Path:
+def ensure_simulated_dataset(cfg: Config, dist_info: distributed.DistInfo, echo: Callable[[str], None] = print,
+                             workers: int = 1) -> Path:
     """Build ``data.simulated`` into the cache on first use; return its directory.
 
-    Rank 0 runs :func:`mrimsm.data.prep.prepare_simulated_dataset`, which writes
-    its shards atomically, resumes a build that was killed and returns at once
-    for a finished one; the other ranks wait.
+    Rank 0 runs :func:`mrimsm.data.prep.prepare_simulated_dataset` (``workers``
+    processes; the result does not depend on it), which writes its shards
+    atomically, resumes a build that was killed and returns at once for a
+    finished one; the other ranks wait.
     """
     out = _simulated_dir(cfg)
     if dist_info.is_main:
@@ -79,7 +81,7 @@ def ensure_simulated_dataset(cfg: Config, dist_info: distributed.DistInfo, echo:
         out.parent.mkdir(parents=True, exist_ok=True)
         prepare_simulated_dataset(
             out, size=sim.size, num_coils=sim.num_coils, accel=sim.accel, rho=sim.rho, seed=sim.seed,
-            center_lines=sim.center_lines, pixel=sim.pixel,
+            center_lines=sim.center_lines, pixel=sim.pixel, workers=max(1, int(workers)),
         )
     distributed.barrier(dist_info)
     return out
