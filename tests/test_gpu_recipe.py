@@ -39,7 +39,10 @@ def _small_config(tmp_path: Path, **data) -> Path:
     return path
 
 
-def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepared_measurements):
+def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepared_measurements, monkeypatch):
+    import mrimsm.trainmethod as tm
+
+    monkeypatch.setattr(tm, "measurement_data", tm.measurement_data)  # the recipe reroutes it; undone after
     cfg_path = _small_config(tmp_path)
     cfg = load_config(cfg_path).replace(**{"data.root": str(prepared_measurements), "data.simulated": None})
     first = train(cfg, tmp_path / "start", device="cpu", echo=lambda m: None)  # the "shipped" state, step 1
@@ -55,6 +58,8 @@ def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepare
         "--run-dir", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--site", str(tmp_path / "site"),
     ])
     assert code == 0
+    assert getattr(tm.measurement_data, "_in_memory", False)  # the loop read the in-memory copy
+    assert any(isinstance(b.dataset, gt._InMemory) for b in gt._CACHE.values())
     manifest = json.loads((out / "manifest.json").read_text())
     print(json.dumps(manifest["chunks"]))
     assert manifest["batch"] == 3  # --batch 64 capped at the 3 training examples

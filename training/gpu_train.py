@@ -287,9 +287,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     step = int(load_checkpoint(run_dir / LAST_NAME)["step"])
 
     from mrimsm.distributed import DistInfo
-    from mrimsm.data.training_data import measurement_data
+    import mrimsm.trainmethod as tm
 
-    n = len(measurement_data(cfg, DistInfo()).dataset)  # read into memory once, here
+    n = len(tm.measurement_data(cfg, DistInfo()).dataset)  # the in-memory copy, read here before the clock
     batch = min(args.batch or cfg.train.batch_size, n)
     if batch != (args.batch or cfg.train.batch_size):
         _say(f"--batch {args.batch} > {n} training examples: using {batch}")
