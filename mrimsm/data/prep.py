@@ -555,66 +555,115 @@ def prepare_dataset(
         raise
 
 
+@dataclass
+class _Inventory:
+    """What the scan of the input files found (all of it goes into the manifest).
+
+    Attributes:
+        inputs: one entry per file found (name, size, status, ...).
+        skipped: ``{"file", "reason"}`` per file that cannot be used.
+        filtered: names of files of another acquisition.
+        planned: ``(path, slices, entry)`` per file to prepare.
+        matched: files of the asked-for acquisition (used or not).
+    """
+
+    inputs: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    filtered: list = field(default_factory=list)
+    planned: list = field(default_factory=list)
+    matched: int = 0
+
+
 def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions, progress, on_start, on_warning,
              extra_manifest) -> dict:
-    """:func:`prepare_dataset` after its checks (``out_dir`` is created here, when needed)."""
+    """:func:`prepare_dataset` after its checks (``out_dir`` is created here, when needed):
+    scan the inputs, plan one task per file, run the tasks, write the manifest."""
     warn = on_warning or (lambda msg: warnings.warn(msg, stacklevel=3))
     listed = _read_slice_list(opts.slice_list) if opts.slice_list else None
     params_hash = opts.params_hash()
+    inv = _scan_inputs(files, opts, listed, warn)
+    _check_scan(inv, files, listed, raw_dir, opts, warn)
+    tasks, resumed = _plan_tasks(inv.planned, out_dir, opts, params_hash)
+    results = _run_tasks(tasks, resumed, out_dir, opts, params_hash, progress, on_start)
+    shards = _collect_shards(results, inv, raw_dir, opts, warn)
+    manifest = _manifest(raw_dir, opts, params_hash, inv, shards, len(resumed))
+    manifest.update(extra_manifest or {})
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    return manifest
 
-    inputs, skipped, filtered, planned = [], [], [], []
-    matched = 0
 
-    def skip(path: Path, reason: str, entry: dict) -> None:
-        if opts.strict:
-            raise MrimsmError(f"{reason} (--strict)")
-        warn(f"skipping {path.name}: {reason}")
-        skipped.append({"file": path.name, "reason": reason})
+def _skip(inv: _Inventory, path: Path, reason: str, opts: PrepOptions, warn: Callable[[str], None],
+          entry: Optional[dict] = None) -> None:
+    """Record that ``path`` cannot be used (MrimsmError instead under ``--strict``)."""
+    if opts.strict:
+        raise MrimsmError(f"{reason} (--strict)")
+    warn(f"skipping {path.name}: {reason}")
+    inv.skipped.append({"file": path.name, "reason": reason})
+    if entry is not None:
         entry["status"] = "skipped"
 
+
+def _scan_inputs(files: list[Path], opts: PrepOptions, listed: Optional[dict[str, list[int]]],
+                 warn: Callable[[str], None]) -> _Inventory:
+    """Read each file's header: which files (and slices) to prepare, which are filtered
+    out by ``--acquisition`` or the slice list, which cannot be used and why."""
+    inv = _Inventory()
     for path in files:
         entry = {"file": path.name, "size": path.stat().st_size}
-        inputs.append(entry)
+        inv.inputs.append(entry)
         if listed is not None and path.name not in listed:
             entry["status"] = "not in slice list"
             continue
         try:
             head = read_header(path)
         except MrimsmError as exc:
-            skip(path, str(exc), entry)
+            _skip(inv, path, str(exc), opts, warn, entry)
             continue
         entry["acquisition"] = head["attrs"].get("acquisition")
         entry["num_slices"] = head["shape"][0]
         if opts.acquisition and entry["acquisition"] != opts.acquisition:
             entry["status"] = "filtered"
-            filtered.append(path.name)
+            inv.filtered.append(path.name)
             continue
-        matched += 1
+        inv.matched += 1
         if head["has_mask"]:
-            skip(path, f"{path} is already undersampled (has a 'mask'); prep needs fully sampled k-space", entry)
+            _skip(inv, path, f"{path} is already undersampled (has a 'mask'); prep needs fully sampled k-space",
+                  opts, warn, entry)
             continue
         slices = _select_slices(head["shape"][0], opts, None if listed is None else listed[path.name])
         if not slices:
-            skip(path, f"{path} has no slices left after the edge / list selection", entry)
+            _skip(inv, path, f"{path} has no slices left after the edge / list selection", opts, warn, entry)
             continue
         entry["sha256"] = _sha256(path)
         entry["status"] = "used"
-        planned.append((path, slices, entry))
+        inv.planned.append((path, slices, entry))
+    return inv
 
+
+def _check_scan(inv: _Inventory, files: list[Path], listed: Optional[dict[str, list[int]]], raw_dir: Path,
+                opts: PrepOptions, warn: Callable[[str], None]) -> None:
+    """MrimsmError when the scan leaves nothing to do (slice list naming no file, no file of
+    the acquisition, no usable file); a warning for slice-list files that are missing."""
     if listed is not None:
         missing = sorted(set(listed) - {p.name for p in files})
         if len(missing) == len(listed):
             raise MrimsmError(f"no file of the slice list is in {raw_dir}")
         if missing:
             warn(f"the slice list names {len(missing)} file(s) not in {raw_dir}: {', '.join(missing[:5])}")
-    if opts.acquisition and matched == 0 and filtered:
-        found = sorted({str(e.get("acquisition")) for e in inputs if "acquisition" in e})
+    if opts.acquisition and inv.matched == 0 and inv.filtered:
+        found = sorted({str(e.get("acquisition")) for e in inv.inputs if "acquisition" in e})
         raise MrimsmError(
             f"no file in {raw_dir} matches --acquisition {opts.acquisition} (found: {', '.join(found) or 'none'})"
         )
-    if not planned:
-        raise MrimsmError(f"no usable file in {raw_dir} ({len(skipped)} skipped)")
+    if not inv.planned:
+        raise MrimsmError(f"no usable file in {raw_dir} ({len(inv.skipped)} skipped)")
 
+
+def _plan_tasks(planned: list, out_dir: Path, opts: PrepOptions, params_hash: str) -> tuple[list[dict], list[dict]]:
+    """One worker task per planned file, split into train / val; ``(to do, already done)``
+    (a shard already written with the same parameters and source hash is not redone).
+    Creates ``out_dir/train`` and ``out_dir/val`` and removes temporaries of a killed run."""
     val_names = _split_volumes([p.name for p, _, _ in planned], opts.val_fraction, opts.seed)
     for sub in ("train", "val"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -637,7 +686,13 @@ def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions,
             "options": dataclasses.asdict(opts),
         }
         (resumed if _shard_done(out_dir / task["shard_rel"], params_hash, entry["sha256"]) else tasks).append(task)
+    return tasks, resumed
 
+
+def _run_tasks(tasks: list[dict], resumed: list[dict], out_dir: Path, opts: PrepOptions, params_hash: str,
+               progress, on_start) -> list[dict]:
+    """Run ``tasks`` (:func:`_execute`) and read the summaries of the ``resumed`` shards.
+    An interrupt becomes :class:`Interrupted` saying how many shards are on disk."""
     if on_start is not None:
         on_start(sum(len(t["slices"]) for t in tasks))
     results: list[dict] = []
@@ -652,24 +707,31 @@ def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions,
         ) from None
     for task in resumed:
         results.append(_summary_from_shard(out_dir, task))
+    return results
 
+
+def _collect_shards(results: list[dict], inv: _Inventory, raw_dir: Path, opts: PrepOptions,
+                    warn: Callable[[str], None]) -> list[dict]:
+    """The manifest's shard entries, by file name; a file whose worker failed is skipped
+    (MrimsmError under ``--strict``, or when no shard is left)."""
     shards = []
-    by_name = {e["file"]: e for e in inputs}
+    by_name = {e["file"]: e for e in inv.inputs}
     for res in sorted(results, key=lambda r: r["name"]):
         if "error" in res:
-            if opts.strict:
-                raise MrimsmError(f"{res['error']} (--strict)")
-            warn(f"skipping {res['name']}: {res['error']}")
-            skipped.append({"file": res["name"], "reason": res["error"]})
-            by_name[res["name"]]["status"] = "skipped"
+            _skip(inv, Path(res["name"]), res["error"], opts, warn, by_name[res["name"]])
             continue
         shards.append({k: res[k] for k in ("shard", "split", "name", "num_slices", "slices", "scale",
                                            "achieved_acceleration", "espirit") if k in res})
     if not shards:
-        raise MrimsmError(f"no usable file in {raw_dir} ({len(skipped)} skipped)")
+        raise MrimsmError(f"no usable file in {raw_dir} ({len(inv.skipped)} skipped)")
+    return shards
 
+
+def _manifest(raw_dir: Path, opts: PrepOptions, params_hash: str, inv: _Inventory, shards: list[dict],
+              num_resumed: int) -> dict:
+    """The ``manifest.json`` of a finished run (format in the module doc)."""
     accels = [a for s in shards for a in s["achieved_acceleration"]]
-    manifest = {
+    return {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "raw_dir": str(raw_dir.resolve()),
@@ -680,16 +742,16 @@ def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions,
         "mask": _mask_spec(opts),
         "normalization": NORMALIZATION,
         "versions": _versions(),
-        "inputs": inputs,
-        "skipped": skipped,
-        "filtered": filtered,
+        "inputs": inv.inputs,
+        "skipped": inv.skipped,
+        "filtered": inv.filtered,
         "shards": shards,
         "counts": {
-            "files_found": len(inputs),
+            "files_found": len(inv.inputs),
             "files_used": len(shards),
-            "files_skipped": len(skipped),
-            "files_filtered": len(filtered),
-            "files_resumed": len(resumed),
+            "files_skipped": len(inv.skipped),
+            "files_filtered": len(inv.filtered),
+            "files_resumed": num_resumed,
             "slices": {sp: sum(s["num_slices"] for s in shards if s["split"] == sp) for sp in ("train", "val")},
         },
         "achieved_acceleration": {
@@ -700,10 +762,6 @@ def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions,
         },
         "complete": True,
     }
-    manifest.update(extra_manifest or {})
-    with atomic_path(out_dir / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1))
-    return manifest
 
 
 def _summary_from_shard(out_dir: Path, task: dict) -> dict:
