@@ -1,6 +1,6 @@
 """``mrimsm`` command-line entry point.
 
-Each subcommand lives in its own module under ``cli/`` and is registered
+Each subcommand lives in its own module under ``cli/`` (installed as ``mrimsm.cli``) and is registered
 below. Library errors (:class:`mrimsm.errors.MrimsmError`) become one-line
 ``error: ...`` messages with exit code 2, never tracebacks; an interrupt
 (:class:`mrimsm.errors.Interrupted`, SIGINT / SIGTERM) prints ``interrupted: ...`` and
@@ -49,11 +49,11 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 
 # -- subcommands (each module registers itself on `app`) ----------------------
 # Registration lines are added here as commands become real.
-from cli import train_cmd; train_cmd.register(app)  # noqa: E402,E702
-from cli import sample_cmd; sample_cmd.register(app)  # noqa: E402,E702
-from cli import recon_cmd; recon_cmd.register(app)  # noqa: E402,E702
-from cli import prep_cmd; prep_cmd.register(app)  # noqa: E402,E702
-from cli import restore_cmd; restore_cmd.register(app)  # noqa: E402,E702
+from . import train_cmd; train_cmd.register(app)  # noqa: E402,E702
+from . import sample_cmd; sample_cmd.register(app)  # noqa: E402,E702
+from . import recon_cmd; recon_cmd.register(app)  # noqa: E402,E702
+from . import prep_cmd; prep_cmd.register(app)  # noqa: E402,E702
+from . import restore_cmd; restore_cmd.register(app)  # noqa: E402,E702
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from cli.main import main
+from mrimsm.cli.main import main
 from test_train import msm_config  # registers the in-memory "msm-mem" method
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from cli.main import main
+from mrimsm.cli.main import main
 from conftest import write_fake_fastmri
 from test_train import toy_config  # registers the "toy-train" method
 
@@ -224,7 +224,7 @@ def test_failed_prep_leaves_no_empty_directory(tmp_path, capsys):
 #: ``python -c DRIVER ARGS`` runs ``mrimsm ARGS`` with the test-only methods registered.
 DRIVER = (
     "import sys; sys.path[:0] = [{repo!r}, {tests!r}]; import test_train; "
-    "from cli.main import main; sys.exit(main(sys.argv[1:]))"
+    "from mrimsm.cli.main import main; sys.exit(main(sys.argv[1:]))"
 ).format(repo=str(REPO), tests=str(TESTS))
 
 
@@ -296,7 +296,7 @@ def _no_partial(folder: Path) -> None:
 def test_recon_dir_sigint_says_what_finished_and_rerun_finishes(tmp_path):
     src = _scans(tmp_path / "in", 4)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cli.main", "recon", str(src), "-o", str(out), "-m", "cs", "--cs-iters", "150",
+    cmd = [sys.executable, "-m", "mrimsm.cli.main", "recon", str(src), "-o", str(out), "-m", "cs", "--cs-iters", "150",
            "--accel", "4", "-q", "--threads", "1"]
     proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: out.is_dir() and any(out.glob("*.h5")), proc)
@@ -323,7 +323,7 @@ def test_prep_sigint_says_what_finished_and_rerun_resumes(tmp_path):
     for i in range(4):
         write_fake_fastmri(raw / f"v{i}.h5", "full", num_slices=2, size=64, num_coils=4, seed=i)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cli.main", "prep-fastmri", str(raw), str(out), "--size", "64",
+    cmd = [sys.executable, "-m", "mrimsm.cli.main", "prep-fastmri", str(raw), str(out), "--size", "64",
            "--skip-last", "0", "--val-fraction", "0", "--espirit-coarse", "1", "-q", "--threads", "1"]
     proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: any((out / "train").glob("v*.h5")) if (out / "train").is_dir() else False, proc)
@@ -469,7 +469,7 @@ def test_memory_estimate_is_within_a_factor_of_two_of_the_peak_rss(tmp_path):
     img = tmp_path / "img.png"
     Image.fromarray(np.zeros((384, 384, 3), np.uint8)).save(img)
     code = (
-        "import resource, sys; sys.path.insert(0, {repo!r}); from cli.main import main; "
+        "import resource, sys; sys.path.insert(0, {repo!r}); from mrimsm.cli.main import main; "
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         "import mrimsm.restore, mrimsm.inference; base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         "rc = main(sys.argv[1:]); print('RSS', base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
@@ -571,7 +571,7 @@ def _corrupt(case: int, base: dict, path: Path) -> str:
 
 
 def _call(argv: list, capsys) -> tuple[int, list[str]]:
-    """``mrimsm ARGV`` in-process; an exception that escapes :func:`cli.main.main` is a
+    """``mrimsm ARGV`` in-process; an exception that escapes :func:`mrimsm.cli.main.main` is a
     traceback a user would see, so it fails the test."""
     try:
         rc = main([str(a) for a in argv])

@@ -248,7 +248,7 @@ def test_simulated_data_is_refused(tmp_path):
 
 
 def test_train_checkpoint_meta_and_sample(folder, tmp_path, capsys):
-    from cli.main import main
+    from mrimsm.cli.main import main
     from mrimsm.checkpoint import load_checkpoint
     from mrimsm.inference import generate, load_msm
     from mrimsm.train import train
@@ -290,7 +290,7 @@ def test_cli_train_with_data_option(folder, tmp_path, capsys):
     """`mrimsm train configs/ffhq_tiny.yaml --data DIR` (a 1-step run of a shrunken copy)."""
     import yaml
 
-    from cli.main import main
+    from mrimsm.cli.main import main
 
     cfg = _tiny_config(tmp_path / "elsewhere", **{"train.max_steps": 1})
     cfg_path = tmp_path / "tiny.yaml"

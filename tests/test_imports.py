@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def package_modules() -> list[str]:
-    """Dotted names of every module under ``mrimsm/`` and ``cli/``."""
+    """Dotted names of every module under ``mrimsm/`` and ``cli/`` (the package
+    ``mrimsm.cli``, see ``mrimsm/cli/__init__.py``)."""
     names = []
     for top in ("mrimsm", "cli"):
         for path in sorted((ROOT / top).rglob("*.py")):
@@ -29,8 +30,21 @@ def package_modules() -> list[str]:
                 continue  # runs the CLI when imported
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            names.append(".".join(parts))
+            if parts[0] == "cli":
+                parts = ["mrimsm", *parts]
+            name = ".".join(parts)
+            if name not in names:
+                names.append(name)
     return names
+
+
+def module_path(module: str) -> Path:
+    """The source file of a dotted module name (``mrimsm.cli.*`` lives in ``cli/``)."""
+    parts = module.split(".")
+    if parts[:2] == ["mrimsm", "cli"]:
+        parts = parts[1:]
+    path = ROOT / Path(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 _CHILD = r"""
@@ -64,7 +78,7 @@ print(json.dumps(failures))
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_every_module_imports_alone():
     modules = package_modules()
-    assert "mrimsm.train" in modules and "cli.main" in modules
+    assert "mrimsm.train" in modules and "mrimsm.cli.main" in modules
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(modules)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -87,14 +101,12 @@ LAYERS: dict[str, int] = {
     "mrimsm.diffusion": 5, "mrimsm.baselines": 5,
     "mrimsm.methods": 6, "mrimsm.config": 7, "mrimsm.inference": 8,
     "mrimsm.train": 9, "mrimsm.recon": 9, "mrimsm.restore": 9,
-    "cli": 10, "mrimsm.__main__": 11,
+    "mrimsm.cli": 10, "mrimsm.__main__": 11,
 }
 
 
 def _unit(module: str) -> str:
     parts = module.split(".")
-    if parts[0] == "cli":
-        return "cli"
     return ".".join(parts[:2]) if len(parts) > 1 else "mrimsm"
 
 
@@ -125,14 +137,24 @@ def test_imports_point_down_the_layers():
     for module in package_modules() + ["mrimsm.__main__"]:
         if module == "mrimsm":
             continue
-        path = ROOT / Path(*module.split("."))
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        path = module_path(module)
         src = _unit(module)
         assert src in LAYERS, f"{module}: put its unit {src} in LAYERS"
         for target, line in _imports(path, module):
+            if target.split(".")[0] == "cli":  # the installed package has no top-level cli
+                bad.append(f"{path.relative_to(ROOT)}:{line}: imports {target}; use mrimsm.cli or a relative import")
+                continue
             dst = _unit(target)
             if dst == src or dst not in LAYERS:
                 continue  # the unit itself, or a name from the package's __init__ (the version)
             if LAYERS.get(dst, -1) >= LAYERS[src]:
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {src} imports {target}")
     assert not bad, "imports that do not point down:\n" + "\n".join(bad)
+
+
+def test_cli_is_the_package_mrimsm_cli():
+    """``mrimsm.cli`` is the top-level ``cli/`` folder (the stub points there in a source
+    checkout; a wheel maps it there with package-dir)."""
+    import mrimsm.cli.main
+
+    assert Path(mrimsm.cli.main.__file__).resolve() == ROOT / "cli" / "main.py"

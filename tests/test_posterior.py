@@ -238,7 +238,7 @@ def test_bad_solver_settings_are_one_line_errors(bad, word):
 
 
 def test_bad_solver_settings_from_the_command_line(fastmri_sample, tmp_path, capsys):
-    from cli.main import main
+    from mrimsm.cli.main import main
 
     for flags in (["--t0", "1.5", "--init", "sense"], ["--dc-lambda", "-1"], ["--init", "nonsense"]):
         rc = main(["recon", str(fastmri_sample), "--accel", "4", "-m", "msm", "-o", str(tmp_path / "x.h5"),

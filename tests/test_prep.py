@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cli.main import main
+from mrimsm.cli.main import main
 from mrimsm.data import prep as prep_mod
 from mrimsm.data import simulate as sm
 from mrimsm.data.prep import PrepOptions, prepare_dataset, prepare_simulated_dataset

@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastmri import evaluate as fm_eval
 
-from cli.main import main
+from mrimsm.cli.main import main
 from mrimsm import recon
 from mrimsm.baselines.classical import zero_filled
 from mrimsm.data.fastmri_io import crop_to_reconstruction, rss

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli.main import main
+from mrimsm.cli.main import main
 from mrimsm import recon
 from mrimsm.data.fastmri_io import crop_to_reconstruction
 from mrimsm.data.simulate import birdcage_coil_maps

@@ -192,7 +192,7 @@ def test_evaluate_folder_scores_every_image(loaded, tmp_path):
 
 
 def _run(args, capsys):
-    from cli.main import main
+    from mrimsm.cli.main import main
 
     rc = main(["restore", *args])
     out = capsys.readouterr()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from cli.main import main
+from mrimsm.cli.main import main
 from mrimsm.baselines.ssdu import DEFAULT_CHECKPOINT as SSDU_DEFAULT
 from mrimsm.checkpoint import load_checkpoint
 from mrimsm.diffusion.posterior import DEFAULT_CHECKPOINT as MSM_DEFAULT

@@ -338,7 +338,7 @@ def test_load_rejects_other_checkpoints(tmp_path, monkeypatch):
 
 
 def test_cli_rejects_bad_ssdu_configs_in_one_line(tmp_path, capsys):
-    from cli.main import main
+    from mrimsm.cli.main import main
 
     def write(model: str = "{channels: 4}", split: str = "{}", name: str = "cfg") -> str:
         path = tmp_path / f"{name}.yaml"
