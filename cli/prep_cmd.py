@@ -45,8 +45,6 @@ def register(app: typer.Typer) -> None:
         from tqdm import tqdm
 
         from mrimsm.data.prep import PrepOptions, prepare_dataset
-        from mrimsm.errors import MrimsmError
-
         from mrimsm.utils import set_threads
 
         set_threads(threads)

@@ -1,9 +1,10 @@
-"""Small shared helpers: atomic file writes, the output-path preflight, seeding, the
-device choice and the CPU thread count."""
+"""Small shared helpers: atomic file writes, the output-path preflight, seeding, file
+hashes, the device choice and the CPU thread count."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import random
@@ -18,7 +19,7 @@ from mrimsm.errors import MrimsmError
 
 __all__ = [
     "atomic_path", "same_file", "check_output", "seed_everything", "load_method_object",
-    "resolve_device", "set_threads",
+    "resolve_device", "set_threads", "file_sha256",
 ]
 
 
@@ -107,6 +108,23 @@ def check_output(
         if same_file(src, p):
             raise MrimsmError(f"{flag} {p} would overwrite the {role} {src}; choose another {flag}")
     return p
+
+
+_SHA256: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) within the process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
 
 
 def seed_everything(seed: int) -> None:

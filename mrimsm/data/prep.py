@@ -60,7 +60,7 @@ from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
-from mrimsm.utils import atomic_path, check_output, set_threads
+from mrimsm.utils import atomic_path, check_output, file_sha256, set_threads
 
 __all__ = [
     "PrepOptions",
@@ -358,14 +358,6 @@ def prepare_volume(
 # -- planning ----------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_slice_list(path: str) -> dict[str, list[int]]:
     """CSV rows ``file,slice`` (a header row is allowed) -> {file name: [slices]}."""
     p = Path(path)
@@ -635,7 +627,7 @@ def _scan_inputs(files: list[Path], opts: PrepOptions, listed: Optional[dict[str
         if not slices:
             _skip(inv, path, f"{path} has no slices left after the edge / list selection", opts, warn, entry)
             continue
-        entry["sha256"] = _sha256(path)
+        entry["sha256"] = file_sha256(path)
         entry["status"] = "used"
         inv.planned.append((path, slices, entry))
     return inv

@@ -5,7 +5,6 @@ directory run skips a file), per-slice PNG figures, and the metrics table."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 from mrimsm.errors import MrimsmError
 from mrimsm.recon.run import MethodResult
 from mrimsm.recon.volume import PreparedVolume
-from mrimsm.utils import check_output, same_file
+from mrimsm.utils import check_output, file_sha256, same_file
 
 def plan_outputs(
     input_path: Union[str, os.PathLike],
@@ -68,23 +67,6 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-_SHA256: dict[tuple, str] = {}
-
-
-def file_sha256(path: Union[str, os.PathLike]) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) within the process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA256[key] = h.hexdigest()
-    return _SHA256[key]
 
 
 def _is_checkpoint_key(key: str) -> bool:
