@@ -12,7 +12,8 @@ Two ways to stop, both turning SIGTERM into what Ctrl-C does:
   written; a second SIGINT raises KeyboardInterrupt at once.
 
 Handlers are installed only in the main thread (elsewhere signals cannot be
-caught) and the previous ones are put back on exit.
+caught) and only for signals not ignored already (a background job started by a
+script ignores SIGINT and keeps doing so); the previous ones are put back on exit.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ def _handlers(handler: Callable) -> Iterator[bool]:
     if threading.current_thread() is not threading.main_thread():
         yield False
         return
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    # a signal the process was started ignoring (e.g. SIGINT of a background job run by a
+    # script) stays ignored
+    previous = {s: signal.getsignal(s) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     try:
-        for s in SIGNALS:
+        for s in previous:
             signal.signal(s, handler)
         yield True
     finally:

@@ -529,7 +529,8 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
                     _write_checkpoint(run, cfg, run_dir, info, sampler, step)
                 raise Interrupted(
                     f"{stop.name or 'a signal on another rank'} at step {step} of {tc.max_steps}; "
-                    f"checkpoint {last} written; resume with: mrimsm train {cfg.source} --out {run_dir} --resume"
+                    f"checkpoint {last} written; resume with: mrimsm train {cfg.source} --out {run_dir} --resume "
+                    f"--max-steps {tc.max_steps}"
                 )
     return _finish(result, run, step, start, window.t_start, tc.max_steps, last, run_dir, dev, say)
 

@@ -646,3 +646,53 @@ def test_fuzz_corrupted_inputs(fuzz_base, tmp_path, capsys):
 @pytest.mark.slow
 def test_fuzz_corrupted_inputs_long(fuzz_base, tmp_path, capsys):
     _fuzz(range(60, 600), fuzz_base, tmp_path, capsys)
+
+
+def test_handlers_keep_an_ignored_signal_ignored_and_restore_the_previous_ones():
+    from mrimsm.interrupt import deferred_interrupts, raising_interrupts
+
+    before_int, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job started by a script
+    try:
+        for block in (raising_interrupts, deferred_interrupts):
+            with block():
+                assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+                assert signal.getsignal(signal.SIGTERM) not in (before_term, signal.SIG_IGN)
+            assert signal.getsignal(signal.SIGTERM) == before_term
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+    with deferred_interrupts() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert stop and stop.name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == before_term
+
+
+def test_recon_msm_batches_down_or_refuses_by_memory(tmp_path, capsys, monkeypatch):
+    import mrimsm.models.memory as memory
+    from mrimsm.recon import ReconOptions, reconstruct_file
+    from mrimsm.recon.msm import make_msm_method
+    from mrimsm.recon.run import fit_batch
+
+    sample = REPO / "data" / "sample" / "sample_brain.h5"
+    if not sample.exists():
+        from mrimsm.data.simulate import make_sample_file
+
+        sample = make_sample_file(tmp_path / "sample.h5")
+    method = make_msm_method({"device": "cpu", "samples": 2})
+    one = method.memory_per_slice((64, 64), 8)
+    from mrimsm.inference import load_msm
+
+    net = load_msm(ASSETS / "default_msm.pt").denoiser.backbone  # the shipped prior for 64 x 64
+    assert one > memory.forward_bytes(net, (64, 64), 2) > memory.forward_bytes(net, (64, 64), 1)
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": int(2.5 * one / 0.8))
+    assert fit_batch(method, "msm", 8, (4, 8, 64, 64), "cpu") == 2
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": int(0.5 * one))
+    rc, err, _ = _run(["recon", sample, "--accel", "4", "-m", "msm", "--samples", "2", "--steps", "2",
+                       "-o", tmp_path / "x.h5", "-q", "--device", "cpu"], capsys)
+    _one_error(rc, err, "one 64 x 64 slice needs about", "GiB free on cpu", "--samples")
+    assert not (tmp_path / "x.h5").exists()
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": int(1.5 * one / 0.8))
+    rep = reconstruct_file(sample, tmp_path / "y.h5", ["msm"], accel=4,
+                           options={"device": "cpu", "samples": 2, "steps": 2, "batch_slices": 4})
+    assert rep.results[0].info["batch_slices_memory_capped"] == 1

@@ -99,7 +99,20 @@ def make_msm_method(options: Mapping[str, Any]):
             },
         )
 
+    def memory_per_slice(shape: tuple, coils: int) -> int:
+        """Estimated peak bytes of one slice (its ``samples`` together) in a reverse step:
+        the network pass (:func:`mrimsm.models.memory.forward_bytes`) plus the solver's
+        k-space-sized tensors (about 24 complex64 ``(C, H, W)`` per sample)."""
+        from mrimsm.models.memory import forward_bytes
+
+        choice = None if checkpoint else shipped.choose_shipped_prior(shape)
+        loaded = model_for(checkpoint, None)[0] if checkpoint else model_for(choice.path, choice)[0]
+        net = getattr(loaded.denoiser, "backbone", loaded.denoiser)
+        k = int(settings.samples)
+        return forward_bytes(net, shape, k) + k * 24 * int(coils) * int(shape[0]) * int(shape[1]) * 8
+
     method.batch_slices = int(settings.batch_slices)  # the pipeline batches slices by this
+    method.memory_per_slice = memory_per_slice  # the pipeline batches down (or refuses) by this
     # recorded in each output (checkpoints by hash): the solver settings whole, and the model
     # given, or every shipped one installed (which one a scan gets depends on its size)
     method.settings = {**asdict(settings), **({"checkpoint": str(checkpoint)} if checkpoint else {

@@ -35,6 +35,36 @@ class MethodResult:
     info: dict = field(default_factory=dict)
 
 
+#: Share of the free memory a method's batch may plan to use.
+MEMORY_SHARE = 0.8
+
+
+def fit_batch(method: Any, name: str, per_batch: int, kspace_shape: tuple, device: Any) -> int:
+    """Slices per call that fit in memory: ``per_batch``, lowered when the method says how
+    much one slice needs (``method.memory_per_slice((H, W), coils) -> bytes``) and that many
+    would not fit in :data:`MEMORY_SHARE` of what ``device`` has free (batching down changes
+    the random streams, as any ``batch_slices`` does). MrimsmError, one line, if not even
+    one slice fits."""
+    need_of = getattr(method, "memory_per_slice", None)
+    if need_of is None:
+        return per_batch
+    from mrimsm.models.memory import available_bytes
+
+    free = available_bytes(device)
+    if free is None:
+        return per_batch
+    h, w = int(kspace_shape[-2]), int(kspace_shape[-1])
+    one = int(need_of((h, w), int(kspace_shape[1])))
+    budget = MEMORY_SHARE * free
+    if one > budget:
+        gib = 2.0**30
+        raise MrimsmError(
+            f"{name}: one {h} x {w} slice needs about {one / gib:.1f} GiB, more than {MEMORY_SHARE:.0%} of the "
+            f"{free / gib:.1f} GiB free on {torch.device(device).type}; lower --samples or use a device with more memory"
+        )
+    return max(1, min(per_batch, int(budget // max(one, 1))))
+
+
 def run_method(
     volume: PreparedVolume,
     name: str,
@@ -56,13 +86,14 @@ def run_method(
     if method is None:
         method = spec.build(dict(options or {}))
     per_batch = int((options or {}).get("batch_slices") or getattr(method, "batch_slices", None) or spec.batch_slices)
+    capped = fit_batch(method, name, per_batch, volume.kspace.shape, (options or {}).get("device") or "cpu")
     scale = volume.scale if spec.needs_normalization else 1.0
     n = volume.kspace.shape[0]
     images, stds, info = [], [], {}
     elapsed = 0.0
     with open_bar(progress, name, n) as bar:
-        for start in range(0, n, per_batch):
-            sl = slice(start, min(n, start + per_batch))
+        for start in range(0, n, capped):
+            sl = slice(start, min(n, start + capped))
             idx = volume.slices[sl]
             batch = SliceBatch(
                 kspace=torch.from_numpy(volume.kspace[sl] / np.float32(scale)),
@@ -93,6 +124,8 @@ def run_method(
             if out.uncertainty is not None:
                 stds.append(out.uncertainty.detach().cpu().numpy() * scale)
             info.update(out.info)
+            if capped < per_batch:
+                info["batch_slices_memory_capped"] = capped
             bar.update(sl.stop - sl.start)
 
     recon = np.ascontiguousarray(crop_to_reconstruction(np.concatenate(images), volume.recon_size), dtype=np.float32)
