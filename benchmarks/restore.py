@@ -29,7 +29,7 @@ DEFAULT_DATA = C.REPO / "data" / "images"
 #: (label, posterior settings): the paper's setting from noise, and the default (warm start
 #: from the baseline image, mean of 4 samples; mrimsm.restore.image_settings)
 DEFAULT_SETTINGS = (
-    ("msm from noise, 200 steps, 1 sample", dict(steps=200, w=3, samples=1, t0=1.0, init="none")),
+    ("msm from noise, 200 steps, 1 sample (the paper)", dict(steps=200, w=3, samples=1, t0=1.0, init="none")),
     ("msm default", {}),
 )
 
@@ -92,7 +92,7 @@ def main() -> int:
         for task in args.tasks:
             base = baseline_name(task)
             for label, overrides in settings:
-                chosen = image_settings(**overrides)
+                chosen = image_settings(task, **overrides)
                 steps, w, samples = chosen.steps, chosen.w, chosen.samples
                 res = evaluate_folder(loaded, folder, task, chosen, noise=args.noise, seed=args.seed, limit=args.limit)
                 n = len(res["names"])

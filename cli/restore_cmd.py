@@ -31,13 +31,13 @@ def register(app: typer.Typer) -> None:
             False, "--simulate", help="INPUT is clean: degrade it, restore it, print PSNR/SSIM vs the baseline."
         ),
         samples: Optional[int] = typer.Option(
-            None, "--samples", "-k", help="Posterior samples (mean = output; > 1 also writes an uncertainty PNG)."
+            None, "--samples", "-k", help="Posterior samples (default 4; mean = output; > 1 also writes an uncertainty PNG)."
         ),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Reverse diffusion steps (default 200)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Reverse diffusion steps from t0 (default 50)."),
         w: Optional[int] = typer.Option(None, "--w", help="Random masks per step (default 3)."),
         eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta in [0, 1] (default 1)."),
         t0: Optional[float] = typer.Option(
-            None, "--t0", help="Warm start: begin the chain at t0 * T from --init (1 = from noise)."
+            None, "--t0", help="Warm start: begin the chain at t0 * T from --init (default 0.4 inpaint-box, 0.2 sr4; 1 = from noise)."
         ),
         init: Optional[str] = typer.Option(
             None, "--init", help="Initial image of the warm start: baseline (bicubic / mean fill) or none."
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
 
         from mrimsm.restore import format_report, image_settings, restore_file
 
-        settings = image_settings(steps=steps, w=w, eta=eta, samples=samples, t0=t0, init=init)
+        settings = image_settings(task, steps=steps, w=w, eta=eta, samples=samples, t0=t0, init=init)
         bar = None
         if not quiet:
             from tqdm import tqdm

@@ -70,7 +70,7 @@ def loaded(tiny_ckpt):
 def _settings(**kw):
     from mrimsm.restore import image_settings
 
-    return image_settings(**{"steps": 3, "w": 1, **kw})
+    return image_settings(**{"steps": 3, "w": 1, "samples": 1, **kw})
 
 
 # -- operators, degradation, baselines, metrics -----------------------------------------
