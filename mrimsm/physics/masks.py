@@ -131,12 +131,16 @@ class RandomCartesian(MaskFamily):
             )
         return _center_slice(w, num_low), total - num_low
 
-    def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> np.ndarray:
+    def _start(self, shape: Sequence[int], seed: Optional[int]) -> tuple[np.ndarray, int, np.random.Generator]:
+        """``(mask of the central columns, how many others to add, the seeded generator)``."""
         w = int(shape[-1])
         center, n_other = self._layout(w)
-        rng = np.random.default_rng(seed)
         mask = np.zeros(w, dtype=bool)
         mask[center] = True
+        return mask, n_other, np.random.default_rng(seed)
+
+    def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> np.ndarray:
+        mask, n_other, rng = self._start(shape, seed)
         others = np.flatnonzero(~mask)
         mask[rng.choice(others, size=n_other, replace=False)] = True
         return mask
@@ -154,11 +158,7 @@ class EquispacedCartesian(RandomCartesian):
     """Central columns plus equispaced others (random offset from the seed)."""
 
     def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> np.ndarray:
-        w = int(shape[-1])
-        center, n_other = self._layout(w)
-        rng = np.random.default_rng(seed)
-        mask = np.zeros(w, dtype=bool)
-        mask[center] = True
+        mask, n_other, rng = self._start(shape, seed)
         if n_other > 0:
             others = np.flatnonzero(~mask)
             step = len(others) / n_other
