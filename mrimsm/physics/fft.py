@@ -48,6 +48,20 @@ def _global_sign(h: int, w: int) -> float:
     return -1.0 if ((h // 2 + w // 2) % 2) else 1.0
 
 
+def _centered(x: torch.Tensor, transform) -> torch.Tensor:
+    """``fftshift(transform(ifftshift(x), norm="ortho"))`` on the last two dimensions
+    (for even sizes as the sign pattern of the module doc), complex64."""
+    if not x.is_complex():
+        x = x.to(torch.complex64)
+    h, w = x.shape[-2:]
+    if _even(x):
+        chk = centering_signs(h, w, x.device)
+        return transform(x * chk, norm="ortho") * (chk * _global_sign(h, w))
+    x = torch.fft.ifftshift(x, dim=(-2, -1))
+    x = transform(x, norm="ortho")
+    return torch.fft.fftshift(x, dim=(-2, -1))
+
+
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D FFT.
 
@@ -57,15 +71,7 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., H, W)`` complex64 k-space, DC at ``(H // 2, W // 2)``.
     """
-    if not x.is_complex():
-        x = x.to(torch.complex64)
-    h, w = x.shape[-2:]
-    if _even(x):
-        chk = centering_signs(h, w, x.device)
-        return torch.fft.fft2(x * chk, norm="ortho") * (chk * _global_sign(h, w))
-    x = torch.fft.ifftshift(x, dim=(-2, -1))
-    x = torch.fft.fft2(x, norm="ortho")
-    return torch.fft.fftshift(x, dim=(-2, -1))
+    return _centered(x, torch.fft.fft2)
 
 
 def ifft2c(y: torch.Tensor) -> torch.Tensor:
@@ -77,12 +83,4 @@ def ifft2c(y: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., H, W)`` complex64 image.
     """
-    if not y.is_complex():
-        y = y.to(torch.complex64)
-    h, w = y.shape[-2:]
-    if _even(y):
-        chk = centering_signs(h, w, y.device)
-        return torch.fft.ifft2(y * chk, norm="ortho") * (chk * _global_sign(h, w))
-    y = torch.fft.ifftshift(y, dim=(-2, -1))
-    y = torch.fft.ifft2(y, norm="ortho")
-    return torch.fft.fftshift(y, dim=(-2, -1))
+    return _centered(y, torch.fft.ifft2)
