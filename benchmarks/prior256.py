@@ -107,7 +107,8 @@ def denoiser_check(checkpoint, sets: dict, ts, seed: int = 0) -> list[dict]:
     """Relative error of the local clean estimate per set and step (module docstring)."""
     import torch
 
-    from mrimsm.diffusion.method import load_msm, training_mask_family
+    from mrimsm.inference import load_msm
+    from mrimsm.physics.masks import training_mask_family
     from mrimsm.physics.operators import MultiCoilMRI
     from mrimsm.recon import prepare_volume
 

@@ -102,3 +102,28 @@ def test_shipped_models_beat_zero_filled_on_the_sample(fastmri_sample):
         assert got["psnr_slice"] >= zf["psnr_slice"] + margin, (method, got, zf)
         assert got["psnr"] >= zf["psnr"] + margin, (method, got, zf)
         assert got["ssim_slice"] > zf["ssim_slice"], (method, got, zf)
+
+
+def test_the_256_prior_is_shipped_small_and_serves_256_and_320(tmp_path, capsys):
+    from mrimsm.data.simulate import mni_split_indices, simulate_volume_file
+    from mrimsm.diffusion.shipped import SHIPPED_PRIORS, size_range
+
+    prior = SHIPPED_PRIORS[1]
+    assert prior.path.is_file() and prior.path.stat().st_size <= MAX_BYTES
+    ckpt = load_checkpoint(prior.path)
+    assert ckpt["method"] == "msm" and "optimizer" not in ckpt and ckpt["meta"]["export"]["inference_only"]
+    assert list(ckpt["meta"]["image_shape"]) == [256, 256]
+    assert ckpt["config"]["data"]["simulated"]["pixel"] == "native"
+    assert size_range(ckpt["config"], (256, 256)) == (prior.min_side, prior.max_side, prior.multiple)
+    # one held-out slice at 320 x 320 (the 256 model's documented range), a few steps
+    f = simulate_volume_file(tmp_path / "scan320.h5", "axial", mni_split_indices("axial", "heldout")[4:5], 320, 4,
+                             0.01, True, seed=3, pixel="native")
+    rc = main(["recon", str(f), "--accel", "6", "-o", str(tmp_path / "out"), "--method", "msm",
+               "--steps", "2", "--w", "1", "--samples", "1", "--threads", "1", "-q"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "msm model: shipped 256 x 256 brain prior default_msm256.pt" in captured.out
+    out = tmp_path / "out"
+    with h5py.File(out if out.is_file() else next(out.glob("*.h5"))) as h:
+        rec = h["reconstruction"][()]
+    assert rec.shape == (1, 320, 320) and np.isfinite(rec).all() and rec.max() > 0
