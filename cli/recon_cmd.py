@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         ),
         method: Optional[List[str]] = typer.Option(
             None, "--method", "-m", metavar="NAME",
-            help="zero-filled | sense | cs | msm | ssdu (repeat for several; default: msm if installed, else cs).",
+            help="zero-filled | sense | cs | msm | ssdu (repeat for several; default: msm).",
         ),
         png: Optional[Path] = typer.Option(None, "--png", help="Write per-slice PNG figures into this directory."),
         seed: Optional[str] = typer.Option(
@@ -88,10 +88,10 @@ def register(app: typer.Typer) -> None:
             help="msm: posterior settings file (default configs/recon_csmri.yaml); flags below override it.",
         ),
         steps: Optional[str] = typer.Option(
-            None, "--steps", metavar="N", help="msm: reverse diffusion steps (default 200)."
+            None, "--steps", metavar="N", help="msm: reverse diffusion steps from t0 (default 50)."
         ),
         w: Optional[str] = typer.Option(None, "--w", metavar="N", help="msm: masks per step (default 3)."),
-        eta: Optional[str] = typer.Option(None, "--eta", metavar="E", help="msm: DDIM stochasticity in [0, 1] (0.85)."),
+        eta: Optional[str] = typer.Option(None, "--eta", metavar="E", help="msm: DDIM stochasticity in [0, 1] (default 1.0)."),
         dc_step: Optional[str] = typer.Option(
             None, "--dc-step", metavar="G",
             help="msm: data-consistency step in [0, 2] (1 = replace measured k-space by y).",

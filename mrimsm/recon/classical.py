@@ -42,6 +42,7 @@ def make_sense(options: Mapping[str, Any]) -> ReconMethod:
         images = classical.sense(batch.kspace, batch.mask, batch.maps, lamda=lamda, max_iter=iters)
         return MethodOutput(images, info={"iterations": iters, "lambda": lamda})
 
+    method.settings = {"lambda": lamda, "iters": iters}
     return method
 
 

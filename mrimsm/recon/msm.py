@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, fields
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from mrimsm.baselines import classical
 from mrimsm.diffusion import shipped
 from mrimsm.inference import load_msm
 from mrimsm.physics.masks import training_mask_family
@@ -21,11 +20,10 @@ from mrimsm.diffusion.posterior import PosteriorSettings, load_posterior_setting
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import Identity, MultiCoilMRI
-from mrimsm.recon.classical import _lambda_and_iters
-from mrimsm.recon.methods import MethodOutput
+from mrimsm.recon.methods import METHODS, MethodOutput
 from mrimsm.utils import resolve_device
 
-__all__ = ["make_msm_method", "initial_image"]
+__all__ = ["make_msm_method"]
 
 
 def _batch_seed(seeds: Sequence[int]) -> int:
@@ -38,8 +36,9 @@ def make_msm_method(options: Mapping[str, Any]):
 
     Options read: ``checkpoint`` (default: the shipped model), ``settings`` (YAML), every
     :class:`PosteriorSettings` field (``steps``, ``w``, ``t0``, ``init``, ``dc``, ...),
-    ``device`` (:func:`~mrimsm.utils.resolve_device`; default: CUDA when present), and
-    ``sense_lambda`` / ``cs_lambda`` for the warm start's initial image.
+    ``device`` (:func:`~mrimsm.utils.resolve_device`; default: CUDA when present), and the
+    options of the classical method named by ``init`` (``sense_lambda``, ``cs_iters``, ...),
+    which makes the warm start's initial image.
     The randomness of a batch of slices is seeded from the slices' seeds, so a
     run is reproducible (for a given ``batch_slices``).
     """
@@ -50,6 +49,8 @@ def make_msm_method(options: Mapping[str, Any]):
     if settings.init == "baseline":
         raise MrimsmError("init 'baseline' is for restore; for MRI use sense, cs or zero-filled")
     device = resolve_device(options.get("device"))
+    # the warm start's initial image is that recon method's output (built now: bad options fail early)
+    init_method = None if settings.init == "none" else METHODS[settings.init].build(options)
     models: dict = {}  # path -> (loaded, family, shipped prior or None)
 
     def model_for(path, prior):
@@ -83,7 +84,7 @@ def make_msm_method(options: Mapping[str, Any]):
         op_full = MultiCoilMRI(maps, None)
         H = Identity(mask)  # the test scan's own sampling, on the full k-space
         gen = torch.Generator().manual_seed(_batch_seed(batch.seeds))
-        x_init = initial_image(settings.init, y, mask, maps, options)
+        x_init = None if init_method is None else init_method(batch).images.to(device)
         mean, std, _ = posterior_sample(
             loaded.denoiser, op_full, H, y, SubmaskSampler(family, shape), settings,
             generator=gen, on_step=batch.on_step, x_init=x_init,
@@ -115,25 +116,9 @@ def make_msm_method(options: Mapping[str, Any]):
     method.memory_per_slice = memory_per_slice  # the pipeline batches down (or refuses) by this
     # recorded in each output (checkpoints by hash): the solver settings whole, and the model
     # given, or every shipped one installed (which one a scan gets depends on its size)
-    method.settings = {**asdict(settings), **({"checkpoint": str(checkpoint)} if checkpoint else {
-        f"shipped_checkpoint {p.file}": str(p.path) for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
+    method.settings = {**asdict(settings), "init_settings": getattr(init_method, "settings", None),
+                       **({"checkpoint": str(checkpoint)} if checkpoint else {
+                           f"shipped_checkpoint {p.file}": str(p.path)
+                           for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
     return method
 
-
-def initial_image(init: str, y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor,
-                  options: Mapping[str, Any]) -> Optional[torch.Tensor]:
-    """The warm start's initial image ``(S, H, W)`` complex64 from masked k-space ``y``
-    ``(S, C, H, W)``: ``sense`` (CG-SENSE), ``cs`` (L1-wavelet) or ``zero-filled``; ``None``
-    for ``none``. ``options`` may carry ``sense_lambda`` / ``cs_lambda`` and their iterations."""
-    if init == "none":
-        return None
-    if init == "zero-filled":
-        return classical.zero_filled(y, mask, maps)
-    if init == "sense":
-        return classical.sense(y, mask, maps, *_lambda_and_iters(options, "sense", classical.SENSE_LAMBDA,
-                                                                 classical.SENSE_ITERS))
-    if init == "cs":
-        out = classical.cs_l1_wavelet(y.cpu(), mask.cpu(), maps.cpu(),
-                                      *_lambda_and_iters(options, "cs", classical.DEFAULT_LAMBDA, classical.DEFAULT_ITERS))
-        return out.to(y.device)
-    raise MrimsmError(f"init {init!r} is not an MRI initial image (none, sense, cs, zero-filled)")
