@@ -611,6 +611,16 @@ def load_volumes(args, work_dir: Path, progress: Optional[Progress]) -> tuple[di
     return vols, text
 
 
+def parse_value(text: str):
+    """A command-line setting value: ``"50"`` -> 50, ``"0.3"`` -> 0.3, else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
 def run_main(body: Callable[[], int]) -> None:
     """Run ``body`` and turn MrimsmError into ``error: ...`` and exit code 2."""
     from mrimsm.errors import MrimsmError

@@ -36,16 +36,7 @@ DEFAULT_SETTINGS = (
 
 def parse_setting(text: str) -> tuple[str, dict]:
     """``"steps=50 t0=0.3 init=baseline"`` -> (label, settings dict)."""
-    out = {}
-    for item in text.split():
-        key, _, value = item.partition("=")
-        for kind in (int, float, str):
-            try:
-                out[key] = kind(value)
-                break
-            except ValueError:
-                continue
-    return text, out
+    return text, {key: C.parse_value(value) for key, _, value in (item.partition("=") for item in text.split())}
 
 
 def _heldout(args) -> Path:

@@ -51,26 +51,13 @@ def validation_selection(num_slices: int) -> list[tuple[str, list[int]]]:
     return [(o, [i for oo, i in order if oo == o]) for o in VALIDATION if any(oo == o for oo, _ in order)]
 
 
-def parse_values(text: str):
-    out = []
-    for v in text.split(","):
-        try:
-            out.append(int(v))
-        except ValueError:
-            try:
-                out.append(float(v))
-            except ValueError:
-                out.append(v)
-    return out
-
-
 def parse_grid(items) -> list[dict]:
     """``["a=1,2", "b=x"]`` -> ``[{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]``."""
     keys, values = [], []
     for item in items or []:
         key, _, vals = item.partition("=")
         keys.append(key.strip())
-        values.append(parse_values(vals))
+        values.append([C.parse_value(v) for v in vals.split(",")])
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)] if keys else [{}]
 
 
