@@ -209,7 +209,7 @@ def restore_rng_state(state: Mapping) -> None:
     np.random.set_state(
         (
             npst["kind"],
-            npst["keys"].numpy().astype(np.uint32),
+            npst["keys"].cpu().numpy().astype(np.uint32),  # cpu(): a state loaded with map_location="cuda"
             npst["pos"],
             npst["has_gauss"],
             npst["cached_gaussian"],

@@ -120,3 +120,31 @@ def test_rng_state_round_trip(tmp_path):
     torch.manual_seed(9)
     restore_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"]["ranks"][0])
     assert (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn()) == expected
+
+
+class _OnDevice:
+    """Stands for a CUDA tensor (what ``load_checkpoint(map_location="cuda")`` gives): no
+    ``.numpy()`` until ``.cpu()`` copies it to the host, as torch raises on the GPU."""
+
+    def __init__(self, t: torch.Tensor):
+        self._t = t
+
+    def cpu(self) -> torch.Tensor:
+        return self._t
+
+    def numpy(self):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+def test_rng_state_restores_from_a_state_loaded_onto_a_gpu(tmp_path):
+    """Found on the first H100 run: resuming on cuda failed in restore_rng_state."""
+    np.random.seed(4)
+    torch.manual_seed(5)
+    state = capture_rng_state()
+    expected = (np.random.rand(), torch.rand(1).item())
+    state["numpy"]["keys"] = _OnDevice(state["numpy"]["keys"])
+    state["torch"] = _OnDevice(state["torch"])
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(state)
+    assert (np.random.rand(), torch.rand(1).item()) == expected

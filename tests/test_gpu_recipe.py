@@ -79,6 +79,19 @@ def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepare
     assert {p.name for p in out.iterdir()} == {p.name for p in parts} | {"manifest.json", "log.jsonl"}
     assert len((out / "log.jsonl").read_text().splitlines()) == manifest["steps"]  # log_every 1
 
+    # --keep-run continues the same run: the manifest counts this call's steps only
+    out2 = tmp_path / "OUT2"
+    assert gt.main([
+        "train", str(cfg_path), str(state), "--out", str(out2), "--data", str(prepared_measurements),
+        "--minutes", str(3.0 / 60), "--batch", "64", "--device", "cpu", "--threads", "1",
+        "--probe-steps", "1", "--max-chunk-s", "1", "--sampling-calls", "0", "--keep-run",
+        "--run-dir", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--site", str(tmp_path / "site"),
+    ]) == 0
+    again = json.loads((out2 / "manifest.json").read_text())
+    assert again["state_in_step"] == 1 and again["step_start"] == manifest["step_end"]
+    assert again["steps"] == again["step_end"] - again["step_start"] == sum(c["steps"] for c in again["chunks"]) >= 1
+    out, manifest, parts = out2, again, sorted(out2.glob("state.pt.part*"))
+
     # join: the exact bytes of the run's state, a resumable checkpoint further on
     joined = tmp_path / "back" / "last.pt"
     assert gt.main(["join", str(out), "--to", str(joined)]) == 0
@@ -94,6 +107,28 @@ def test_recipe_resumes_for_a_budget_and_round_trips_the_parts(tmp_path, prepare
     assert not (tmp_path / "bad.pt").exists()
     with pytest.raises(SystemExit, match="exists"):
         gt.main(["join", str(out), "--to", str(joined)])
+
+
+def test_strip_wheel_drops_members_and_their_record_lines(tmp_path):
+    import zipfile
+
+    gt = _recipe()
+    whl = tmp_path / "pkg-1.0-cp312-cp312-manylinux2014_x86_64.whl"
+    members = {"pkg/__init__.py": "x = 1", "pkg/tests/test_a.py": "t", "pkg/data/__init__.py": "",
+               "pkg/data/big.npz": "0" * 1000, "pkg-1.0.dist-info/METADATA": "Name: pkg"}
+    record = "\n".join(f"{m},sha256=abc,1" for m in members) + "\npkg-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(whl, "w") as z:
+        for name, text in members.items():
+            z.writestr(name, text)
+        z.writestr("pkg-1.0.dist-info/RECORD", record)
+    gt._strip_wheel(whl, ("pkg/tests/", "pkg/data/*.npz"))
+    with zipfile.ZipFile(whl) as z:
+        names = set(z.namelist())
+        kept_record = z.read("pkg-1.0.dist-info/RECORD").decode()
+    assert names == {"pkg/__init__.py", "pkg/data/__init__.py", "pkg-1.0.dist-info/METADATA",
+                     "pkg-1.0.dist-info/RECORD"}
+    assert "tests" not in kept_record and "big.npz" not in kept_record and "pkg/data/__init__.py" in kept_record
+    assert not whl.with_name(whl.name + ".tmp").exists()
 
 
 def test_split_file_parts(tmp_path):

@@ -60,6 +60,10 @@ if str(REPO) not in sys.path:
 
 #: packages the training path needs that the GPU machine's image lacks (KINDS.md's list)
 BUNDLE_PACKAGES = ("sigpy", "nibabel")
+#: compiled packages the image lacks too (found on the first H100 run, 2026-11-27: sigpy
+#: imports pywt at import time), fetched as CPython 3.12 manylinux wheels and stripped of
+#: their test suites and sample data so the bundle stays inside the 64 MiB carry
+BUNDLE_BINARY = {"pywavelets": ("pywt/tests/", "pywt/data/*.npz")}
 MNI_REL = Path("nilearn") / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 MANIFEST = "manifest.json"
 PART_PREFIX = "state.pt.part"
@@ -88,6 +92,16 @@ def cmd_bundle(args: argparse.Namespace) -> int:
                "--python-version", "3.12", "--implementation", "py", "-d", str(wheels), f"{name}=={version}"]
         _say(" ".join(cmd))
         subprocess.run(cmd, check=True)
+    for name, drop in BUNDLE_BINARY.items():
+        if any(wheels.glob(f"{name}-*-cp312-*.whl")):
+            continue
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--python-version", "3.12", "--platform", "manylinux_2_17_x86_64",
+               "--platform", "manylinux2014_x86_64", "-d", str(wheels), name]  # any version with a cp312 wheel
+        _say(" ".join(cmd))
+        subprocess.run(cmd, check=True)
+        for whl in wheels.glob(f"{name}-*-cp312-*.whl"):
+            _strip_wheel(whl, drop)
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("the MNI template comes from the nilearn package here: pip install --no-deps nilearn")
@@ -99,6 +113,29 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     _say(f"bundle {out}: {total / 2**20:.1f} MiB ({', '.join(p.name for p in sorted(wheels.glob('*.whl')))}, "
          f"{dst.name})")
     return 0
+
+
+def _strip_wheel(whl: Path, drop: tuple) -> None:
+    """Rewrite ``whl`` without the members matching ``drop`` (folder prefixes ending in
+    ``/`` or glob patterns) and their RECORD lines (pip installs what the archive holds).
+    Atomic."""
+    import fnmatch
+    import zipfile
+
+    def dropped(name: str) -> bool:
+        return any(name.startswith(d) if d.endswith("/") else fnmatch.fnmatch(name, d) for d in drop)
+
+    tmp = whl.with_name(whl.name + ".tmp")
+    with zipfile.ZipFile(whl) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if dropped(info.filename):
+                continue
+            data = src.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines()
+                data = ("\n".join(x for x in lines if not dropped(x.split(",")[0])) + "\n").encode()
+            dst.writestr(info, data)
+    tmp.replace(whl)
 
 
 def travelling_bytes(repo: Path, carry: list) -> dict:
@@ -285,6 +322,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (run_dir / LAST_NAME).exists():
         shutil.copyfile(args.state, run_dir / LAST_NAME)
     step = int(load_checkpoint(run_dir / LAST_NAME)["step"])
+    run_start = step  # differs from ``start`` when --keep-run continues an earlier call's run
 
     from mrimsm.distributed import DistInfo
     import mrimsm.trainmethod as tm
@@ -330,13 +368,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     for old in out.glob(PART_PREFIX + "*"):
         old.unlink()
     parts = split_file(last, out, part_bytes)
-    steps_run = step - start
+    steps_run = step - run_start
     manifest = {
         "what": "resumable mrimsm training state, split; join with: python training/gpu_train.py join DIR --to PATH",
         "config": str(args.config), "state_in": str(args.state), "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "torch": torch.__version__, "precision": args.precision, "batch": batch,
-        "step_start": start, "step_end": step, "steps": steps_run,
+        "state_in_step": start, "step_start": run_start, "step_end": step, "steps": steps_run,
         "train_seconds": round(train_s, 1), "prep_seconds": round(prep_s, 1),
         "total_seconds": round(time.perf_counter() - t_begin, 1),
         "steps_per_s": round(steps_run / train_s, 3) if train_s > 0 else None,
@@ -354,7 +392,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             manifest["sampling_error"] = f"{type(exc).__name__}: {exc}"
         (out / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=1))
         (out / (MANIFEST + ".tmp")).replace(out / MANIFEST)
-    _say(f"trained steps {start + 1}-{step} ({steps_run} steps, batch {batch}) in {train_s:.0f} s: "
+    _say(f"trained steps {run_start + 1}-{step} ({steps_run} steps, batch {batch}) in {train_s:.0f} s: "
          f"{manifest['steps_per_s']} steps/s, {manifest['images_per_s']} images/s; "
          f"state {size / 2**20:.1f} MiB in {len(parts)} parts in {out}")
     return 0
