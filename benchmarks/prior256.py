@@ -27,10 +27,9 @@ decide whether a later checkpoint is better.
 Every slice is simulated as in training (``--coils`` birdcage coils, k-space noise
 ``--noise``, readout oversampled by 2, a smooth random phase), then reconstructed
 through the ``mrimsm recon`` pipeline (readout crop, a seeded RandomCartesian(R)
-mask, ESPIRiT maps from the centre columns). MSM uses the posterior settings of
-``configs/recon_csmri.yaml`` with ``--steps / --w / --samples`` overrides (defaults
-here are cheaper: 50 steps, w 1, 1 sample; the evaluation shares 2 CPU cores with
-training). Writes ``<out>/prior256.md`` and ``.csv``; both metric conventions.
+mask, ESPIRiT maps from the centre columns). MSM uses the 256 prior's own posterior
+settings (``configs/recon_csmri256.yaml``, what ``recon`` uses for these scans; ``--settings``
+for another file) with optional ``--steps / --w / --samples`` overrides. Writes ``<out>/prior256.md`` and ``.csv``; both metric conventions.
 """
 
 from __future__ import annotations
@@ -148,10 +147,11 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 320])
     ap.add_argument("--dipy", type=Path, default=None, help="dipy wheel or t1_coronal_slice.npy")
     ap.add_argument("--methods", nargs="+", default=["zero-filled", "cs", "sense", "msm"], choices=list(LABELS))
-    ap.add_argument("--settings", type=Path, default=None)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--w", type=int, default=1)
-    ap.add_argument("--samples", type=int, default=1)
+    ap.add_argument("--settings", type=Path, default=None,
+                    help="posterior settings YAML (default: the 256 prior's, configs/recon_csmri256.yaml)")
+    ap.add_argument("--steps", type=int, default=None, help="override the settings' steps")
+    ap.add_argument("--w", type=int, default=None, help="override the settings' w")
+    ap.add_argument("--samples", type=int, default=None, help="override the settings' samples")
     ap.add_argument("--coils", type=int, default=8)
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
@@ -186,12 +186,18 @@ def main() -> int:
                 continue
             opts = {"steps": args.steps, "w": args.w, "samples": args.samples} if m == "msm" else {}
             runs.append(C.Run(LABELS[m], m, opts))
-        common = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device, "seed": args.seed}
+        from mrimsm.diffusion.posterior import load_posterior_settings
+        from mrimsm.diffusion.shipped import SHIPPED_PRIORS
+
+        settings_file = args.settings or SHIPPED_PRIORS[1].settings_path
+        common = {"checkpoint": args.checkpoint, "settings": settings_file, "device": args.device, "seed": args.seed}
+        st = load_posterior_settings(settings_file, steps=args.steps, w=args.w, samples=args.samples)
         built = C.build_methods(runs, common)
         progress = C.tqdm_progress(args.quiet)
         lines = C.header_lines("256 x 256 prior: held-out check", sys.argv, args.device)
-        lines += [f"MSM: {args.checkpoint or 'the shipped prior chosen by size'}; posterior {args.steps} steps, "
-                  f"w {args.w}, {args.samples} sample(s). {args.coils} simulated coils, noise {args.noise:g}; "
+        lines += [f"MSM: {args.checkpoint or 'the shipped prior chosen by size'}; posterior settings "
+                  f"{settings_file}: {st.steps} steps, w {st.w}, {st.samples} sample(s), start {st.init} at t0 "
+                  f"{st.t0:g} ({st.nfe} NFE per slice). {args.coils} simulated coils, noise {args.noise:g}; "
                   f"RandomCartesian masks seeded per file and slice (seed {args.seed})."]
         if skipped:
             lines.append(f"Not registered here, skipped: {', '.join(skipped)}.")

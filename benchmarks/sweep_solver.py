@@ -72,6 +72,9 @@ def main() -> int:
     ap.add_argument("--grid", nargs="*", default=[], help="swept settings key=v1,v2,...")
     ap.add_argument("--sense", action="store_true", help="sweep SENSE's sense_lambda / sense_iters instead")
     ap.add_argument("--baselines", action="store_true", help="add zero-filled, SENSE and CS-L1 rows")
+    ap.add_argument("--pixel", choices=("fit", "native"), default="fit",
+                    help="slice pixels: fit (resampled to --size, the 64 x 64 prior's data) or native "
+                         "(1 mm, zero-padded to --size: the 256 x 256 prior's data)")
     ap.set_defaults(out=C.RESULTS_DIR / "sweep")
     args = ap.parse_args()
     C.setup_torch(args)
@@ -94,13 +97,13 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="mrimsm-sweep-") as work:
             sel = validation_selection(args.slices)
             files = [simulate_volume_file(Path(work) / f"val_{o}.h5", o, idx, args.size, args.coils, args.noise, True,
-                                          seed=100 + k) for k, (o, idx) in enumerate(sel)]
+                                          seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
             vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
             records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda run, k: False)
         rows = C.summarize(records, runs)
         lines = C.header_lines("Posterior solver sweep on validation slices", sys.argv, args.device)
         lines += [f"Validation slices (trained on by no shipped model, not the held-out test set): "
-                  f"{'; '.join(f'{o} {i}' for o, i in sel)}, {args.size} x {args.size}, {args.coils} coils, "
+                  f"{'; '.join(f'{o} {i}' for o, i in sel)}, {args.size} x {args.size} ({args.pixel} pixels), {args.coils} coils, "
                   f"noise {args.noise:g}. Base: {label_of(base)}.", "", C.conventions_note("one per orientation"), ""]
         for accel in dict.fromkeys(r["accel"] for r in rows):
             here = sorted((r for r in rows if r["accel"] == accel), key=lambda r: -r["psnr_paper_mean"])

@@ -44,6 +44,7 @@ def test_recon_uses_the_shipped_models_without_a_path(fastmri_sample, tmp_path, 
                 assert h["uncertainty"].shape == (4, 64, 64)
     assert "msm" in captured.out and "ssdu" in captured.out
     assert "msm model: shipped 64 x 64 demonstration prior default_msm.pt" in captured.out
+    assert "solver configs/recon_csmri.yaml" in captured.out
 
 
 def test_shipped_prior_chosen_by_scan_size(monkeypatch, tmp_path):
@@ -123,7 +124,30 @@ def test_the_256_prior_is_shipped_small_and_serves_256_and_320(tmp_path, capsys)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "msm model: shipped 256 x 256 brain prior default_msm256.pt" in captured.out
+    assert "solver configs/recon_csmri256.yaml: 2 steps, w 1, 1 samples, start cs at t0 0.1" in captured.out
     out = tmp_path / "out"
     with h5py.File(out if out.is_file() else next(out.glob("*.h5"))) as h:
         rec = h["reconstruction"][()]
     assert rec.shape == (1, 320, 320) and np.isfinite(rec).all() and rec.max() > 0
+
+
+def test_a_shipped_prior_brings_its_solver_settings(tmp_path):
+    """recon's msm: the 256 prior's own settings file for its scans; single options on top;
+    --settings and --checkpoint models get what they ask for / the general defaults."""
+    from mrimsm.diffusion.posterior import load_posterior_settings
+    from mrimsm.diffusion.shipped import SHIPPED_PRIORS
+    from mrimsm.recon.msm import make_msm_method
+
+    prior = SHIPPED_PRIORS[1]
+    own, general = load_posterior_settings(prior.settings_path), load_posterior_settings()
+    assert prior.settings_path.is_file() and own != general
+    m = make_msm_method({"steps": 3})
+    rec = m.settings[f"shipped_settings {prior.file}"]
+    assert rec["steps"] == 3 and (rec["w"], rec["t0"], rec["init"]) == (own.w, own.t0, own.init)
+    assert m.settings["steps"] == 3 and m.settings["w"] == general.w
+    f = tmp_path / "mine.yaml"
+    f.write_text("posterior:\n  w: 2\n")
+    m2 = make_msm_method({"settings": str(f)})
+    assert m2.settings["w"] == 2 and not any(k.startswith("shipped_settings") for k in m2.settings)
+    m3 = make_msm_method({"checkpoint": str(prior.path)})
+    assert m3.settings["w"] == general.w and not any(k.startswith("shipped_settings") for k in m3.settings)

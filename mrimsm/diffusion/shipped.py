@@ -18,6 +18,11 @@ are about the size of the training pixels: a model trained on native-pixel data
 model (including ``--checkpoint`` models trained on resized data or on prepared
 shards) reconstructs its training size only. Outside the range: a one-line
 :class:`~mrimsm.errors.MrimsmError`.
+
+Each shipped prior names the posterior-solver settings chosen for it on validation
+slices (``settings``, a YAML under ``configs/``): ``recon`` uses them for scans that
+prior reconstructs unless ``--settings`` is given; single options (``--steps``, ``--w``,
+...) override either. A ``--checkpoint`` model gets ``configs/recon_csmri.yaml``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from mrimsm.errors import MrimsmError
 __all__ = ["ShippedPrior", "SHIPPED_PRIORS", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,16 @@ class ShippedPrior:
     max_side: int
     multiple: int
     description: str
+    settings: Optional[str] = None
 
     @property
     def path(self) -> Path:
         return ASSETS / self.file
+
+    @property
+    def settings_path(self) -> Optional[Path]:
+        """The posterior settings chosen for this prior (``None``: the general defaults)."""
+        return None if self.settings is None else CONFIGS / self.settings
 
     def serves(self, shape: Sequence[int]) -> bool:
         return all(self.min_side <= int(s) <= self.max_side and int(s) % self.multiple == 0 for s in shape)
@@ -60,7 +72,7 @@ class ShippedPrior:
 #: The shipped priors, smallest first (see the module docstring).
 SHIPPED_PRIORS: tuple[ShippedPrior, ...] = (
     ShippedPrior("default_msm.pt", 64, 64, 64, 1, "64 x 64 demonstration prior"),
-    ShippedPrior("default_msm256.pt", 256, 192, 384, 32, "256 x 256 brain prior"),
+    ShippedPrior("default_msm256.pt", 256, 192, 384, 32, "256 x 256 brain prior", "recon_csmri256.yaml"),
 )
 
 

@@ -16,7 +16,12 @@ import torch
 from mrimsm.diffusion import shipped
 from mrimsm.inference import load_msm
 from mrimsm.physics.masks import training_mask_family
-from mrimsm.diffusion.posterior import PosteriorSettings, load_posterior_settings, posterior_sample
+from mrimsm.diffusion.posterior import (
+    DEFAULT_SETTINGS_FILE,
+    PosteriorSettings,
+    load_posterior_settings,
+    posterior_sample,
+)
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import Identity, MultiCoilMRI
@@ -42,15 +47,34 @@ def make_msm_method(options: Mapping[str, Any]):
     The randomness of a batch of slices is seeded from the slices' seeds, so a
     run is reproducible (for a given ``batch_slices``).
     """
-    settings = load_posterior_settings(
-        options.get("settings"),
-        **{f.name: options.get(f.name) for f in fields(PosteriorSettings)},
-    )
-    if settings.init == "baseline":
-        raise MrimsmError("init 'baseline' is for restore; for MRI use sense, cs or zero-filled")
+    overrides = {f.name: options.get(f.name) for f in fields(PosteriorSettings)}
+    chosen: dict = {}  # settings file (None: the general defaults) -> (settings, init method)
+
+    def settings_for(prior):
+        """The solver settings (and the warm start's method) for scans of ``prior``
+        (``None``: a ``--checkpoint`` model): ``--settings``, else the prior's own file,
+        else the general defaults; single options on top."""
+        path = options.get("settings") or (prior.settings_path if prior is not None else None)
+        if path not in chosen:
+            st = load_posterior_settings(path, **overrides)
+            if st.init == "baseline":
+                raise MrimsmError("init 'baseline' is for restore; for MRI use sense, cs or zero-filled")
+            # the warm start's initial image is that recon method's output
+            chosen[path] = (st, None if st.init == "none" else METHODS[st.init].build(options))
+        return chosen[path]
+
+    def settings_label(prior) -> str:
+        if options.get("settings"):
+            return str(options["settings"])
+        return f"configs/{prior.settings if prior is not None and prior.settings else DEFAULT_SETTINGS_FILE.name}"
+
+    checkpoint = options.get("checkpoint")
+    # built now, so that bad options fail before any work: every settings a scan may get
+    settings, init_method = settings_for(None)
+    if not checkpoint:
+        for p in shipped.SHIPPED_PRIORS:
+            settings_for(p)
     device = resolve_device(options.get("device"))
-    # the warm start's initial image is that recon method's output (built now: bad options fail early)
-    init_method = None if settings.init == "none" else METHODS[settings.init].build(options)
     models: dict = {}  # path -> (loaded, family, shipped prior or None)
 
     def model_for(path, prior):
@@ -60,12 +84,12 @@ def make_msm_method(options: Mapping[str, Any]):
             if meta.get("operator") != "MultiCoilMRI":
                 raise MrimsmError(f"{loaded.path} was trained on {meta.get('operator')} data, not multi-coil MRI")
             num_steps = int(meta.get("schedule", {}).get("num_steps", 1000))
-            if settings.steps > num_steps:
-                raise MrimsmError(f"--steps must be <= {num_steps} (the model's schedule), got {settings.steps}")
+            steps = settings_for(prior)[0].steps
+            if steps > num_steps:
+                raise MrimsmError(f"--steps must be <= {num_steps} (the model's schedule), got {steps}")
             models[path] = (loaded, training_mask_family(meta), prior)
         return models[path]
 
-    checkpoint = options.get("checkpoint")
     if checkpoint:  # load now: a bad --checkpoint fails before any work
         model_for(checkpoint, None)
 
@@ -78,25 +102,28 @@ def make_msm_method(options: Mapping[str, Any]):
             loaded, family, prior = model_for(choice.path, choice)
         model_shape = tuple(int(s) for s in loaded.meta["image_shape"])
         shipped.check_scan_size(loaded.config, model_shape, shape, loaded.path)
+        st, init = settings_for(prior)
         maps = batch.maps.to(device)
         mask = batch.mask.to(device)
         y = batch.kspace.to(device) * mask
         op_full = MultiCoilMRI(maps, None)
         H = Identity(mask)  # the test scan's own sampling, on the full k-space
         gen = torch.Generator().manual_seed(_batch_seed(batch.seeds))
-        x_init = None if init_method is None else init_method(batch).images.to(device)
+        x_init = None if init is None else init(batch).images.to(device)
         mean, std, _ = posterior_sample(
-            loaded.denoiser, op_full, H, y, SubmaskSampler(family, shape), settings,
+            loaded.denoiser, op_full, H, y, SubmaskSampler(family, shape), st,
             generator=gen, on_step=batch.on_step, x_init=x_init,
         )
         return MethodOutput(
             images=mean.detach().cpu().to(torch.complex64),
-            uncertainty=std.detach().cpu() if settings.samples > 1 else None,
+            uncertainty=std.detach().cpu() if st.samples > 1 else None,
             info={
-                "nfe_per_slice": settings.nfe,
-                **{f.name: getattr(settings, f.name) for f in fields(PosteriorSettings)},
+                "nfe_per_slice": st.nfe,
+                **{f.name: getattr(st, f.name) for f in fields(PosteriorSettings)},
                 "checkpoint": str(loaded.path),
-                "model": shipped.describe(prior, loaded.path, loaded.step, model_shape),
+                "model": f"{shipped.describe(prior, loaded.path, loaded.step, model_shape)}; solver "
+                         f"{settings_label(prior)}: {st.steps} steps, w {st.w}, {st.samples} samples, "
+                         f"start {st.init if st.init == 'none' else f'{st.init} at t0 {st.t0:g}'}",
             },
         )
 
@@ -109,10 +136,10 @@ def make_msm_method(options: Mapping[str, Any]):
         choice = None if checkpoint else shipped.choose_shipped_prior(shape)
         loaded = model_for(checkpoint, None)[0] if checkpoint else model_for(choice.path, choice)[0]
         net = getattr(loaded.denoiser, "backbone", loaded.denoiser)
-        k = int(settings.samples)
+        k = int(settings_for(choice)[0].samples)
         return forward_bytes(net, shape, k) + k * 24 * int(coils) * int(shape[0]) * int(shape[1]) * 8
 
-    method.batch_slices = int(settings.batch_slices)  # the pipeline batches slices by this
+    method.batch_slices = int(settings.batch_slices)  # the pipeline batches slices by this (the general settings')
     method.memory_per_slice = memory_per_slice  # the pipeline batches down (or refuses) by this
     # recorded in each output (checkpoints by hash): the solver settings whole, and the model
     # given, or every shipped one installed (which one a scan gets depends on its size)
@@ -120,5 +147,11 @@ def make_msm_method(options: Mapping[str, Any]):
                        **({"checkpoint": str(checkpoint)} if checkpoint else {
                            f"shipped_checkpoint {p.file}": str(p.path)
                            for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
+    if not checkpoint:  # the settings a shipped prior brings (when they differ from the general ones)
+        for p in shipped.SHIPPED_PRIORS:
+            st, init = settings_for(p)
+            if p.path.exists() and (st, init) != (settings, init_method):
+                method.settings[f"shipped_settings {p.file}"] = {
+                    **asdict(st), "init_settings": getattr(init, "settings", None)}
     return method
 
