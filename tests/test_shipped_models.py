@@ -124,7 +124,7 @@ def test_the_256_prior_is_shipped_small_and_serves_256_and_320(tmp_path, capsys)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "msm model: shipped 256 x 256 brain prior default_msm256.pt" in captured.out
-    assert "solver configs/recon_csmri256.yaml: 2 steps, w 1, 1 samples, start cs at t0 0.1" in captured.out
+    assert "solver configs/recon_csmri256.yaml: 2 steps, w 1, 1 samples, start cs at t0 0.05" in captured.out
     out = tmp_path / "out"
     with h5py.File(out if out.is_file() else next(out.glob("*.h5"))) as h:
         rec = h["reconstruction"][()]
