@@ -173,6 +173,9 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 320])
     ap.add_argument("--dipy", type=Path, default=None, help="dipy wheel or t1_coronal_slice.npy")
     ap.add_argument("--methods", nargs="+", default=["zero-filled", "cs", "sense", "msm"], choices=list(LABELS))
+    ap.add_argument("--ssdu-checkpoint", type=Path, default=None,
+                    help="SSDU model for --methods ssdu (e.g. runs/default_ssdu256/last.pt, trained with "
+                         "configs/default_ssdu256.yaml; default: the shipped 64 x 64 one)")
     ap.add_argument("--settings", type=Path, default=None,
                     help="posterior settings YAML (default: the 256 prior's, configs/recon_csmri256.yaml)")
     ap.add_argument("--steps", type=int, default=None, help="override the settings' steps")
@@ -216,7 +219,8 @@ def main() -> int:
         from mrimsm.diffusion.shipped import SHIPPED_PRIORS
 
         settings_file = args.settings or SHIPPED_PRIORS[1].settings_path
-        common = {"checkpoint": args.checkpoint, "settings": settings_file, "device": args.device, "seed": args.seed}
+        common = {"checkpoint": args.checkpoint, "settings": settings_file, "device": args.device, "seed": args.seed,
+                  "ssdu_checkpoint": args.ssdu_checkpoint}
         st = load_posterior_settings(settings_file, steps=args.steps, w=args.w, samples=args.samples)
         built = C.build_methods(runs, common)
         progress = C.tqdm_progress(args.quiet)
