@@ -11,7 +11,8 @@ provenance, and writes each run's resumable state (``last.pt``) to
 ``training/<name>_last.pt`` so that a later session can continue it (training/README.md):
 compact (bf16 weights, EMA and AdamW moments; the moments are dropped and re-warmed on
 resume when the state would exceed 20 MiB), see :func:`mrimsm.checkpoint.compact_training_state`.
-``default_msm256`` (configs/default_msm256.yaml) is the 256 x 256 brain prior.
+``default_msm256`` (configs/default_msm256.yaml) is the 256 x 256 brain prior and
+``default_ssdu256`` (configs/default_ssdu256.yaml) the SSDU baseline on its data.
 The runs come from ``mrimsm train configs/default_msm.yaml --out runs/default_msm``,
 ``mrimsm train --method ssdu configs/default_ssdu.yaml --out runs/default_ssdu`` and
 ``mrimsm train configs/ffhq_tiny.yaml --data data/images/train --out runs/default_images``
@@ -37,6 +38,7 @@ MODELS = {
     "default_ssdu": ("configs/default_ssdu.yaml", False, None),
     "default_images": ("configs/ffhq_tiny.yaml", True, "data/images/train"),
     "default_msm256": ("configs/default_msm256.yaml", True, None),
+    "default_ssdu256": ("configs/default_ssdu256.yaml", False, None),
 }
 
 #: the most a resumable state under training/ may weigh
@@ -69,10 +71,11 @@ def main() -> None:
     ap.add_argument("--ssdu", type=Path, help="SSDU run directory")
     ap.add_argument("--images", type=Path, help="natural-image MSM run directory")
     ap.add_argument("--msm256", type=Path, help="256 x 256 MSM run directory (configs/default_msm256.yaml)")
+    ap.add_argument("--ssdu256", type=Path, help="256 x 256 SSDU run directory (configs/default_ssdu256.yaml)")
     ap.add_argument("--no-state", action="store_true", help="do not copy the resumable states to training/")
     args = ap.parse_args()
     for name, run in (("default_msm", args.msm), ("default_ssdu", args.ssdu), ("default_images", args.images),
-                      ("default_msm256", args.msm256)):
+                      ("default_msm256", args.msm256), ("default_ssdu256", args.ssdu256)):
         if run is None:
             continue
         dst = ship(name, run, keep_state=not args.no_state)

@@ -151,3 +151,36 @@ def test_a_shipped_prior_brings_its_solver_settings(tmp_path):
     assert m2.settings["w"] == 2 and not any(k.startswith("shipped_settings") for k in m2.settings)
     m3 = make_msm_method({"checkpoint": str(prior.path)})
     assert m3.settings["w"] == general.w and not any(k.startswith("shipped_settings") for k in m3.settings)
+
+
+def test_recon_ssdu_picks_the_shipped_ssdu_by_scan_size(monkeypatch, tmp_path, capsys):
+    """64 x 64 -> default_ssdu.pt, 192-384 -> default_ssdu256.pt (one-line error when it is
+    not installed), any other size a one-line error; --ssdu-checkpoint runs on any size."""
+    import shutil
+
+    import pytest
+
+    from mrimsm.data.simulate import mni_split_indices, simulate_volume_file
+    from mrimsm.diffusion import shipped
+    from mrimsm.errors import MrimsmError
+
+    f = simulate_volume_file(tmp_path / "scan256.h5", "axial", mni_split_indices("axial", "heldout")[4:5], 256, 4,
+                             0.01, True, seed=3, pixel="native")
+    assert shipped.choose_shipped_prior((64, 64), shipped.SHIPPED_SSDU).file == "default_ssdu.pt"
+    with pytest.raises(MrimsmError, match="no shipped SSDU model reconstructs a 100 x 100.*--ssdu-checkpoint"):
+        shipped.choose_shipped_prior((100, 100), shipped.SHIPPED_SSDU, "SSDU", "--ssdu-checkpoint")
+    if shipped.SHIPPED_SSDU[1].path.is_file():
+        rc = main(["recon", str(f), "--accel", "6", "-o", str(tmp_path / "a.h5"), "--method", "ssdu", "-q"])
+        out = capsys.readouterr().out
+        assert rc == 0 and "ssdu model: shipped 256 x 256 brain SSDU default_ssdu256.pt" in out
+    assets = tmp_path / "assets"  # only the 64 x 64 SSDU installed
+    assets.mkdir()
+    shutil.copyfile(shipped.SHIPPED_SSDU[0].path, assets / "default_ssdu.pt")
+    monkeypatch.setattr(shipped, "ASSETS", assets)
+    rc = main(["recon", str(f), "--accel", "6", "-o", str(tmp_path / "b.h5"), "--method", "ssdu", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "default_ssdu256.pt is not installed" in err and "Traceback" not in err
+    assert not (tmp_path / "b.h5").exists()
+    rc = main(["recon", str(f), "--accel", "6", "-o", str(tmp_path / "c.h5"), "--method", "ssdu",
+               "--ssdu-checkpoint", str(assets / "default_ssdu.pt"), "-q"])
+    assert rc == 0 and "ssdu model: " in capsys.readouterr().out

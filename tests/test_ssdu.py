@@ -320,7 +320,9 @@ def test_load_rejects_other_checkpoints(tmp_path, monkeypatch):
     from mrimsm import recon
     from mrimsm.inference import load_ssdu
 
-    monkeypatch.setattr(ssdu, "DEFAULT_CHECKPOINT", tmp_path / "none.pt")
+    from mrimsm.diffusion import shipped
+
+    monkeypatch.setattr(shipped, "ASSETS", tmp_path)  # no shipped SSDU installed
     with pytest.raises(MrimsmError, match="no SSDU checkpoint"):
         recon.get_method("ssdu").build({})
 

@@ -33,7 +33,7 @@ from typing import Mapping, Optional, Sequence
 
 from mrimsm.errors import MrimsmError
 
-__all__ = ["ShippedPrior", "SHIPPED_PRIORS", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior"]
+__all__ = ["ShippedPrior", "SHIPPED_PRIORS", "SHIPPED_SSDU", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -75,6 +75,13 @@ SHIPPED_PRIORS: tuple[ShippedPrior, ...] = (
     ShippedPrior("default_msm256.pt", 256, 192, 384, 32, "256 x 256 brain prior", "recon_csmri256.yaml"),
 )
 
+#: The shipped SSDU baselines, chosen the same way by ``recon --method ssdu`` without
+#: ``--ssdu-checkpoint`` (each trained on the data of the MSM prior of its size).
+SHIPPED_SSDU: tuple[ShippedPrior, ...] = (
+    ShippedPrior("default_ssdu.pt", 64, 64, 64, 1, "64 x 64 demonstration SSDU"),
+    ShippedPrior("default_ssdu256.pt", 256, 192, 384, 32, "256 x 256 brain SSDU"),
+)
+
 
 def size_range(config: Mapping, image_shape: Sequence[int]) -> tuple[int, int, int]:
     """``(min_side, max_side, multiple)`` of the scans a checkpoint may reconstruct.
@@ -109,21 +116,29 @@ def check_scan_size(config: Mapping, image_shape: Sequence[int], shape: Sequence
     )
 
 
-def choose_shipped_prior(shape: Sequence[int]) -> ShippedPrior:
-    """The shipped prior for a ``(H, W)`` scan, or a one-line :class:`MrimsmError`."""
+def choose_shipped_prior(shape: Sequence[int], models: Optional[Sequence[ShippedPrior]] = None,
+                         kind: str = "MSM", flag: str = "--checkpoint") -> ShippedPrior:
+    """The shipped model for a ``(H, W)`` scan, or a one-line :class:`MrimsmError`.
+
+    Args:
+        shape: the scan's image size after the readout crop.
+        models: :data:`SHIPPED_PRIORS` (default) or :data:`SHIPPED_SSDU`.
+        kind, flag: for the messages (``"SSDU"``, ``"--ssdu-checkpoint"``).
+    """
     h, w = int(shape[0]), int(shape[1])
-    for prior in SHIPPED_PRIORS:
+    models = SHIPPED_PRIORS if models is None else models
+    for prior in models:
         if prior.serves((h, w)):
             if not prior.path.exists():
                 raise MrimsmError(
-                    f"the scan is {h} x {w}: its shipped MSM model {prior.file} is not installed "
-                    f"({prior.path}); pass --checkpoint or reconstruct with --method cs"
+                    f"the scan is {h} x {w}: its shipped {kind} model {prior.file} is not installed "
+                    f"({prior.path}); pass {flag} or reconstruct with --method cs"
                 )
             return prior
-    served = ", ".join(f"{p.range_text()} ({p.file})" for p in SHIPPED_PRIORS if p.path.exists())
+    served = ", ".join(f"{p.range_text()} ({p.file})" for p in models if p.path.exists())
     raise MrimsmError(
-        f"no shipped MSM model reconstructs a {h} x {w} scan (after readout cropping); the shipped models "
-        f"serve {served or 'nothing: none is installed'}; pass --checkpoint or reconstruct with --method cs"
+        f"no shipped {kind} model reconstructs a {h} x {w} scan (after readout cropping); the shipped models "
+        f"serve {served or 'nothing: none is installed'}; pass {flag} or reconstruct with --method cs"
     )
 
 
