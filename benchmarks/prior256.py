@@ -219,6 +219,8 @@ def main() -> int:
         from mrimsm.diffusion.shipped import SHIPPED_PRIORS
 
         settings_file = args.settings or SHIPPED_PRIORS[1].settings_path
+        shown = Path(settings_file).resolve()
+        shown = shown.relative_to(C.REPO) if shown.is_relative_to(C.REPO) else shown
         common = {"checkpoint": args.checkpoint, "settings": settings_file, "device": args.device, "seed": args.seed,
                   "ssdu_checkpoint": args.ssdu_checkpoint}
         st = load_posterior_settings(settings_file, steps=args.steps, w=args.w, samples=args.samples)
@@ -226,7 +228,7 @@ def main() -> int:
         progress = C.tqdm_progress(args.quiet)
         lines = C.header_lines("256 x 256 prior: held-out check", sys.argv, args.device)
         lines += [f"MSM: {args.checkpoint or 'the shipped prior chosen by size'}; posterior settings "
-                  f"{settings_file}: {st.steps} steps, w {st.w}, {st.samples} sample(s), start {st.init} at t0 "
+                  f"{shown}: {st.steps} steps, w {st.w}, {st.samples} sample(s), start {st.init} at t0 "
                   f"{st.t0:g} ({st.nfe} NFE per slice). {args.coils} simulated coils, noise {args.noise:g}; "
                   f"RandomCartesian masks seeded per file and slice (seed {args.seed})."]
         if skipped:
