@@ -131,7 +131,7 @@ def test_the_256_prior_is_shipped_small_and_serves_256_and_320(tmp_path, capsys)
     assert rec.shape == (1, 320, 320) and np.isfinite(rec).all() and rec.max() > 0
 
 
-def test_a_shipped_prior_brings_its_solver_settings(tmp_path):
+def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
     """recon's msm: the 256 prior's own settings file for its scans; single options on top;
     --settings and --checkpoint models get what they ask for / the general defaults."""
     from mrimsm.diffusion.posterior import load_posterior_settings
@@ -151,6 +151,20 @@ def test_a_shipped_prior_brings_its_solver_settings(tmp_path):
     assert m2.settings["w"] == 2 and not any(k.startswith("shipped_settings") for k in m2.settings)
     m3 = make_msm_method({"checkpoint": str(prior.path)})
     assert m3.settings["w"] == general.w and not any(k.startswith("shipped_settings") for k in m3.settings)
+
+    from mrimsm.errors import MrimsmError
+
+    # an install without configs/ still builds (the 64 x 64 demo works); the missing file
+    # fails only when a scan of that prior's sizes needs it
+    import pytest
+
+    from mrimsm.diffusion import shipped
+
+    monkeypatch.setattr(shipped, "CONFIGS", tmp_path / "nowhere")
+    m4 = make_msm_method({})
+    assert not any(k.startswith("shipped_settings") for k in m4.settings)
+    with pytest.raises(MrimsmError, match="does not exist"):
+        load_posterior_settings(prior.settings_path)
 
 
 def test_recon_ssdu_picks_the_shipped_ssdu_by_scan_size(monkeypatch, tmp_path, capsys):

@@ -73,7 +73,8 @@ def make_msm_method(options: Mapping[str, Any]):
     settings, init_method = settings_for(None)
     if not checkpoint:
         for p in shipped.SHIPPED_PRIORS:
-            settings_for(p)
+            if p.settings_path is None or p.settings_path.is_file():  # a missing one fails when used
+                settings_for(p)
     device = resolve_device(options.get("device"))
     models: dict = {}  # path -> (loaded, family, shipped prior or None)
 
@@ -149,8 +150,10 @@ def make_msm_method(options: Mapping[str, Any]):
                            for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
     if not checkpoint:  # the settings a shipped prior brings (when they differ from the general ones)
         for p in shipped.SHIPPED_PRIORS:
+            if not p.path.exists() or (p.settings_path is not None and not p.settings_path.is_file()):
+                continue
             st, init = settings_for(p)
-            if p.path.exists() and (st, init) != (settings, init_method):
+            if (st, init) != (settings, init_method):
                 method.settings[f"shipped_settings {p.file}"] = {
                     **asdict(st), "init_settings": getattr(init, "settings", None)}
     return method
