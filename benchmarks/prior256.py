@@ -251,7 +251,7 @@ def main() -> int:
                 models = sorted({r.info.get("model", "") for r in records if r.info.get("model")})
                 size = vols[float(args.accels[0])][0].kspace.shape[-1]
                 lines += [f"## {name}: {rows[0]['slices']} slices, {size} x {size}"
-                          + (f"; MSM model: {'; '.join(models)}" if models else ""), ""]
+                          + (f"; models: {'; '.join(models)}" if models else ""), ""]
                 lines.append(C.md_table(["R", "method", *C.METRIC_HEADER, "PSNR dB (foreground)", "s/slice",
                                          "NFE/slice"],
                                         [[f"{r['accel']:g}", r["label"], *C.metric_cells(r),

@@ -183,10 +183,13 @@ def test_recon_ssdu_picks_the_shipped_ssdu_by_scan_size(monkeypatch, tmp_path, c
     assert shipped.choose_shipped_prior((64, 64), shipped.SHIPPED_SSDU).file == "default_ssdu.pt"
     with pytest.raises(MrimsmError, match="no shipped SSDU model reconstructs a 100 x 100.*--ssdu-checkpoint"):
         shipped.choose_shipped_prior((100, 100), shipped.SHIPPED_SSDU, "SSDU", "--ssdu-checkpoint")
-    if shipped.SHIPPED_SSDU[1].path.is_file():
-        rc = main(["recon", str(f), "--accel", "6", "-o", str(tmp_path / "a.h5"), "--method", "ssdu", "-q"])
-        out = capsys.readouterr().out
-        assert rc == 0 and "ssdu model: shipped 256 x 256 brain SSDU default_ssdu256.pt" in out
+    assert shipped.SHIPPED_SSDU[1].path.is_file()
+    rc = main(["recon", str(f), "--accel", "6", "-o", str(tmp_path / "a.h5"), "--method", "ssdu", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "ssdu model: shipped 256 x 256 brain SSDU default_ssdu256.pt (trained at 256 x 256" in out
+    with h5py.File(tmp_path / "a.h5") as h:
+        rec, ref = h["reconstruction"][()], h5py.File(f)["reconstruction_rss"][()]
+    assert rec.shape == ref.shape and np.isfinite(rec).all()
     assets = tmp_path / "assets"  # only the 64 x 64 SSDU installed
     assets.mkdir()
     shutil.copyfile(shipped.SHIPPED_SSDU[0].path, assets / "default_ssdu.pt")
