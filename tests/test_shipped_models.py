@@ -134,8 +134,12 @@ def test_the_256_prior_is_shipped_small_and_serves_256_and_320(tmp_path, capsys)
 def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
     """recon's msm: the 256 prior's own settings file for its scans; single options on top;
     --settings and --checkpoint models get what they ask for / the general defaults."""
+    import pytest
+
+    from mrimsm.diffusion import shipped
     from mrimsm.diffusion.posterior import load_posterior_settings
     from mrimsm.diffusion.shipped import SHIPPED_PRIORS
+    from mrimsm.errors import MrimsmError
     from mrimsm.recon.msm import make_msm_method
 
     prior = SHIPPED_PRIORS[1]
@@ -152,14 +156,8 @@ def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
     m3 = make_msm_method({"checkpoint": str(prior.path)})
     assert m3.settings["w"] == general.w and not any(k.startswith("shipped_settings") for k in m3.settings)
 
-    from mrimsm.errors import MrimsmError
-
     # an install without configs/ still builds (the 64 x 64 demo works); the missing file
     # fails only when a scan of that prior's sizes needs it
-    import pytest
-
-    from mrimsm.diffusion import shipped
-
     monkeypatch.setattr(shipped, "CONFIGS", tmp_path / "nowhere")
     m4 = make_msm_method({})
     assert not any(k.startswith("shipped_settings") for k in m4.settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -50,11 +51,15 @@ def make_msm_method(options: Mapping[str, Any]):
     overrides = {f.name: options.get(f.name) for f in fields(PosteriorSettings)}
     chosen: dict = {}  # settings file (None: the general defaults) -> (settings, init method)
 
+    def settings_source(prior):
+        """Where the settings for scans of ``prior`` (``None``: a ``--checkpoint`` model) come
+        from: ``--settings``, else the prior's own file, else ``None`` (the general defaults)."""
+        return options.get("settings") or (prior.settings_path if prior is not None else None)
+
     def settings_for(prior):
-        """The solver settings (and the warm start's method) for scans of ``prior``
-        (``None``: a ``--checkpoint`` model): ``--settings``, else the prior's own file,
-        else the general defaults; single options on top."""
-        path = options.get("settings") or (prior.settings_path if prior is not None else None)
+        """The solver settings (and the warm start's method) for scans of ``prior``: those of
+        :func:`settings_source`, single options on top."""
+        path = settings_source(prior)
         if path not in chosen:
             st = load_posterior_settings(path, **overrides)
             if st.init == "baseline":
@@ -64,17 +69,18 @@ def make_msm_method(options: Mapping[str, Any]):
         return chosen[path]
 
     def settings_label(prior) -> str:
-        if options.get("settings"):
-            return str(options["settings"])
-        return f"configs/{prior.settings if prior is not None and prior.settings else DEFAULT_SETTINGS_FILE.name}"
+        src = settings_source(prior)
+        return str(src) if options.get("settings") else f"configs/{Path(src or DEFAULT_SETTINGS_FILE).name}"
 
     checkpoint = options.get("checkpoint")
     # built now, so that bad options fail before any work: every settings a scan may get
+    # (a shipped prior's missing settings file fails only when a scan of its sizes needs it)
     settings, init_method = settings_for(None)
-    if not checkpoint:
-        for p in shipped.SHIPPED_PRIORS:
-            if p.settings_path is None or p.settings_path.is_file():  # a missing one fails when used
-                settings_for(p)
+    own_settings = [] if checkpoint else [
+        p for p in shipped.SHIPPED_PRIORS
+        if settings_source(p) != settings_source(None) and Path(settings_source(p)).is_file()]
+    for p in own_settings:
+        settings_for(p)
     device = resolve_device(options.get("device"))
     models: dict = {}  # path -> (loaded, family, shipped prior or None)
 
@@ -148,13 +154,10 @@ def make_msm_method(options: Mapping[str, Any]):
                        **({"checkpoint": str(checkpoint)} if checkpoint else {
                            f"shipped_checkpoint {p.file}": str(p.path)
                            for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
-    if not checkpoint:  # the settings a shipped prior brings (when they differ from the general ones)
-        for p in shipped.SHIPPED_PRIORS:
-            if not p.path.exists() or (p.settings_path is not None and not p.settings_path.is_file()):
-                continue
+    for p in own_settings:  # the settings a shipped prior brings (other than the general ones)
+        if p.path.exists():
             st, init = settings_for(p)
-            if (st, init) != (settings, init_method):
-                method.settings[f"shipped_settings {p.file}"] = {
-                    **asdict(st), "init_settings": getattr(init, "settings", None)}
+            method.settings[f"shipped_settings {p.file}"] = {
+                **asdict(st), "init_settings": getattr(init, "settings", None)}
     return method
 

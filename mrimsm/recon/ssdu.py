@@ -52,13 +52,12 @@ def make_ssdu_method(options: Mapping[str, Any]) -> ReconMethod:
             shape, shipped.SHIPPED_SSDU, "SSDU", "--ssdu-checkpoint")
         loaded = model_for(explicit if prior is None else prior.path)
         net = loaded.model
-        trained = prior.trained if prior is not None else None
         info = {
             "nfe_per_slice": net.num_unrolls,
             "cg_iters_per_slice": net.num_unrolls * net.dc.cg_iters,
             "checkpoint": loaded.path,
             "checkpoint_step": loaded.step,
-            "model": (f"shipped {prior.description} {prior.file} (trained at {trained} x {trained}, step {loaded.step})"
+            "model": (shipped.describe(prior, loaded.path, loaded.step, (prior.trained, prior.trained))
                       if prior is not None else f"{loaded.path} (step {loaded.step})"),
         }
         x = loaded.reconstruct(batch.kspace.to(device), batch.maps.to(device), batch.mask.to(device))
