@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mrimsm.baselines import classical
 from mrimsm.errors import MrimsmError
@@ -34,25 +34,25 @@ def _lambda_and_iters(options: Mapping[str, Any], name: str, lamda: float, iters
     return lamda, iters
 
 
-def make_sense(options: Mapping[str, Any]) -> ReconMethod:
-    """CG-SENSE (Tikhonov); options ``sense_lambda``, ``sense_iters``."""
-    lamda, iters = _lambda_and_iters(options, "sense", classical.SENSE_LAMBDA, classical.SENSE_ITERS)
+def _regularized(options: Mapping[str, Any], name: str, solve: Callable[..., Any], lamda: float,
+                 iters: int) -> ReconMethod:
+    """A method that runs ``solve(kspace, mask, maps, lamda=, max_iter=)`` with the
+    options ``<name>_lambda`` / ``<name>_iters`` (checked; defaults ``lamda`` / ``iters``)."""
+    lamda, iters = _lambda_and_iters(options, name, lamda, iters)
 
     def method(batch: SliceBatch) -> MethodOutput:
-        images = classical.sense(batch.kspace, batch.mask, batch.maps, lamda=lamda, max_iter=iters)
+        images = solve(batch.kspace, batch.mask, batch.maps, lamda=lamda, max_iter=iters)
         return MethodOutput(images, info={"iterations": iters, "lambda": lamda})
 
     method.settings = {"lambda": lamda, "iters": iters}
     return method
+
+
+def make_sense(options: Mapping[str, Any]) -> ReconMethod:
+    """CG-SENSE (Tikhonov); options ``sense_lambda``, ``sense_iters``."""
+    return _regularized(options, "sense", classical.sense, classical.SENSE_LAMBDA, classical.SENSE_ITERS)
 
 
 def make_cs(options: Mapping[str, Any]) -> ReconMethod:
     """L1-wavelet CS (FISTA); options ``cs_lambda``, ``cs_iters``."""
-    lamda, iters = _lambda_and_iters(options, "cs", classical.DEFAULT_LAMBDA, classical.DEFAULT_ITERS)
-
-    def method(batch: SliceBatch) -> MethodOutput:
-        images = classical.cs_l1_wavelet(batch.kspace, batch.mask, batch.maps, lamda=lamda, max_iter=iters)
-        return MethodOutput(images, info={"iterations": iters, "lambda": lamda})
-
-    method.settings = {"lambda": lamda, "iters": iters}
-    return method
+    return _regularized(options, "cs", classical.cs_l1_wavelet, classical.DEFAULT_LAMBDA, classical.DEFAULT_ITERS)
