@@ -88,18 +88,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         version = md.version(name)
         if any(wheels.glob(f"{name}-{version}-*.whl")):
             continue
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", "3.12", "--implementation", "py", "-d", str(wheels), f"{name}=={version}"]
-        _say(" ".join(cmd))
-        subprocess.run(cmd, check=True)
+        _download_wheel(wheels, f"{name}=={version}", "--implementation", "py")
     for name, drop in BUNDLE_BINARY.items():
         if any(wheels.glob(f"{name}-*-cp312-*.whl")):
             continue
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", "3.12", "--platform", "manylinux_2_17_x86_64",
-               "--platform", "manylinux2014_x86_64", "-d", str(wheels), name]  # any version with a cp312 wheel
-        _say(" ".join(cmd))
-        subprocess.run(cmd, check=True)
+        _download_wheel(wheels, name, "--platform", "manylinux_2_17_x86_64",  # any version with a cp312 wheel
+                        "--platform", "manylinux2014_x86_64")
         for whl in wheels.glob(f"{name}-*-cp312-*.whl"):
             _strip_wheel(whl, drop)
     spec = importlib.util.find_spec("nilearn")
@@ -113,6 +107,15 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     _say(f"bundle {out}: {total / 2**20:.1f} MiB ({', '.join(p.name for p in sorted(wheels.glob('*.whl')))}, "
          f"{dst.name})")
     return 0
+
+
+def _download_wheel(wheels: Path, requirement: str, *target: str) -> None:
+    """``pip download`` one wheel for the GPU machine's Python 3.12 (``target``: the
+    implementation or platform flags) into ``wheels``."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--python-version", "3.12", *target, "-d", str(wheels), requirement]
+    _say(" ".join(cmd))
+    subprocess.run(cmd, check=True)
 
 
 def _strip_wheel(whl: Path, drop: tuple) -> None:
