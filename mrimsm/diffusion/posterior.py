@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from mrimsm.diffusion.shipped import SHIPPED_PRIORS
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import LinearOperator, MaskedMeasurement
@@ -71,8 +72,8 @@ DC_KINDS = ("operator", "measurement", "tweedie")
 DC_SCHEDULES = ("fixed", "sigma")
 INITS = ("none", "sense", "cs", "zero-filled", "baseline")
 
-#: Where the shipped default MSM model lives (inside the installed package).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_msm.pt"
+#: The shipped 64 x 64 demonstration prior (the first of :data:`mrimsm.diffusion.shipped.SHIPPED_PRIORS`).
+DEFAULT_CHECKPOINT = SHIPPED_PRIORS[0].path
 #: The CS-MRI settings file (paper defaults), beside the package in a source checkout.
 DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parents[2] / "configs" / "recon_csmri.yaml"
 
