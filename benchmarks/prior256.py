@@ -116,39 +116,9 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
 
 
 def noise_free_references(work: Path, args) -> dict[str, np.ndarray]:
-    """``file name -> (S, H, W)`` RSS reference of the noise-free twin of each test file.
-
-    The files' own references are RSS images of *noisy* fully sampled k-space, as in
-    fastMRI: at noise 0.01 and 8 coils that reference is itself only about 27-28 dB
-    (fastMRI convention) from the noise-free object, and its background is the RSS noise
-    floor (a positive bias no coil-combined reconstruction has). A simulation knows the
-    object, so the truth is measured too."""
-    import h5py
-
-    out = {}
-    for files in write_sets(work / "noise_free", args, noise=0.0).values():
-        for f in files:
-            with h5py.File(f, "r") as h:
-                out[f.name] = np.asarray(h["reconstruction_rss"][()], dtype=np.float32)
-    return out
-
-
-def truth_metrics(records, clean: dict[str, np.ndarray]) -> dict:
-    """``(accel, label) -> {psnr_clean_paper, ssim_clean_paper, psnr_clean_fastmri}``:
-    both conventions against the noise-free references (mean over slices / volumes)."""
-    from mrimsm.metrics import per_slice_metrics, volume_metrics
-
-    acc: dict = {}
-    for rec in records:
-        ref = clean[rec.volume][rec.slices] if clean[rec.volume].shape[0] > len(rec.slices) else clean[rec.volume]
-        x = np.asarray(rec.result.reconstruction, dtype=np.float32)
-        paper = per_slice_metrics(ref, x)
-        a = acc.setdefault((rec.accel, rec.label), {"psnr_paper": [], "ssim_paper": [], "psnr_fastmri": []})
-        a["psnr_paper"] += list(paper["psnr"])
-        a["ssim_paper"] += list(paper["ssim"])
-        a["psnr_fastmri"].append(volume_metrics(ref, x)["psnr"])
-    return {k: {f"{m.split('_')[0]}_clean_{m.split('_')[1]}": float(np.mean(v)) for m, v in a.items()}
-            for k, a in acc.items()}
+    """``file name -> (S, H, W)`` RSS reference of the noise-free twin of each test file
+    (:func:`_common.truth_metrics` says why)."""
+    return C.read_references(f for files in write_sets(work / "noise_free", args, noise=0.0).values() for f in files)
 
 
 def foreground_psnr(records, vols: dict, level: float = FOREGROUND_LEVEL) -> dict:
@@ -288,7 +258,7 @@ def main() -> int:
                 records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda r, k: True)
                 rows = C.summarize(records, runs)
                 fg = foreground_psnr(records, vols)
-                truth = truth_metrics(records, clean)
+                truth = C.truth_metrics(records, clean)
                 for r in rows:
                     r["psnr_foreground"] = fg.get((r["accel"], r["label"]))
                     r.update(truth.get((r["accel"], r["label"]), {}))

@@ -98,17 +98,27 @@ def main() -> int:
             sel = validation_selection(args.slices)
             files = [simulate_volume_file(Path(work) / f"val_{o}.h5", o, idx, args.size, args.coils, args.noise, True,
                                           seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
+            (Path(work) / "noise_free").mkdir()
+            twins = [simulate_volume_file(Path(work) / "noise_free" / f"val_{o}.h5", o, idx, args.size, args.coils, 0.0,
+                                          True, seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
             vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
-            records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda run, k: False)
+            records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda run, k: True)
+            clean = C.read_references(twins)
         rows = C.summarize(records, runs)
+        truth = C.truth_metrics(records, clean)
+        for r in rows:
+            r.update(truth[(r["accel"], r["label"])])
         lines = C.header_lines("Posterior solver sweep on validation slices", sys.argv, args.device)
         lines += [f"Validation slices (trained on by no shipped model, not the held-out test set): "
                   f"{'; '.join(f'{o} {i}' for o, i in sel)}, {args.size} x {args.size} ({args.pixel} pixels), {args.coils} coils, "
                   f"noise {args.noise:g}. Base: {label_of(base)}.", "", C.conventions_note("one per orientation"), ""]
         for accel in dict.fromkeys(r["accel"] for r in rows):
             here = sorted((r for r in rows if r["accel"] == accel), key=lambda r: -r["psnr_paper_mean"])
-            lines += [f"## R = {accel:g}", "", C.md_table(["setting", *C.METRIC_HEADER, "s/slice", "NFE/slice"],
-                      [[r["label"], *C.metric_cells(r), *C.cost_cells(r)] for r in here]), ""]
+            lines += [f"## R = {accel:g}", "", C.md_table(
+                ["setting", *C.METRIC_HEADER, "noise-free ref: PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)",
+                 "s/slice", "NFE/slice"],
+                [[r["label"], *C.metric_cells(r), f"{r['psnr_clean_paper']:.2f}", f"{r['ssim_clean_paper']:.4f}",
+                  f"{r['psnr_clean_fastmri']:.2f}", *C.cost_cells(r)] for r in here]), ""]
         lines += [f"Total wall time {(time.perf_counter() - t0) / 60:.1f} min.", ""]
         C.write_results(args.out, "sweep", "\n".join(lines), rows, C.slice_rows(records))
         return 0
