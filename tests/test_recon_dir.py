@@ -427,3 +427,30 @@ def test_csmri_benchmark_smoke_and_bad_checkpoint(tmp_path, monkeypatch, capsys,
         bench.main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_noise_free_twin_and_truth_metrics(tmp_path):
+    """A noise-free twin (same seed, noise 0) differs from the noisy file by the noise only,
+    and truth_metrics scores against it in both conventions."""
+    import h5py
+    from types import SimpleNamespace
+
+    from mrimsm.data.simulate import mni_split_indices, simulate_volume_file
+    from mrimsm.metrics import per_slice_metrics, volume_metrics
+
+    common = _load_script("_common")
+    idx = mni_split_indices("axial", "heldout", step=2)[:2]
+    (tmp_path / "clean").mkdir()
+    noisy = simulate_volume_file(tmp_path / "v.h5", "axial", idx, 32, 4, 0.01, True, seed=3)
+    twin = simulate_volume_file(tmp_path / "clean" / "v.h5", "axial", idx, 32, 4, 0.0, True, seed=3)
+    with h5py.File(noisy) as a, h5py.File(twin) as b:
+        diff = a["kspace"][()] - b["kspace"][()]
+    assert abs(float(np.std(diff.real)) - 0.01) < 0.001 and abs(float(np.std(diff.imag)) - 0.01) < 0.001
+    clean = common.read_references([twin])
+    assert clean["v.h5"].shape == (2, 32, 32) and clean["v.h5"].dtype == np.float32
+    x = clean["v.h5"] + np.float32(0.01) * np.random.default_rng(0).standard_normal((2, 32, 32)).astype(np.float32)
+    rec = SimpleNamespace(accel=4.0, label="m", volume="v.h5", slices=[0, 1], result=SimpleNamespace(reconstruction=x))
+    got = common.truth_metrics([rec], clean)[(4.0, "m")]
+    assert got["psnr_clean_fastmri"] == pytest.approx(volume_metrics(clean["v.h5"], x)["psnr"])
+    assert got["psnr_clean_paper"] == pytest.approx(float(per_slice_metrics(clean["v.h5"], x)["psnr"].mean()))
+    assert got["psnr_clean_paper"] > 25 and 0 < got["ssim_clean_paper"] <= 1
