@@ -35,7 +35,7 @@ for another file) with optional ``--steps / --w / --samples`` overrides. Writes
 (fastMRI convention on the pixels where that reference exceeds 10 % of its max: its
 background is the RSS noise floor), and both conventions against the noise-free
 reference (the RSS image of the same simulation without k-space noise: the object
-itself, which only a simulation knows; :func:`noise_free_references`).
+itself, which only a simulation knows; `_common.truth_metrics` says why).
 """
 
 from __future__ import annotations
@@ -113,12 +113,6 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
                                   {"acquisition": "CORT1", "simulated_from": "dipy t1_coronal_slice.npy"})
         sets["dipy"] = [path]
     return sets
-
-
-def noise_free_references(work: Path, args) -> dict[str, np.ndarray]:
-    """``file name -> (S, H, W)`` RSS reference of the noise-free twin of each test file
-    (:func:`_common.truth_metrics` says why)."""
-    return C.read_references(f for files in write_sets(work / "noise_free", args, noise=0.0).values() for f in files)
 
 
 def foreground_psnr(records, vols: dict, level: float = FOREGROUND_LEVEL) -> dict:
@@ -250,7 +244,7 @@ def main() -> int:
         all_rows = []
         with tempfile.TemporaryDirectory(prefix="mrimsm-prior256-") as work:
             sets = write_sets(Path(work), args)
-            clean = noise_free_references(Path(work), args)
+            twins = write_sets(Path(work) / "noise_free", args, noise=0.0)  # the same seeds without noise
             if "dipy" not in sets:
                 lines += ["(no dipy slice found: pass --dipy; that set is skipped)", ""]
             for name, files in sets.items():
@@ -258,7 +252,7 @@ def main() -> int:
                 records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda r, k: True)
                 rows = C.summarize(records, runs)
                 fg = foreground_psnr(records, vols)
-                truth = C.truth_metrics(records, clean)
+                truth = C.truth_metrics(records, C.read_references(twins[name]))
                 for r in rows:
                     r["psnr_foreground"] = fg.get((r["accel"], r["label"]))
                     r.update(truth.get((r["accel"], r["label"]), {}))
