@@ -320,3 +320,30 @@ def test_progress_over_slices_and_method_steps(tmp_path, monkeypatch):
     assert steps == [("open", "probe-steps steps", 3), ("update", "probe-steps steps", 1),
                      ("update", "probe-steps steps", 2), ("close", "probe-steps steps")] * 2
     assert [e for e in events if e[:2] == ("update", "probe-steps")] == [("update", "probe-steps", 1)] * 2
+
+
+def test_images_are_kept_on_the_coil_support(tmp_path, monkeypatch):
+    """Outside the maps' support no coil measures anything: the pipeline zeroes a method's
+    output (and uncertainty) there, and leaves methods already in range(A^H) unchanged."""
+
+    def cropped_maps(kspace, mask):
+        maps = _true_maps(kspace, mask)
+        maps[..., :, :6] = 0  # as ESPIRiT's crop does outside the object
+        return maps
+
+    def factory(options):
+        def method(batch):
+            ones = torch.ones(batch.kspace.shape[:1] + batch.kspace.shape[2:], dtype=torch.complex64)
+            return recon.MethodOutput(ones, uncertainty=ones.real.clone())
+
+        return method
+
+    monkeypatch.setitem(recon.METHODS, "probe-flat", recon.MethodSpec("probe-flat", factory, batch_slices=2))
+    vol = recon.prepare_volume(_sim_file(tmp_path / "a.h5", size=32, slices=2), 4, maps_fn=cropped_maps)
+    res = recon.run_method(vol, "probe-flat")
+    assert np.all(res.reconstruction[..., :6] == 0) and np.all(res.uncertainty[..., :6] == 0)
+    assert np.all(res.reconstruction[..., 6:] == 1) and np.all(res.uncertainty[..., 6:] == 1)
+    zf = recon.run_method(vol, "zero-filled").reconstruction
+    want = zero_filled(torch.from_numpy(vol.kspace), torch.from_numpy(vol.mask[:, None, None, :].astype(np.float32)),
+                       torch.from_numpy(vol.maps)).abs().numpy()
+    np.testing.assert_allclose(zf, crop_to_reconstruction(want, vol.recon_size), rtol=1e-5, atol=1e-6)

@@ -38,6 +38,7 @@ __all__ = [
     "LinearOperator",
     "MaskedMeasurement",
     "MultiCoilMRI",
+    "coil_support",
     "Identity",
     "PixelMask",
     "BoxMask",
@@ -272,6 +273,20 @@ class MultiCoilMRI(MaskedMeasurement):
         if self._even:
             return (torch.fft.ifft2(y * self._out, norm="ortho") * self._maps_c_conj).sum(-3)
         return self.full_adjoint(self.apply_mask(y))
+
+
+def coil_support(maps: torch.Tensor) -> torch.Tensor:
+    """Where any coil sees the object: ``sum_c |C_c|^2 > 0``.
+
+    Args:
+        maps: ``(B, C, H, W)`` complex64 coil sensitivities.
+
+    Returns:
+        ``(B, H, W)`` bool. Outside it ``A x`` does not depend on ``x`` (no measurement
+        constrains the image there); ESPIRiT maps are cropped to zero outside the object's
+        support, smooth simulated maps are non-zero everywhere.
+    """
+    return (maps.abs() ** 2).sum(-3) > 0
 
 
 class Identity(MaskedMeasurement):

@@ -20,7 +20,8 @@ class MethodResult:
 
     Attributes:
         method: its name.
-        reconstruction: ``(S, h, w)`` float32 magnitude on the reference's scale.
+        reconstruction: ``(S, h, w)`` float32 magnitude on the reference's scale, zero
+            outside the coil maps' support.
         uncertainty: ``(S, h, w)`` float32 or ``None``.
         metrics: :func:`mrimsm.metrics.all_metrics` against the reference, or ``None``.
         seconds_per_slice: the method's wall time per slice (coil maps excluded).
@@ -77,10 +78,16 @@ def run_method(
 
     Slices go to the method ``options["batch_slices"]`` at a time if given, else the
     method's own ``batch_slices`` attribute if it has one, else the registered number.
+    Images (and uncertainty maps) are kept on the coil maps' support
+    (:func:`mrimsm.physics.operators.coil_support`) and zero outside it: no coil measures
+    anything there. Methods whose output lies in the range of ``A^H`` (zero-filled,
+    CG-SENSE, MSM) are unchanged; an unrolled network (SSDU) is free there and put a flat
+    bias of about 4 % of the maximum outside the head.
     """
     from mrimsm.data.fastmri_io import crop_to_reconstruction
     from mrimsm.metrics import all_metrics
     from mrimsm.physics.masks import column_mask_tensor, seed_for
+    from mrimsm.physics.operators import coil_support
 
     spec = get_method(name)
     if method is None:
@@ -114,7 +121,10 @@ def run_method(
             got = tuple(out.images.shape)
             if got != tuple(batch.kspace.shape[:1] + batch.kspace.shape[2:]):
                 raise RuntimeError(f"method {name!r} returned images of shape {got}")
-            images.append(out.images.detach().cpu().abs().numpy() * scale)
+            # the image on the coils' support: outside it no coil measures anything, so a
+            # method's output there (a network's free bias, SSDU's) is no estimate of the object
+            support = coil_support(batch.maps).to(out.images.device)
+            images.append((out.images.detach() * support).cpu().abs().numpy() * scale)
             if not np.isfinite(images[-1]).all():
                 kmax = float(np.abs(volume.kspace).max())
                 raise MrimsmError(
@@ -122,7 +132,7 @@ def run_method(
                     f"{kmax:.3g}: the input's scale may be out of float32's range)"
                 )
             if out.uncertainty is not None:
-                stds.append(out.uncertainty.detach().cpu().numpy() * scale)
+                stds.append((out.uncertainty.detach() * support).cpu().numpy() * scale)
             info.update(out.info)
             if capped < per_batch:
                 info["batch_slices_memory_capped"] = capped
