@@ -375,6 +375,12 @@ def _resume(run: _Run, cfg: Config, run_dir: Path, info: distributed.DistInfo, s
     load_state_checked(run.ema.module, ckpt["ema"], str(last))
     if ckpt.get("optimizer") is not None:
         run.opt.load_state_dict(ckpt["optimizer"])  # bf16 moments (compact states) are cast to fp32
+        # the config's learning rate holds on resume (the optimizer state carries the old one)
+        saved = {float(g["lr"]) for g in run.opt.param_groups}
+        for group in run.opt.param_groups:
+            group["lr"] = float(cfg.train.lr)
+        if saved != {float(cfg.train.lr)}:
+            say(f"train.lr {cfg.train.lr:g} replaces the checkpoint's {', '.join(f'{v:g}' for v in sorted(saved))}")
     elif (ckpt.get("compact") or {}).get("optimizer") == "dropped":
         say(f"{last} is a compact state without optimizer moments; AdamW starts afresh (re-warms)")
     else:

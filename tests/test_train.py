@@ -170,6 +170,19 @@ def test_refuses_to_overwrite_a_run(tmp_path):
         train(toy_config(max_steps=2), tmp_path / "r", echo=lambda m: None)
 
 
+def test_resume_uses_the_configs_learning_rate(tmp_path):
+    """The optimizer state carries the old learning rate; the config's wins on resume (and
+    says so), so lowering train.lr for a fine-tuning phase, or gpu_train.py --lr, works."""
+    train(toy_config(max_steps=4), tmp_path / "r", echo=lambda m: None)
+    msgs = []
+    res = train(toy_config(lr=2.5e-3, max_steps=6), tmp_path / "r", resume=True, echo=msgs.append)
+    assert res.start_step == 4 and [r["lr"] for r in _log(tmp_path / "r")][-1] == 2.5e-3
+    assert any("train.lr 0.0025 replaces the checkpoint's 0.01" in m for m in msgs)
+    msgs.clear()
+    train(toy_config(lr=2.5e-3, max_steps=8), tmp_path / "r", resume=True, echo=msgs.append)
+    assert not any("replaces" in m for m in msgs)
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     msgs = []
     res = train(toy_config(max_steps=2), tmp_path / "r", resume=True, echo=msgs.append)
