@@ -14,6 +14,12 @@ from mrimsm.diffusion.posterior import DEFAULT_CHECKPOINT as MSM_DEFAULT
 MAX_BYTES = 20 * 1024 * 1024
 
 
+def test_default_checkpoints_are_the_first_shipped_ones():
+    from mrimsm.diffusion.shipped import SHIPPED_PRIORS, SHIPPED_SSDU
+
+    assert MSM_DEFAULT == SHIPPED_PRIORS[0].path and SSDU_DEFAULT == SHIPPED_SSDU[0].path
+
+
 def test_default_checkpoints_are_shipped_small_and_describe_their_data():
     for path, method in [(MSM_DEFAULT, "msm"), (SSDU_DEFAULT, "ssdu")]:
         assert path.is_file(), path

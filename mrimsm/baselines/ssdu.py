@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from mrimsm import distributed
-from mrimsm.diffusion.shipped import SHIPPED_SSDU
 from mrimsm.errors import MrimsmError
 from mrimsm.models.unrolled import UnrolledNet
 from mrimsm.physics.masks import ssdu_split
@@ -419,6 +418,6 @@ class LoadedSSDU:
         return ssdu_reconstruct(self.model, y, maps, mask)
 
 
-#: The 64 x 64 SSDU checkpoint shipped with the package (the first of
-#: :data:`mrimsm.diffusion.shipped.SHIPPED_SSDU`, which lists them all).
-DEFAULT_CHECKPOINT = SHIPPED_SSDU[0].path
+#: The 64 x 64 SSDU checkpoint shipped with the package; the first of
+#: ``mrimsm.diffusion.shipped.SHIPPED_SSDU``, which lists them all (a layer above: tested equal).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_ssdu.pt"
