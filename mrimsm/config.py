@@ -84,16 +84,22 @@ class DataConfig:
     or ``simulated`` (built into ``cache_dir`` on first use; default
     ``$MRIMSM_CACHE`` or ``~/.cache/mrimsm``). ``flip_prob``: each training
     example is flipped left-right with this probability, k-space, coil maps and
-    mask together, so the measurement model stays exact (:mod:`mrimsm.data.augment`)."""
+    mask together, so the measurement model stays exact (:mod:`mrimsm.data.augment`).
+    ``flip_exclude``: acquisitions (prefixes of the manifest's ``acquisition``, e.g.
+    ``SAG``) never flipped: their column axis is not left-right (a flipped sagittal
+    slice faces backwards)."""
 
     root: Optional[str] = None
     simulated: Optional[SimulatedDataConfig] = None
     cache_dir: Optional[str] = None
     split: str = "train"
     flip_prob: float = 0.0
+    flip_exclude: list[str] = field(default_factory=lambda: ["SAG"])
 
     def validate(self) -> None:
         _check(0.0 <= self.flip_prob <= 1.0, "flip_prob", "must be in [0, 1]")
+        _check(all(isinstance(a, str) and a for a in self.flip_exclude), "flip_exclude",
+               "must be a list of non-empty acquisition prefixes (e.g. [SAG])")
         if (self.root is None) == (self.simulated is None):
             raise _KeyProblem("root", "set exactly one of data.root and data.simulated")
 

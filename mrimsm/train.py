@@ -497,6 +497,10 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
     result = TrainResult(run_dir=run_dir, start_step=start, step=start)
     bar = progress(total=tc.max_steps, initial=start, desc="train") if (progress and info.is_main) else None
     window = _LogWindow(run_dir / "log.jsonl", info)
+    # which examples may be flipped: a dataset that knows its acquisitions says (never sagittal)
+    flippable = None
+    if cfg.data.flip_prob > 0 and hasattr(dataset, "flippable"):
+        flippable = torch.from_numpy(dataset.flippable(cfg.data.flip_exclude))
     step = start
     run.model.train()
     with deferred_interrupts() as stop, _closing(bar):  # SIGINT / SIGTERM: finish the step, save, stop
@@ -510,8 +514,9 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
             if cfg.data.flip_prob > 0:  # its own stream: the method's draws stay those of an unflipped run
                 from mrimsm.data.augment import flip_batch
 
+                allowed = None if flippable is None else flippable[indices_batch["index"]]
                 batch = flip_batch(batch, cfg.data.flip_prob,
-                                   torch.Generator().manual_seed(step_seed(tc.seed, info.rank, step) ^ 0xF11F))
+                                   torch.Generator().manual_seed(step_seed(tc.seed, info.rank, step) ^ 0xF11F), allowed)
             batch["step"] = step
             batch["epoch"] = sampler.epoch_of(step)
             loss_value, grad_norm, logs = _optimizer_step(run, net, batch, gen, cfg, step, last)

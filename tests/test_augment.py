@@ -38,3 +38,44 @@ def test_flip_batch_gives_the_measurement_of_the_flipped_object():
     assert torch.equal(out["index"], batch["index"])
     assert flip_batch(batch, 0.0, torch.Generator().manual_seed(1))["y"] is y
 
+
+
+def test_flip_batch_respects_allowed_with_the_same_draw():
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(6, 2, 4, 8, dtype=torch.complex64, generator=g)
+    batch = {"y": y, "mask": torch.ones(6, 1, 1, 8)}
+    allowed = torch.tensor([True, False, True, False, True, False])
+    free = flip_batch(batch, 1.0, torch.Generator().manual_seed(3))
+    held = flip_batch(batch, 1.0, torch.Generator().manual_seed(3), allowed)
+    for i in range(6):
+        torch.testing.assert_close(free["y"][i], reflect_columns(y[i]))
+        torch.testing.assert_close(held["y"][i], reflect_columns(y[i]) if allowed[i] else y[i])
+
+
+def test_sagittal_slices_are_not_flipped_in_training(tmp_path):
+    """The manifest's acquisitions reach the dataset; flip_exclude (default [SAG]) keeps
+    sagittal examples unflipped, so the trainer's batches never hold a backwards head."""
+    import json
+
+    import numpy as np
+
+    from mrimsm.config import DataConfig, config_from_dict
+    from mrimsm.errors import MrimsmError
+    from mrimsm.data.datasets import MeasurementDataset
+    from mrimsm.data.simulate import simulate_volume_file
+    from mrimsm.data.prep import PrepOptions, prepare_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for k, o in enumerate(("axial", "sagittal")):
+        simulate_volume_file(raw / f"mni_{o}.h5", o, [80, 82], 64, 4, 0.0, True, seed=k)
+    prepare_dataset(raw, tmp_path / "out", PrepOptions(size=64, skip_last=0, val_fraction=0.0, acquisition=None), on_warning=lambda m: None)
+    ds = MeasurementDataset(tmp_path / "out", "train")
+    acq = json.loads((tmp_path / "out" / "manifest.json").read_text())["inputs"]
+    assert sorted(i["acquisition"] for i in acq) == ["AXT1", "SAGT1"]
+    assert sorted(ds.acquisitions) == ["AXT1", "AXT1", "SAGT1", "SAGT1"]
+    np.testing.assert_array_equal(ds.flippable(["SAG"]), [a.startswith("AX") for a in ds.acquisitions])
+    assert ds.flippable([]).all()
+    assert DataConfig(root="x").flip_exclude == ["SAG"]
+    with pytest.raises(MrimsmError, match="flip_exclude"):
+        config_from_dict({"method": "msm", "data": {"root": "x", "flip_exclude": [""]}, "train": {}})

@@ -437,6 +437,35 @@ def test_training_with_flips_runs_and_differs(tmp_path):
     assert [v for _, v in a.losses] != [v for _, v in b.losses]
 
 
+def test_flips_skip_the_examples_the_dataset_excludes(tmp_path, monkeypatch):
+    # a dataset that knows its acquisitions says which examples may flip (data.flip_exclude)
+    import mrimsm.data.augment as augment
+
+    seen, real = [], augment.flip_batch
+
+    def spy(batch, prob, generator, allowed=None):
+        seen.append((batch["index"].clone(), allowed))
+        return real(batch, prob, generator, allowed)
+
+    monkeypatch.setattr(augment, "flip_batch", spy)
+    cfg = msm_config(max_steps=2).replace(**{"data.flip_prob": 1.0})
+    cls = get_method("msm-mem")
+    build = cls.build_dataset.__func__
+
+    class Items(list):
+        def flippable(self, exclude):
+            assert list(exclude) == ["SAG"]
+            return np.array([i % 2 == 0 for i in range(len(self))])
+
+    def with_acquisitions(klass, c, info):
+        bundle = build(klass, c, info)
+        return DataBundle(Items(bundle.dataset), bundle.collate, bundle.info)
+
+    monkeypatch.setattr(cls, "build_dataset", classmethod(with_acquisitions))
+    train(cfg, tmp_path / "a", echo=lambda m: None)
+    assert len(seen) == 2 and all(torch.equal(allowed, index % 2 == 0) for index, allowed in seen)
+
+
 def test_msm_checkpoint_samples_and_preview(tmp_path):
     from mrimsm.inference import generate, load_msm
     from mrimsm.physics.masks import training_mask_family

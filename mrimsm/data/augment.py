@@ -31,7 +31,7 @@ def reflect_columns(x: torch.Tensor) -> torch.Tensor:
     return x.index_select(-1, reflect_index(x.shape[-1], x.device))
 
 
-def flip_batch(batch: dict, prob: float, generator: torch.Generator) -> dict:
+def flip_batch(batch: dict, prob: float, generator: torch.Generator, allowed: Optional[torch.Tensor] = None) -> dict:
     """Left-right flip each example of a measurement batch with probability ``prob``.
 
     Args:
@@ -40,6 +40,9 @@ def flip_batch(batch: dict, prob: float, generator: torch.Generator) -> dict:
             ``reference`` ``(B, H, W)``; other keys are passed through.
         prob: flip probability per example.
         generator: a CPU ``torch.Generator`` (the draw is ``(B,)`` uniforms).
+        allowed: optional ``(B,)`` bool, the examples that may be flipped (e.g. not
+            sagittal slices, whose column axis is anterior-posterior); the draw is the
+            same with or without it.
 
     Returns:
         A new dict; the flipped examples' ``y``, ``maps``, ``mask`` and
@@ -47,6 +50,8 @@ def flip_batch(batch: dict, prob: float, generator: torch.Generator) -> dict:
     """
     y = batch["y"]
     flip = torch.rand(y.shape[0], generator=generator) < prob
+    if allowed is not None:
+        flip = flip & allowed.to(device=flip.device, dtype=torch.bool)
     if not bool(flip.any()):
         return dict(batch)
     out = dict(batch)

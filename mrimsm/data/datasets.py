@@ -65,7 +65,9 @@ class MeasurementDataset(Dataset):
             raise MrimsmError(f"unreadable manifest {mpath}: {exc}") from None
         self._shards: list[Path] = []
         self._index: list[tuple[int, int]] = []
-        masks, self.sources = [], []
+        masks, self.sources, self.acquisitions = [], [], []
+        acquisition_of = {str(e.get("file")): str(e.get("acquisition") or "") for e in self.manifest.get("inputs", [])
+                          if isinstance(e, dict)}
         for entry in self.manifest.get("shards", []):
             if entry.get("split") != split:
                 continue
@@ -79,9 +81,11 @@ class MeasurementDataset(Dataset):
                 raise MrimsmError(f"missing or corrupt shard {path}; re-run mrimsm prep-fastmri to resume") from None
             k = len(self._shards)
             self._shards.append(path)
+            acquisition = acquisition_of.get(str(entry.get("name", path.name)), "")
             for i in range(m.shape[0]):
                 self._index.append((k, i))
                 self.sources.append((str(source), int(slices[i])))
+                self.acquisitions.append(acquisition)
             masks.append(m)
         w = int(self.manifest.get("size", 0))
         self.masks = np.concatenate(masks) if masks else np.zeros((0, w), dtype=bool)
@@ -90,6 +94,11 @@ class MeasurementDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def flippable(self, exclude: Sequence[str]) -> np.ndarray:
+        """``(N,)`` bool: the examples whose acquisition (from the manifest's ``inputs``)
+        starts with none of the ``exclude`` prefixes (unknown acquisitions are flippable)."""
+        return np.array([not any(a.startswith(p) for p in exclude) for a in self.acquisitions], dtype=bool)
 
     def _file(self, k: int) -> h5py.File:
         if os.getpid() != self._pid:  # a DataLoader worker: own handles
