@@ -89,7 +89,6 @@ def train_arm(config: Path, flip: float, data: Path, run_dir: Path, steps: int, 
 
 def main() -> int:
     import torch
-    import yaml
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=C.REPO / "configs" / "default_msm.yaml",
