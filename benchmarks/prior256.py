@@ -271,8 +271,13 @@ def main() -> int:
                                           *C.cost_cells(r)] for r in rows]))
                 lines.append("")
                 all_rows += [{"set": name, **r} for r in rows]
+                # the sets done so far, in case a later set fails (a full run takes about 20 minutes)
+                C.write_text(args.out / "prior256.partial.md", "\n".join(lines))
+                C.write_csv(args.out / "prior256.partial.csv", all_rows)
         lines += [f"Total wall time {(time.perf_counter() - t0) / 60:.1f} min.", ""]
         C.write_results(args.out, "prior256", "\n".join(lines), all_rows)
+        for stem in ("prior256.partial.md", "prior256.partial.csv"):
+            (args.out / stem).unlink(missing_ok=True)
         return 0
 
     C.run_main(body)
