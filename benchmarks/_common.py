@@ -312,8 +312,7 @@ def truth_metrics(records: Sequence[Record], clean: Mapping[str, np.ndarray]) ->
 
     acc: dict = {}
     for rec in records:
-        ref = clean[rec.volume]
-        ref = ref[list(rec.slices)] if ref.shape[0] != len(rec.slices) else ref
+        ref = clean[rec.volume][list(rec.slices)]
         x = np.asarray(rec.result.reconstruction, dtype=np.float32)
         paper = per_slice_metrics(ref, x)
         a = acc.setdefault((rec.accel, rec.label), {"psnr": [], "ssim": [], "fastmri": []})

@@ -96,11 +96,13 @@ def main() -> int:
         progress = C.tqdm_progress(args.quiet)
         with tempfile.TemporaryDirectory(prefix="mrimsm-sweep-") as work:
             sel = validation_selection(args.slices)
-            files = [simulate_volume_file(Path(work) / f"val_{o}.h5", o, idx, args.size, args.coils, args.noise, True,
-                                          seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
-            (Path(work) / "noise_free").mkdir()
-            twins = [simulate_volume_file(Path(work) / "noise_free" / f"val_{o}.h5", o, idx, args.size, args.coils, 0.0,
-                                          True, seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
+
+            def simulate(folder: Path, noise: float) -> list[Path]:  # the same seeds: noise 0 gives the noise-free twins
+                folder.mkdir(exist_ok=True)
+                return [simulate_volume_file(folder / f"val_{o}.h5", o, idx, args.size, args.coils, noise, True,
+                                             seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
+
+            files, twins = simulate(Path(work), args.noise), simulate(Path(work) / "noise_free", 0.0)
             vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
             records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda run, k: True)
             clean = C.read_references(twins)
