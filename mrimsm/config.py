@@ -55,7 +55,10 @@ class SimulatedDataConfig:
     ``center_lines`` ``None`` scales the paper's 20 of 256 central columns to ``size``.
     ``pixel``: ``fit`` resizes the template's 233 mm field of view to ``size``
     pixels; ``native`` keeps its 1 mm pixels, zero-padded to ``size`` (use
-    ``size >= 240``; see :func:`mrimsm.data.simulate.mni_slices`).
+    ``size >= 240``; see :func:`mrimsm.data.simulate.mni_slices`). ``scales``
+    (``native`` only): each training slice once per resampling factor, i.e. at
+    pixels of ``1 / scale`` mm (default ``[1.0]``; real scans range from about 0.7
+    to 1.4 mm).
     """
 
     size: int = 64
@@ -65,11 +68,18 @@ class SimulatedDataConfig:
     seed: int = 0
     center_lines: Optional[int] = None
     pixel: str = "fit"
+    scales: list[float] = field(default_factory=lambda: [1.0])
 
     def validate(self) -> None:
         # the prep pipeline that builds the set crops to a multiple of 16 (PrepOptions.validate)
         _check(self.size >= 16 and self.size % 16 == 0, "size", "must be a positive multiple of 16")
         _check(self.pixel in ("fit", "native"), "pixel", "must be fit or native")
+        _check(isinstance(self.scales, list) and len(self.scales) >= 1
+               and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.25 <= x <= 4 for x in self.scales)
+               and len(set(map(float, self.scales))) == len(self.scales), "scales",
+               "must be a non-empty list of distinct numbers in [0.25, 4]")
+        _check(self.pixel == "native" or [float(x) for x in self.scales] == [1.0], "scales",
+               "needs pixel: native (fit resizes the whole field of view)")
         _check(self.num_coils >= 1, "num_coils", "must be >= 1")
         _check(self.accel >= 1, "accel", "must be >= 1")
         _check(self.rho >= 0, "rho", "must be >= 0")

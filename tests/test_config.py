@@ -124,6 +124,26 @@ def test_value_checks(tmp_path):
         load_config(_write(tmp_path, d))
 
 
+def test_simulated_scales(tmp_path):
+    from mrimsm.data.training_data import _simulated_dir
+
+    d = _tiny_dict()
+    base = _simulated_dir(load_config(_write(tmp_path, d)))
+    d["data"]["simulated"].update(size=256, pixel="native")
+    native = load_config(_write(tmp_path, d))
+    assert native.data.simulated.scales == [1.0] and _simulated_dir(native).name == base.name.replace("64px", "256px") + "-native"
+    d["data"]["simulated"]["scales"] = [1, 0.7]
+    both = load_config(_write(tmp_path, d))
+    assert both.data.simulated.scales == [1.0, 0.7] and _simulated_dir(both).name.endswith("-native-x1_0.7")
+    for bad, msg in (([], "non-empty"), ([1.0, 1.0], "distinct"), ([0.1], r"\[0.25, 4\]"), (0.7, "must be a list")):
+        d["data"]["simulated"]["scales"] = bad
+        with pytest.raises(MrimsmError, match=rf"'data\.simulated\.scales' .*{msg}"):
+            load_config(_write(tmp_path, d))
+    d["data"]["simulated"].update(pixel="fit", scales=[0.7])
+    with pytest.raises(MrimsmError, match="needs pixel: native"):
+        load_config(_write(tmp_path, d))
+
+
 def test_yaml_string_float_accepted(tmp_path):
     p = tmp_path / "c.yaml"
     text = (REPO / "configs" / "tiny.yaml").read_text().replace("lr: 2.0e-4", "lr: 3e-4")

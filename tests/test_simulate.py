@@ -62,6 +62,41 @@ def test_native_pixels_pad_without_resampling():
         sm.mni_slices("axial", [80], 64, pixel="scaled")
 
 
+def test_native_scale_resamples_the_pixels():
+    """scale s: pixels of 1 / s mm, so the brain's extent scales by s; 1 keeps the native slice."""
+    def extent(img):  # rows and columns holding brain
+        return (img.max(axis=1) > 0.05).sum(), (img.max(axis=0) > 0.05).sum()
+
+    native = sm.mni_slices("coronal", [118], 256, pixel="native")[0]
+    np.testing.assert_array_equal(sm.mni_slices("coronal", [118], 256, pixel="native", scale=1.0)[0], native)
+    for s in (0.7, 1.2):
+        img = sm.mni_slices("coronal", [118], 256, pixel="native", scale=s)[0]
+        assert img.shape == (256, 256) and img.dtype == np.float32 and img.min() >= 0
+        for got, ref in zip(extent(img), extent(native)):
+            assert abs(got / ref - s) < 0.03, (s, got, ref)
+        # the same total signal per mm^2: mean intensity over the brain about unchanged
+        assert abs(img[img > 0.05].mean() - native[native > 0.05].mean()) < 0.03
+    with pytest.raises(MrimsmError, match="needs pixel native"):
+        sm.mni_slices("axial", [80], 64, scale=0.5)
+    with pytest.raises(MrimsmError, match="needs pixel native"):
+        sm.mni_slices("axial", [80], 64, pixel="native", scale=0.0)
+
+
+def test_simulated_raw_scales_add_files_and_keep_the_first(tmp_path):
+    kw = dict(size=256, num_coils=2, noise_std=0.01, slices_per_file=3, step=8, pixel="native")
+    one = sm.write_simulated_raw(tmp_path / "a", "heldout", **kw)
+    two = sm.write_simulated_raw(tmp_path / "b", "heldout", scales=[1.0, 0.7], **kw)
+    assert [p.name for p in two[: len(one)]] == [p.name for p in one]
+    assert [p.name for p in two[len(one):]] == [p.name.replace(".h5", "_x0.7.h5") for p in one]
+    with h5py.File(one[0], "r") as a, h5py.File(two[0], "r") as b, h5py.File(two[len(one)], "r") as c:
+        np.testing.assert_array_equal(a["kspace"][()], b["kspace"][()])  # scale 1 unchanged
+        assert "resampled by 0.7" in c.attrs["simulated_from"]
+        ref_a, ref_c = a["reconstruction_rss"][0], c["reconstruction_rss"][0]
+        assert (ref_c > 0.1).sum() < 0.6 * (ref_a > 0.1).sum()  # 0.7^2 = 0.49 of the area
+    with pytest.raises(MrimsmError, match="distinct"):
+        sm.write_simulated_raw(tmp_path / "c", "heldout", scales=[1.0, 1.0], **kw)
+
+
 @pytest.mark.parametrize("orientation", sm.ORIENTATIONS)
 def test_split_keeps_whole_ranges_apart(orientation):
     spec = sm.MNI_SPLIT[orientation]

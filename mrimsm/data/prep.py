@@ -819,6 +819,7 @@ def prepare_simulated_dataset(
     seed: int = 0,
     center_lines: Optional[int] = None,
     pixel: str = "fit",
+    scales: Sequence[float] = (1.0,),
     raw_noise: float = 0.0,
     slices_per_file: int = 8,
     step: int = 2,
@@ -842,6 +843,8 @@ def prepare_simulated_dataset(
         pixel: ``fit`` (the 233 mm field of view resized to ``size``) or
             ``native`` (1 mm pixels, zero-padded to ``size``); see
             :func:`mrimsm.data.simulate.mni_slices`.
+        scales: ``pixel="native"``: each training slice once per resampling factor
+            (pixels of ``1 / scale`` mm; :func:`mrimsm.data.simulate.write_simulated_raw`).
         raw_noise: noise already in the simulated raw k-space (default 0: the
             measurement noise is exactly ``rho``).
         slices_per_file, step: volumes of consecutive training slices, every
@@ -863,6 +866,8 @@ def prepare_simulated_dataset(
     }
     if pixel != "fit":  # manifests of the older fit-only sets stay valid
         simulation["pixel"] = pixel
+    if [float(x) for x in scales] != [1.0]:  # and so do those of the single-scale sets
+        simulation["scales"] = [float(x) for x in scales]
     opts = PrepOptions(
         accel=accel, noise_rho=rho, size=size, acquisition=None, skip_last=0, val_fraction=val_fraction,
         seed=seed, center_lines=center_lines, workers=workers,
@@ -877,7 +882,8 @@ def prepare_simulated_dataset(
         except (OSError, ValueError):
             pass
     with tempfile.TemporaryDirectory(prefix="mrimsm-sim-raw-") as tmp:
-        write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed, pixel=pixel)
+        write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed, pixel=pixel,
+                            scales=scales)
         prepare_dataset(tmp, out_dir, opts, progress=progress, on_start=on_start,
                         extra_manifest={"simulation": simulation})
     return out_dir

@@ -136,25 +136,34 @@ def _pad_or_crop(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def mni_slices(orientation: str, indices: Sequence[int], size: int, pixel: str = "fit") -> np.ndarray:
+def mni_slices(orientation: str, indices: Sequence[int], size: int, pixel: str = "fit",
+               scale: float = 1.0) -> np.ndarray:
     """Slices of the MNI152 T1 template as ``size x size`` images.
 
     ``pixel="fit"``: each slice is zero-padded to a 233 x 233 square (the
     volume's largest side, so all orientations share one pixel size) and
     resized with anti-aliasing. ``pixel="native"``: the slice keeps its 1 mm
-    pixels and is centre zero-padded (or cropped) to ``size`` (no resampling).
+    pixels and is centre zero-padded (or cropped) to ``size`` (no resampling),
+    unless ``scale`` differs from 1: then the slice is first resampled by ``scale``
+    (anti-aliased, linear), i.e. to pixels of ``1 / scale`` mm. Real scans differ in
+    field of view and resolution (fastMRI brain: about 0.7 mm pixels), and the averaged
+    template is smoother than one person's anatomy: resampled by ``scale < 1`` it packs
+    more detail into each pixel. A prior meant for many scans can see several scales.
 
     Args:
         orientation: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         indices: slice indices along the orientation's axis.
         size: output side.
         pixel: ``"fit"`` or ``"native"`` (:data:`PIXEL_MODES`).
+        scale: ``pixel="native"`` only: resampling factor (> 0; 1 keeps 1 mm pixels).
 
     Returns:
         ``(N, size, size)`` float32, values in about [0, 1].
     """
     if pixel not in PIXEL_MODES:
         raise MrimsmError(f"unknown pixel mode {pixel!r}; use fit or native")
+    if not scale > 0 or (pixel != "native" and scale != 1.0):
+        raise MrimsmError(f"scale {scale!r} needs pixel native and a value > 0")
     axis = _orient_axis(orientation)
     vol = mni_volume()
     side = max(vol.shape)
@@ -164,7 +173,12 @@ def mni_slices(orientation: str, indices: Sequence[int], size: int, pixel: str =
             raise MrimsmError(f"{orientation} slice {idx} out of range 0..{vol.shape[axis] - 1}")
         sl = _raw_slice(vol, orientation, int(idx))
         if pixel == "native":
-            out[k] = _pad_or_crop(np.ascontiguousarray(sl, dtype=np.float32), size)
+            sl = np.ascontiguousarray(sl, dtype=np.float32)
+            if scale != 1.0:
+                from skimage.transform import rescale
+
+                sl = rescale(sl, scale, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+            out[k] = _pad_or_crop(sl, size)
             continue
         from skimage.transform import resize
 
@@ -393,8 +407,10 @@ def simulate_volume_file(
     oversample_readout: bool = True,
     seed: int = 0,
     pixel: str = "fit",
+    scale: float = 1.0,
 ) -> Path:
-    """Simulate MNI slices as one fastMRI multi-coil "volume" file.
+    """Simulate MNI slices as one fastMRI multi-coil "volume" file (``pixel``, ``scale``:
+    see :func:`mni_slices`).
 
     Slice ``k`` uses seed ``seed * 1000 + k`` for its phase and noise, so a file
     is a deterministic function of its arguments.
@@ -405,7 +421,7 @@ def simulate_volume_file(
         ``acquisition`` (e.g. ``AXT1``: the template is T1-weighted), ``max``,
         ``norm``, ``patient_id``.
     """
-    images = mni_slices(orientation, indices, size, pixel)
+    images = mni_slices(orientation, indices, size, pixel, scale)
     sims = [
         simulate_multicoil(im, num_coils, noise_std, oversample_readout, seed=seed * 1000 + k)
         for k, im in enumerate(images)
@@ -416,7 +432,8 @@ def simulate_volume_file(
         "acquisition": f"{_ACQ_PREFIX[orientation]}T1",
         "patient_id": f"mni152-{orientation}-{indices[0]}-{indices[-1]}-s{seed}",
         "simulated_from": f"MNI152 ICBM2009a T1 {orientation} slices {list(map(int, indices))}"
-                          + (" at native 1 mm pixels" if pixel == "native" else ""),
+                          + (("" if pixel != "native" else " at native 1 mm pixels" if scale == 1.0
+                             else f" at {1 / scale:.3g} mm pixels (resampled by {scale:g})")),
         "noise_std": float(noise_std),
     }
     return write_fastmri_file(path, kspace, ref, attrs)
@@ -433,28 +450,38 @@ def write_simulated_raw(
     seed: int = 0,
     oversample_readout: bool = True,
     pixel: str = "fit",
+    scales: Sequence[float] = (1.0,),
 ) -> list[Path]:
     """Write one split of the MNI slices as fastMRI multi-coil "volumes".
 
     Every orientation's slices (:func:`mni_split_indices` with ``step``) are cut
     into files of ``slices_per_file`` consecutive slices, named
     ``mni_<orientation>_<first>-<last>.h5``; file ``v`` of orientation ``o`` uses
-    seed ``seed * 100 + 20 * o + v``.
+    seed ``seed * 100 + 20 * o + v``. With ``pixel="native"``, each of ``scales``
+    (see :func:`mni_slices`) writes its own files; scale ``k`` > 0 in the list adds
+    ``_x<scale>`` to the name and ``10000 * k`` to the seed, so the files of the
+    first scale are those written without ``scales``.
 
     Returns:
         The written paths, in order.
     """
     if slices_per_file < 1 or step < 1:
         raise MrimsmError("slices_per_file and step must be >= 1")
+    scales = [float(x) for x in scales]
+    if not scales or len(set(scales)) != len(scales):
+        raise MrimsmError(f"scales must be distinct and not empty, got {scales}")
     raw_dir = Path(raw_dir)
     paths = []
-    for o_i, orientation in enumerate(ORIENTATIONS):
-        idx = mni_split_indices(orientation, split, step=step)
-        for v, start in enumerate(range(0, len(idx), slices_per_file)):
-            chunk = idx[start : start + slices_per_file]
-            path = raw_dir / f"mni_{orientation}_{chunk[0]:03d}-{chunk[-1]:03d}.h5"
-            paths.append(simulate_volume_file(path, orientation, chunk, size, num_coils, noise_std,
-                                              oversample_readout, seed=seed * 100 + o_i * 20 + v, pixel=pixel))
+    for k, scale in enumerate(scales):
+        tag = "" if k == 0 else f"_x{scale:g}"
+        for o_i, orientation in enumerate(ORIENTATIONS):
+            idx = mni_split_indices(orientation, split, step=step)
+            for v, start in enumerate(range(0, len(idx), slices_per_file)):
+                chunk = idx[start : start + slices_per_file]
+                path = raw_dir / f"mni_{orientation}_{chunk[0]:03d}-{chunk[-1]:03d}{tag}.h5"
+                paths.append(simulate_volume_file(path, orientation, chunk, size, num_coils, noise_std,
+                                                  oversample_readout, seed=seed * 100 + o_i * 20 + v + 10000 * k,
+                                                  pixel=pixel, scale=scale))
     return paths
 
 

@@ -54,6 +54,8 @@ def _simulated_dir(cfg: Config) -> Path:
     name = f"sim-{sim.size}px-{sim.num_coils}c-r{sim.accel:g}-cl{cl}-rho{sim.rho:g}-seed{sim.seed}"
     if sim.pixel != "fit":
         name += f"-{sim.pixel}"
+    if [float(x) for x in sim.scales] != [1.0]:
+        name += "-x" + "_".join(f"{float(x):g}" for x in sim.scales)
     return base / name
 
 
@@ -81,7 +83,7 @@ def ensure_simulated_dataset(cfg: Config, dist_info: distributed.DistInfo, echo:
         out.parent.mkdir(parents=True, exist_ok=True)
         prepare_simulated_dataset(
             out, size=sim.size, num_coils=sim.num_coils, accel=sim.accel, rho=sim.rho, seed=sim.seed,
-            center_lines=sim.center_lines, pixel=sim.pixel, workers=max(1, int(workers)),
+            center_lines=sim.center_lines, pixel=sim.pixel, scales=sim.scales, workers=max(1, int(workers)),
         )
     distributed.barrier(dist_info)
     return out
