@@ -95,6 +95,11 @@ def test_simulated_raw_scales_add_files_and_keep_the_first(tmp_path):
         assert (ref_c > 0.1).sum() < 0.6 * (ref_a > 0.1).sum()  # 0.7^2 = 0.49 of the area
     with pytest.raises(MrimsmError, match="distinct"):
         sm.write_simulated_raw(tmp_path / "c", "heldout", scales=[1.0, 1.0], **kw)
+    par = sm.write_simulated_raw(tmp_path / "d", "heldout", scales=[1.0, 0.7], workers=2, **kw)
+    assert [p.name for p in par] == [p.name for p in two]
+    for a, b in zip(par, two):
+        with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+            np.testing.assert_array_equal(fa["kspace"][()], fb["kspace"][()])
 
 
 @pytest.mark.parametrize("orientation", sm.ORIENTATIONS)

@@ -883,7 +883,7 @@ def prepare_simulated_dataset(
             pass
     with tempfile.TemporaryDirectory(prefix="mrimsm-sim-raw-") as tmp:
         write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed, pixel=pixel,
-                            scales=scales)
+                            scales=scales, workers=workers)
         prepare_dataset(tmp, out_dir, opts, progress=progress, on_start=on_start,
                         extra_manifest={"simulation": simulation})
     return out_dir

@@ -451,6 +451,7 @@ def write_simulated_raw(
     oversample_readout: bool = True,
     pixel: str = "fit",
     scales: Sequence[float] = (1.0,),
+    workers: int = 1,
 ) -> list[Path]:
     """Write one split of the MNI slices as fastMRI multi-coil "volumes".
 
@@ -460,7 +461,8 @@ def write_simulated_raw(
     seed ``seed * 100 + 20 * o + v``. With ``pixel="native"``, each of ``scales``
     (see :func:`mni_slices`) writes its own files; scale ``k`` > 0 in the list adds
     ``_x<scale>`` to the name and ``10000 * k`` to the seed, so the files of the
-    first scale are those written without ``scales``.
+    first scale are those written without ``scales``. ``workers`` > 1 writes the files
+    in that many processes (the files do not depend on it).
 
     Returns:
         The written paths, in order.
@@ -471,7 +473,7 @@ def write_simulated_raw(
     if not scales or len(set(scales)) != len(scales):
         raise MrimsmError(f"scales must be distinct and not empty, got {scales}")
     raw_dir = Path(raw_dir)
-    paths = []
+    jobs = []  # simulate_volume_file arguments, in file order
     for k, scale in enumerate(scales):
         tag = "" if k == 0 else f"_x{scale:g}"
         for o_i, orientation in enumerate(ORIENTATIONS):
@@ -479,10 +481,20 @@ def write_simulated_raw(
             for v, start in enumerate(range(0, len(idx), slices_per_file)):
                 chunk = idx[start : start + slices_per_file]
                 path = raw_dir / f"mni_{orientation}_{chunk[0]:03d}-{chunk[-1]:03d}{tag}.h5"
-                paths.append(simulate_volume_file(path, orientation, chunk, size, num_coils, noise_std,
-                                                  oversample_readout, seed=seed * 100 + o_i * 20 + v + 10000 * k,
-                                                  pixel=pixel, scale=scale))
-    return paths
+                jobs.append((path, orientation, chunk, size, num_coils, noise_std, oversample_readout,
+                             seed * 100 + o_i * 20 + v + 10000 * k, pixel, scale))
+    if workers <= 1 or len(jobs) <= 1:
+        return [simulate_volume_file(*job) for job in jobs]
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_simulate_job, jobs))
+
+
+def _simulate_job(job: tuple) -> Path:
+    """:func:`simulate_volume_file` on one argument tuple (a picklable worker entry)."""
+    return simulate_volume_file(*job)
 
 
 def make_sample_file(
