@@ -266,3 +266,15 @@ def test_prepare_simulated_dataset_uses_training_slices_only(tmp_path):
     assert (out / "manifest.json").stat().st_mtime_ns == before  # cached
     with pytest.raises(MrimsmError, match="multiple of 16"):
         prepare_simulated_dataset(tmp_path / "bad", size=50)
+
+
+def test_prepare_simulated_dataset_with_scales(tmp_path):
+    kw = dict(size=64, num_coils=2, rho=0.1, step=24, slices_per_file=4, pixel="native")
+    one = prepare_simulated_dataset(tmp_path / "one", **kw)
+    two = prepare_simulated_dataset(tmp_path / "two", scales=[1.0, 0.5], workers=2, **kw)
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
+    assert "scales" not in m1["simulation"] and m2["simulation"]["scales"] == [1.0, 0.5]
+    n1 = sum(m1["counts"]["slices"].values())
+    assert sum(m2["counts"]["slices"].values()) == 2 * n1
+    names = {s["name"] for s in m2["shards"]}
+    assert {s["name"] for s in m1["shards"]} < names and any(n.endswith("_x0.5.h5") for n in names)
