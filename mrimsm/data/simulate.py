@@ -459,7 +459,7 @@ def write_simulated_raw(
     into files of ``slices_per_file`` consecutive slices, named
     ``mni_<orientation>_<first>-<last>.h5``; file ``v`` of orientation ``o`` uses
     seed ``seed * 100 + 20 * o + v``. With ``pixel="native"``, each of ``scales``
-    (see :func:`mni_slices`) writes its own files; scale ``k`` > 0 in the list adds
+    (see :func:`mni_slices`) writes its own files; the scale at position ``k >= 1`` of the list adds
     ``_x<scale>`` to the name and ``10000 * k`` to the seed, so the files of the
     first scale are those written without ``scales``. ``workers`` > 1 writes the files
     in that many processes (the files do not depend on it).
