@@ -210,3 +210,12 @@ def test_data_is_prepared_with_the_workers_asked_for(tmp_path, monkeypatch):
     cfg = load_config(_small_config(tmp_path, simulated={"size": 64, "num_coils": 4, "accel": 4, "rho": 0.0}))
     assert _recipe()._prepare_data(cfg, 3) >= 0
     assert seen["workers"] == 3 and seen["size"] == 64 and seen["num_coils"] == 4
+
+
+def test_bundle_wheels_for_another_python_are_skipped():
+    fits = _recipe().wheel_fits_this_python
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert fits("sigpy-0.1.27-1-py3-none-any.whl") and fits("nibabel-5.4.2-py3-none-any.whl")
+    assert fits(f"pywavelets-1.8.0-{here}-{here}-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
+    other = "cp39" if here != "cp39" else "cp310"
+    assert not fits(f"pywavelets-1.8.0-{other}-{other}-manylinux_2_17_x86_64.whl")

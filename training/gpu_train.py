@@ -172,6 +172,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 # -- train (there) ---------------------------------------------------------------------
 
 
+def wheel_fits_this_python(name: str) -> bool:
+    """Whether a wheel file name's Python tag (``py3``, ``cp312``, ``cp311.cp312`` ...) admits
+    the running interpreter. Only the tag is read; the platform tags are the bundle maker's
+    business (manylinux x86_64, like both machines)."""
+    parts = name[:-4].split("-")
+    if len(parts) < 5:
+        return True
+    here = f"{sys.version_info.major}{sys.version_info.minor}"
+    for tag in parts[-3].split("."):
+        if tag in ("py3", f"py{here}", f"cp{here}") or tag == f"py{sys.version_info.major}":
+            return True
+    return False
+
+
 def install_bundle(bundle: Optional[Path], site: Path) -> None:
     """Make the bundle importable: its wheels installed into ``site`` (no index, no
     dependencies), ``site`` and the bundle (the template's ``nilearn/`` folder, a
@@ -182,7 +196,11 @@ def install_bundle(bundle: Optional[Path], site: Path) -> None:
     bundle = Path(bundle).resolve()
     if not bundle.is_dir():
         raise SystemExit(f"--bundle {bundle} is not a directory (make it with: gpu_train.py bundle {bundle})")
-    wheels = sorted((bundle / "wheels").glob("*.whl"))
+    wheels, skipped = [], []
+    for w in sorted((bundle / "wheels").glob("*.whl")):
+        (wheels if wheel_fits_this_python(w.name) else skipped).append(w)
+    if skipped:  # e.g. the GPU image's cp312 pywavelets, run on this 3.11 CPU (which has its own)
+        _say(f"skipped wheels built for another Python: {', '.join(w.name for w in skipped)}")
     paths = [str(bundle)]
     if wheels:
         site.mkdir(parents=True, exist_ok=True)
