@@ -179,11 +179,9 @@ def wheel_fits_this_python(name: str) -> bool:
     parts = name[:-4].split("-")
     if len(parts) < 5:
         return True
-    here = f"{sys.version_info.major}{sys.version_info.minor}"
-    for tag in parts[-3].split("."):
-        if tag in ("py3", f"py{here}", f"cp{here}") or tag == f"py{sys.version_info.major}":
-            return True
-    return False
+    major, minor = sys.version_info[:2]
+    admitted = {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"}
+    return any(tag in admitted for tag in parts[-3].split("."))
 
 
 def install_bundle(bundle: Optional[Path], site: Path) -> None:
