@@ -15,6 +15,10 @@ Test sets (never trained on):
   i.e. at pixels of ``1 / s`` mm (0.7: 1.43 mm, more detail per pixel than the smooth
   template at 1 mm; the dipy slice is at about 1 mm: its brain is 142 pixels wide, the
   template's coronal slices 133-145).
+* ``mni<size>c<N>`` (``--columns``, none by default): the ``mni<size>`` slices and seeds in
+  ``N`` columns, the object in the middle of a wider phase-encode field of view, as in
+  fastMRI brain's 768 x 396 files (320 x 396 after the readout crop; the UNet zero-pads
+  396 to 416 and crops back). Its masks differ from ``mni<size>``'s (another width).
 * ``dipy``: a real individual T1 coronal slice, 256 x 256 (about 1 mm), shipped inside
   the dipy wheel (``dipy/data/files/t1_coronal_slice.npy``). dipy is not a dependency:
   pass ``--dipy`` a downloaded wheel (``pip download dipy --no-deps``), the ``.npy``
@@ -112,6 +116,16 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
                                      seed=k, pixel="native", scale=scale)
                 for k, (o, idx) in enumerate(C.heldout_selection(args.slices))
             ]
+        for columns in [c for c in args.columns if c > size]:
+            # the same slices and seeds in a wider phase-encode field of view (fastMRI brain: 320 x 396)
+            name = f"mni{size}c{columns}"
+            d = work / name
+            d.mkdir(parents=True, exist_ok=True)
+            sets[name] = [
+                simulate_volume_file(d / f"heldout_{o}.h5", o, idx, size, args.coils, noise, True,
+                                     seed=k, pixel="native", columns=columns)
+                for k, (o, idx) in enumerate(C.heldout_selection(args.slices))
+            ]
     img = dipy_slice(args.dipy)
     if img is not None:
         sim = simulate_multicoil(img, args.coils, noise, oversample_readout=True, seed=7)
@@ -186,6 +200,9 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 320])
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
                     help="MNI sets at pixels of 1 / scale mm (default 1: the native 1 mm)")
+    ap.add_argument("--columns", type=int, nargs="+", default=[],
+                    help="also each size's MNI set in this many columns (phase-encode oversampling, "
+                         "e.g. 396: fastMRI brain's 320 x 396 matrices); set mni<size>c<columns>")
     ap.add_argument("--dipy", type=Path, default=None, help="dipy wheel or t1_coronal_slice.npy")
     ap.add_argument("--methods", nargs="+", default=["zero-filled", "cs", "sense", "msm"], choices=list(LABELS))
     ap.add_argument("--ssdu-checkpoint", type=Path, default=None,
@@ -267,8 +284,8 @@ def main() -> int:
                 for rec in records:
                     rec.result = None  # the images were kept for the foreground PSNR only
                 models = sorted({r.info.get("model", "") for r in records if r.info.get("model")})
-                size = vols[float(args.accels[0])][0].kspace.shape[-1]
-                lines += [f"## {name}: {rows[0]['slices']} slices, {size} x {size}"
+                height, width = vols[float(args.accels[0])][0].kspace.shape[-2:]
+                lines += [f"## {name}: {rows[0]['slices']} slices, {height} x {width}"
                           + (f"; models: {'; '.join(models)}" if models else ""), ""]
                 lines.append(C.md_table(["R", "method", *C.METRIC_HEADER, "PSNR dB (foreground)",
                                          "noise-free ref: PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)",

@@ -337,6 +337,33 @@ def test_fresh_unet_denoiser_passes_the_input_through_at_low_noise():
     assert torch.allclose(x0, u / float(SCH.alpha_bar(0)) ** 0.5 * c_skip, atol=1e-5)
 
 
+def test_denoiser_pads_sides_its_unet_cannot_halve_and_crops_back():
+    """A 20 x 26 image on a UNet that halves twice (divisor 4): the backbone sees the image
+    zero-padded about the centre to 20 x 28 and its output is cropped back, the same
+    numbers as padding by hand; divisible sizes go through untouched."""
+    torch.manual_seed(0)
+    net = UNet(2, 2, model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+               attention_resolutions=(), num_head_channels=16, image_size=16)
+    for p in net.out.parameters():
+        torch.nn.init.normal_(p, std=0.1)  # a network whose output depends on the input
+    den = MSMDenoiser(net, SCH).eval()
+    assert net.divisor == 4
+    with pytest.raises(ValueError, match="not divisible"):
+        net(torch.randn(1, 2, 20, 26), torch.tensor([3.0]))
+    h = torch.randn(2, 2, 20, 26)
+    t = torch.tensor([5.0, 40.0])
+    with torch.no_grad():
+        got = den._backbone_padded(h, t)
+        want = net(torch.nn.functional.pad(h, (1, 1, 0, 0)), t)[..., 1:27]
+        assert got.shape == h.shape and torch.equal(got, want)
+        even = torch.randn(1, 2, 16, 16)
+        assert torch.equal(den._backbone_padded(even, t[:1]), net(even, t[:1]))
+        # the whole denoiser, complex in and out, at the odd size
+        u = torch.randn(2, 20, 26, dtype=torch.complex64)
+        x0 = den(u, torch.tensor([10, 100]))
+    assert x0.shape == u.shape and x0.dtype == torch.complex64 and torch.isfinite(torch.view_as_real(x0)).all()
+
+
 # -- where the skip connection acts (diffusion.skip) ---------------------------------------
 
 

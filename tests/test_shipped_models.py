@@ -60,12 +60,12 @@ def test_shipped_prior_chosen_by_scan_size(monkeypatch, tmp_path):
     from mrimsm.errors import MrimsmError
 
     assert shipped.choose_shipped_prior((64, 64)).file == "default_msm.pt"
-    for bad in [(100, 100), (64, 128), (400, 400), (320, 300)]:
+    for bad in [(100, 100), (64, 128), (440, 440), (320, 420), (191, 256)]:
         with pytest.raises(MrimsmError, match="no shipped MSM model reconstructs"):
             shipped.choose_shipped_prior(bad)
-    # the 256 slot: 192..384 in steps of 32; a one-line error while its file is missing
+    # the 256 slot: any side 192..416; a one-line error while its file is missing
     monkeypatch.setattr(shipped, "ASSETS", tmp_path)
-    for shape in [(256, 256), (320, 320), (192, 384)]:
+    for shape in [(256, 256), (320, 320), (192, 416), (320, 396), (300, 330)]:
         with pytest.raises(MrimsmError, match="default_msm256.pt is not installed"):
             shipped.choose_shipped_prior(shape)
     (tmp_path / "default_msm256.pt").write_bytes(b"")
@@ -79,19 +79,20 @@ def test_size_range_of_a_checkpoint():
     from mrimsm.errors import MrimsmError
 
     native = {"data": {"simulated": {"pixel": "native"}}, "model": {"channel_mult": [1, 2, 4, 4, 4, 4]}}
-    assert size_range(native, (256, 256)) == (192, 384, 32)
+    assert size_range(native, (256, 256)) == (192, 416)
     prior = SHIPPED_PRIORS[1]  # the table entry agrees with the rule for its config
-    assert (prior.min_side, prior.max_side, prior.multiple) == size_range(native, (256, 256))
-    check_scan_size(native, (256, 256), (320, 320), "m.pt")
+    assert (prior.min_side, prior.max_side) == size_range(native, (256, 256))
+    for ok in [(320, 320), (320, 396), (330, 330), (192, 416)]:  # the UNet pads what it cannot halve
+        check_scan_size(native, (256, 256), ok, "m.pt")
     fit = {"data": {"simulated": {"size": 64}}, "model": {"channel_mult": [1, 2, 4]}}
-    assert size_range(fit, (64, 64)) == (64, 64, 1)
+    assert size_range(fit, (64, 64)) == (64, 64)
     check_scan_size(fit, (64, 64), (64, 64), "m.pt")
     with pytest.raises(MrimsmError, match=r"m.pt reconstructs 64 x 64 only"):
         check_scan_size(fit, (64, 64), (128, 128), "m.pt")
-    with pytest.raises(MrimsmError, match=r"reconstructs 192-384 \(multiples of 32\)"):
-        check_scan_size(native, (256, 256), (400, 400), "m.pt")
-    with pytest.raises(MrimsmError, match="192-384"):
-        check_scan_size(native, (256, 256), (330, 330), "m.pt")
+    with pytest.raises(MrimsmError, match=r"reconstructs sides 192-416; train a model"):
+        check_scan_size(native, (256, 256), (440, 440), "m.pt")
+    with pytest.raises(MrimsmError, match="192-416"):
+        check_scan_size(native, (256, 256), (180, 256), "m.pt")
 
 
 def test_shipped_models_beat_zero_filled_on_the_sample(fastmri_sample):
@@ -111,7 +112,9 @@ def test_shipped_models_beat_zero_filled_on_the_sample(fastmri_sample):
         assert got["ssim_slice"] > zf["ssim_slice"], (method, got, zf)
 
 
-def test_the_256_prior_is_shipped_small_and_serves_256_and_320(tmp_path, capsys):
+def test_the_256_prior_is_shipped_small_and_serves_a_320_by_396_scan(tmp_path, capsys):
+    """The shipped 256 prior on a fastMRI-brain-like matrix: 640 x 396 k-space (readout and
+    phase-encode oversampled), 320 x 320 reference; 396 is no multiple of the UNet's 32."""
     from mrimsm.data.simulate import mni_split_indices, simulate_volume_file
     from mrimsm.diffusion.shipped import SHIPPED_PRIORS, size_range
 
@@ -121,10 +124,12 @@ def test_the_256_prior_is_shipped_small_and_serves_256_and_320(tmp_path, capsys)
     assert ckpt["method"] == "msm" and "optimizer" not in ckpt and ckpt["meta"]["export"]["inference_only"]
     assert list(ckpt["meta"]["image_shape"]) == [256, 256]
     assert ckpt["config"]["data"]["simulated"]["pixel"] == "native"
-    assert size_range(ckpt["config"], (256, 256)) == (prior.min_side, prior.max_side, prior.multiple)
-    # one held-out slice at 320 x 320 (the 256 model's documented range), a few steps
+    assert size_range(ckpt["config"], (256, 256)) == (prior.min_side, prior.max_side)
+    # one held-out slice at 320 x 320 in 396 columns (the 256 model's documented range), a few steps
     f = simulate_volume_file(tmp_path / "scan320.h5", "axial", mni_split_indices("axial", "heldout")[4:5], 320, 4,
-                             0.01, True, seed=3, pixel="native")
+                             0.01, True, seed=3, pixel="native", columns=396)
+    with h5py.File(f) as h:
+        assert h["kspace"].shape == (1, 4, 640, 396) and h["reconstruction_rss"].shape == (1, 320, 320)
     rc = main(["recon", str(f), "--accel", "6", "-o", str(tmp_path / "out"), "--method", "msm",
                "--steps", "2", "--w", "1", "--samples", "1", "--threads", "1", "-q"])
     captured = capsys.readouterr()
@@ -172,7 +177,7 @@ def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
 
 
 def test_recon_ssdu_picks_the_shipped_ssdu_by_scan_size(monkeypatch, tmp_path, capsys):
-    """64 x 64 -> default_ssdu.pt, 192-384 -> default_ssdu256.pt (one-line error when it is
+    """64 x 64 -> default_ssdu.pt, sides 192-416 -> default_ssdu256.pt (one-line error when it is
     not installed), any other size a one-line error; --ssdu-checkpoint runs on any size."""
     import shutil
 

@@ -139,6 +139,20 @@ def test_simulation_forward_model_noiseless():
     assert np.ptp(ph) > 0.3
 
 
+def test_simulation_phase_encode_oversampling_widens_the_columns_only():
+    """``columns``: the object in the middle of a wider phase-encode field of view (as in
+    fastMRI brain's 768 x 396 files); same object, same reference, zero elsewhere."""
+    img = sm.mni_slices("axial", [80], 32)[0]
+    s = sm.simulate_multicoil(img, num_coils=4, noise_std=0.0, oversample_readout=True, seed=4, columns=40)
+    assert s["kspace"].shape == (4, 64, 40) and s["image"].shape == (64, 40)
+    np.testing.assert_allclose(coil_images(s["kspace"]), s["maps"] * s["image"], atol=1e-5)
+    np.testing.assert_allclose(np.abs(s["image"][16:48, 4:36]), img, atol=1e-5)
+    assert np.all(s["image"][:, :4] == 0) and np.all(s["image"][:, 36:] == 0)
+    np.testing.assert_allclose(s["reconstruction_rss"], img, atol=1e-5)
+    with pytest.raises(MrimsmError, match="columns"):
+        sm.simulate_multicoil(img, columns=30)
+
+
 def test_simulation_noise_level_and_determinism():
     img = sm.mni_slices("coronal", [118], 32)[0]
     clean = sm.simulate_multicoil(img, 8, 0.0, False, seed=7)["kspace"]

@@ -60,7 +60,8 @@ from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
-from mrimsm.utils import atomic_path, check_output, file_sha256, set_threads
+from mrimsm.utils import atomic_path, check_output, file_sha256
+from mrimsm.workers import process_map
 
 __all__ = [
     "PrepOptions",
@@ -495,13 +496,6 @@ def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> d
     return summary
 
 
-def _worker_init(threads: int) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
-    set_threads(threads)
-
-
 # -- the pipeline --------------------------------------------------------------------
 
 
@@ -782,28 +776,13 @@ def _execute(tasks: list[dict], opts: PrepOptions, progress: Optional[Callable[[
             results.append(_run_task(t, progress))
             check_interrupt()
         return results
-    import concurrent.futures as cf
-    import multiprocessing as mp
 
-    threads = max(1, (os.cpu_count() or 1) // opts.workers)
-    pool = cf.ProcessPoolExecutor(
-        max_workers=opts.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
-    )
-    try:
-        futures = {pool.submit(_run_task, t): t for t in tasks}
-        for fut in cf.as_completed(futures):
-            res = fut.result()
-            results.append(res)
-            if progress is not None:
-                progress(len(futures[fut]["slices"]))
-            check_interrupt()
-    except BaseException:
-        workers = list(getattr(pool, "_processes", {}).values())  # stop them now, not after their volume
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in workers:
-            proc.terminate()
-        raise
-    pool.shutdown()
+    def done(task: dict, res: dict) -> None:
+        results.append(res)
+        if progress is not None:
+            progress(len(task["slices"]))
+
+    process_map(_run_task, tasks, opts.workers, on_result=done)
     return results
 
 

@@ -269,6 +269,7 @@ def simulate_multicoil(
     oversample_readout: bool = False,
     seed: int = 0,
     phase: bool = True,
+    columns: Optional[int] = None,
 ) -> dict:
     """Simulate one multi-coil acquisition of an image.
 
@@ -281,10 +282,14 @@ def simulate_multicoil(
             brain data is oversampled by 2 along the readout (rows).
         seed: seeds the phase map and the noise.
         phase: multiply a real image by a smooth random phase.
+        columns: zero-pad the image's columns to this many (``>= w``) first:
+            phase-encode oversampling, as in fastMRI brain files of 768 x 396
+            (``None``: ``w``). The reference stays ``(h, w)``.
 
     Returns:
-        dict with ``kspace`` ``(C, H', W)`` complex64 (``H' = 2h`` or ``h``),
-        ``maps`` ``(C, H', W)`` complex64, ``image`` ``(H', W)`` complex64 (the
+        dict with ``kspace`` ``(C, H', W)`` complex64 (``H' = 2h`` or ``h``,
+        ``W = columns or w``), ``maps`` ``(C, H', W)`` complex64, ``image``
+        ``(H', W)`` complex64 (the
         noiseless object on the k-space grid), ``reconstruction_rss`` ``(h, w)``
         float32 (RSS of the noisy k-space, centre-cropped as fastMRI does).
     """
@@ -299,10 +304,13 @@ def simulate_multicoil(
     if phase and not np.iscomplexobj(img):
         x = x * np.exp(1j * smooth_phase((h, w), rng)).astype(np.complex64)
     grid_h = 2 * h if oversample_readout else h
-    x_full = np.zeros((grid_h, w), dtype=np.complex64)
-    top = (grid_h - h) // 2
-    x_full[top : top + h] = x
-    maps = birdcage_coil_maps(num_coils, (grid_h, w), object_shape=(h, w))
+    grid_w = w if columns is None else int(columns)
+    if grid_w < w:
+        raise MrimsmError(f"columns ({grid_w}) must be at least the image width ({w})")
+    x_full = np.zeros((grid_h, grid_w), dtype=np.complex64)
+    top, left = (grid_h - h) // 2, (grid_w - w) // 2
+    x_full[top : top + h, left : left + w] = x
+    maps = birdcage_coil_maps(num_coils, (grid_h, grid_w), object_shape=(h, w))
     kspace = _fft2c(maps * x_full[None]).astype(np.complex64)
     if noise_std > 0:
         noise = rng.standard_normal((2,) + kspace.shape).astype(np.float32) * np.float32(noise_std)
@@ -408,22 +416,24 @@ def simulate_volume_file(
     seed: int = 0,
     pixel: str = "fit",
     scale: float = 1.0,
+    columns: Optional[int] = None,
 ) -> Path:
     """Simulate MNI slices as one fastMRI multi-coil "volume" file (``pixel``, ``scale``:
-    see :func:`mni_slices`).
+    see :func:`mni_slices`; ``columns``: phase-encode oversampling, see
+    :func:`simulate_multicoil`).
 
     Slice ``k`` uses seed ``seed * 1000 + k`` for its phase and noise, so a file
     is a deterministic function of its arguments.
 
     Returns:
-        The path. The file holds ``kspace`` ``(S, C, 2*size or size, size)``,
+        The path. The file holds ``kspace`` ``(S, C, 2*size or size, columns or size)``,
         ``reconstruction_rss`` ``(S, size, size)``, ``ismrmrd_header`` and attrs
         ``acquisition`` (e.g. ``AXT1``: the template is T1-weighted), ``max``,
         ``norm``, ``patient_id``.
     """
     images = mni_slices(orientation, indices, size, pixel, scale)
     sims = [
-        simulate_multicoil(im, num_coils, noise_std, oversample_readout, seed=seed * 1000 + k)
+        simulate_multicoil(im, num_coils, noise_std, oversample_readout, seed=seed * 1000 + k, columns=columns)
         for k, im in enumerate(images)
     ]
     kspace = np.stack([s["kspace"] for s in sims])
@@ -483,13 +493,9 @@ def write_simulated_raw(
                 path = raw_dir / f"mni_{orientation}_{chunk[0]:03d}-{chunk[-1]:03d}{tag}.h5"
                 jobs.append((path, orientation, chunk, size, num_coils, noise_std, oversample_readout,
                              seed * 100 + o_i * 20 + v + 10000 * k, pixel, scale))
-    if workers <= 1 or len(jobs) <= 1:
-        return [simulate_volume_file(*job) for job in jobs]
-    import concurrent.futures as cf
-    import multiprocessing as mp
+    from mrimsm.workers import process_map
 
-    with cf.ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_simulate_job, jobs))
+    return process_map(_simulate_job, jobs, int(workers))
 
 
 def _simulate_job(job: tuple) -> Path:

@@ -162,12 +162,33 @@ class MSMDenoiser(nn.Module):
         if dtype is not None and not self.training:
             # the network alone in reduced precision; the physics around it stays complex64
             with torch.autocast(h.device.type, dtype=dtype):
-                out = self.backbone(h, t32)
+                out = self._backbone_padded(h, t32)
             out = out.float()
         else:
-            out = self.backbone(h, t32)
+            out = self._backbone_padded(h, t32)
         f = from_channels(out, like=x)
         return x, f, k
+
+    def _backbone_padded(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``backbone(h, t)`` for any ``(B, K, H, W)`` float32 ``h``: sides the backbone
+        cannot halve often enough (``backbone.divisor``) are zero-padded, about centred,
+        to the next multiple and the output is cropped back.
+
+        Zero is the background every prior saw around its objects (training slices are
+        zero-padded to the training size), so the padding only widens the empty field
+        of view, as a larger scan matrix would (e.g. fastMRI's 320 x 396 brain scans on a
+        prior trained at 256 x 256). Networks with normalization over the whole image
+        see slightly different statistics, as at any size other than the training size;
+        benchmarks/README.md measures the effect.
+        """
+        divisor = int(getattr(self.backbone, "divisor", 1))
+        height, width = h.shape[-2:]
+        pad_h, pad_w = -height % divisor, -width % divisor
+        if not (pad_h or pad_w):
+            return self.backbone(h, t)
+        top, left = pad_h // 2, pad_w // 2
+        out = self.backbone(nn.functional.pad(h, (left, pad_w - left, top, pad_h - top)), t)
+        return out[..., top : top + height, left : left + width]
 
     def _combine(self, skip_term: torch.Tensor, f: torch.Tensor, k) -> torch.Tensor:
         """``x0`` from the skip term and the backbone's output (``prediction``)."""

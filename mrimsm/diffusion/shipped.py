@@ -7,14 +7,18 @@ the scan's image size (after the readout crop), from :data:`SHIPPED_PRIORS`:
 file (mrimsm/assets/)  trained at      scans it reconstructs (H and W)
 =====================  ==============  ==========================================
 default_msm.pt         64 x 64         exactly 64 x 64 (3.6 mm pixels: the demo)
-default_msm256.pt      256 x 256       192 .. 384, multiples of 32 (1 mm pixels)
+default_msm256.pt      256 x 256       sides 192 .. 416 (1 mm pixels)
 =====================  ==============  ==========================================
 
 A fully convolutional prior may run on a scan of another size when its pixels
 are about the size of the training pixels: a model trained on native-pixel data
-(``data.simulated.pixel: native``, e.g. the 256 x 256 prior) accepts sides from
-3/4 to 3/2 of its training side that its UNet can halve
-``len(channel_mult) - 1`` times (e.g. 320 x 320 on the 256 model). Any other
+(``data.simulated.pixel: native``, e.g. the 256 x 256 prior) accepts each side
+from 3/4 to 13/8 of its training side (192 .. 416 for the 256 model: 320 x 320,
+and fastMRI brain's 320 x 392 / 320 x 396 matrices after the readout crop, whose
+extra columns are phase-encode field of view). Sides the UNet cannot halve
+``len(channel_mult) - 1`` times are zero-padded for the network and cropped back
+(:meth:`mrimsm.diffusion.denoiser.MSMDenoiser._backbone_padded`). The bounds are a
+proxy for the pixel size, which a scan file does not reliably state. Any other
 model (including ``--checkpoint`` models trained on resized data or on prepared
 shards) reconstructs its training size only. Outside the range: a one-line
 :class:`~mrimsm.errors.MrimsmError`.
@@ -47,7 +51,6 @@ class ShippedPrior:
     trained: int
     min_side: int
     max_side: int
-    multiple: int
     description: str
     settings: Optional[str] = None
 
@@ -61,30 +64,30 @@ class ShippedPrior:
         return None if self.settings is None else CONFIGS / self.settings
 
     def serves(self, shape: Sequence[int]) -> bool:
-        return all(self.min_side <= int(s) <= self.max_side and int(s) % self.multiple == 0 for s in shape)
+        return all(self.min_side <= int(s) <= self.max_side for s in shape)
 
     def range_text(self) -> str:
         if self.min_side == self.max_side:
             return f"{self.min_side} x {self.min_side}"
-        return f"{self.min_side}-{self.max_side} (multiples of {self.multiple})"
+        return f"sides {self.min_side}-{self.max_side}"
 
 
 #: The shipped priors, smallest first (see the module docstring).
 SHIPPED_PRIORS: tuple[ShippedPrior, ...] = (
-    ShippedPrior("default_msm.pt", 64, 64, 64, 1, "64 x 64 demonstration prior"),
-    ShippedPrior("default_msm256.pt", 256, 192, 384, 32, "256 x 256 brain prior", "recon_csmri256.yaml"),
+    ShippedPrior("default_msm.pt", 64, 64, 64, "64 x 64 demonstration prior"),
+    ShippedPrior("default_msm256.pt", 256, 192, 416, "256 x 256 brain prior", "recon_csmri256.yaml"),
 )
 
 #: The shipped SSDU baselines, chosen the same way by ``recon --method ssdu`` without
 #: ``--ssdu-checkpoint`` (each trained on the data of the MSM prior of its size).
 SHIPPED_SSDU: tuple[ShippedPrior, ...] = (
-    ShippedPrior("default_ssdu.pt", 64, 64, 64, 1, "64 x 64 demonstration SSDU"),
-    ShippedPrior("default_ssdu256.pt", 256, 192, 384, 32, "256 x 256 brain SSDU"),
+    ShippedPrior("default_ssdu.pt", 64, 64, 64, "64 x 64 demonstration SSDU"),
+    ShippedPrior("default_ssdu256.pt", 256, 192, 416, "256 x 256 brain SSDU"),
 )
 
 
-def size_range(config: Mapping, image_shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(min_side, max_side, multiple)`` of the scans a checkpoint may reconstruct.
+def size_range(config: Mapping, image_shape: Sequence[int]) -> tuple[int, int]:
+    """``(min_side, max_side)`` of the scans a checkpoint may reconstruct (each side).
 
     Args:
         config: the checkpoint's resolved config dict.
@@ -93,11 +96,8 @@ def size_range(config: Mapping, image_shape: Sequence[int]) -> tuple[int, int, i
     side = max(int(s) for s in image_shape)
     sim = (config.get("data") or {}).get("simulated") or {}
     if sim.get("pixel") != "native" or int(image_shape[0]) != int(image_shape[1]):
-        return side, side, 1
-    multiple = 2 ** (len((config.get("model") or {}).get("channel_mult") or [1]) - 1)
-    lo = -(-(3 * side // 4) // multiple) * multiple
-    hi = (3 * side // 2) // multiple * multiple
-    return lo, hi, multiple
+        return side, side
+    return -(-3 * side // 4), 13 * side // 8
 
 
 def check_scan_size(config: Mapping, image_shape: Sequence[int], shape: Sequence[int], path: object) -> None:
@@ -106,10 +106,10 @@ def check_scan_size(config: Mapping, image_shape: Sequence[int], shape: Sequence
     h, w = int(shape[0]), int(shape[1])
     if (h, w) == tuple(int(s) for s in image_shape):
         return
-    lo, hi, mult = size_range(config, image_shape)
-    if all(lo <= s <= hi and s % mult == 0 for s in (h, w)) and lo < hi:
+    lo, hi = size_range(config, image_shape)
+    if all(lo <= s <= hi for s in (h, w)) and lo < hi:
         return
-    what = f"{lo}-{hi} (multiples of {mult})" if lo < hi else f"{image_shape[0]} x {image_shape[1]} only"
+    what = f"sides {lo}-{hi}" if lo < hi else f"{image_shape[0]} x {image_shape[1]} only"
     raise MrimsmError(
         f"the scan is {h} x {w} after readout cropping but {path} reconstructs {what}; "
         f"train a model at this size (prep-fastmri --size) or reconstruct with --method cs"

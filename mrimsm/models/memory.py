@@ -71,7 +71,9 @@ def _profile(net: nn.Module, in_channels: Optional[int]) -> tuple[int, int, int,
 
 def _bytes(profile: tuple, image_hw: Sequence[int], batch: int) -> int:
     kept, largest, attn, side, params = profile
-    r = float(image_hw[0]) * float(image_hw[1]) / (side * side)
+    d = side // 4  # the UNet's divisor: the denoiser zero-pads other sides up to its multiples
+    h, w = (-(-int(s) // d) * d for s in image_hw[:2])
+    r = float(h) * float(w) / (side * side)
     per_image = (kept + 6 * largest) * r + 2 * attn * r * r
     return int(_FLOAT * (batch * per_image + params))
 

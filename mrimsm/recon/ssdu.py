@@ -22,7 +22,7 @@ def _checkpoint_option(options: Mapping[str, Any]) -> Optional[Path]:
 def make_ssdu_method(options: Mapping[str, Any]) -> ReconMethod:
     """The recon pipeline's factory: ``options["ssdu_checkpoint"]`` (or
     ``options["checkpoints"]["ssdu"]``), else the shipped SSDU for the scan's size
-    (:data:`mrimsm.diffusion.shipped.SHIPPED_SSDU`: 64 x 64, or 192-384 for the 256 x 256
+    (:data:`mrimsm.diffusion.shipped.SHIPPED_SSDU`: 64 x 64, or sides 192-416 for the 256 x 256
     one; a one-line error for other sizes), and ``options["device"]``
     (:func:`~mrimsm.utils.resolve_device`; default: CUDA when present). The method
     reconstructs each batch with every acquired line (``Theta`` = the acquisition mask);
