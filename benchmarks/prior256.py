@@ -130,7 +130,8 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
     if img is not None:
         sim = simulate_multicoil(img, args.coils, noise, oversample_readout=True, seed=7)
         path = write_fastmri_file(work / "dipy_t1_coronal.h5", sim["kspace"][None], sim["reconstruction_rss"][None],
-                                  {"acquisition": "CORT1", "simulated_from": "dipy t1_coronal_slice.npy"})
+                                  {"acquisition": "CORT1", "simulated_from": "dipy t1_coronal_slice.npy"},
+                                  pixel_mm=1.0)  # about 1 mm (module docstring); the slice states none
         sets["dipy"] = [path]
     return sets
 

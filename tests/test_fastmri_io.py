@@ -11,6 +11,7 @@ from mrimsm.data.fastmri_io import (
     MultiCoilFile,
     coil_images,
     crop_to_reconstruction,
+    pixel_size_from_header,
     read_header,
     read_multicoil,
     recon_size_from_header,
@@ -72,6 +73,25 @@ def test_recon_size_without_header_falls_back_to_kspace(fastmri_factory):
     assert f.ismrmrd_header is None
     assert recon_size_from_header(None) is None
     assert f.recon_size == (32, 32)  # from reconstruction_rss
+
+
+def test_pixel_size_from_the_header_and_its_gaps(tmp_path):
+    """reconSpace field of view / matrix; written by the simulator from the pixels it used
+    (readout and phase-encode oversampling do not change them); None when not stated."""
+    from mrimsm.data.simulate import ismrmrd_header_xml, mni_split_indices, simulate_volume_file
+
+    # a 320 x 320 reference in a 640 x 396 matrix: rows FOV 224 mm over 320, columns 277.2 mm over 396
+    assert pixel_size_from_header(ismrmrd_header_xml((640, 396), (320, 320), 4, (224.0, 277.2))) == \
+        pytest.approx((0.7, 0.7))
+    assert pixel_size_from_header(ismrmrd_header_xml((64, 32), (32, 32), 4)) == pytest.approx((220 / 32, 220 / 32))
+    for bad in [None, b"", b"<not xml", b'<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"/>',
+                ismrmrd_header_xml((64, 32), (32, 32), 4, (0.0, 220.0))]:
+        assert pixel_size_from_header(bad) is None
+    f = simulate_volume_file(tmp_path / "a.h5", "axial", mni_split_indices("axial", "heldout")[:1], 256, 2,
+                             0.0, True, pixel="native", scale=0.7, columns=300)
+    assert read_multicoil(f).pixel_mm == pytest.approx((1 / 0.7, 1 / 0.7), abs=1e-3)
+    f = simulate_volume_file(tmp_path / "b.h5", "axial", mni_split_indices("axial", "heldout")[:1], 64, 2)
+    assert read_multicoil(f).pixel_mm == pytest.approx((233 / 64, 233 / 64), abs=1e-3)
 
 
 BAD = {

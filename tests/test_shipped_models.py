@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 
 from mrimsm.cli.main import main
 from mrimsm.baselines.ssdu import DEFAULT_CHECKPOINT as SSDU_DEFAULT
@@ -95,6 +96,24 @@ def test_size_range_of_a_checkpoint():
         check_scan_size(native, (256, 256), (180, 256), "m.pt")
 
 
+def test_the_model_line_compares_the_scan_pixels_with_the_training_pixels():
+    from mrimsm.diffusion.shipped import pixel_note, trained_pixel_mm
+
+    native = {"data": {"simulated": {"size": 256, "pixel": "native", "scales": [1.0, 0.7, 1.2]}}}
+    assert trained_pixel_mm(native) == pytest.approx((1 / 1.2, 1 / 0.7))
+    assert trained_pixel_mm({"data": {"simulated": {"size": 256, "pixel": "native"}}}) == (1.0, 1.0)
+    assert trained_pixel_mm({"data": {"simulated": {"size": 64}}}) == pytest.approx((233 / 64,) * 2)
+    assert trained_pixel_mm({"data": {"prepared": "some/dir"}}) is None
+    assert pixel_note(native, None) == ""
+    assert pixel_note(native, (1.0, 1.1)) == "scan pixels 1.00 x 1.10 mm (trained at 0.83-1.43 mm)"
+    assert pixel_note(native, (0.69, 0.69)).endswith("finer than the 0.83-1.43 mm the prior trained at: "
+                                                    "expect lower quality")
+    assert "coarser than" in pixel_note(native, (1.0, 1.8))
+    assert pixel_note({"data": {"prepared": "d"}}, (0.69, 0.69)) == "scan pixels 0.69 x 0.69 mm"
+    assert pixel_note({"data": {"simulated": {"size": 256, "pixel": "native"}}}, (1.0, 1.0)) == \
+        "scan pixels 1.00 x 1.00 mm (trained at 1.00 mm)"
+
+
 def test_shipped_models_beat_zero_filled_on_the_sample(fastmri_sample):
     """Quality guard of the demo: the shipped MSM (default solver, shortened to 20 steps,
     w = 2, one sample) and SSDU beat zero-filled on the demo sample at R = 6 by a stated
@@ -135,6 +154,7 @@ def test_the_256_prior_is_shipped_small_and_serves_a_320_by_396_scan(tmp_path, c
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "msm model: shipped 256 x 256 brain prior default_msm256.pt" in captured.out
+    assert "; scan pixels 1.00 x 1.00 mm (trained at 0.83-1.43 mm); solver" in captured.out
     assert "solver configs/recon_csmri256.yaml: 2 steps, w 1, 1 samples, start cs at t0 0.05" in captured.out
     out = tmp_path / "out"
     with h5py.File(out if out.is_file() else next(out.glob("*.h5"))) as h:

@@ -39,6 +39,7 @@ __all__ = [
     "rss",
     "coil_images",
     "recon_size_from_header",
+    "pixel_size_from_header",
 ]
 
 _ATTR_KEYS = ("acquisition", "max", "norm", "patient_id")
@@ -84,6 +85,12 @@ class MultiCoilFile:
         if from_header is not None:
             return from_header
         return tuple(int(s) for s in self.kspace.shape[-2:])
+
+    @property
+    def pixel_mm(self) -> Optional[tuple[float, float]]:
+        """``(rows, columns)`` pixel size in mm from the header (:func:`pixel_size_from_header`),
+        or ``None`` when the header does not state it."""
+        return pixel_size_from_header(self.ismrmrd_header)
 
 
 def _plain(value: Any) -> Any:
@@ -268,6 +275,33 @@ def recon_size_from_header(header: Optional[bytes]) -> Optional[tuple[int, int]]
         return int(size.find("i:x", ns).text), int(size.find("i:y", ns).text)
     except (AttributeError, TypeError, ValueError):
         return None
+
+
+def pixel_size_from_header(header: Optional[bytes]) -> Optional[tuple[float, float]]:
+    """``(rows, columns)`` pixel size in mm: the ISMRMRD XML's ``encoding/reconSpace``
+    field of view over its matrix size (``x`` = readout = rows, ``y`` = columns), or
+    ``None`` when a field is missing, unreadable or not positive. The reconstruction is
+    an image-domain crop of the k-space grid, so its pixels are those of the whole matrix."""
+    if not header:
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(header)
+    except ET.ParseError:
+        return None
+    ns = {"i": "http://www.ismrm.org/ISMRMRD"}
+    space = root.find(".//i:encoding/i:reconSpace", ns)
+    if space is None:
+        return None
+    try:
+        fov = [float(space.find(f"i:fieldOfView_mm/i:{a}", ns).text) for a in ("x", "y")]
+        size = [int(space.find(f"i:matrixSize/i:{a}", ns).text) for a in ("x", "y")]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if min(fov) <= 0 or min(size) <= 0 or not all(np.isfinite(fov)):
+        return None
+    return fov[0] / size[0], fov[1] / size[1]
 
 
 def crop_to_reconstruction(images: np.ndarray, target_hw: Sequence[int]) -> np.ndarray:

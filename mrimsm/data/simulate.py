@@ -45,6 +45,7 @@ __all__ = [
     "mni_volume",
     "PIXEL_MODES",
     "mni_slices",
+    "mni_pixel_mm",
     "mni_split_indices",
     "smooth_phase",
     "birdcage_coil_maps",
@@ -123,6 +124,15 @@ def _raw_slice(vol: np.ndarray, orientation: str, index: int) -> np.ndarray:
 #: keeps the template's 1 mm pixels and zero-pads (or centre-crops) to ``size``
 #: (the 256 x 256 prior: brain anatomy at the pixel scale of real scans).
 PIXEL_MODES = ("fit", "native")
+
+
+def mni_pixel_mm(size: int, pixel: str = "fit", scale: float = 1.0) -> float:
+    """Pixel size in mm of :func:`mni_slices` ``(..., size, pixel, scale)``: ``1 / scale``
+    for native pixels (the template's are 1 mm), ``233 / size`` for ``fit`` (the volume's
+    largest side squeezed into ``size``: 3.64 mm at 64)."""
+    if pixel == "native":
+        return 1.0 / float(scale)
+    return float(max(mni_volume().shape)) / int(size)
 
 
 def _pad_or_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -329,8 +339,10 @@ def ismrmrd_header_xml(
     kspace_hw: Sequence[int], recon_hw: Sequence[int], num_coils: int, fov_mm: Sequence[float] = (220.0, 220.0)
 ) -> bytes:
     """A minimal ISMRMRD header with the fields fastMRI's loaders read:
-    encoded / recon matrix sizes (``x`` = readout rows, ``y`` = columns) and the
-    phase-encode limits (centre ``W // 2``)."""
+    encoded / recon matrix sizes (``x`` = readout rows, ``y`` = columns), fields of view
+    and the phase-encode limits (centre ``W // 2``). ``fov_mm``: the field of view of the
+    reconstruction's rows and of all ``W`` columns, so pixels are ``fov_mm[0] / h`` by
+    ``fov_mm[1] / W`` mm (:func:`mrimsm.data.fastmri_io.pixel_size_from_header`)."""
     H, W = int(kspace_hw[0]), int(kspace_hw[1])
     h, w = int(recon_hw[0]), int(recon_hw[1])
     fx, fy = float(fov_mm[0]), float(fov_mm[1])
@@ -361,6 +373,7 @@ def write_fastmri_file(
     mask: Optional[np.ndarray] = None,
     header: Optional[bytes] = None,
     recon_size: Optional[Sequence[int]] = None,
+    pixel_mm: Optional[float] = None,
 ) -> Path:
     """Write a fastMRI multi-coil file atomically.
 
@@ -375,6 +388,8 @@ def write_fastmri_file(
         header: ISMRMRD XML; by default :func:`ismrmrd_header_xml`.
         recon_size: ``(h, w)`` for the default header's ``reconSpace`` when there
             is no ``reconstruction_rss`` (default: the k-space size).
+        pixel_mm: the default header's pixel size (its fields of view follow from it);
+            ``None``: a 220 mm field of view, whatever the matrix.
 
     Returns:
         The path.
@@ -399,7 +414,9 @@ def write_fastmri_file(
                 f.create_dataset("reconstruction_rss", data=np.asarray(reconstruction_rss, dtype=np.float32))
             if mask is not None:
                 f.create_dataset("mask", data=np.asarray(mask).astype(bool).reshape(-1))
-            f.create_dataset("ismrmrd_header", data=np.bytes_(header or ismrmrd_header_xml((H, W), recon_hw, c)))
+            fov = None if pixel_mm is None else (float(pixel_mm) * recon_hw[0], float(pixel_mm) * W)
+            f.create_dataset("ismrmrd_header", data=np.bytes_(
+                header or ismrmrd_header_xml((H, W), recon_hw, c, *([fov] if fov else []))))
             for key, value in full_attrs.items():
                 f.attrs[key] = value
     return Path(path)
@@ -446,7 +463,7 @@ def simulate_volume_file(
                              else f" at {1 / scale:.3g} mm pixels (resampled by {scale:g})")),
         "noise_std": float(noise_std),
     }
-    return write_fastmri_file(path, kspace, ref, attrs)
+    return write_fastmri_file(path, kspace, ref, attrs, pixel_mm=mni_pixel_mm(size, pixel, scale))
 
 
 def write_simulated_raw(

@@ -37,7 +37,8 @@ from typing import Mapping, Optional, Sequence
 
 from mrimsm.errors import MrimsmError
 
-__all__ = ["ShippedPrior", "SHIPPED_PRIORS", "SHIPPED_SSDU", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior"]
+__all__ = ["ShippedPrior", "SHIPPED_PRIORS", "SHIPPED_SSDU", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior",
+           "trained_pixel_mm", "pixel_note"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -140,6 +141,47 @@ def choose_shipped_prior(shape: Sequence[int], models: Optional[Sequence[Shipped
         f"no shipped {kind} model reconstructs a {h} x {w} scan (after readout cropping); the shipped models "
         f"serve {served or 'nothing: none is installed'}; pass {flag} or reconstruct with --method cs"
     )
+
+
+def trained_pixel_mm(config: Mapping) -> Optional[tuple[float, float]]:
+    """``(finest, coarsest)`` pixel size in mm of the simulated data a checkpoint trained
+    on (``data.simulated``: native pixels at each of ``scales``, or the template squeezed
+    into ``size``), or ``None`` when it trained on prepared scans (their pixels are not recorded)."""
+    from mrimsm.data.simulate import mni_pixel_mm
+
+    sim = (config.get("data") or {}).get("simulated")
+    if not sim:
+        return None
+    pixel = sim.get("pixel", "fit")
+    if pixel == "native":
+        sizes = [mni_pixel_mm(int(sim.get("size", 64)), "native", float(s)) for s in (sim.get("scales") or [1.0])]
+    else:
+        sizes = [mni_pixel_mm(int(sim.get("size", 64)), pixel)]
+    return min(sizes), max(sizes)
+
+
+#: Scan pixels further than this factor outside the trained range get a warning in the note.
+PIXEL_TOLERANCE = 1.15
+
+
+def pixel_note(config: Mapping, pixel_mm: Optional[Sequence[float]]) -> str:
+    """``"scan pixels 0.69 x 0.69 mm, finer than the 0.85-1.43 mm the prior trained at"``-style
+    text for the model line ("" when the scan's header states no pixel size). Only a note:
+    a prior may still do well on other pixels, and the header may be wrong."""
+    if pixel_mm is None:
+        return ""
+    rows, cols = (float(p) for p in pixel_mm)
+    text = f"scan pixels {rows:.2f} x {cols:.2f} mm"
+    trained = trained_pixel_mm(config)
+    if trained is None:
+        return text
+    lo, hi = trained
+    span = f"{lo:.2f} mm" if abs(hi - lo) < 5e-3 else f"{lo:.2f}-{hi:.2f} mm"
+    if min(rows, cols) < lo / PIXEL_TOLERANCE:
+        return f"{text}, finer than the {span} the prior trained at: expect lower quality"
+    if max(rows, cols) > hi * PIXEL_TOLERANCE:
+        return f"{text}, coarser than the {span} the prior trained at: expect lower quality"
+    return f"{text} (trained at {span})"
 
 
 def describe(prior: Optional[ShippedPrior], path: object, step: int, image_shape: Sequence[int]) -> str:

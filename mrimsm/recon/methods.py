@@ -32,6 +32,7 @@ class SliceBatch:
         scale: the divisor applied to ``kspace`` (1.0 when not normalized).
         on_step: optional ``on_step(done, total)`` for progress inside a method
             (e.g. diffusion steps); may be ``None``.
+        pixel_mm: ``(rows, columns)`` pixel size in mm from the file's header, or ``None``.
     """
 
     kspace: torch.Tensor
@@ -41,6 +42,7 @@ class SliceBatch:
     seeds: list
     scale: float = 1.0
     on_step: Optional[Callable[[int, int], None]] = None
+    pixel_mm: Optional[tuple] = None
 
 
 @dataclass

@@ -128,9 +128,11 @@ def make_msm_method(options: Mapping[str, Any]):
                 "nfe_per_slice": st.nfe,
                 **{f.name: getattr(st, f.name) for f in fields(PosteriorSettings)},
                 "checkpoint": str(loaded.path),
-                "model": f"{shipped.describe(prior, loaded.path, loaded.step, model_shape)}; solver "
-                         f"{settings_label(prior)}: {st.steps} steps, w {st.w}, {st.samples} samples, "
-                         f"start {st.init if st.init == 'none' else f'{st.init} at t0 {st.t0:g}'}",
+                "model": "; ".join(part for part in (
+                    shipped.describe(prior, loaded.path, loaded.step, model_shape),
+                    shipped.pixel_note(loaded.config, batch.pixel_mm),
+                    f"solver {settings_label(prior)}: {st.steps} steps, w {st.w}, {st.samples} samples, "
+                    f"start {st.init if st.init == 'none' else f'{st.init} at t0 {st.t0:g}'}") if part),
             },
         )
 

@@ -110,6 +110,7 @@ def run_method(
                 seeds=[seed_for(volume.path.name, int(i), volume.seed) for i in idx],
                 scale=scale,
                 on_step=StepBar(progress, f"{name} steps") if progress is not None else None,
+                pixel_mm=volume.pixel_mm,
             )
             t0 = time.perf_counter()
             try:

@@ -76,6 +76,7 @@ class PreparedVolume:
         seed: the base seed.
         scale: :func:`volume_scale`, the divisor for methods that need normalized input.
         maps_seconds: wall time of the coil-map estimation.
+        pixel_mm: ``(rows, columns)`` pixel size in mm from the file's header, or ``None``.
     """
 
     path: Path
@@ -93,6 +94,7 @@ class PreparedVolume:
     seed: int
     scale: float = 1.0
     maps_seconds: float = 0.0
+    pixel_mm: Optional[tuple] = None
 
 
 #: Fewest fully sampled centre columns of a retrospective mask (ESPIRiT calibrates on
@@ -230,4 +232,5 @@ def prepare_volume(
         seed=int(seed),
         scale=volume_scale(kspace, mask, maps),
         maps_seconds=maps_seconds,
+        pixel_mm=data.pixel_mm,
     )
