@@ -23,6 +23,12 @@ Test sets (never trained on):
   the dipy wheel (``dipy/data/files/t1_coronal_slice.npy``). dipy is not a dependency:
   pass ``--dipy`` a downloaded wheel (``pip download dipy --no-deps``), the ``.npy``
   file or nothing to look for an installed dipy; without one this set is skipped.
+* ``dipyb0``: the 10 real axial b0 slices of one diffusion scan the same wheel ships
+  (``dipy/data/files/S0_10slices.nii.gz``: 128 x 128 at 2 mm pixels, T2-weighted EPI, 12-bit,
+  another contrast than the T1 the prior saw), normalized by the volume's maximum and
+  resampled by 2 (linear) to 256 x 256 at 1 mm pixels, the prior's pixel scale. The
+  upsampled slices hold nothing beyond the 2 mm scan's resolution, which makes the outer
+  k-space easy for every method. Needs ``--dipy`` to be the wheel (or an installed dipy).
 
 ``--check denoiser`` (seconds, not minutes) runs no reconstruction: on the same
 slices (fully sampled, normalized as recon does, ESPIRiT maps from the centre, one
@@ -63,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 DIPY_MEMBER = "dipy/data/files/t1_coronal_slice.npy"
+DIPY_B0_MEMBER = "dipy/data/files/S0_10slices.nii.gz"
 LABELS = {"zero-filled": "zero-filled", "cs": "CS-L1", "sense": "SENSE", "ssdu": "SSDU", "msm": "MSM"}
 
 
@@ -96,6 +103,34 @@ def dipy_slice(source: Optional[Path]) -> Optional[np.ndarray]:
     if img.ndim != 2:
         raise MrimsmError(f"the dipy slice should be 2-D, got shape {img.shape}")
     return np.clip(img / max(float(img.max()), 1e-12), 0.0, None)
+
+
+def dipy_b0_slices(source: Optional[Path]) -> Optional[np.ndarray]:
+    """The dipy b0 slices ``(10, 256, 256)`` float32 in [0, 1] (module docstring), from the
+    wheel or an installed dipy; ``None`` when neither holds them (e.g. ``--dipy`` an ``.npy``)."""
+    import gzip
+
+    import nibabel as nib
+    from skimage.transform import rescale
+
+    if source is None:
+        spec = importlib.util.find_spec("dipy")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(list(spec.submodule_search_locations)[0]).parent / DIPY_B0_MEMBER
+        raw = path.read_bytes() if path.is_file() else None
+    elif Path(source).suffix == ".whl":
+        with zipfile.ZipFile(source) as z:
+            raw = z.read(DIPY_B0_MEMBER) if DIPY_B0_MEMBER in z.namelist() else None
+    else:
+        raw = None
+    if raw is None:
+        return None
+    vol = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(raw)).get_fdata(), dtype=np.float32)
+    vol = vol.reshape(vol.shape[0], vol.shape[1], -1) / max(float(vol.max()), 1e-12)
+    # (x, y, slice) -> rows anterior at the top, as the MNI axial slices; 2 mm -> 1 mm pixels
+    slices = [rescale(vol[:, :, k].T[::-1], 2.0, order=1, preserve_range=True) for k in range(vol.shape[2])]
+    return np.clip(np.stack(slices).astype(np.float32), 0.0, None)
 
 
 def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, list[Path]]:
@@ -133,6 +168,22 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
                                   {"acquisition": "CORT1", "simulated_from": "dipy t1_coronal_slice.npy"},
                                   pixel_mm=1.0)  # about 1 mm (module docstring); the slice states none
         sets["dipy"] = [path]
+    b0 = dipy_b0_slices(args.dipy)
+    if b0 is not None:
+        sims = [simulate_multicoil(im, args.coils, noise, oversample_readout=True, seed=100 + k)
+                for k, im in enumerate(b0)]
+        path = write_fastmri_file(work / "dipy_b0_axial.h5", np.stack([s["kspace"] for s in sims]),
+                                  np.stack([s["reconstruction_rss"] for s in sims]),
+                                  {"acquisition": "AXB0", "simulated_from": "dipy S0_10slices.nii.gz, resampled by 2"},
+                                  pixel_mm=1.0)
+        sets["dipyb0"] = [path]
+    if args.sets:
+        unknown = sorted(set(args.sets) - set(sets))
+        if unknown:
+            from mrimsm.errors import MrimsmError
+
+            raise MrimsmError(f"--sets: no set named {', '.join(unknown)} (these exist: {', '.join(sets)})")
+        sets = {name: files for name, files in sets.items() if name in args.sets}
     return sets
 
 
@@ -157,15 +208,17 @@ def foreground_psnr(records, vols: dict, level: float = FOREGROUND_LEVEL) -> dic
 
 
 def denoiser_check(checkpoint, sets: dict, ts, seed: int = 0) -> list[dict]:
-    """Relative error of the local clean estimate per set and step (module docstring)."""
+    """Relative error of the local clean estimate per set and step (module docstring);
+    ``checkpoint`` ``None``: the shipped 256 x 256 prior."""
     import torch
 
+    from mrimsm.diffusion.shipped import SHIPPED_PRIORS
     from mrimsm.inference import load_msm
     from mrimsm.physics.masks import training_mask_family
     from mrimsm.physics.operators import MultiCoilMRI
     from mrimsm.recon import prepare_volume
 
-    loaded = load_msm(checkpoint)
+    loaded = load_msm(checkpoint if checkpoint is not None else SHIPPED_PRIORS[1].path)
     den, family = loaded.denoiser, training_mask_family(loaded.meta)
     rows = []
     for name, files in sets.items():
@@ -205,6 +258,8 @@ def main() -> int:
                     help="also each size's MNI set in this many columns (phase-encode oversampling, "
                          "e.g. 396: fastMRI brain's 320 x 396 matrices); set mni<size>c<columns>")
     ap.add_argument("--dipy", type=Path, default=None, help="dipy wheel or t1_coronal_slice.npy")
+    ap.add_argument("--sets", nargs="+", default=None,
+                    help="evaluate only these sets (e.g. dipy dipyb0 mni320c396; default: all written)")
     ap.add_argument("--methods", nargs="+", default=["zero-filled", "cs", "sense", "msm"], choices=list(LABELS))
     ap.add_argument("--ssdu-checkpoint", type=Path, default=None,
                     help="SSDU model for --methods ssdu (e.g. runs/default_ssdu256/last.pt, trained with "
@@ -271,7 +326,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="mrimsm-prior256-") as work:
             sets = write_sets(Path(work), args)
             twins = write_sets(Path(work) / "noise_free", args, noise=0.0)  # the same seeds without noise
-            if "dipy" not in sets:
+            if "dipy" not in sets and not args.sets:
                 lines += ["(no dipy slice found: pass --dipy; that set is skipped)", ""]
             for name, files in sets.items():
                 vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
