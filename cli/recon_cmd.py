@@ -78,10 +78,10 @@ def register(app: typer.Typer) -> None:
         ),
         cs_iters: Optional[str] = typer.Option(None, "--cs-iters", metavar="N", help="FISTA iterations for cs."),
         checkpoint: Optional[Path] = typer.Option(
-            None, "--checkpoint", help="MSM checkpoint (default: the shipped model)."
+            None, "--checkpoint", help="MSM checkpoint (default: the shipped prior for the scan's size after the readout crop: 64 x 64, or each side 192-416)."
         ),
         ssdu_checkpoint: Optional[Path] = typer.Option(
-            None, "--ssdu-checkpoint", help="SSDU checkpoint (default: the shipped model)."
+            None, "--ssdu-checkpoint", help="SSDU checkpoint (default: the shipped SSDU for the scan's size, as --checkpoint)."
         ),
         settings: Optional[Path] = typer.Option(
             None, "--settings", metavar="YAML",
