@@ -219,3 +219,9 @@ def test_bundle_wheels_for_another_python_are_skipped():
     assert fits(f"pywavelets-1.8.0-{here}-{here}-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
     other = "cp39" if here != "cp39" else "cp310"
     assert not fits(f"pywavelets-1.8.0-{other}-{other}-manylinux_2_17_x86_64.whl")
+    # the stable ABI: cp38-abi3 serves every CPython 3 from 3.8 on, not an older one
+    major, minor = sys.version_info[:2]
+    assert fits(f"cryptography-44.0-cp{major}{minor - 1}-abi3-manylinux_2_28_x86_64.whl")
+    assert fits(f"cryptography-44.0-cp{major}{minor}-abi3-manylinux_2_28_x86_64.whl")
+    assert not fits(f"cryptography-44.0-cp{major}{minor + 1}-abi3-manylinux_2_28_x86_64.whl")
+    assert not fits(f"numpy-2.0-cp{major}{minor - 1}-cp{major}{minor - 1}-manylinux_2_28_x86_64.whl")

@@ -174,14 +174,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def wheel_fits_this_python(name: str) -> bool:
     """Whether a wheel file name's Python tag (``py3``, ``cp312``, ``cp311.cp312`` ...) admits
-    the running interpreter. Only the tag is read; the platform tags are the bundle maker's
-    business (manylinux x86_64, like both machines)."""
+    the running interpreter; with the stable ABI (``cp38-abi3``) any CPython of that major
+    version from the tag's minor on. Only the Python and ABI tags are read; the platform
+    tags are the bundle maker's business (manylinux x86_64, like both machines)."""
     parts = name[:-4].split("-")
     if len(parts) < 5:
         return True
     major, minor = sys.version_info[:2]
     admitted = {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"}
-    return any(tag in admitted for tag in parts[-3].split("."))
+    stable_abi = "abi3" in parts[-2].split(".")
+    for tag in parts[-3].split("."):
+        if tag in admitted:
+            return True
+        since = tag[len(f"cp{major}"):]
+        if stable_abi and tag.startswith(f"cp{major}") and since.isdigit() and int(since) <= minor:
+            return True
+    return False
 
 
 def install_bundle(bundle: Optional[Path], site: Path) -> None:
