@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from mrimsm.data.simulate import mni_pixel_mm
 from mrimsm.errors import MrimsmError
 
 __all__ = ["ShippedPrior", "SHIPPED_PRIORS", "SHIPPED_SSDU", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior",
@@ -147,8 +148,6 @@ def trained_pixel_mm(config: Mapping) -> Optional[tuple[float, float]]:
     """``(finest, coarsest)`` pixel size in mm of the simulated data a checkpoint trained
     on (``data.simulated``: native pixels at each of ``scales``, or the template squeezed
     into ``size``), or ``None`` when it trained on prepared scans (their pixels are not recorded)."""
-    from mrimsm.data.simulate import mni_pixel_mm
-
     sim = (config.get("data") or {}).get("simulated")
     if not sim:
         return None
@@ -165,7 +164,7 @@ PIXEL_TOLERANCE = 1.15
 
 
 def pixel_note(config: Mapping, pixel_mm: Optional[Sequence[float]]) -> str:
-    """``"scan pixels 0.69 x 0.69 mm, finer than the 0.85-1.43 mm the prior trained at"``-style
+    """``"scan pixels 0.69 x 0.69 mm, finer than the 0.83-1.43 mm the prior trained at: expect lower quality"``-style
     text for the model line ("" when the scan's header states no pixel size). Only a note:
     a prior may still do well on other pixels, and the header may be wrong."""
     if pixel_mm is None:
