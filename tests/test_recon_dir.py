@@ -454,3 +454,48 @@ def test_noise_free_twin_and_truth_metrics(tmp_path):
     assert got["psnr_clean_fastmri"] == pytest.approx(volume_metrics(clean["v.h5"], x)["psnr"])
     assert got["psnr_clean_paper"] == pytest.approx(float(per_slice_metrics(clean["v.h5"], x)["psnr"].mean()))
     assert got["psnr_clean_paper"] > 25 and 0 < got["ssim_clean_paper"] <= 1
+
+
+def test_prior256_sets_columns_b0_and_the_sets_filter(tmp_path):
+    """prior256.py's test sets: --columns writes the same slices in a wider matrix, the b0
+    slices come out of a dipy wheel at twice their size and in [0, 1], --sets keeps the
+    named ones and names the rest when a name is wrong."""
+    import gzip
+    import io
+    import types
+    import zipfile
+
+    import nibabel as nib
+    import pytest
+
+    from mrimsm.data.fastmri_io import read_multicoil
+    from mrimsm.errors import MrimsmError
+
+    p256 = _load_script("prior256")
+    vol = np.zeros((6, 6, 2, 1), np.float32)
+    vol[1:5, 2:4, 0, 0] = 10.0
+    vol[1:5, 2:4, 1, 0] = 20.0
+    vol[2, 2, 1, 0] = 40.0
+    wheel = tmp_path / "dipy-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(p256.DIPY_B0_MEMBER, gzip.compress(nib.Nifti1Image(vol, np.eye(4)).to_bytes()))
+        t1 = io.BytesIO()
+        np.save(t1, np.ones((16, 16), np.float32))
+        z.writestr(p256.DIPY_MEMBER, t1.getvalue())
+    b0 = p256.dipy_b0_slices(wheel)
+    assert b0.shape == (2, 12, 12) and b0.dtype == np.float32
+    # normalized by the volume's maximum (40), then linear resampling: a flat 10 stays 0.25
+    assert b0.min() >= 0 and 0.5 < b0.max() <= 1.0 and b0[0].max() == pytest.approx(0.25, abs=1e-3)
+    assert p256.dipy_b0_slices(tmp_path / "t1.npy") is None  # an .npy holds no b0 slices
+
+    args = types.SimpleNamespace(sizes=[256], scales=[1.0], columns=[300], slices=1, coils=2, noise=0.0,
+                                 dipy=wheel, sets=["mni256c300", "dipyb0"])
+    sets = p256.write_sets(tmp_path / "w", args)
+    assert list(sets) == ["mni256c300", "dipyb0"]
+    wide = read_multicoil(sets["mni256c300"][0])
+    assert wide.kspace.shape[-2:] == (512, 300) and wide.recon_size == (256, 256)
+    assert wide.pixel_mm == pytest.approx((1.0, 1.0), abs=1e-3)
+    assert read_multicoil(sets["dipyb0"][0]).kspace.shape[:1] == (2,)
+    args.sets = ["mni256", "nope"]
+    with pytest.raises(MrimsmError, match="--sets: no set named nope"):
+        p256.write_sets(tmp_path / "w2", args)
