@@ -77,16 +77,24 @@ LABELS = {"zero-filled": "zero-filled", "cs": "CS-L1", "sense": "SENSE", "ssdu":
 FOREGROUND_LEVEL = 0.1
 
 
+def _installed_dipy_file(member: str) -> Optional[Path]:
+    """Where an installed dipy keeps ``member`` (a wheel path like ``dipy/data/...``), or
+    ``None`` when dipy is not installed."""
+    spec = importlib.util.find_spec("dipy")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).parent / member
+
+
 def dipy_slice(source: Optional[Path]) -> Optional[np.ndarray]:
     """The dipy T1 coronal slice ``(256, 256)`` float32 in [0, 1], from a wheel, the
     ``.npy`` file or an installed dipy (``None`` if none is found)."""
     from mrimsm.errors import MrimsmError
 
     if source is None:
-        spec = importlib.util.find_spec("dipy")
-        if spec is None or not spec.submodule_search_locations:
+        source = _installed_dipy_file(DIPY_MEMBER)
+        if source is None:
             return None
-        source = Path(list(spec.submodule_search_locations)[0]).parent / DIPY_MEMBER
     source = Path(source)
     if not source.is_file():
         raise MrimsmError(f"--dipy {source} is not a file")
@@ -114,11 +122,8 @@ def dipy_b0_slices(source: Optional[Path]) -> Optional[np.ndarray]:
     from skimage.transform import rescale
 
     if source is None:
-        spec = importlib.util.find_spec("dipy")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = Path(list(spec.submodule_search_locations)[0]).parent / DIPY_B0_MEMBER
-        raw = path.read_bytes() if path.is_file() else None
+        path = _installed_dipy_file(DIPY_B0_MEMBER)
+        raw = path.read_bytes() if path is not None and path.is_file() else None
     elif Path(source).suffix == ".whl":
         with zipfile.ZipFile(source) as z:
             raw = z.read(DIPY_B0_MEMBER) if DIPY_B0_MEMBER in z.namelist() else None
@@ -141,26 +146,24 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
 
     noise = args.noise if noise is None else float(noise)
     sets: dict[str, list[Path]] = {}
+
+    def mni_set(name: str, size: int, **kw) -> None:
+        """The held-out MNI slices at native pixels, one file per orientation (``kw``:
+        ``scale`` or ``columns`` of :func:`simulate_volume_file`)."""
+        d = work / name
+        d.mkdir(parents=True, exist_ok=True)
+        sets[name] = [
+            simulate_volume_file(d / f"heldout_{o}.h5", o, idx, size, args.coils, noise, True,
+                                 seed=k, pixel="native", **kw)
+            for k, (o, idx) in enumerate(C.heldout_selection(args.slices))
+        ]
+
     for size in args.sizes:
         for scale in args.scales:
-            name = f"mni{size}" + ("" if scale == 1.0 else f"x{scale:g}")
-            d = work / name
-            d.mkdir(parents=True, exist_ok=True)
-            sets[name] = [
-                simulate_volume_file(d / f"heldout_{o}.h5", o, idx, size, args.coils, noise, True,
-                                     seed=k, pixel="native", scale=scale)
-                for k, (o, idx) in enumerate(C.heldout_selection(args.slices))
-            ]
+            mni_set(f"mni{size}" + ("" if scale == 1.0 else f"x{scale:g}"), size, scale=scale)
         for columns in [c for c in args.columns if c > size]:
             # the same slices and seeds in a wider phase-encode field of view (fastMRI brain: 320 x 396)
-            name = f"mni{size}c{columns}"
-            d = work / name
-            d.mkdir(parents=True, exist_ok=True)
-            sets[name] = [
-                simulate_volume_file(d / f"heldout_{o}.h5", o, idx, size, args.coils, noise, True,
-                                     seed=k, pixel="native", columns=columns)
-                for k, (o, idx) in enumerate(C.heldout_selection(args.slices))
-            ]
+            mni_set(f"mni{size}c{columns}", size, columns=columns)
     img = dipy_slice(args.dipy)
     if img is not None:
         sim = simulate_multicoil(img, args.coils, noise, oversample_readout=True, seed=7)

@@ -256,9 +256,12 @@ def read_multicoil(
     )
 
 
-def recon_size_from_header(header: Optional[bytes]) -> Optional[tuple[int, int]]:
-    """``(h, w)`` from the ISMRMRD XML's ``encoding/reconSpace/matrixSize``
-    (``x`` = readout = rows, ``y`` = phase encode = columns), or ``None``."""
+_ISMRMRD_NS = {"i": "http://www.ismrm.org/ISMRMRD"}
+
+
+def _recon_space(header: Optional[bytes]):
+    """The ISMRMRD XML's ``encoding/reconSpace`` element, or ``None`` (no header,
+    unreadable XML, no such element)."""
     if not header:
         return None
     import xml.etree.ElementTree as ET
@@ -267,14 +270,25 @@ def recon_size_from_header(header: Optional[bytes]) -> Optional[tuple[int, int]]
         root = ET.fromstring(header)
     except ET.ParseError:
         return None
-    ns = {"i": "http://www.ismrm.org/ISMRMRD"}
-    size = root.find(".//i:encoding/i:reconSpace/i:matrixSize", ns)
-    if size is None:
+    return root.find(".//i:encoding/i:reconSpace", _ISMRMRD_NS)
+
+
+def _xy(space, field: str, kind: type) -> Optional[list]:
+    """``[x, y]`` of ``<field>`` under a reconSpace element as ``kind``, or ``None`` when
+    the element or the field is missing or malformed."""
+    if space is None:
         return None
     try:
-        return int(size.find("i:x", ns).text), int(size.find("i:y", ns).text)
+        return [kind(space.find(f"i:{field}/i:{a}", _ISMRMRD_NS).text) for a in ("x", "y")]
     except (AttributeError, TypeError, ValueError):
         return None
+
+
+def recon_size_from_header(header: Optional[bytes]) -> Optional[tuple[int, int]]:
+    """``(h, w)`` from the ISMRMRD XML's ``encoding/reconSpace/matrixSize``
+    (``x`` = readout = rows, ``y`` = phase encode = columns), or ``None``."""
+    size = _xy(_recon_space(header), "matrixSize", int)
+    return None if size is None else (size[0], size[1])
 
 
 def pixel_size_from_header(header: Optional[bytes]) -> Optional[tuple[float, float]]:
@@ -282,22 +296,9 @@ def pixel_size_from_header(header: Optional[bytes]) -> Optional[tuple[float, flo
     field of view over its matrix size (``x`` = readout = rows, ``y`` = columns), or
     ``None`` when a field is missing, unreadable or not positive. The reconstruction is
     an image-domain crop of the k-space grid, so its pixels are those of the whole matrix."""
-    if not header:
-        return None
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(header)
-    except ET.ParseError:
-        return None
-    ns = {"i": "http://www.ismrm.org/ISMRMRD"}
-    space = root.find(".//i:encoding/i:reconSpace", ns)
-    if space is None:
-        return None
-    try:
-        fov = [float(space.find(f"i:fieldOfView_mm/i:{a}", ns).text) for a in ("x", "y")]
-        size = [int(space.find(f"i:matrixSize/i:{a}", ns).text) for a in ("x", "y")]
-    except (AttributeError, TypeError, ValueError):
+    space = _recon_space(header)
+    fov, size = _xy(space, "fieldOfView_mm", float), _xy(space, "matrixSize", int)
+    if fov is None or size is None:
         return None
     if min(fov) <= 0 or min(size) <= 0 or not all(np.isfinite(fov)):
         return None
