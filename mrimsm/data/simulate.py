@@ -132,7 +132,16 @@ def mni_pixel_mm(size: int, pixel: str = "fit", scale: float = 1.0) -> float:
     largest side squeezed into ``size``: 3.64 mm at 64)."""
     if pixel == "native":
         return 1.0 / float(scale)
-    return float(max(mni_volume().shape)) / int(size)
+    return float(max(_mni_shape())) / int(size)
+
+
+@functools.lru_cache(maxsize=1)
+def _mni_shape() -> tuple:
+    """The MNI volume's shape from its header alone (``recon`` asks for a model's training
+    pixels; reading the 35 MB volume for that would be wasted)."""
+    import nibabel as nib
+
+    return tuple(int(s) for s in nib.load(str(mni_path())).shape)
 
 
 def _pad_or_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -414,9 +423,8 @@ def write_fastmri_file(
                 f.create_dataset("reconstruction_rss", data=np.asarray(reconstruction_rss, dtype=np.float32))
             if mask is not None:
                 f.create_dataset("mask", data=np.asarray(mask).astype(bool).reshape(-1))
-            fov = None if pixel_mm is None else (float(pixel_mm) * recon_hw[0], float(pixel_mm) * W)
-            f.create_dataset("ismrmrd_header", data=np.bytes_(
-                header or ismrmrd_header_xml((H, W), recon_hw, c, *([fov] if fov else []))))
+            fov = {} if pixel_mm is None else {"fov_mm": (float(pixel_mm) * recon_hw[0], float(pixel_mm) * W)}
+            f.create_dataset("ismrmrd_header", data=np.bytes_(header or ismrmrd_header_xml((H, W), recon_hw, c, **fov)))
             for key, value in full_attrs.items():
                 f.attrs[key] = value
     return Path(path)
