@@ -261,9 +261,9 @@ def sampling_dtype(device: "torch.device | str", operator: str = "MultiCoilMRI")
     ``$MRIMSM_SAMPLING_PRECISION`` = ``fp32`` or ``bf16`` decides; unset (``auto``):
     bf16 on a CPU with native bf16 for the multi-coil MRI priors, where it was measured
     (benchmarks/README.md: 1.3-1.5x the network evaluations per second, reconstruction
-    PSNR within 0.1 dB of fp32), fp32 everywhere else. On GPUs bf16 was not faster where
-    measured (training/README.md: NFE/s fp32 | bf16 at 1 and 16 images per call, H100
-    51 | 38 and 405 | 438, H200 51 | 31 and 532 | 437), so they stay fp32.
+    PSNR within 0.1 dB of fp32), fp32 everywhere else. On GPUs bf16 was at most 1.08x
+    faster where measured (training/README.md: NFE/s fp32 | bf16 at 1 and 16 images per
+    call, H100 51 | 38 and 405 | 438, H200 51 | 31 and 532 | 437), so they stay fp32.
     """
     choice = os.environ.get(PRECISION_ENV, "auto").strip().lower()
     if choice == "fp32":
