@@ -152,10 +152,8 @@ def trained_pixel_mm(config: Mapping) -> Optional[tuple[float, float]]:
     if not sim:
         return None
     pixel = sim.get("pixel", "fit")
-    if pixel == "native":
-        sizes = [mni_pixel_mm(int(sim.get("size", 64)), "native", float(s)) for s in (sim.get("scales") or [1.0])]
-    else:
-        sizes = [mni_pixel_mm(int(sim.get("size", 64)), pixel)]
+    scales = (sim.get("scales") or [1.0]) if pixel == "native" else [1.0]  # scales need native pixels
+    sizes = [mni_pixel_mm(int(sim.get("size", 64)), pixel, float(s)) for s in scales]
     return min(sizes), max(sizes)
 
 
