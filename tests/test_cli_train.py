@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import h5py
 import pytest
 import torch
+
 import yaml
 
 from mrimsm.cli.main import main
@@ -203,7 +206,9 @@ def test_train_and_sample_on_prepared_shards(tmp_path, prepared_measurements, ca
 
     ckpt = load_checkpoint(run)
     meta = ckpt["meta"]
-    assert meta["rho"] == pytest.approx(0.05)  # diffusion.rho: null -> taken from the manifest
+    # diffusion.rho: null -> the manifest's measured total: the raw files' own noise plus rho 0.05
+    manifest = json.loads((prepared_measurements / "manifest.json").read_text())
+    assert meta["rho"] == pytest.approx(manifest["noise"]["total"]) and 0.05 < meta["rho"] < 0.053
     assert meta["mask"]["kind"] == "paper" and meta["image_shape"] == [64, 64] and meta["num_coils"] == 8
     assert meta["train_masks"].shape == (3, 64)
     assert ckpt["config"]["data"]["root"] == str(prepared_measurements)

@@ -278,3 +278,24 @@ def test_prepare_simulated_dataset_with_scales(tmp_path):
     assert sum(m2["counts"]["slices"].values()) == 2 * n1
     names = {s["name"] for s in m2["shards"]}
     assert {s["name"] for s in m1["shards"]} < names and any(n.endswith("_x0.5.h5") for n in names)
+
+
+def test_manifest_records_measured_and_total_noise(fastmri_factory, tmp_path):
+    """The raw files' own noise (0.02 in image units) is measured, scaled like the data,
+    and added in quadrature to --noise-rho; the trainer's ``rho: null`` reads the total."""
+    from mrimsm.data.training_data import data_noise
+
+    raw = _raw(fastmri_factory, n=2, slices=2, noise=0.02, coils=8)
+    base = dict(size=64, skip_last=0, val_fraction=0.0, espirit_coarse=2)
+    m = prepare_dataset(raw, tmp_path / "p", PrepOptions(noise_rho=0.03, **base), **QUIET)
+    for entry in m["shards"]:
+        assert entry["noise_measured"] == pytest.approx(0.02 * entry["scale"], rel=0.05)
+        assert entry["noise_total"] == pytest.approx(np.hypot(0.02 * entry["scale"], 0.03), rel=0.02)
+        _, attrs = _read(tmp_path / "p" / entry["shard"])
+        assert attrs["noise_total"] == pytest.approx(entry["noise_total"])
+    assert m["noise"]["total"] == pytest.approx(np.median([e["noise_total"] for e in m["shards"]]))
+    assert data_noise(m) == pytest.approx(m["noise"]["total"]) and data_noise(m) > 0.03
+    assert data_noise({"rho": 0.05}) == 0.05 and data_noise({}) is None
+    # a resumed run reads the noise back from the finished shards
+    again = prepare_dataset(raw, tmp_path / "p", PrepOptions(noise_rho=0.03, **base), **QUIET)
+    assert again["noise"] == m["noise"]

@@ -17,7 +17,10 @@ Per volume (one input file), for each selected slice:
    normalized images have ``max |x|`` of about 0.93-0.96 (never the fully
    sampled data);
 4. ``y = M (scale * z) + rho * M n`` with ``n`` complex Gaussian (std 1 per real
-   component), seeded per slice;
+   component), seeded per slice. The noise the raw k-space already carries is
+   estimated from its empty readout rows (:func:`mrimsm.data.noise.estimate_noise_std`),
+   scaled like the data (``noise_measured``); the measurements' total noise is
+   ``noise_total = sqrt(noise_measured^2 + rho^2)``, per real component;
 5. ESPIRiT maps from ``y`` itself (the calibration block is the ACS columns:
    ``calib_width = min(24, ACS width)`` columns x ``calib_rows`` rows, kernel
    ``min(6, (calib_width + 1) // 2)``).
@@ -28,7 +31,8 @@ Output layout under ``OUT_DIR``::
                                   counts, skipped files and why, the shard list
     train/<file stem>.h5          y (N, C, H, W) complex64, mask (N, W) bool,
                                   maps (N, C, H, W) complex64, scale (N,) float32,
-                                  slice_index (N,) int32; attrs source_file, ...
+                                  slice_index (N,) int32; attrs source_file,
+                                  noise_measured, noise_total, ...
     val/<file stem>.h5            the same plus reference (N, H, W) complex64
                                   (scale * C^H F^H z: evaluation only)
 
@@ -53,6 +57,7 @@ import h5py
 import numpy as np
 import torch
 
+from mrimsm.data.noise import estimate_noise_std
 from mrimsm.data.normalization import common_acs, volume_peak
 from mrimsm.data.espirit import estimate_maps
 from mrimsm.data.fastmri_io import crop_to_reconstruction, read_header, read_multicoil
@@ -304,7 +309,9 @@ def prepare_volume(
     Returns:
         dict of arrays: ``y`` ``(S, C, n, n)`` complex64, ``mask`` ``(S, n)`` bool,
         ``maps`` ``(S, C, n, n)`` complex64, ``scale`` ``(S,)`` float32 (one value),
-        ``slice_index`` ``(S,)`` int32, optionally ``reference``.
+        ``slice_index`` ``(S,)`` int32, optionally ``reference``; floats
+        ``noise_measured`` (the raw k-space's own noise std per real component, times
+        ``scale``) and ``noise_total`` (with ``rho`` added in quadrature).
     """
     if recon_size[0] > kspace.shape[-2] or recon_size[1] > kspace.shape[-1]:
         raise MrimsmError(
@@ -336,6 +343,7 @@ def prepare_volume(
             noise = rng.standard_normal((2,) + y.shape[1:], dtype=np.float32) * np.float32(opts.noise_rho)
             y[i] += (noise[0] + 1j * noise[1]) * masks[i][None, None, :]
     y = y.astype(np.complex64)
+    measured = estimate_noise_std(kspace) * scale
     # 5. ESPIRiT from what the scan holds
     esp = espirit_settings(masks, opts)
     maps = estimate_maps(
@@ -350,6 +358,8 @@ def prepare_volume(
         "scale": np.full(len(slice_indices), scale, dtype=np.float32),
         "slice_index": np.asarray(slice_indices, dtype=np.int32),
         "espirit": esp,
+        "noise_measured": float(measured),
+        "noise_total": float(np.hypot(measured, opts.noise_rho)),
     }
     if reference:
         out["reference"] = _coil_combine(z * np.float32(scale), maps).astype(np.complex64)
@@ -470,6 +480,8 @@ def _write_shard(path: Path, result: dict, task: dict) -> None:
             f.attrs["source_file"] = task["name"]
             f.attrs["source_sha256"] = task["sha256"]
             f.attrs["params_hash"] = task["params_hash"]
+            f.attrs["noise_measured"] = result["noise_measured"]
+            f.attrs["noise_total"] = result["noise_total"]
 
 
 def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> dict:
@@ -492,6 +504,8 @@ def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> d
         scale=float(res["scale"][0]),
         achieved_acceleration=[float(achieved_acceleration(m)) for m in res["mask"]],
         espirit=res["espirit"],
+        noise_measured=res["noise_measured"],
+        noise_total=res["noise_total"],
     )
     return summary
 
@@ -707,7 +721,8 @@ def _collect_shards(results: list[dict], inv: _Inventory, raw_dir: Path, opts: P
             _skip(inv, Path(res["name"]), res["error"], opts, warn, by_name[res["name"]])
             continue
         shards.append({k: res[k] for k in ("shard", "split", "name", "num_slices", "slices", "scale",
-                                           "achieved_acceleration", "espirit") if k in res})
+                                           "achieved_acceleration", "espirit", "noise_measured",
+                                           "noise_total") if k in res})
     if not shards:
         raise MrimsmError(f"no usable file in {raw_dir} ({len(inv.skipped)} skipped)")
     return shards
@@ -724,6 +739,7 @@ def _manifest(raw_dir: Path, opts: PrepOptions, params_hash: str, inv: _Inventor
         "params": opts.params(),
         "params_hash": params_hash,
         "rho": float(opts.noise_rho),
+        "noise": _noise_summary(shards),
         "size": int(opts.size),
         "mask": _mask_spec(opts),
         "normalization": NORMALIZATION,
@@ -750,10 +766,24 @@ def _manifest(raw_dir: Path, opts: PrepOptions, params_hash: str, inv: _Inventor
     }
 
 
+def _noise_summary(shards: list[dict]) -> dict:
+    """The manifest's ``noise`` entry: the median over the shards that record it of
+    ``noise_measured`` and ``noise_total`` (per real component, normalized units;
+    ``None`` when no shard does), and how they were measured."""
+    def median(key: str) -> Optional[float]:
+        values = [float(s[key]) for s in shards if s.get(key) is not None]
+        return float(np.median(values)) if values else None
+
+    return {"measured": median("noise_measured"), "total": median("noise_total"),
+            "estimator": "mrimsm.data.noise.estimate_noise_std (empty readout rows of the raw k-space)"}
+
+
 def _summary_from_shard(out_dir: Path, task: dict) -> dict:
     with h5py.File(out_dir / task["shard_rel"], "r") as f:
         masks = f["mask"][()]
+        noise = {k: float(f.attrs[k]) for k in ("noise_measured", "noise_total") if k in f.attrs}
         return {
+            **noise,
             "name": task["name"],
             "shard": task["shard_rel"],
             "split": task["split"],

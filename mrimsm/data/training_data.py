@@ -107,7 +107,7 @@ def measurement_data(cfg: Config, dist_info: distributed.DistInfo) -> DataBundle
             manifest = json.loads(mpath.read_text())
         except (OSError, ValueError):
             manifest = {}
-    rho = manifest.get("rho")
+    rho = data_noise(manifest)
     if rho is None and cfg.data.simulated is not None:
         rho = cfg.data.simulated.rho
     info = {
@@ -120,6 +120,19 @@ def measurement_data(cfg: Config, dist_info: distributed.DistInfo) -> DataBundle
         "train_masks": _training_masks(dataset, manifest),
     }
     return DataBundle(dataset, collate, info)
+
+
+def data_noise(manifest: Any) -> Optional[float]:
+    """The training measurements' noise std per real component, as their manifest records
+    it: the measured total (``noise.total``: the raw data's own noise plus the added
+    ``rho``, :mod:`mrimsm.data.prep`) when present, else the added ``rho`` alone (sets
+    prepared before the noise was measured), else ``None``."""
+    if not isinstance(manifest, dict):
+        return None
+    noise = manifest.get("noise")
+    total = noise.get("total") if isinstance(noise, dict) else None
+    value = total if isinstance(total, (int, float)) and not isinstance(total, bool) else manifest.get("rho")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _training_masks(dataset: Any, manifest: dict) -> Optional[torch.Tensor]:

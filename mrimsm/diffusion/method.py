@@ -186,10 +186,10 @@ class MSMMethod(TrainMethod):
     def _resolve_rho(cfg: Config, info: dict) -> float:
         data_rho = info.get("rho")
         if cfg.diffusion.rho is not None:
-            if data_rho is not None and abs(float(data_rho) - cfg.diffusion.rho) > 1e-9:
+            if data_rho is not None and abs(float(data_rho) - cfg.diffusion.rho) > 0.05 * float(data_rho) + 1e-9:
                 warnings.warn(
-                    f"diffusion.rho = {cfg.diffusion.rho:g} but the data was prepared with rho = "
-                    f"{float(data_rho):g}; training with {cfg.diffusion.rho:g} (set rho: null to follow the data)",
+                    f"diffusion.rho = {cfg.diffusion.rho:g} but the data's noise is {float(data_rho):.3g}; "
+                    f"training with {cfg.diffusion.rho:g} (set rho: null to follow the data)",
                     stacklevel=2,
                 )
             return float(cfg.diffusion.rho)
