@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import h5py
 import pytest
 import torch
-
 import yaml
 
 from mrimsm.cli.main import main
