@@ -95,8 +95,8 @@ def estimate_noise_std(kspace: np.ndarray, columns: Optional[np.ndarray] = None)
 
     Args:
         kspace: ``(S, C, H, W)`` or ``(C, H, W)`` complex (rows = readout).
-        columns: ``(W,)`` bool acquired columns shared by the slices, or ``None`` (per
-            slice, the columns with data).
+        columns: ``(W,)`` bool acquired columns shared by the slices, ``(S, W)`` one row
+            per slice, or ``None`` (per slice, the columns with data).
 
     Returns:
         ``sigma`` in the file's units.
@@ -111,5 +111,6 @@ def estimate_noise_std(kspace: np.ndarray, columns: Optional[np.ndarray] = None)
         raise MrimsmError(f"noise estimate: need complex k-space (S, C, H, W), got {k.dtype} {k.shape}")
     if not np.isfinite(k).all():
         raise MrimsmError("noise estimate: k-space holds NaN or Inf")
-    per_slice = [slice_noise_std(k[s], columns) for s in range(k.shape[0])]
+    cols = None if columns is None else np.broadcast_to(np.asarray(columns, bool), (k.shape[0], k.shape[-1]))
+    per_slice = [slice_noise_std(k[s], None if cols is None else cols[s]) for s in range(k.shape[0])]
     return float(np.median(per_slice))

@@ -247,7 +247,8 @@ class MSMMethod(TrainMethod):
                 "num_coils": self.num_coils,
                 "channels": self.channels,
                 "complex": self.is_complex,
-                "rho": self.rho,
+                "rho": self.rho,  # the loss's noise level
+                "data_noise": info.get("rho"),  # the training measurements' noise (manifest)
                 "mask": spec,
                 "train_masks": None if masks is None else torch.as_tensor(np.asarray(masks)).bool(),
                 "reference_maps": example["maps"].to(torch.complex64).cpu() if "maps" in example else None,

@@ -69,7 +69,7 @@ __all__ = [
 
 PLACEMENTS = ("global", "local")
 DC_KINDS = ("operator", "measurement", "tweedie")
-DC_SCHEDULES = ("fixed", "sigma")
+DC_SCHEDULES = ("fixed", "sigma", "noise")
 INITS = ("none", "sense", "cs", "zero-filled", "baseline")
 
 #: The shipped 64 x 64 demonstration prior (the first of :data:`mrimsm.diffusion.shipped.SHIPPED_PRIORS`).
@@ -99,11 +99,16 @@ class PosteriorSettings:
         dc_lambda: weight of the prior term of the ``operator`` solve,
             ``min ||A x - y||^2 + lambda_t ||x - T^H z0_hat||^2``; 0 is the projection onto
             ``A x = y``.
-        dc_schedule: ``fixed`` (``lambda_t = dc_lambda``) or ``sigma``
-            (``lambda_t = dc_lambda / sigma_t^2``: DiffPIR-style, the Tweedie estimate is
-            trusted more as its noise level ``sigma_t`` falls).
+        dc_schedule: ``fixed`` (``lambda_t = dc_lambda``), ``sigma``
+            (``lambda_t = dc_lambda / sigma_t^2``: the Tweedie estimate is trusted more as
+            its noise level ``sigma_t`` falls) or ``noise`` (DiffPIR's
+            ``lambda_t = dc_lambda * sigma_y^2 / sigma_t^2`` with ``sigma_y`` the test
+            scan's own noise std, measured by ``recon`` (:mod:`mrimsm.data.noise`), else
+            ``dc_noise``; ``dc_lambda = 1`` at ``sigma_y = 0.01`` equals ``sigma`` with
+            ``dc_lambda = 1e-4``).
         dc_iters: conjugate-gradient iterations of the ``operator`` and ``tweedie`` solves.
-        dc_noise: ``tweedie``: the test data's noise std per real component (normalized units).
+        dc_noise: the test data's noise std per real component (normalized units) for
+            ``tweedie``, and for the ``noise`` schedule when no measured value is passed.
         dc_step: step of the ``measurement`` rule (1 = replace measured entries by y).
         placement: ``global`` (after aggregation, the paper's text) or ``local`` (on each
             local estimate, the published code); ``measurement`` only.
@@ -336,12 +341,18 @@ def _step_progress(on_step: Optional[Callable[[int, int], None]]):
     return wrap
 
 
-def _dc_lambda(settings: PosteriorSettings, schedule, chain: Sequence) -> Callable[[int], float]:
-    """``lambda_t`` by ``t_index`` of the chain: fixed, or ``dc_lambda / sigma_t^2``."""
+def _dc_lambda(settings: PosteriorSettings, schedule, chain: Sequence,
+               noise_std: Optional[float] = None) -> Callable[[int], float]:
+    """``lambda_t`` by ``t_index`` of the chain: fixed, ``dc_lambda / sigma_t^2``, or
+    ``dc_lambda * sigma_y^2 / sigma_t^2`` (``sigma_y``: ``noise_std``, else ``dc_noise``)."""
     if settings.dc_schedule == "fixed":
         return lambda t_index: float(settings.dc_lambda)
+    weight = float(settings.dc_lambda)
+    if settings.dc_schedule == "noise":
+        sigma_y = float(settings.dc_noise) if noise_std is None else float(noise_std)
+        weight *= sigma_y**2
     sigma = {t_index: float(schedule.sigma(t)) for t_index, t, _ in chain}
-    return lambda t_index: float(settings.dc_lambda) / max(sigma[t_index], 1e-6) ** 2
+    return lambda t_index: weight / max(sigma[t_index], 1e-6) ** 2
 
 
 def posterior_sample(
@@ -356,6 +367,7 @@ def posterior_sample(
     on_step: Optional[Callable[[int, int], None]] = None,
     x_init: Optional[torch.Tensor] = None,
     schedule=None,
+    noise_std: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw ``settings.samples`` posterior samples for each of ``B`` observations.
 
@@ -372,6 +384,8 @@ def posterior_sample(
         x_init: ``(B, *image)`` initial image of a warm start (``settings.t0 < 1``), e.g. a
             SENSE reconstruction; required when ``settings.init`` is not ``none``.
         schedule: the diffusion schedule, default ``denoiser.schedule``.
+        noise_std: the test data's measured noise std per real component (normalized
+            units), used by ``dc_schedule: noise``; ``None``: ``settings.dc_noise``.
 
     Returns:
         ``(mean (B, *image), std (B, *image) float32, samples (K, B, *image))``:
@@ -398,7 +412,8 @@ def posterior_sample(
         start = (op_full.with_mask(None).full_forward(x_init), round(float(settings.t0) * (schedule.num_steps - 1)))
     chain = sampling_timesteps(schedule, int(settings.steps), None if start is None else start[1])
     if settings.dc == "operator":
-        hook = operator_consistency(op_full, H, y, _dc_lambda(settings, schedule, chain), int(settings.dc_iters))
+        hook = operator_consistency(op_full, H, y, _dc_lambda(settings, schedule, chain, noise_std),
+                                     int(settings.dc_iters))
     elif settings.dc == "tweedie":
         hook = tweedie_consistency(H, y, schedule, chain, float(settings.dc_noise), int(settings.dc_iters))
     else:

@@ -33,6 +33,8 @@ class SliceBatch:
         on_step: optional ``on_step(done, total)`` for progress inside a method
             (e.g. diffusion steps); may be ``None``.
         pixel_mm: ``(rows, columns)`` pixel size in mm from the file's header, or ``None``.
+        noise_std: the scan's measured k-space noise std per real component, in the
+            units of ``kspace`` (divided by ``scale`` like it), or ``None``.
     """
 
     kspace: torch.Tensor
@@ -43,6 +45,7 @@ class SliceBatch:
     scale: float = 1.0
     on_step: Optional[Callable[[int, int], None]] = None
     pixel_mm: Optional[tuple] = None
+    noise_std: Optional[float] = None
 
 
 @dataclass

@@ -37,6 +37,29 @@ def _batch_seed(seeds: Sequence[int]) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
 
 
+def _training_noise(loaded: Any) -> Any:
+    """The noise std of a prior's training measurements: recorded in its meta, else its
+    config's simulated-data ``rho`` (priors trained before the meta recorded it), else ``None``."""
+    value = loaded.meta.get("data_noise")
+    if value is None:
+        simulated = ((loaded.config or {}).get("data") or {}).get("simulated") or {}
+        value = simulated.get("rho") if isinstance(simulated, dict) else None
+    return value
+
+
+def _noise_note(measured: Any, trained: Any, settings: PosteriorSettings) -> str:
+    """The model line's noise part: the scan's measured noise (normalized units) beside the
+    prior's training noise, and whether the data-consistency weight follows it."""
+    if measured is None:
+        return ""
+    text = f"scan noise {float(measured):.4f}"
+    if isinstance(trained, (int, float)) and not isinstance(trained, bool):
+        text += f" (prior trained on {float(trained):.4f})"
+    if settings.dc == "operator" and settings.dc_schedule == "noise":
+        text += ", data-consistency weight follows it"
+    return text
+
+
 def make_msm_method(options: Mapping[str, Any]):
     """Factory for ``mrimsm recon --method msm``.
 
@@ -119,7 +142,7 @@ def make_msm_method(options: Mapping[str, Any]):
         x_init = None if init is None else init(batch).images.to(device)
         mean, std, _ = posterior_sample(
             loaded.denoiser, op_full, H, y, SubmaskSampler(family, shape), st,
-            generator=gen, on_step=batch.on_step, x_init=x_init,
+            generator=gen, on_step=batch.on_step, x_init=x_init, noise_std=batch.noise_std,
         )
         return MethodOutput(
             images=mean.detach().cpu().to(torch.complex64),
@@ -131,6 +154,7 @@ def make_msm_method(options: Mapping[str, Any]):
                 "model": "; ".join(part for part in (
                     shipped.describe(prior, loaded.path, loaded.step, model_shape),
                     shipped.pixel_note(loaded.config, batch.pixel_mm),
+                    _noise_note(batch.noise_std, _training_noise(loaded), st),
                     f"solver {settings_label(prior)}: {st.steps} steps, w {st.w}, {st.samples} samples, "
                     f"start {st.init if st.init == 'none' else f'{st.init} at t0 {st.t0:g}'}") if part),
             },

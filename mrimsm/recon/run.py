@@ -111,6 +111,7 @@ def run_method(
                 scale=scale,
                 on_step=StepBar(progress, f"{name} steps") if progress is not None else None,
                 pixel_mm=volume.pixel_mm,
+                noise_std=None if volume.noise_std is None else volume.noise_std / scale,
             )
             t0 = time.perf_counter()
             try:

@@ -77,6 +77,9 @@ class PreparedVolume:
         scale: :func:`volume_scale`, the divisor for methods that need normalized input.
         maps_seconds: wall time of the coil-map estimation.
         pixel_mm: ``(rows, columns)`` pixel size in mm from the file's header, or ``None``.
+        noise_std: the scan's k-space noise std per real component, in the file's units,
+            measured on its acquired columns (:func:`mrimsm.data.noise.estimate_noise_std`);
+            ``noise_std / scale`` in normalized units.
     """
 
     path: Path
@@ -95,6 +98,7 @@ class PreparedVolume:
     scale: float = 1.0
     maps_seconds: float = 0.0
     pixel_mm: Optional[tuple] = None
+    noise_std: Optional[float] = None
 
 
 #: Fewest fully sampled centre columns of a retrospective mask (ESPIRiT calibrates on
@@ -180,6 +184,7 @@ def prepare_volume(
     """
     from mrimsm.baselines.classical import zero_filled
     from mrimsm.data.fastmri_io import crop_to_reconstruction, read_multicoil
+    from mrimsm.data.noise import estimate_noise_std
 
     data = read_multicoil(path)
     s, _, big_h, width = data.kspace.shape
@@ -233,4 +238,5 @@ def prepare_volume(
         scale=volume_scale(kspace, mask, maps),
         maps_seconds=maps_seconds,
         pixel_mm=data.pixel_mm,
+        noise_std=estimate_noise_std(data.kspace, columns=mask),
     )
