@@ -77,3 +77,29 @@ def test_bad_input():
     with pytest.raises(MrimsmError, match="NaN"):
         estimate_noise_std(k)
     assert slice_noise_std(np.zeros((2, 8, 8), np.complex64)) == 0.0
+
+
+def test_recon_measures_the_test_scan_noise_on_its_acquired_columns(tmp_path):
+    from conftest import write_fake_fastmri
+    from mrimsm.recon.volume import prepare_volume
+
+    path = write_fake_fastmri(tmp_path / "scan.h5", "full", num_slices=2, size=64, num_coils=8, noise_std=0.004)
+    vol = prepare_volume(path, 4.0, maps_fn=lambda k, m: np.ones_like(k) / np.sqrt(k.shape[1]))
+    assert vol.noise_std == pytest.approx(0.004, rel=0.05)
+
+
+def test_noise_schedule_is_diffpir_weighting_by_the_measured_noise():
+    from mrimsm.diffusion.posterior import PosteriorSettings, _dc_lambda
+    from mrimsm.diffusion.sampler import sampling_timesteps
+    from mrimsm.diffusion.schedule import VPSchedule
+
+    schedule = VPSchedule()
+    chain = sampling_timesteps(schedule, 5, None)
+    sigma = PosteriorSettings(dc_schedule="sigma", dc_lambda=1e-4)
+    noise = PosteriorSettings(dc_schedule="noise", dc_lambda=1.0, dc_noise=0.01)
+    for t_index, t, _ in chain:
+        # at sigma_y = 0.01, dc_lambda 1 is the sigma schedule's 1e-4
+        assert _dc_lambda(noise, schedule, chain)(t_index) == pytest.approx(_dc_lambda(sigma, schedule, chain)(t_index))
+        # a 4x cleaner scan gets a 16x smaller prior weight (its data are trusted more)
+        assert _dc_lambda(noise, schedule, chain, 0.0025)(t_index) == pytest.approx(
+            _dc_lambda(sigma, schedule, chain)(t_index) / 16)
