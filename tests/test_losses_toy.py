@@ -14,8 +14,9 @@ linear, so on the measured coordinates ``I`` of a mask::
 The denoiser (:class:`GainTable`) holds one learnable matrix per (step, mask
 pattern): exactly the capacity of those maps. It is told each example's
 pattern (the real network sees the zero-filled view and no mask; reading the
-pattern from exact zeros fails on float32 data, where a measured entry is 0
-about once in 10^7 draws).
+pattern from the view's zeros is not reliable in float32, where a measured
+entry comes out exactly 0 now and then: a float32 normal draw is 0 about once
+in 10^7).
 
 What the method promises, and what the tests check (errors are Frobenius
 distances over all patterns, divided by the distance between the clean and the
