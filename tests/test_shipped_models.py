@@ -154,7 +154,8 @@ def test_the_256_prior_is_shipped_small_and_serves_a_320_by_396_scan(tmp_path, c
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "msm model: shipped 256 x 256 brain prior default_msm256.pt" in captured.out
-    assert "; scan pixels 1.00 x 1.00 mm (trained at 0.83-1.43 mm); solver" in captured.out
+    assert "; scan pixels 1.00 x 1.00 mm (trained at 0.83-1.43 mm); scan noise 0.0" in captured.out
+    assert "(prior trained on 0.0100); solver" in captured.out
     assert "solver configs/recon_csmri256.yaml: 2 steps, w 1, 1 samples, start cs at t0 0.05" in captured.out
     out = tmp_path / "out"
     with h5py.File(out if out.is_file() else next(out.glob("*.h5"))) as h:

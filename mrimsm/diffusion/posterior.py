@@ -124,8 +124,8 @@ class PosteriorSettings:
     eta: float = 1.0
     samples: int = 4
     dc: str = "operator"
-    dc_lambda: float = 0.0001
-    dc_schedule: str = "sigma"
+    dc_lambda: float = 1.0
+    dc_schedule: str = "noise"
     dc_iters: int = 10
     dc_noise: float = 0.01
     dc_step: float = 1.0
