@@ -95,7 +95,7 @@ def test_every_module_imports_alone():
 #: a unit imports only from units of a lower layer (or from itself).
 LAYERS: dict[str, int] = {
     "mrimsm.errors": 0, "mrimsm.utils": 1, "mrimsm.interrupt": 1,
-    "mrimsm.distributed": 2, "mrimsm.workers": 2, "mrimsm.physics": 2, "mrimsm.metrics": 2, "mrimsm.checkpoint": 2,
+    "mrimsm.distributed": 2, "mrimsm.workers": 2, "mrimsm.physics": 2, "mrimsm.metrics": 2, "mrimsm.uncertainty": 2, "mrimsm.checkpoint": 2,
     "mrimsm.models": 3, "mrimsm.data": 3,
     "mrimsm.trainmethod": 4,
     "mrimsm.diffusion": 5, "mrimsm.baselines": 5,
