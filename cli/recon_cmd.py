@@ -137,8 +137,9 @@ def register(app: typer.Typer) -> None:
             help="torch CPU threads (1 is fastest on a busy shared CPU; default: torch's choice).",
         ),
         overwrite: bool = typer.Option(
-            False, "--overwrite", help="Directory input: redo every output, also those done before or made "
-            "with other settings (without it: done ones are skipped, others refused)."
+            False, "--overwrite", help="Replace outputs mrimsm did not write (a file input's existing -o), and, "
+            "for a directory input, redo every output, also those done before or made with other settings "
+            "(without it: done ones are skipped, others refused)."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
@@ -206,7 +207,7 @@ def register(app: typer.Typer) -> None:
         if world > 1 and rank != 0:
             typer.echo(f"rank {rank}: one input file; rank 0 reconstructs it")
             return
-        report = lib.reconstruct_file(input, output, recon_options=job)
+        report = lib.reconstruct_file(input, output, recon_options=job, overwrite=overwrite)
         typer.echo(lib.format_table(report.results, report.volume))
         for path in report.outputs.values():
             typer.echo(f"wrote {path}")

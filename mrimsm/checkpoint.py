@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -72,7 +73,14 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
     obj.update(fields)
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write (full disk) so
+            if "inline_container" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+                raise
+            free = shutil.disk_usage(tmp.parent).free
+            raise MrimsmError(f"could not write the checkpoint {path} ({free / 2**20:.1f} MiB free on its disk); "
+                              f"nothing was written there") from None
     return path
 
 

@@ -4,6 +4,7 @@ hashes, the device choice and the CPU thread count."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import os
@@ -23,12 +24,19 @@ __all__ = [
 ]
 
 
+#: Write failures that are the destination's fault (full disk, quota, read-only or
+#: immutable file): :func:`atomic_path` turns them into one line naming the path.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     Whatever is written to the yielded path appears at ``path`` all at once, or
-    not at all if the block raises or the process is killed. Example::
+    not at all if the block raises or the process is killed. A full disk, a quota, a
+    read-only or immutable destination (:data:`WRITE_ERRNOS`) raise MrimsmError naming
+    ``path``, the temporary file removed. Example::
 
         with atomic_path("out.h5") as tmp:
             with h5py.File(tmp, "w") as f:
@@ -46,6 +54,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise MrimsmError(f"could not write {path}: {os.strerror(exc.errno)}; nothing was written there") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -81,8 +93,10 @@ def check_output(
 
     Checks, each failing with a one-line MrimsmError that names ``flag``:
 
-    * ``kind="file"``: ``path`` is not an existing directory; ``kind="dir"``: ``path`` is
-      not an existing file (an existing directory is fine, a missing one will be created);
+    * ``kind="file"``: ``path`` is not an existing directory, nor a special file (a
+      device such as ``/dev/null``, a fifo, a socket: writing replaces it); ``kind="dir"``:
+      ``path`` is not an existing file (an existing directory is fine, a missing one will be
+      created); neither is a dangling symbolic link;
     * the closest existing ancestor of what must be created is a directory (not a file,
       e.g. ``README.md/x.h5``) and writable;
     * ``path`` is none of ``inputs`` and, for a directory, none of them is ``path``
@@ -97,6 +111,10 @@ def check_output(
     p = Path(path)
     if kind == "file" and p.is_dir():
         raise MrimsmError(f"{flag} {p} is a directory; give a file name")
+    if p.is_symlink() and not p.exists():
+        raise MrimsmError(f"{flag} {p} is a dangling symbolic link; give a file name or remove the link")
+    if kind == "file" and p.exists() and not p.is_file():
+        raise MrimsmError(f"{flag} {p} is not a regular file (a device, fifo or socket); it is never replaced")
     if kind == "dir" and (p.exists() or p.is_symlink()) and not p.is_dir():
         raise MrimsmError(f"{flag} {p} is a file, not a directory")
     anchor = _nearest_existing(p if kind == "dir" else p.parent)

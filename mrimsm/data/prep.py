@@ -65,7 +65,7 @@ from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
-from mrimsm.utils import atomic_path, check_output, file_sha256
+from mrimsm.utils import atomic_path, check_output, file_sha256, same_file
 from mrimsm.workers import process_map
 
 __all__ = [
@@ -415,6 +415,22 @@ def _split_volumes(names: list[str], val_fraction: float, seed: int) -> set[str]
     return set(ranked[:n_val])
 
 
+def _check_shards_spare_inputs(out_dir: Path, inputs: list[Path]) -> None:
+    """MrimsmError when a shard path ``OUT_DIR/{train,val}/<stem>.h5`` is one of the input
+    files, by resolved path or by inode (links, bind mounts), before anything is written."""
+    by_path = {p.resolve(): p for p in inputs}
+    by_inode = {(st.st_dev, st.st_ino): p for p in inputs for st in [p.stat()]}
+    for path in inputs:
+        for sub in ("train", "val"):
+            shard = out_dir / sub / f"{path.stem}.h5"
+            hit = by_path.get(shard.resolve())
+            if hit is None and shard.exists():
+                st = shard.stat()
+                hit = by_inode.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                raise MrimsmError(f"the shard {shard} would replace the input {hit}; choose another OUT_DIR")
+
+
 def _check_dirs(raw_dir: Path, out_dir: Path) -> list[Path]:
     if not raw_dir.exists():
         raise MrimsmError(f"RAW_DIR does not exist: {raw_dir}")
@@ -423,8 +439,12 @@ def _check_dirs(raw_dir: Path, out_dir: Path) -> list[Path]:
     files = sorted(p for p in raw_dir.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
     if not files:
         raise MrimsmError(f"RAW_DIR holds no .h5 files: {raw_dir}")
-    if out_dir.resolve() == raw_dir.resolve():
+    if same_file(out_dir, raw_dir):
         raise MrimsmError("OUT_DIR must differ from RAW_DIR (inputs are never overwritten)")
+    for split in ("train", "val"):  # the shards go to OUT_DIR/<split>/<file stem>.h5
+        if same_file(out_dir / split, raw_dir):
+            raise MrimsmError(f"RAW_DIR {raw_dir} is OUT_DIR/{split}, where the shards go: they would replace "
+                              f"the raw files; choose another OUT_DIR")
     check_output(out_dir, kind="dir", flag="OUT_DIR")  # created only once there is work to do
     return files
 
@@ -665,6 +685,7 @@ def _plan_tasks(planned: list, out_dir: Path, opts: PrepOptions, params_hash: st
     (a shard already written with the same parameters and source hash is not redone).
     Creates ``out_dir/train`` and ``out_dir/val`` and removes temporaries of a killed run."""
     val_names = _split_volumes([p.name for p, _, _ in planned], opts.val_fraction, opts.seed)
+    _check_shards_spare_inputs(out_dir, [p for p, _, _ in planned])
     for sub in ("train", "val"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
         for stale in (out_dir / sub).glob(".*.tmp"):

@@ -13,10 +13,10 @@ from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import raising_interrupts
 from mrimsm.recon.methods import ReconMethod, get_method
 from mrimsm.recon.options import ReconOptions
-from mrimsm.recon.outputs import output_record, plan_outputs, save_pngs, write_result
+from mrimsm.recon.outputs import option_input_files, output_record, plan_outputs, save_pngs, write_result
 from mrimsm.recon.run import run_method
 from mrimsm.recon.volume import PreparedVolume, prepare_volume
-from mrimsm.utils import check_output, resolve_device
+from mrimsm.utils import check_output, resolve_device, same_file
 
 
 @dataclass
@@ -34,6 +34,7 @@ def reconstruct_file(
     output: Optional[Union[str, os.PathLike]] = None,
     *args: Any,
     recon_options: Optional[ReconOptions] = None,
+    overwrite: bool = False,
     **kwargs: Any,
 ) -> ReconReport:
     """Reconstruct one file with one or more methods and write the outputs.
@@ -48,13 +49,19 @@ def reconstruct_file(
             options, png_dir, center_fraction, maps_fn, progress), or give its fields
             instead: ``methods``, ``accel``, ``seed`` positionally or by keyword, the rest
             by keyword, e.g. ``reconstruct_file(src, out, ["cs"], accel=4, png_dir="png")``.
+        overwrite: replace an existing ``output`` that no reconstruction wrote (without it:
+            refused, :func:`~mrimsm.recon.outputs.plan_outputs`).
     """
     job = ReconOptions.of(recon_options, *args, **kwargs).resolved()
     if not Path(input_path).exists():
         raise MrimsmError(f"no such file: {input_path}")
-    outputs = plan_outputs(input_path, output, job.methods)
+    inputs = option_input_files(job.options)
+    outputs = plan_outputs(input_path, output, job.methods, inputs=inputs, overwrite=overwrite)
     if job.png_dir is not None:
-        check_output(job.png_dir, kind="dir", inputs=[input_path], flag="--png")
+        check_output(job.png_dir, kind="dir", inputs=[input_path, *inputs], flag="--png")
+        clash = next((p for p in outputs.values() if same_file(p, job.png_dir)), None)
+        if clash is not None:
+            raise MrimsmError(f"--png {job.png_dir} is also the output file {clash}; choose another --png or -o")
     opts, built = build_methods(job)  # bad options fail before the heavy work
     written: list[Path] = []
     try:

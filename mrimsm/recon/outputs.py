@@ -17,18 +17,41 @@ from mrimsm.recon.run import MethodResult
 from mrimsm.recon.volume import PreparedVolume
 from mrimsm.utils import check_output, file_sha256, same_file
 
+def option_input_files(options: Optional[Mapping[str, Any]]) -> list[Path]:
+    """The files a command reads that its options name: every checkpoint option
+    (``checkpoint``, ``ssdu_checkpoint``, ...) and the solver ``settings``."""
+    return [Path(v) for k, v in (options or {}).items()
+            if (_is_checkpoint_key(k) or k == "settings") and isinstance(v, (str, os.PathLike)) and str(v)]
+
+
+def is_mrimsm_output(path: Union[str, os.PathLike]) -> bool:
+    """``path`` is an HDF5 file that a reconstruction wrote (it holds :data:`RECORD_ATTR`)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return RECORD_ATTR in f.attrs
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 def plan_outputs(
     input_path: Union[str, os.PathLike],
     output: Optional[Union[str, os.PathLike]],
     methods: Sequence[str],
+    inputs: Sequence[Union[str, os.PathLike]] = (),
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Where each method's output goes.
 
     One method: ``output`` is the file (or, if it is an existing directory,
     ``output/<stem>.<method>.h5``). Several methods: ``output`` is a directory
     (created if needed), each method writes ``<stem>.<method>.h5``. No ``output``:
-    the current directory. MrimsmError if any path is the input file or cannot be
-    written (:func:`~mrimsm.utils.check_output`; nothing is created).
+    the current directory. MrimsmError if any path is the input file or one of the
+    other ``inputs`` (checkpoints, settings: :func:`option_input_files`), cannot be
+    written (:func:`~mrimsm.utils.check_output`; nothing is created), or is an existing
+    file that no reconstruction wrote (:func:`is_mrimsm_output`: another scan, say),
+    unless ``overwrite``.
     """
     src = Path(input_path)
     stem = src.name[: -len(".h5")] if src.name.endswith(".h5") else src.stem
@@ -44,7 +67,10 @@ def plan_outputs(
     for p in paths.values():
         if same_file(src, p):
             raise MrimsmError(f"output {p} is the input file; choose another -o")
-        check_output(p, inputs=[src])
+        check_output(p, inputs=[src, *inputs])
+        if p.exists() and not overwrite and not is_mrimsm_output(p):
+            raise MrimsmError(f"output {p} exists and is not a reconstruction mrimsm wrote; "
+                              f"pass --overwrite to replace it, or choose another -o")
     return paths
 
 
