@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
         if threads is not None:
             from mrimsm.utils import set_threads
 
-            set_threads(int(lib.parse_number(threads, "--threads", int, 1)))
+            set_threads(threads)
         base_seed = opts.pop("seed")
         cf = opts.pop("center_fraction")
         rank, world, _ = lib.rank_info()

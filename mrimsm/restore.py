@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import check_finite, check_seed
 from mrimsm.physics.operators import BoxMask, Downsample, Identity, LinearOperator
 from mrimsm.utils import check_output, resolve_device
 
@@ -469,8 +470,9 @@ def restore_file(
     input, output = Path(input), Path(output)
     if output.suffix.lower() not in _OUTPUT_SUFFIXES:
         raise MrimsmError(f"-o {output}: the output must end in .png or .jpg")
-    if noise < 0:
+    if check_finite(noise, "--noise") < 0:
         raise MrimsmError(f"--noise must be >= 0, got {noise}")
+    seed = check_seed(seed)
     settings = settings if settings is not None else image_settings(task)
     written = {"restored": output}
     if settings.samples > 1:

@@ -57,6 +57,7 @@ from mrimsm.data.normalization import common_acs, volume_peak
 from mrimsm.data.espirit import estimate_maps
 from mrimsm.data.fastmri_io import crop_to_reconstruction, read_header, read_multicoil
 from mrimsm.errors import Interrupted, MrimsmError
+from mrimsm.limits import check_seed, parse_accel
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
@@ -146,8 +147,8 @@ class PrepOptions:
     _RUNTIME = ("workers", "strict", "device")
 
     def validate(self) -> None:
-        if not np.isfinite(self.accel) or self.accel < 1:
-            raise MrimsmError(f"--accel must be >= 1, got {self.accel:g}")
+        parse_accel(self.accel)
+        check_seed(self.seed)
         if self.size <= 0 or self.size % 16:
             raise MrimsmError(f"--size must be a positive multiple of 16, got {self.size}")
         if not np.isfinite(self.noise_rho) or self.noise_rho < 0:
