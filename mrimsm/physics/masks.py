@@ -180,8 +180,21 @@ class PaperCartesian(MaskFamily):
     def __post_init__(self) -> None:
         self.accel = _check_accel(self.accel)
 
+    def _check_reachable(self, w: int) -> None:
+        """ValueError, as :class:`RandomCartesian` gives, when the request keeps fewer
+        columns (``round(W / R)``) than the always-kept centre: the achieved acceleration
+        could not exceed ``W / center_lines``, whatever ``accel`` says."""
+        num_low = min(self.center_lines, w)
+        total = int(round(w / self.accel))
+        if total < num_low:
+            raise ValueError(
+                f"acceleration {self.accel:g} keeps {total} of {w} columns, fewer than the "
+                f"{num_low} center columns; lower --accel or the center lines"
+            )
+
     def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> np.ndarray:
         w = int(shape[-1])
+        self._check_reachable(w)
         rng = np.random.default_rng(seed)
         mask = rng.random(w) < 1.0 / self.accel
         mask[_center_slice(w, min(self.center_lines, w))] = True
@@ -189,6 +202,7 @@ class PaperCartesian(MaskFamily):
 
     def probability(self, shape: Sequence[int]) -> np.ndarray:
         w = int(shape[-1])
+        self._check_reachable(w)
         p = np.full(w, 1.0 / self.accel)
         p[_center_slice(w, min(self.center_lines, w))] = 1.0
         return p
