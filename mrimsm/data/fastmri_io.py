@@ -223,8 +223,7 @@ def read_multicoil(
             bad = [i for i in sel if not 0 <= i < n_total]
             if bad:
                 raise MrimsmError(f"slice {bad[0]} out of range for {path} ({n_total} slices)")
-            check_memory(kspace_read_bytes(ds, len(sel)), f"reading kspace {tuple(ds.shape)} of {path}",
-                         "the file is larger than this machine can hold")
+            check_memory(kspace_read_bytes(ds, len(sel)), f"reading kspace {tuple(ds.shape)} of {path}")
             kspace = ds[()] if slices is None else (np.stack([ds[i] for i in sel]) if sel else ds[0:0])
             mask = None
             if "mask" in f:
