@@ -207,6 +207,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"rank {rank}: one input file; rank 0 reconstructs it")
             return
         report = lib.reconstruct_file(input, output, recon_options=job)
+        for note in report.notes:
+            typer.echo(f"note: {note}", err=True)
         typer.echo(lib.format_table(report.results, report.volume))
         for path in report.outputs.values():
             typer.echo(f"wrote {path}")
