@@ -181,15 +181,15 @@ class PaperCartesian(MaskFamily):
         self.accel = _check_accel(self.accel)
 
     def _check_reachable(self, w: int) -> None:
-        """ValueError, as :class:`RandomCartesian` gives, when the request keeps fewer
-        columns (``round(W / R)``) than the always-kept centre: the achieved acceleration
-        could not exceed ``W / center_lines``, whatever ``accel`` says."""
+        """ValueError when ``accel`` is so high that the mask is expected to keep less than
+        one column beyond the always-kept centre: the request would have no effect, the
+        achieved acceleration staying at about ``W / center_lines`` whatever it says."""
         num_low = min(self.center_lines, w)
-        total = int(round(w / self.accel))
-        if total < num_low:
+        expected = (w - num_low) / self.accel
+        if num_low < w and expected < 1:
             raise ValueError(
-                f"acceleration {self.accel:g} keeps {total} of {w} columns, fewer than the "
-                f"{num_low} center columns; lower --accel or the center lines"
+                f"acceleration {self.accel:g} keeps {expected:.2g} of the {w - num_low} columns beyond the "
+                f"{num_low} center columns (fewer than one); lower --accel"
             )
 
     def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> np.ndarray:
