@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         if threads is not None:
             from mrimsm.utils import set_threads
 
-            set_threads(int(lib.parse_number(threads, "--threads", int, 1)))
+            set_threads(threads)
         base_seed = opts.pop("seed")
         cf = opts.pop("center_fraction")
         rank, world, _ = lib.rank_info()
@@ -208,6 +208,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"rank {rank}: one input file; rank 0 reconstructs it")
             return
         report = lib.reconstruct_file(input, output, recon_options=job, overwrite=overwrite)
+        for note in report.notes:
+            typer.echo(f"note: {note}", err=True)
         typer.echo(lib.format_table(report.results, report.volume))
         for path in report.outputs.values():
             typer.echo(f"wrote {path}")

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         png_path = h5_path.with_suffix(".png")
 
         from mrimsm.checkpoint import resolve_checkpoint_path
-        from mrimsm.inference import generate, load_msm, write_samples
+        from mrimsm.inference import check_sample_disk, generate, load_msm, write_samples
         from mrimsm.train import save_grid
         from mrimsm.utils import check_output
 
@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
         num_steps = int(loaded.meta.get("schedule", {}).get("num_steps", 1000))
         if steps > num_steps:
             raise MrimsmError(f"--steps must be <= {num_steps}, got {steps}")
+
+        check_sample_disk(loaded, num, h5_path)
 
         from tqdm import tqdm
 

@@ -20,6 +20,7 @@ for float fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -29,6 +30,7 @@ from typing import Any, Mapping, Optional, Union
 
 from mrimsm.data.training_data import default_cache_dir
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import SEED_LIMIT
 from mrimsm.methods import known_methods, training_method
 
 __all__ = [
@@ -83,6 +85,7 @@ class SimulatedDataConfig:
         _check(self.num_coils >= 1, "num_coils", "must be >= 1")
         _check(self.accel >= 1, "accel", "must be >= 1")
         _check(self.rho >= 0, "rho", "must be >= 0")
+        _check(0 <= self.seed < SEED_LIMIT, "seed", f"must be an integer in [0, {SEED_LIMIT - 1}]")
         _check(self.center_lines is None or 1 <= self.center_lines < self.size, "center_lines",
                "must be >= 1 and smaller than size")
 
@@ -145,7 +148,7 @@ class TrainConfig:
         for key in ("ckpt_every", "keep_every", "log_every", "sample_every", "num_workers"):
             _check(getattr(self, key) >= 0, key, "must be >= 0")
         _check(self.log_every >= 1, "log_every", "must be >= 1")
-        _check(self.seed >= 0, "seed", "must be >= 0")
+        _check(0 <= self.seed < SEED_LIMIT, "seed", f"must be an integer in [0, {SEED_LIMIT - 1}]")
 
 
 @dataclass
@@ -250,6 +253,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _float_or_none(value: Any) -> Optional[float]:
+    """``value`` as a float (a number or numeric text; not a bool), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     """Check/convert ``value`` against the annotation ``tp``."""
     origin = typing.get_origin(tp)
@@ -290,13 +307,11 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _float_or_none(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise MrimsmError(f"{source}: key {where!r} must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

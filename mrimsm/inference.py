@@ -9,6 +9,7 @@ unconditional samples with Algorithm 1; :func:`write_samples` stores them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -24,6 +25,7 @@ from mrimsm.diffusion.denoiser import LEGACY_SKIP, build_denoiser, sampling_dtyp
 from mrimsm.diffusion.method import MSMMethod
 from mrimsm.diffusion.sampler import msm_sample
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import check_disk, check_memory, check_seed
 from mrimsm.methods import training_method
 from mrimsm.physics.masks import SubmaskSampler, training_mask_family
 from mrimsm.physics.operators import Identity, MultiCoilMRI
@@ -117,6 +119,22 @@ def load_ssdu(path: Any, device: str | torch.device = "cpu", use_ema: bool = Tru
     return LoadedSSDU(model, cfg.to_dict(), dict(ckpt.get("meta") or {}), int(ckpt["step"]), ckpt["path"])
 
 
+def sample_bytes(loaded: LoadedMSM, num: int) -> tuple[int, int]:
+    """``(in memory, on disk)``: bytes of ``num`` samples as :func:`generate` returns them
+    and as :func:`write_samples` stores them (the samples and their magnitude)."""
+    meta = loaded.meta
+    pixels = int(np.prod([int(s) for s in meta["image_shape"]]))
+    if meta.get("operator") == "MultiCoilMRI":
+        return num * pixels * 8, num * pixels * (8 + 4)  # complex64 + float32 magnitude
+    pixels *= int(meta.get("channels", 1))
+    return num * pixels * 4, num * pixels * (4 + 4)
+
+
+def check_sample_disk(loaded: LoadedMSM, num: int, path: str | os.PathLike) -> None:
+    """MrimsmError (one line) when ``num`` samples would not fit on the disk of ``path``."""
+    check_disk(sample_bytes(loaded, num)[1], path, f"-n {num} samples", "draw fewer with -n")
+
+
 def generate(
     loaded: LoadedMSM,
     num: int,
@@ -142,6 +160,7 @@ def generate(
     """
     if num < 1:
         raise MrimsmError(f"-n must be >= 1, got {num}")
+    seed = check_seed(seed)
     if steps < 1:
         raise MrimsmError(f"--steps must be >= 1, got {steps}")
     if w < 1:
@@ -151,6 +170,7 @@ def generate(
     num_steps = int(loaded.meta.get("schedule", {}).get("num_steps", 1000))
     if steps > num_steps:
         raise MrimsmError(f"--steps must be <= {num_steps} (the schedule's length), got {steps}")
+    check_memory(3 * sample_bytes(loaded, num)[0], f"-n {num} samples", "draw fewer with -n")
     meta = loaded.meta
     shape = tuple(int(s) for s in meta["image_shape"])
     family = training_mask_family(meta)

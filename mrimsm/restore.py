@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import check_finite, check_seed
 from mrimsm.physics.operators import BoxMask, Downsample, Identity, LinearOperator
 from mrimsm.utils import check_output, resolve_device
 
@@ -338,6 +339,19 @@ def simulate_restoration(
     return out
 
 
+def _model_channels(img: np.ndarray, channels: int, input: Path, ckpt) -> np.ndarray:
+    """``img`` ``(H, W, K)`` with the model's channel count: a grayscale image is repeated
+    to RGB for an RGB model; an RGB image for a grayscale model is refused (its colour
+    would be dropped without a word)."""
+    from mrimsm.data.images import _match_channels
+
+    if img.shape[-1] == channels:
+        return img
+    if img.shape[-1] == 1:
+        return _match_channels(img, channels)
+    raise MrimsmError(_channel_message(str(input), img.shape[-1], channels, ckpt))
+
+
 def _kind(channels: int) -> str:
     return {1: "grayscale", 3: "RGB"}.get(channels, f"{channels}-channel")
 
@@ -469,8 +483,9 @@ def restore_file(
     input, output = Path(input), Path(output)
     if output.suffix.lower() not in _OUTPUT_SUFFIXES:
         raise MrimsmError(f"-o {output}: the output must end in .png or .jpg")
-    if noise < 0:
+    if check_finite(noise, "--noise") < 0:
         raise MrimsmError(f"--noise must be >= 0, got {noise}")
+    seed = check_seed(seed)
     settings = settings if settings is not None else image_settings(task)
     written = {"restored": output}
     if settings.samples > 1:
@@ -489,8 +504,7 @@ def restore_file(
     for role, path in written.items():
         if path.resolve() == Path(loaded.path).resolve():
             raise MrimsmError(f"the {role} output {path} would overwrite the checkpoint; choose another -o")
-    if img.shape[-1] != channels:
-        raise MrimsmError(_channel_message(str(input), img.shape[-1], channels, loaded.path))
+    img = _model_channels(img, channels, input, loaded.path)
     x = image_to_tensor(img)
     lo, hi = value_range
     x = x * (hi - lo) / 2.0 + (hi + lo) / 2.0  # [-1, 1] -> the checkpoint's range

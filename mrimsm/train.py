@@ -57,6 +57,7 @@ from mrimsm.checkpoint import (
 from mrimsm.config import Config
 from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import deferred_interrupts
+from mrimsm.limits import check_memory
 from mrimsm.methods import training_method
 from mrimsm.trainmethod import TrainMethod
 from mrimsm.utils import atomic_path, check_output
@@ -347,11 +348,26 @@ class _Run:
     amp: Optional[torch.dtype]
 
 
+def _check_model_memory(method: TrainMethod, cfg: Config, dev: torch.device) -> None:
+    """MrimsmError (one line) when the model's float32 weights, EMA, gradients and AdamW's
+    two moments (5 copies of the parameters) do not fit in ``dev``'s free memory. The
+    parameters are counted on PyTorch's ``meta`` device, which allocates nothing; a model
+    that cannot be built there is not checked."""
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in method.build_model(cfg).parameters())
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return
+    check_memory(5 * 4 * params, f"training a model of {params:,} parameters",
+                 "lower model.model_channels (or channel_mult)", device=dev)
+
+
 def _build(cfg: Config, method_cls: type, info: distributed.DistInfo, amp_dtype: Optional[torch.dtype]) -> _Run:
     """Data, method, model (same initial weights on every rank), EMA, AdamW, loss scaler."""
     dev, tc = info.device, cfg.train
     bundle = method_cls.build_dataset(cfg, info)
     method = method_cls(cfg, bundle.info)
+    _check_model_memory(method, cfg, dev)
     torch.manual_seed(step_seed(tc.seed, _INIT_STREAM, 0))  # same initial weights on every rank
     model = method.build_model(cfg).to(dev)
     ema = EMA(model, tc.ema)

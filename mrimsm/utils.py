@@ -181,14 +181,14 @@ def resolve_device(name: Optional[str | torch.device] = None, local_rank: int = 
     raise MrimsmError(f"--device must be cpu, cuda or cuda:N, got {text!r}")
 
 
-def set_threads(threads: Optional[int]) -> None:
+def set_threads(threads: Optional[int | str]) -> None:
     """Apply ``--threads``: torch's CPU thread count; ``None`` keeps torch's default.
-    MrimsmError for a count below 1."""
+    MrimsmError outside ``[1, mrimsm.limits.MAX_THREADS]``."""
     if threads is None:
         return
-    if int(threads) < 1:
-        raise MrimsmError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(int(threads))
+    from mrimsm.limits import check_threads
+
+    torch.set_num_threads(check_threads(threads))
 
 
 def load_method_object(name: str, ref: Any) -> Any:

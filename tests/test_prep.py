@@ -197,7 +197,7 @@ def _cli(args, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--accel", "0.5"], "--accel must be >= 1"),
+        (["--accel", "0.5"], "--accel must be a number >= 1"),
         (["--size", "40"], "multiple of 16"),
         (["--acquisition", "AXFLAIR"], "no file in"),
         (["--val-fraction", "1.5"], "--val-fraction"),

@@ -232,7 +232,6 @@ def test_cli_sr4_upsamples_an_observation(tiny_ckpt, tmp_path, capsys):
     "case, message",
     [
         ("not_image", "not a readable PNG/JPEG image"),
-        ("grey", "is grayscale but the model tiny.pt was trained on RGB images"),
         ("odd_size", "not divisible by 2"),
         ("same_output", "would overwrite the input"),
         ("bad_suffix", "must end in .png or .jpg"),
@@ -246,8 +245,6 @@ def test_cli_bad_input_is_one_line(case, message, tiny_ckpt, tmp_path, capsys):
     if case == "not_image":
         src = tmp_path / "fake.png"
         src.write_text("hello")
-    elif case == "grey":
-        src = _save(tmp_path / "grey.png", _smooth_image(16)[..., 0])
     elif case == "odd_size":
         src = _save(tmp_path / "odd.png", _smooth_image(15))
     elif case == "same_output":

@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import check_memory
 from mrimsm.utils import atomic_path
 
 __all__ = [
@@ -151,6 +152,16 @@ def _kspace_dataset(f: "h5py.File", path: Path):
     return ds
 
 
+def kspace_read_bytes(ds: Any, num_slices: int) -> int:
+    """Bytes that reading ``num_slices`` slices of the ``kspace`` dataset ``ds`` takes in
+    memory: the slices as stored, plus their complex64 copy when stored otherwise (what
+    :func:`read_multicoil` returns). Known from the shape alone, before any read: a chunked
+    dataset that was never written is a few KB on disk however large its shape."""
+    per_slice = int(np.prod([int(s) for s in ds.shape[1:]], dtype=np.float64))
+    itemsize = int(ds.dtype.itemsize)
+    return num_slices * per_slice * (itemsize + (0 if ds.dtype == np.complex64 else 8))
+
+
 def read_header(path: str | os.PathLike) -> dict:
     """Validate a file's structure without loading k-space.
 
@@ -208,15 +219,12 @@ def read_multicoil(
         try:
             ds = _kspace_dataset(f, path)
             n_total, _, _, w = ds.shape
-            if slices is None:
-                sel = list(range(n_total))
-                kspace = ds[()]
-            else:
-                sel = [int(i) for i in slices]
-                bad = [i for i in sel if not 0 <= i < n_total]
-                if bad:
-                    raise MrimsmError(f"slice {bad[0]} out of range for {path} ({n_total} slices)")
-                kspace = np.stack([ds[i] for i in sel]) if sel else ds[0:0]
+            sel = list(range(n_total)) if slices is None else [int(i) for i in slices]
+            bad = [i for i in sel if not 0 <= i < n_total]
+            if bad:
+                raise MrimsmError(f"slice {bad[0]} out of range for {path} ({n_total} slices)")
+            check_memory(kspace_read_bytes(ds, len(sel)), f"reading kspace {tuple(ds.shape)} of {path}")
+            kspace = ds[()] if slices is None else (np.stack([ds[i] for i in sel]) if sel else ds[0:0])
             mask = None
             if "mask" in f:
                 raw_mask = np.asarray(f["mask"][()])
@@ -286,9 +294,10 @@ def _xy(space, field: str, kind: type) -> Optional[list]:
 
 def recon_size_from_header(header: Optional[bytes]) -> Optional[tuple[int, int]]:
     """``(h, w)`` from the ISMRMRD XML's ``encoding/reconSpace/matrixSize``
-    (``x`` = readout = rows, ``y`` = phase encode = columns), or ``None``."""
+    (``x`` = readout = rows, ``y`` = phase encode = columns), or ``None`` (also for a
+    size that is not positive, e.g. 0 x 0: the k-space size is used instead)."""
     size = _xy(_recon_space(header), "matrixSize", int)
-    return None if size is None else (size[0], size[1])
+    return None if size is None or min(size) < 1 else (size[0], size[1])
 
 
 def pixel_size_from_header(header: Optional[bytes]) -> Optional[tuple[float, float]]:

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -69,12 +70,23 @@ class ImageInfo:
 
 
 def _open(path: Path):
+    """``PIL.Image.open(path)``; MrimsmError (one line naming ``path``) for anything Pillow
+    refuses, also an image of more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a
+    decompression bomb: a few KB on disk, gigabytes once decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MrimsmError(
+            f"{path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels, the most an image may have"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise MrimsmError(f"{path} is not a readable PNG/JPEG image") from None
+    except Exception as exc:  # any other Pillow failure on a malformed file
+        raise MrimsmError(f"{path} is not a readable PNG/JPEG image ({type(exc).__name__})") from None
 
 
 def _channels_of_mode(mode: str) -> int:

@@ -62,6 +62,7 @@ from mrimsm.data.normalization import common_acs, volume_peak
 from mrimsm.data.espirit import estimate_maps
 from mrimsm.data.fastmri_io import crop_to_reconstruction, read_header, read_multicoil
 from mrimsm.errors import Interrupted, MrimsmError
+from mrimsm.limits import check_memory, check_seed, parse_accel
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
@@ -151,8 +152,8 @@ class PrepOptions:
     _RUNTIME = ("workers", "strict", "device")
 
     def validate(self) -> None:
-        if not np.isfinite(self.accel) or self.accel < 1:
-            raise MrimsmError(f"--accel must be >= 1, got {self.accel:g}")
+        parse_accel(self.accel)
+        check_seed(self.seed)
         if self.size <= 0 or self.size % 16:
             raise MrimsmError(f"--size must be a positive multiple of 16, got {self.size}")
         if not np.isfinite(self.noise_rho) or self.noise_rho < 0:
@@ -504,14 +505,29 @@ def _write_shard(path: Path, result: dict, task: dict) -> None:
             f.attrs["noise_total"] = result["noise_total"]
 
 
+def _drop_zero_slices(kspace: np.ndarray, slices: Sequence[int], name: str) -> tuple[np.ndarray, list, list]:
+    """``(k-space, slice indices, dropped indices)`` without the slices whose k-space is
+    all zero (nothing to learn from; they would also make the volume's scale meaningless).
+    MrimsmError when no slice is left."""
+    has_signal = [bool(np.any(k)) for k in kspace]
+    if not any(has_signal):
+        raise MrimsmError(f"{name}: every selected slice holds only zeros")
+    kept = [int(s) for s, ok in zip(slices, has_signal) if ok]
+    zero = [int(s) for s, ok in zip(slices, has_signal) if not ok]
+    return (kspace if not zero else kspace[np.asarray(has_signal)]), kept, zero
+
+
 def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> dict:
     """Read one input volume, prepare it, write its shard. Returns a summary."""
     opts = PrepOptions(**task["options"])
     summary = {"name": task["name"], "shard": task["shard_rel"], "split": task["split"]}
     try:
         f = read_multicoil(task["path"], slices=task["slices"])
+        kspace, slices, zero = _drop_zero_slices(f.kspace, task["slices"], task["name"])
+        if zero and progress is not None:
+            progress(len(zero))
         res = prepare_volume(
-            f.kspace, f.recon_size, task["slices"], task["name"], opts,
+            kspace, f.recon_size, slices, task["name"], opts,
             reference=task["split"] == "val" and opts.keep_reference, progress=progress,
         )
         _write_shard(Path(task["out_dir"]) / task["shard_rel"], res, task)
@@ -519,8 +535,9 @@ def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> d
         summary["error"] = str(exc)
         return summary
     summary.update(
-        num_slices=len(task["slices"]),
-        slices=list(task["slices"]),
+        num_slices=len(slices),
+        slices=list(slices),
+        zero_slices=zero,
         scale=float(res["scale"][0]),
         achieved_acceleration=[float(achieved_acceleration(m)) for m in res["mask"]],
         espirit=res["espirit"],
@@ -624,6 +641,19 @@ def _skip(inv: _Inventory, path: Path, reason: str, opts: PrepOptions, warn: Cal
         entry["status"] = "skipped"
 
 
+def _check_prep_memory(shape: Sequence[int], num_slices: int, path: Path, opts: PrepOptions) -> None:
+    """MrimsmError (one line) when preparing ``num_slices`` slices of a file of k-space
+    ``shape`` at ``--size`` would not fit in memory: the raw slices (complex64) and four
+    ``(S, C, size, size)`` complex64 arrays alive together (target k-space, measurements,
+    noise, coil maps), once per worker."""
+    _, coils, h, w = (int(x) for x in shape)
+    raw = float(num_slices) * coils * h * w * 8
+    work = 4.0 * num_slices * coils * opts.size * opts.size * 8
+    check_memory(int((raw + work) * opts.workers),
+                 f"--size {opts.size}: preparing {path.name} ({num_slices} slice(s), {coils} coils)",
+                 "lower --size or --workers")
+
+
 def _scan_inputs(files: list[Path], opts: PrepOptions, listed: Optional[dict[str, list[int]]],
                  warn: Callable[[str], None]) -> _Inventory:
     """Read each file's header: which files (and slices) to prepare, which are filtered
@@ -655,6 +685,7 @@ def _scan_inputs(files: list[Path], opts: PrepOptions, listed: Optional[dict[str
         if not slices:
             _skip(inv, path, f"{path} has no slices left after the edge / list selection", opts, warn, entry)
             continue
+        _check_prep_memory(head["shape"], len(slices), path, opts)
         entry["sha256"] = file_sha256(path)
         entry["status"] = "used"
         inv.planned.append((path, slices, entry))
@@ -741,9 +772,14 @@ def _collect_shards(results: list[dict], inv: _Inventory, raw_dir: Path, opts: P
         if "error" in res:
             _skip(inv, Path(res["name"]), res["error"], opts, warn, by_name[res["name"]])
             continue
+        if res.get("zero_slices"):
+            warn(f"{res['name']}: skipped {len(res['zero_slices'])} all-zero slice(s): "
+                 f"{', '.join(map(str, res['zero_slices']))}")
         shards.append({k: res[k] for k in ("shard", "split", "name", "num_slices", "slices", "scale",
                                            "achieved_acceleration", "espirit", "noise_measured",
                                            "noise_total") if k in res})
+        if res.get("zero_slices"):
+            shards[-1]["zero_slices"] = res["zero_slices"]
     if not shards:
         raise MrimsmError(f"no usable file in {raw_dir} ({len(inv.skipped)} skipped)")
     return shards
@@ -775,6 +811,7 @@ def _manifest(raw_dir: Path, opts: PrepOptions, params_hash: str, inv: _Inventor
             "files_skipped": len(inv.skipped),
             "files_filtered": len(inv.filtered),
             "files_resumed": num_resumed,
+            "zero_slices_skipped": sum(len(s.get("zero_slices", [])) for s in shards),
             "slices": {sp: sum(s["num_slices"] for s in shards if s["split"] == sp) for sp in ("train", "val")},
         },
         "achieved_acceleration": {

@@ -53,6 +53,7 @@ import torch
 
 from mrimsm.diffusion.shipped import SHIPPED_PRIORS
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import MAX_ITERATIONS, MAX_MASKS_PER_STEP
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import LinearOperator, MaskedMeasurement
 from mrimsm.physics.solvers import conjugate_gradient
@@ -137,7 +138,7 @@ class PosteriorSettings:
     def validate(self) -> "PosteriorSettings":
         checks = [
             (int(self.steps) >= 1, f"steps must be >= 1, got {self.steps}"),
-            (int(self.w) >= 1, f"w must be >= 1, got {self.w}"),
+            (1 <= int(self.w) <= MAX_MASKS_PER_STEP, f"w must be in [1, {MAX_MASKS_PER_STEP}], got {self.w}"),
             (int(self.samples) >= 1, f"samples must be >= 1, got {self.samples}"),
             (0.0 <= float(self.eta) <= 1.0, f"eta must be in [0, 1], got {self.eta}"),
             (self.dc in DC_KINDS, f"dc must be one of {', '.join(DC_KINDS)}, got {self.dc!r}"),
@@ -145,7 +146,7 @@ class PosteriorSettings:
              f"dc_lambda must be a number >= 0, got {self.dc_lambda}"),
             (self.dc_schedule in DC_SCHEDULES,
              f"dc_schedule must be one of {', '.join(DC_SCHEDULES)}, got {self.dc_schedule!r}"),
-            (int(self.dc_iters) >= 1, f"dc_iters must be >= 1, got {self.dc_iters}"),
+            (1 <= int(self.dc_iters) <= MAX_ITERATIONS, f"dc_iters must be in [1, {MAX_ITERATIONS}], got {self.dc_iters}"),
             (math.isfinite(float(self.dc_noise)) and float(self.dc_noise) >= 0,
              f"dc_noise must be a number >= 0, got {self.dc_noise}"),
             (0.0 <= float(self.dc_step) <= 2.0, f"dc_step must be in [0, 2], got {self.dc_step}"),
@@ -169,6 +170,30 @@ class PosteriorSettings:
         return int(self.samples) * int(self.w) * int(self.steps) if float(self.t0) > 0 else 0
 
 
+def _typed(key: Any, value: Any, where: str = "") -> Any:
+    """A setting's value as its field's type (int, float or str; an int-valued float
+    for an int, numeric text for a number); MrimsmError naming ``key`` otherwise. Unknown
+    keys pass unchanged (the loader names them all at once)."""
+    kind = {f.name: f.type for f in fields(PosteriorSettings)}.get(key)
+    kind = {"int": int, "float": float, "str": str}.get(kind, kind) if isinstance(kind, str) else kind
+    if kind not in (int, float, str):
+        return value
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise MrimsmError(f"{where}{key} must be a string, got {value!r}")
+    if isinstance(value, bool):
+        value = None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        what = "an integer" if kind is int else "a finite number"
+        raise MrimsmError(f"{where}{key} must be {what}, got {value!r}")
+    return int(number) if kind is int else number
+
+
 def load_posterior_settings(path: Optional[str | Path] = None, **overrides: Any) -> PosteriorSettings:
     """Settings from a YAML file (``posterior:`` section or top level), then overrides.
 
@@ -182,16 +207,22 @@ def load_posterior_settings(path: Optional[str | Path] = None, **overrides: Any)
         import yaml
 
         p = Path(path)
+        if p.is_dir():
+            raise MrimsmError(f"settings file {p} is a directory; give a YAML file (e.g. configs/recon_csmri.yaml)")
         if not p.exists():
             raise MrimsmError(f"settings file {p} does not exist")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise MrimsmError(f"{p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise MrimsmError(f"{p}: not a text file") from None
+        except OSError as exc:
+            raise MrimsmError(f"cannot read settings file {p}: {exc.strerror or exc}") from None
         data = data.get("posterior", data) if isinstance(data, dict) else None
         if not isinstance(data, dict):
             raise MrimsmError(f"{p}: expected a mapping of solver settings")
-        values.update(data)
+        values.update({k: _typed(k, v, f"{p}: ") for k, v in data.items()})
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(PosteriorSettings)}
     unknown = sorted(set(values) - known)

@@ -180,8 +180,21 @@ class PaperCartesian(MaskFamily):
     def __post_init__(self) -> None:
         self.accel = _check_accel(self.accel)
 
+    def _check_reachable(self, w: int) -> None:
+        """ValueError when ``accel`` is so high that the mask is expected to keep less than
+        one column beyond the always-kept centre: the request would have no effect, the
+        achieved acceleration staying at about ``W / center_lines`` whatever it says."""
+        num_low = min(self.center_lines, w)
+        expected = (w - num_low) / self.accel
+        if num_low < w and expected < 1:
+            raise ValueError(
+                f"acceleration {self.accel:g} keeps {expected:.2g} of the {w - num_low} columns beyond the "
+                f"{num_low} center columns (fewer than one); lower --accel"
+            )
+
     def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> np.ndarray:
         w = int(shape[-1])
+        self._check_reachable(w)
         rng = np.random.default_rng(seed)
         mask = rng.random(w) < 1.0 / self.accel
         mask[_center_slice(w, min(self.center_lines, w))] = True
@@ -189,6 +202,7 @@ class PaperCartesian(MaskFamily):
 
     def probability(self, shape: Sequence[int]) -> np.ndarray:
         w = int(shape[-1])
+        self._check_reachable(w)
         p = np.full(w, 1.0 / self.accel)
         p[_center_slice(w, min(self.center_lines, w))] = 1.0
         return p

@@ -18,7 +18,8 @@ from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.recon.file import build_methods, reconstruct_one
 from mrimsm.recon.methods import ReconMethod
 from mrimsm.recon.options import ReconOptions
-from mrimsm.recon.outputs import output_record, output_state
+from mrimsm.recon.outputs import output_record, output_state, own_mask_record
+from mrimsm.recon.volume import has_own_mask
 from mrimsm.utils import check_output, same_file
 from mrimsm.recon.progress import open_bar
 
@@ -204,12 +205,16 @@ def _plan_file(path: Path, out: Path, records: Mapping[str, dict], overwrite: bo
         return list(records), []
     todo, notes = [], []
     slices: Any = ...
+    own = False
     for m, record in records.items():
         if not outputs[m].exists():
             todo.append(m)
             continue
         if slices is ...:
             slices = _input_slices(path)
+            own = has_own_mask(path)
+        if own:
+            record = own_mask_record(record)
         state, why = output_state(outputs[m], record, slices)
         if state == "done":
             continue
@@ -247,7 +252,7 @@ def _directory_file(
         path,
         "done",
         outputs,
-        "; ".join(x for x in (kept, redone) if x),
+        "; ".join(x for x in (kept, redone, *rep.notes) if x),
         num_slices=len(rep.volume.slices),
         metrics={r.method: r.metrics for r in rep.results if r.metrics is not None},
         seconds_per_slice={r.method: r.seconds_per_slice for r in rep.results},

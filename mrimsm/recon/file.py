@@ -5,7 +5,7 @@ directory run shares with it: the methods built once on their device
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -13,9 +13,11 @@ from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import raising_interrupts
 from mrimsm.recon.methods import ReconMethod, get_method
 from mrimsm.recon.options import ReconOptions
-from mrimsm.recon.outputs import option_input_files, output_record, plan_outputs, save_pngs, write_result
+from mrimsm.recon.outputs import (
+    option_input_files, output_record, own_mask_record, plan_outputs, save_pngs, write_result,
+)
 from mrimsm.recon.run import run_method
-from mrimsm.recon.volume import PreparedVolume, prepare_volume
+from mrimsm.recon.volume import PreparedVolume, accel_note, prepare_volume
 from mrimsm.utils import check_output, resolve_device, same_file
 
 
@@ -27,6 +29,7 @@ class ReconReport:
     results: list
     outputs: dict
     pngs: list
+    notes: list = field(default_factory=list)  # one-line remarks, e.g. an --accel the file's mask overrides
 
 
 def reconstruct_file(
@@ -105,6 +108,8 @@ def reconstruct_one(
     written = [] if written is None else written
     for res in results:
         record = output_record(res.method, built[res.method], opts, job)
+        if volume.mask_source == "file":
+            record = own_mask_record(record)
         written.append(write_result(volume, res, outputs[res.method], record=record))
     pngs: list[Path] = []
     if job.png_dir is not None:
@@ -112,4 +117,5 @@ def reconstruct_one(
             new = save_pngs(volume, res, job.png_dir)
             pngs += new
             written += new
-    return ReconReport(volume, results, dict(outputs), pngs)
+    note = accel_note(volume, job.accel)
+    return ReconReport(volume, results, dict(outputs), pngs, [note] if note else [])

@@ -13,19 +13,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import MAX_ITERATIONS, MAX_MASKS_PER_STEP, SEED_LIMIT, parse_accel
 from mrimsm.recon.methods import default_method
 from mrimsm.recon.progress import Progress
 
-
-def parse_accel(value: Any) -> float:
-    """``"6"`` -> 6.0; MrimsmError unless a finite number >= 1."""
-    try:
-        accel = float(value)
-    except (TypeError, ValueError):
-        raise MrimsmError(f"--accel must be a number >= 1, got {value!r}") from None
-    if not math.isfinite(accel) or accel < 1:
-        raise MrimsmError(f"--accel must be a number >= 1, got {value!r}")
-    return accel
+__all__ = ["parse_accel", "NUMERIC_OPTIONS", "parse_number", "parse_options", "ReconOptions"]
 
 
 #: Numeric options of ``mrimsm recon``: ``key -> (flag, type, low, high, low_open)``
@@ -33,23 +25,28 @@ def parse_accel(value: Any) -> float:
 #: :func:`parse_options`, so a bad value is a one-line error, never a usage block.
 #: Ranges that depend on a method (``eta``, ``dc_step``, ``t0``, ``dc_lambda``) are left to its factory.
 NUMERIC_OPTIONS: dict[str, tuple] = {
-    "seed": ("--seed", int, 0, None, False),
+    "seed": ("--seed", int, 0, SEED_LIMIT - 1, False),
     "center_fraction": ("--center-fraction", float, 0.0, 1.0, True),
     "cs_lambda": ("--cs-lambda", float, 0.0, None, False),
-    "cs_iters": ("--cs-iters", int, 1, None, False),
+    "cs_iters": ("--cs-iters", int, 1, MAX_ITERATIONS, False),
     "steps": ("--steps", int, 1, None, False),
-    "w": ("--w", int, 1, None, False),
+    "w": ("--w", int, 1, MAX_MASKS_PER_STEP, False),
     "samples": ("--samples", int, 1, None, False),
     "eta": ("--eta", float, None, None, False),
     "dc_step": ("--dc-step", float, None, None, False),
     "dc_lambda": ("--dc-lambda", float, None, None, False),
-    "dc_iters": ("--dc-iters", int, 1, None, False),
+    "dc_iters": ("--dc-iters", int, 1, MAX_ITERATIONS, False),
     "dc_noise": ("--dc-noise", float, None, None, False),
     "t0": ("--t0", float, None, None, False),
     "sense_lambda": ("--sense-lambda", float, 0.0, None, False),
-    "sense_iters": ("--sense-iters", int, 1, None, False),
+    "sense_iters": ("--sense-iters", int, 1, MAX_ITERATIONS, False),
     "batch_slices": ("--batch-slices", int, 1, None, False),
 }
+
+
+def _text(bound: float) -> str:
+    """A bound as the message shows it: integers in full, others as ``%g``."""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 2**53 else f"{bound:g}"
 
 
 def parse_number(value: Any, flag: str, kind: type = float, low: Optional[float] = None,
@@ -58,9 +55,9 @@ def parse_number(value: Any, flag: str, kind: type = float, low: Optional[float]
     (``(low, high]`` with ``low_open``); MrimsmError naming ``flag`` otherwise."""
     what = "an integer" if kind is int else "a number"
     if low is not None and high is not None:
-        what += f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+        what += f" in {'(' if low_open else '['}{_text(low)}, {_text(high)}]"
     elif low is not None:
-        what += f" {'>' if low_open else '>='} {low:g}"
+        what += f" {'>' if low_open else '>='} {_text(low)}"
     try:
         if kind is int:
             text = str(value).strip()

@@ -129,6 +129,13 @@ def output_record(name: str, method: Any, options: Mapping[str, Any], job: Any) 
     return record
 
 
+def own_mask_record(record: Mapping[str, Any]) -> dict:
+    """``record`` for an input that carries its own undersampling mask: ``accel`` is
+    ``None``, since the asked acceleration played no part (the output's ``acceleration``
+    attribute holds the file's own)."""
+    return dict(record, accel=None)
+
+
 def _comparable(record: Mapping[str, Any]) -> dict:
     """The record without checkpoint *paths* (their hashes are compared instead)."""
     out = dict(record)

@@ -160,6 +160,27 @@ def _estimate_maps(kspace: np.ndarray, mask: np.ndarray, progress: Optional[Prog
         )
 
 
+def has_own_mask(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` carries an undersampling ``mask`` (one that drops a column), which
+    :func:`prepare_volume` uses instead of a retrospective one; ``False`` when the file
+    cannot be read (its reconstruction reports why)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "mask" in f and not np.asarray(f["mask"][()]).astype(bool).all()
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):
+        return False
+
+
+def accel_note(volume: "PreparedVolume", asked: Optional[float]) -> Optional[str]:
+    """The one-line note for an asked ``--accel`` that a file's own mask overrides, else ``None``."""
+    if asked is None or volume.mask_source != "file":
+        return None
+    return (f"{volume.path.name} carries its own mask (R = {volume.achieved_accel:.2f}); "
+            f"--accel {asked:g} is ignored for it")
+
+
 def prepare_volume(
     path: Union[str, os.PathLike],
     accel: Optional[float],
