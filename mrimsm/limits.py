@@ -85,11 +85,32 @@ def gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:,.1f} GiB"
 
 
+def available_bytes(device: Any = "cpu") -> Optional[int]:
+    """Memory free for a new allocation: CUDA's free memory on a GPU, Linux's
+    ``MemAvailable`` on the CPU; ``None`` when it cannot be told."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_memory(need: int, what: str, hint: str = "", device: Any = "cpu") -> None:
     """MrimsmError when ``need`` bytes are more than ``device`` has free (nothing is
     checked when that cannot be told). ``what`` says what needs them; ``hint`` how to need less."""
-    from mrimsm.models.memory import available_bytes
-
     free = available_bytes(device)
     if free is not None and need > free:
         tail = f"; {hint}" if hint else ""

@@ -238,11 +238,12 @@ def check_memory(loaded, hw: tuple[int, int], batch: int, device, task: str = "i
         MrimsmError: one line with the need, what is free and the largest square image
         (input side for ``sr4``) that fits, and ``--samples 1``'s if that is larger.
     """
-    from mrimsm.models.memory import available_bytes, forward_bytes, largest_square
+    from mrimsm import limits
+    from mrimsm.models.memory import forward_bytes, largest_square
 
     net = getattr(loaded.denoiser, "backbone", loaded.denoiser)
     need = forward_bytes(net, hw, batch)
-    free = available_bytes(device)
+    free = limits.available_bytes(device)
     if free is None or need <= MEMORY_SHARE * free:
         return need
     budget = int(MEMORY_SHARE * free)

@@ -427,7 +427,7 @@ def test_msm_record_takes_every_solver_setting_and_the_checkpoint_hash():
 def test_restore_refuses_what_would_not_fit_in_one_line(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    import mrimsm.models.memory as memory
+    import mrimsm.limits as memory
 
     img = tmp_path / "img.png"
     Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(img)
@@ -669,7 +669,8 @@ def test_handlers_keep_an_ignored_signal_ignored_and_restore_the_previous_ones()
 
 
 def test_recon_msm_batches_down_or_refuses_by_memory(tmp_path, capsys, monkeypatch):
-    import mrimsm.models.memory as memory
+    import mrimsm.limits as memory
+    from mrimsm.models.memory import forward_bytes
     from mrimsm.recon import ReconOptions, reconstruct_file
     from mrimsm.recon.msm import make_msm_method
     from mrimsm.recon.run import fit_batch
@@ -684,7 +685,7 @@ def test_recon_msm_batches_down_or_refuses_by_memory(tmp_path, capsys, monkeypat
     from mrimsm.inference import load_msm
 
     net = load_msm(ASSETS / "default_msm.pt").denoiser.backbone  # the shipped prior for 64 x 64
-    assert one > memory.forward_bytes(net, (64, 64), 2) > memory.forward_bytes(net, (64, 64), 1)
+    assert one > forward_bytes(net, (64, 64), 2) > forward_bytes(net, (64, 64), 1)
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": int(2.5 * one / 0.8))
     assert fit_batch(method, "msm", 8, (4, 8, 64, 64), "cpu") == 2
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": int(0.5 * one))

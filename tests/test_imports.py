@@ -94,14 +94,14 @@ def test_every_module_imports_alone():
 #: Each unit (a sub-package, or a module at the top of the package) and its layer;
 #: a unit imports only from units of a lower layer (or from itself).
 LAYERS: dict[str, int] = {
-    "mrimsm.errors": 0, "mrimsm.utils": 1, "mrimsm.interrupt": 1,
-    "mrimsm.distributed": 2, "mrimsm.workers": 2, "mrimsm.physics": 2, "mrimsm.metrics": 2, "mrimsm.uncertainty": 2, "mrimsm.checkpoint": 2,
-    "mrimsm.models": 3, "mrimsm.data": 3,
-    "mrimsm.trainmethod": 4,
-    "mrimsm.diffusion": 5, "mrimsm.baselines": 5,
-    "mrimsm.methods": 6, "mrimsm.config": 7, "mrimsm.inference": 8,
-    "mrimsm.train": 9, "mrimsm.recon": 9, "mrimsm.restore": 9,
-    "mrimsm.cli": 10, "mrimsm.__main__": 11,
+    "mrimsm.errors": 0, "mrimsm.limits": 1, "mrimsm.interrupt": 1, "mrimsm.utils": 2,
+    "mrimsm.distributed": 3, "mrimsm.workers": 3, "mrimsm.physics": 3, "mrimsm.metrics": 3, "mrimsm.uncertainty": 3, "mrimsm.checkpoint": 3,
+    "mrimsm.models": 4, "mrimsm.data": 4,
+    "mrimsm.trainmethod": 5,
+    "mrimsm.diffusion": 6, "mrimsm.baselines": 6,
+    "mrimsm.methods": 7, "mrimsm.config": 8, "mrimsm.inference": 9,
+    "mrimsm.train": 10, "mrimsm.recon": 10, "mrimsm.restore": 10,
+    "mrimsm.cli": 11, "mrimsm.__main__": 12,
 }
 
 

@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from mrimsm.limits import available_bytes  # noqa: F401 (re-exported)
+
 __all__ = ["forward_bytes", "available_bytes", "largest_square"]
 
 _FLOAT = 4  # bytes of float32
@@ -90,28 +92,6 @@ def forward_bytes(net: nn.Module, image_hw: Sequence[int], batch: int = 1,
         batch: images per forward pass.
     """
     return _bytes(_profile(net, in_channels), image_hw, batch)
-
-
-def available_bytes(device: torch.device | str = "cpu") -> Optional[int]:
-    """Memory free for a new allocation: CUDA's free memory on a GPU, Linux's
-    ``MemAvailable`` on the CPU; ``None`` when it cannot be told."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        try:
-            return int(torch.cuda.mem_get_info(device)[0])
-        except (RuntimeError, AssertionError):
-            return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def largest_square(net: nn.Module, budget: int, batch: int = 1, multiple: int = 1,

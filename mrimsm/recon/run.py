@@ -49,9 +49,9 @@ def fit_batch(method: Any, name: str, per_batch: int, kspace_shape: tuple, devic
     need_of = getattr(method, "memory_per_slice", None)
     if need_of is None:
         return per_batch
-    from mrimsm.models.memory import available_bytes
+    from mrimsm import limits
 
-    free = available_bytes(device)
+    free = limits.available_bytes(device)
     if free is None:
         return per_batch
     h, w = int(kspace_shape[-2]), int(kspace_shape[-1])
