@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from mrimsm.errors import MrimsmError
-from mrimsm.uncertainty import GAUSSIAN_COVERAGE, calibration_metrics, conformal_scale, error_bound
+from mrimsm.uncertainty import (
+    GAUSSIAN_COVERAGE, calibration_metrics, conformal_scale, conformal_table, error_bound, std_floor,
+)
 
 
 def _slices(rng, n, overconfidence=1.0, shape=(32, 32)):
@@ -80,4 +82,30 @@ def test_bad_input():
     with pytest.raises(MrimsmError, match="support"):
         calibration_metrics(np.ones((2, 2)), np.ones((2, 2)), np.zeros((2, 2), bool))
     with pytest.raises(MrimsmError, match="finite"):
-        error_bound(np.ones((2, 2)), {"scale": float("nan"), "eps": 0.0})
+        error_bound(np.ones((2, 2)), {"scale": float("nan"), "floor": 0.0})
+
+
+def test_table_matches_single_levels_and_grows():
+    """The stored table holds the same scale as conformal_scale at each level, and the
+    scale grows with the level."""
+    rng = np.random.default_rng(5)
+    e, s = _slices(rng, 4, 1.0)
+    table = conformal_table(e, s)
+    assert list(table)[0] == "0.50" and list(table)[-1] == "0.99" and len(table) == 50
+    for level in (0.5, 0.8, 0.9, 0.99):
+        assert table[f"{level:.2f}"] == conformal_scale(e, s, level)["scale"]
+    values = list(table.values())
+    assert all(a <= b for a, b in zip(values, values[1:])) and values[0] < values[-1]
+
+
+def test_per_slice_floor_is_scale_free_and_used_by_the_bound():
+    """The floor follows each slice's own std level, so a slice scaled by 10 gets a bound
+    scaled by 10 (a fixed eps would not), and zero-spread pixels get a positive bound."""
+    std = np.ones((2, 4, 4))
+    std[1] *= 10.0
+    std[:, 0, 0] = 0.0
+    assert std_floor(std[0]) == pytest.approx(0.01) and std_floor(np.zeros((3, 3))) == 0.0
+    bound = error_bound(std, {"scale": 2.0, "floor": "slice"})
+    assert bound.shape == std.shape and bound.dtype == np.float32
+    np.testing.assert_allclose(bound[1], 10.0 * bound[0], rtol=1e-6)
+    assert bound[0, 0, 0] == pytest.approx(0.02) and bound[0, 1, 1] == pytest.approx(2.02)
