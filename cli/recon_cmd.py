@@ -126,6 +126,12 @@ def register(app: typer.Typer) -> None:
             None, "--samples", metavar="K",
             help="msm: posterior samples per slice (default 4, configs/recon_csmri.yaml); their mean is the reconstruction, their std the uncertainty map (K > 1).",
         ),
+        coverage: Optional[str] = typer.Option(
+            None, "--coverage", metavar="P",
+            help="msm: coverage of the calibrated error_bound written beside the uncertainty map, in "
+            "[0.5, 0.99] (default 0.9 when the checkpoint has a calibration, see mrimsm calibrate; "
+            "given explicitly, a checkpoint without one is refused).",
+        ),
         batch_slices: Optional[str] = typer.Option(
             None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."
         ),
@@ -169,6 +175,7 @@ def register(app: typer.Typer) -> None:
                 "sense_lambda": sense_lambda,
                 "sense_iters": sense_iters,
                 "samples": samples,
+                "coverage": coverage,
                 "batch_slices": batch_slices,
                 "device": device,
             }

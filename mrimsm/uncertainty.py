@@ -31,7 +31,7 @@ import numpy as np
 from mrimsm.errors import MrimsmError
 
 __all__ = ["Calibration", "calibration_metrics", "conformal_scale", "conformal_table", "error_bound", "std_floor",
-           "GAUSSIAN_COVERAGE", "LEVELS", "RELATIVE_FLOOR"]
+           "GAUSSIAN_COVERAGE", "LEVELS", "RELATIVE_FLOOR", "OBJECT_LEVEL", "object_support"]
 
 #: Two-sided Gaussian coverage of mean +- z std.
 GAUSSIAN_COVERAGE = {z: math.erf(z / math.sqrt(2.0)) for z in (1, 2, 3)}
@@ -100,6 +100,18 @@ def calibration_metrics(error: np.ndarray, std: np.ndarray, support: Optional[np
         std_over_error=float(s.mean() / mean_e) if mean_e > 0 else float("inf"),
         pixels=int(e.size),
     )
+
+
+#: "Inside the object": pixels of at least this fraction of the reference slice's maximum.
+OBJECT_LEVEL = 0.1
+
+
+def object_support(reference: np.ndarray) -> np.ndarray:
+    """``(..., H, W)`` bool: the pixels of each reference slice that are at least
+    :data:`OBJECT_LEVEL` of that slice's maximum (where calibration and its checks count)."""
+    r = np.abs(np.asarray(reference, dtype=np.float64))
+    peak = r.max(axis=(-2, -1), keepdims=True)
+    return (r >= OBJECT_LEVEL * peak) & (peak > 0)
 
 
 #: The std floor of a slice, as a fraction of its mean positive std (see :func:`std_floor`).

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Union
 
 from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import raising_interrupts
+from mrimsm.recon.calibration import attach_error_bound, require_calibration
 from mrimsm.recon.methods import ReconMethod, get_method
 from mrimsm.recon.options import ReconOptions
 from mrimsm.recon.outputs import (
@@ -104,7 +105,12 @@ def reconstruct_one(
         input_path, job.accel, job.seed, center_fraction=job.center_fraction, maps_fn=job.maps_fn,
         progress=job.progress,
     )
+    coverage = opts.get("coverage")
+    if coverage is not None and "msm" in built:  # a bound asked for: refuse before the work if it cannot be
+        require_calibration(volume, opts)
     results = [run_method(volume, m, opts, job.progress, method=b) for m, b in built.items()]
+    for res in results:
+        attach_error_bound(volume, res, coverage)
     written = [] if written is None else written
     for res in results:
         record = output_record(res.method, built[res.method], opts, job)
@@ -117,5 +123,7 @@ def reconstruct_one(
             new = save_pngs(volume, res, job.png_dir)
             pngs += new
             written += new
-    note = accel_note(volume, job.accel)
-    return ReconReport(volume, results, dict(outputs), pngs, [note] if note else [])
+    notes = [accel_note(volume, job.accel)]
+    notes += [f"{r.method}: no error_bound written: {r.bound_info['reason']}" for r in results
+              if r.uncertainty is not None and "reason" in r.bound_info]
+    return ReconReport(volume, results, dict(outputs), pngs, [n for n in notes if n])

@@ -41,6 +41,7 @@ NUMERIC_OPTIONS: dict[str, tuple] = {
     "sense_lambda": ("--sense-lambda", float, 0.0, None, False),
     "sense_iters": ("--sense-iters", int, 1, MAX_ITERATIONS, False),
     "batch_slices": ("--batch-slices", int, 1, None, False),
+    "coverage": ("--coverage", float, 0.5, 0.99, False),
 }
 
 

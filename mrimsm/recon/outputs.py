@@ -237,6 +237,10 @@ def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, 
     extra = {"mask": volume.mask.astype(np.uint8)}
     if result.uncertainty is not None:
         extra["uncertainty"] = result.uncertainty
+    if result.error_bound is not None:
+        extra["error_bound"] = result.error_bound
+    if result.bound_info:
+        attrs["error_bound_calibration"] = json.dumps(_plain(result.bound_info), sort_keys=True)
     return write_reconstruction(path, result.reconstruction, attrs=attrs, extra=extra)
 
 
@@ -255,6 +259,8 @@ def save_pngs(volume: PreparedVolume, result: MethodResult, out_dir: Union[str, 
     stem = volume.path.name[: -len(".h5")] if volume.path.name.endswith(".h5") else volume.path.stem
     ref = volume.reference
     written = []
+    bound = result.error_bound
+    level = result.bound_info.get("level")
     for i, sl in enumerate(volume.slices):
         vmax = float(ref[i].max()) if ref is not None else float(result.reconstruction[i].max())
         panels = []
@@ -264,13 +270,20 @@ def save_pngs(volume: PreparedVolume, result: MethodResult, out_dir: Union[str, 
         panels.append((result.method, result.reconstruction[i], "gray", vmax))
         if ref is not None:
             panels.append(("|error|", np.abs(result.reconstruction[i] - ref[i]), "magma", vmax / 4))
+        if bound is not None:  # the same colour scale as |error|
+            panels.append((f"{level:.0%} error bound", bound[i], "magma", vmax / 4))
         if result.uncertainty is not None:
             panels.append(("std", result.uncertainty[i], "viridis", None))
-        fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
-        for ax, (title, img, cmap, top) in zip(np.atleast_1d(axes), panels):
+        diagram = ref is not None and result.uncertainty is not None
+        fig, axes = plt.subplots(1, len(panels) + diagram, figsize=(2.6 * (len(panels) + diagram), 2.9))
+        axes = np.atleast_1d(axes)
+        for ax, (title, img, cmap, top) in zip(axes, panels):
             ax.imshow(img, cmap=cmap, vmin=0, vmax=top)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
+        if diagram:
+            _reliability_panel(axes[-1], result.reconstruction[i] - ref[i], result.uncertainty[i], ref[i],
+                               result.bound_info)
         fig.suptitle(f"{volume.path.name} slice {sl}", fontsize=9)
         fig.tight_layout()
         target = out_dir / f"{stem}.{result.method}.slice{int(sl):03d}.png"
@@ -279,6 +292,33 @@ def save_pngs(volume: PreparedVolume, result: MethodResult, out_dir: Union[str, 
         plt.close(fig)
         written.append(target)
     return written
+
+
+def _reliability_panel(ax: Any, error: np.ndarray, std: np.ndarray, reference: np.ndarray, bound_info: dict) -> None:
+    """Nominal vs observed coverage inside the object for one slice: the Gaussian interval
+    ``mean +- z (std + floor)`` over nominal levels 0.5-0.99, and the calibrated bound at
+    the level it was written for (a dot), when the result has one."""
+    from scipy.stats import norm
+
+    from mrimsm.uncertainty import object_support, std_floor
+
+    inside = object_support(reference)
+    e = np.abs(error)[inside]
+    s = std[inside] + std_floor(std)
+    levels = np.linspace(0.5, 0.99, 25)
+    z = norm.ppf(0.5 + levels / 2)
+    ax.plot([0.5, 1], [0.5, 1], color="0.6", lw=0.8)
+    ax.plot(levels, [np.mean(e <= zz * s) for zz in z], label="mean +- z std", lw=1.2)
+    if "scale" in bound_info:
+        q, lv = float(bound_info["scale"]), float(bound_info["level"])
+        ax.plot([lv], [np.mean(e <= q * s)], "o", ms=4, label=f"bound {lv:.0%}")
+    ax.set_xlim(0.5, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal", fontsize=8)
+    ax.set_ylabel("observed (object)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title("coverage", fontsize=9)
 
 
 def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolume] = None) -> str:

@@ -26,6 +26,10 @@ class MethodResult:
         metrics: :func:`mrimsm.metrics.all_metrics` against the reference, or ``None``.
         seconds_per_slice: the method's wall time per slice (coil maps excluded).
         info: what the method reported.
+        error_bound: ``(S, h, w)`` float32 calibrated bound on ``|error|`` beside
+            ``uncertainty`` (:mod:`mrimsm.recon.calibration`), or ``None``.
+        bound_info: how the bound was calibrated (level, calibration file, R), or why
+            none was written (``{"reason": ...}``).
     """
 
     method: str
@@ -34,6 +38,8 @@ class MethodResult:
     metrics: Optional[dict]
     seconds_per_slice: float
     info: dict = field(default_factory=dict)
+    error_bound: Optional[np.ndarray] = None
+    bound_info: dict = field(default_factory=dict)
 
 
 #: Share of the free memory a method's batch may plan to use.
