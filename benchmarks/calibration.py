@@ -1,0 +1,232 @@
+"""Do a prior's uncertainty maps predict its errors? Calibrate on one set of slices, test
+on others, against the noise-free object.
+
+Slices (MNI152 T1, simulated as the held-out set of ``recon.py``: ``--coils`` coils, noise
+``--noise``, readout oversampled by 2, a retrospective RandomCartesian mask per slice):
+
+* **calibration**: the odd offsets of the held-out ranges (``mni_split_indices(o,
+  "heldout", step=1)`` minus the test slices): never trained on, never tested on, but
+  1 mm neighbours of the test slices, so the two are drawn alike (exchangeable, as the
+  split-conformal guarantee needs) and a calibration here is on the optimistic side of
+  what a user's own calibration scans give;
+* **test**: the held-out slices of ``recon.py`` / ``csmri.py`` (even offsets).
+
+The reference for errors is the noise-free object: the RSS image of the same simulation
+without k-space noise. "Inside the object": :func:`mrimsm.uncertainty.object_support`.
+
+Per acceleration it reports, on the test slices: pixel Spearman and Pearson correlation of
+|error| with std; coverage of ``mean +- 2 std``; coverage of the calibrated bound at 80, 90
+and 95 %; std / |error|; the slice-level Spearman correlation of mean std with NMSE; PSNR.
+Figures: a reliability diagram (nominal vs observed coverage of the bound) and |error| vs
+std (2-D histogram). ``--install`` writes the calibration beside the checkpoint (for the
+shipped priors: into ``mrimsm/assets/``), which ``recon`` then uses.
+
+    .venv/bin/python benchmarks/calibration.py --out results/calibration64
+    .venv/bin/python benchmarks/calibration.py --base samples=8 t0=0.5 --out results/cal64_t05
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _common as C  # noqa: E402  (benchmarks/ is the script's directory)
+
+
+def _selections(cal_slices: int, test_slices: int) -> tuple[list, list]:
+    """``(calibration, test)`` as ``[(orientation, indices)]``; the test slices are
+    :func:`_common.heldout_selection`'s, the calibration ones the odd offsets beside them."""
+    from mrimsm.data.simulate import ORIENTATIONS, mni_split_indices
+
+    test = C.heldout_selection(test_slices)
+    cal = []
+    for k, o in enumerate(ORIENTATIONS):
+        spare = [i for i in mni_split_indices(o, "heldout", step=1) if i not in mni_split_indices(o, "heldout", step=2)]
+        n = len(range(k, cal_slices, len(ORIENTATIONS)))
+        if n:
+            cal.append((o, [spare[int((j + 0.5) * len(spare) / n)] for j in range(n)]))
+    return cal, test
+
+
+def _write(folder: Path, sel: list, args, noise: float, seed0: int) -> list[Path]:
+    from mrimsm.data.simulate import simulate_volume_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [simulate_volume_file(folder / f"{o}.h5", o, idx, args.size, args.coils, noise, True, seed=seed0 + k,
+                                 pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
+
+
+def _figures(out: Path, stem: str, per_accel: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mrimsm.utils import atomic_path
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.plot([0.5, 1], [0.5, 1], color="0.6", lw=0.8, label="calibrated")
+    for accel, d in per_accel.items():
+        ax.plot(d["levels"], d["observed"], marker=".", label=f"bound, R = {accel:g}")
+        ax.plot(d["levels"], d["gaussian"], ls="--", label=f"mean +- z std, R = {accel:g}")
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("observed (test pixels in the object)")
+    ax.set_xlim(0.5, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / f"{stem}_reliability.png")
+    with atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(per_accel), figsize=(3.6 * len(per_accel), 3.4), squeeze=False)
+    for ax, (accel, d) in zip(axes[0], per_accel.items()):
+        e, s = d["e"], d["s"]
+        top = float(np.quantile(np.concatenate([e, s]), 0.995))
+        ax.hist2d(s, e, bins=60, range=[[0, top], [0, top]], cmap="magma", cmin=1)
+        ax.plot([0, top], [0, top], color="0.7", lw=0.8)
+        ax.set_title(f"R = {accel:g}: Spearman {d['spearman']:.2f}", fontsize=9)
+        ax.set_xlabel("posterior std")
+        ax.set_ylabel("|error| (noise-free object)")
+    fig.tight_layout()
+    paths.append(out / f"{stem}_error_vs_std.png")
+    with atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0])
+    ap.add_argument("--cal-slices", type=int, default=12, help="calibration slices (default 12)")
+    ap.add_argument("--test-slices", type=int, default=12, help="test slices (default 12)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="MSM checkpoint (default: the shipped prior)")
+    ap.add_argument("--settings", type=Path, default=None, help="posterior settings YAML (default: the prior's)")
+    ap.add_argument("--base", nargs="*", default=[], help="setting overrides key=value (e.g. samples=8 t0=0.5)")
+    ap.add_argument("--size", type=int, default=C.HELDOUT_SIZE)
+    ap.add_argument("--pixel", choices=["fit", "native"], default="fit")
+    ap.add_argument("--coils", type=int, default=C.HELDOUT_COILS)
+    ap.add_argument("--noise", type=float, default=C.HELDOUT_NOISE)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "calibration")
+    ap.add_argument("--install", action="store_true",
+                    help="write the calibration beside the checkpoint (the shipped prior's: mrimsm/assets/)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    C.setup_torch(args)
+
+    def body() -> int:
+        from mrimsm.diffusion import shipped
+        from mrimsm.metrics import per_slice_metrics
+        from mrimsm.recon import run_method
+        from mrimsm.recon.calibration import BoundChoice, calibrate, calibration_path, error_bound_for, \
+            write_calibration
+        from mrimsm.recon.methods import get_method
+        from mrimsm.uncertainty import LEVELS, calibration_metrics, object_support, std_floor
+        from scipy.stats import norm, spearmanr
+
+        t_start = time.perf_counter()
+        options = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device,
+                   "seed": args.seed, **{k: C.parse_value(v) for k, v in (b.split("=", 1) for b in args.base)}}
+        options = {k: v for k, v in options.items() if v is not None}
+        progress = C.tqdm_progress(args.quiet)
+        cal_sel, test_sel = _selections(args.cal_slices, args.test_slices)
+        with tempfile.TemporaryDirectory(prefix="mrimsm-calib-") as work:
+            w = Path(work)
+            cal_files = _write(w / "cal", cal_sel, args, args.noise, 300)
+            clean_cal = C.read_references(_write(w / "cal_clean", cal_sel, args, 0.0, 300))
+            test_files = _write(w / "test", test_sel, args, args.noise, 0)
+            clean_test = C.read_references(_write(w / "test_clean", test_sel, args, 0.0, 0))
+            cal = calibrate(cal_files, args.accels, options, seed=args.seed,
+                            reference_for=lambda path, vol: clean_cal[path.name][list(vol.slices)],
+                            reference_text="the noise-free object (RSS of the simulation without k-space noise)",
+                            progress=progress, on_volume=C.log_line)
+            checkpoint = Path(args.checkpoint) if args.checkpoint else Path(
+                shipped.choose_shipped_prior((args.size, args.size)).path)
+            cal["calibration_slices"] = "; ".join(f"MNI152 {o} {idx}" for o, idx in cal_sel)
+            cal["simulation"] = f"{args.size} x {args.size} ({args.pixel}), {args.coils} coils, noise {args.noise:g}"
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_calibration(cal, args.out / "calibration.json")
+            method = get_method("msm").build(options)
+            rows, figs = [], {}
+            for entry in cal["entries"]:
+                accel = entry["accel"]
+                errs, stds, sups, slice_std, slice_nmse, psnr = [], [], [], [], [], []
+                for f in test_files:
+                    from mrimsm.recon import prepare_volume
+
+                    vol = prepare_volume(f, accel, args.seed, progress=progress)
+                    res = run_method(vol, "msm", options, progress, method=method)
+                    ref = clean_test[f.name][list(vol.slices)]
+                    psnr += list(per_slice_metrics(ref, res.reconstruction)["psnr"])
+                    for i in range(len(ref)):
+                        sup = object_support(ref[i])
+                        e = res.reconstruction[i] - ref[i]
+                        errs.append(e)
+                        stds.append(res.uncertainty[i])
+                        sups.append(sup)
+                        slice_std.append(float(res.uncertainty[i][sup].mean()))
+                        slice_nmse.append(float(np.sum(e[sup] ** 2) / np.sum(ref[i][sup] ** 2)))
+                    C.log_line(f"R {accel:g} test {f.name}: PSNR {np.mean(psnr[-len(ref):]):.2f} dB (paper)")
+                m = calibration_metrics(np.stack(errs), np.stack(stds), np.stack(sups))
+                cover, observed, gaussian = {}, [], []
+                for lv in LEVELS:
+                    q = entry["levels"][f"{lv:.2f}"]
+                    b = error_bound_for(np.stack(stds), BoundChoice(q))
+                    inside = np.stack(sups)
+                    observed.append(float(np.mean((np.abs(np.stack(errs)) <= b)[inside])))
+                    zz = norm.ppf(0.5 + lv / 2)
+                    gaussian.append(float(np.mean([np.mean(np.abs(e[s_]) <= zz * (s[s_] + std_floor(s)))
+                                                   for e, s, s_ in zip(errs, stds, sups)])))
+                    cover[f"{lv:.2f}"] = observed[-1]
+                e_all = np.concatenate([np.abs(e[s_]) for e, s_ in zip(errs, sups)])
+                s_all = np.concatenate([s[s_] for s, s_ in zip(stds, sups)])
+                figs[accel] = {"levels": list(LEVELS), "observed": observed, "gaussian": gaussian,
+                               "e": e_all, "s": s_all, "spearman": m.spearman}
+                rows.append({
+                    "accel": accel, "test_slices": len(errs), "cal_slices": entry["slices"],
+                    "psnr_paper": float(np.mean(psnr)), "spearman": m.spearman, "pearson": m.pearson,
+                    "coverage_2std": m.coverage_2, "std_over_error": m.std_over_error,
+                    "bound80": cover["0.80"], "bound90": cover["0.90"], "bound95": cover["0.95"],
+                    "scale90": entry["levels"]["0.90"],
+                    "slice_spearman": float(spearmanr(slice_std, slice_nmse).statistic),
+                    "cal_spearman": entry["metrics"]["spearman"],
+                })
+        paths = _figures(args.out, "calibration", figs)
+        settings = cal["settings"]
+        lines = C.header_lines("Calibration of the posterior std (split conformal)", sys.argv, args.device)
+        lines += [
+            f"Prior: {checkpoint.name}; solver: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".",
+            f"Slices: {cal['simulation']}. Calibration: {cal['calibration_slices']} (odd offsets of the held-out "
+            f"ranges). Test: " + "; ".join(f"MNI152 {o} {idx}" for o, idx in test_sel) + ".",
+            "Errors against the noise-free object, inside the object (reference >= 10 % of its slice maximum).", "",
+            C.md_table(["R", "test slices", "PSNR dB (paper)", "Spearman |e|-std", "Pearson", "mean +- 2 std covers",
+                        "80 % bound covers", "90 % bound covers", "95 % bound covers", "std / |e|",
+                        "slice Spearman (mean std vs NMSE)", "90 % scale"],
+                       [[f"{r['accel']:g}", str(r["test_slices"]), f"{r['psnr_paper']:.2f}", f"{r['spearman']:.3f}",
+                         f"{r['pearson']:.3f}", f"{r['coverage_2std']:.1%}", f"{r['bound80']:.1%}",
+                         f"{r['bound90']:.1%}", f"{r['bound95']:.1%}", f"{r['std_over_error']:.2f}",
+                         f"{r['slice_spearman']:.2f}", f"{r['scale90']:.2f}"] for r in rows]),
+            "", f"Figures: {', '.join(p.name for p in paths)}. Total {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
+        C.write_results(args.out, "calibration", "\n".join(lines), rows, [])
+        if args.install:
+            target = write_calibration(cal, calibration_path(checkpoint))
+            C.log_line(f"installed {target}")
+        print("\n".join(lines))
+        return 0
+
+    C.run_main(body)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
