@@ -588,9 +588,9 @@ def add_common_arguments(ap) -> None:
                     help="prepared directory (mrimsm prep-fastmri) whose val shards are used instead of the "
                     "simulated held-out slices")
     ap.add_argument("--checkpoint", type=Path, default=None, help="MSM checkpoint (default: the shipped model)")
-    ap.add_argument("--settings", type=Path, default=None, help="posterior settings YAML (default recon_csmri.yaml)")
-    ap.add_argument("--steps", type=int, default=None, help="MSM reverse steps (default: the settings, 200)")
-    ap.add_argument("--w", type=int, default=None, help="MSM masks per step (default: the settings, 3)")
+    ap.add_argument("--settings", type=Path, default=None, help="posterior settings YAML (default: the prior's own, or PosteriorSettings' defaults)")
+    ap.add_argument("--steps", type=int, default=None, help="MSM reverse steps (default: the settings')")
+    ap.add_argument("--w", type=int, default=None, help="MSM masks per step (default: the settings')")
     ap.add_argument("--seed", type=int, default=0, help="base seed of masks and posterior sampling")
     ap.add_argument("--size", type=int, default=HELDOUT_SIZE, help="simulated slice size (the model's size)")
     ap.add_argument("--coils", type=int, default=HELDOUT_COILS, help="simulated coils")

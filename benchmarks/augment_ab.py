@@ -13,7 +13,7 @@ Both priors are then scored on held-out MNI slices (never trained on) with
 * the denoiser check of ``prior256.py --check denoiser``: the relative error
   ``||A_S x0_hat - y||^2 / ||y||^2`` of the local clean estimate at several steps ``t``;
 * optionally (``--recon``) a posterior reconstruction at R = ``--accel`` with the
-  64 x 64 prior's solver (``configs/recon_csmri.yaml``, ``--recon-steps`` / ``--recon-samples``
+  64 x 64 prior's solver (``PosteriorSettings``' defaults, ``--recon-steps`` / ``--recon-samples``
   to make it cheaper), both PSNR conventions.
 
     .venv/bin/python benchmarks/augment_ab.py --steps 1500 --shards 2 --recon --out results/augment
@@ -141,7 +141,7 @@ def main() -> int:
             if args.recon:
                 runs_r = [C.Run(label, "msm", {"checkpoint": runs[label] / "last.pt", "steps": args.recon_steps,
                                                "samples": args.recon_samples}) for label in runs]
-                common = {"settings": C.REPO / "configs" / "recon_csmri.yaml", "device": "cpu", "seed": 0}
+                common = {"settings": None, "device": "cpu", "seed": 0}
                 built = C.build_methods(runs_r, common)
                 vols = {float(args.accel): C.simulated_volumes(files, float(args.accel), 0)}
                 summary = C.summarize(C.evaluate(vols, runs_r, built, common, None, C.log_line,

@@ -8,8 +8,8 @@ slices with the same masks, coil maps and seeds, at R = 4 and R = 6.
     .venv/bin/python benchmarks/csmri.py --slices 1 --steps 4 --out /tmp/c                  # smoke test
 
 Defaults: 3 simulated held-out slices (one per orientation; ``--slices`` up to 24),
-the shipped MSM and SSDU models, MSM with the paper's CS-MRI settings
-(``configs/recon_csmri.yaml``: 200 steps, w = 3, eta 0.85, 4 posterior samples per
+the shipped MSM and SSDU models, MSM with the general solver settings
+(``PosteriorSettings``' defaults: 50 steps, w = 3, from CG-SENSE at t0 0.3, 4 posterior samples per
 slice: their mean is the reconstruction, their pixel-wise std the uncertainty map; the
 paper averages 5: ``--samples 5``), about 11 minutes on this CPU. ``--data DIR`` uses the validation shards of a
 prepared directory (``mrimsm prep-fastmri``; they keep a ``reference``) instead.

@@ -42,7 +42,7 @@ Every slice is simulated as in training (``--coils`` birdcage coils, k-space noi
 ``--noise``, readout oversampled by 2, a smooth random phase), then reconstructed
 through the ``mrimsm recon`` pipeline (readout crop, a seeded RandomCartesian(R)
 mask, ESPIRiT maps from the centre columns). MSM uses the 256 prior's own posterior
-settings (``configs/recon_csmri256.yaml``, what ``recon`` uses for these scans; ``--settings``
+settings (``mrimsm/assets/default_msm256.recon.yaml``, what ``recon`` uses for these scans; ``--settings``
 for another file) with optional ``--steps / --w / --samples`` overrides. Writes
 ``<out>/prior256.md`` and ``.csv``: both metric conventions against the file's reference
 (the RSS image of the noisy fully sampled k-space, as fastMRI's), a foreground PSNR
@@ -268,7 +268,7 @@ def main() -> int:
                     help="SSDU model for --methods ssdu (e.g. runs/default_ssdu256/last.pt, trained with "
                          "configs/default_ssdu256.yaml; default: the shipped 64 x 64 one)")
     ap.add_argument("--settings", type=Path, default=None,
-                    help="posterior settings YAML (default: the 256 prior's, configs/recon_csmri256.yaml)")
+                    help="posterior settings YAML (default: the 256 prior's, mrimsm/assets/default_msm256.recon.yaml)")
     ap.add_argument("--steps", type=int, default=None, help="override the settings' steps")
     ap.add_argument("--w", type=int, default=None, help="override the settings' w")
     ap.add_argument("--samples", type=int, default=None, help="override the settings' samples")

@@ -9,8 +9,8 @@ and the number of posterior samples averaged (4 vs 1).
     .venv/bin/python benchmarks/recon.py --slices 1 --steps 4 --ablation-steps 2 --out /tmp/r   # smoke test
 
 Defaults: 3 held-out slices (one per orientation; ``--slices`` up to 24), R = 4 and 6,
-the shipped MSM model with the paper's CS-MRI settings (``configs/recon_csmri.yaml``:
-200 steps, w = 3, eta 0.85, mean of 4 samples), ablations at R = 4 only
+the shipped MSM model with the general solver settings (``PosteriorSettings``' defaults:
+50 steps, w = 3, from CG-SENSE at t0 0.3, mean of 4 samples), ablations at R = 4 only
 (``--ablation-accels``): about 18 minutes on this 2-core CPU with one thread.
 Writes ``results/recon.md`` (tables), ``results/recon.csv`` (one row per method and R:
 mean and std of every metric in both conventions, seconds and network evaluations per

@@ -85,12 +85,13 @@ def register(app: typer.Typer) -> None:
         ),
         settings: Optional[Path] = typer.Option(
             None, "--settings", metavar="YAML",
-            help="msm: posterior settings file (default configs/recon_csmri.yaml); flags below override it.",
+            help="msm: posterior settings file, used instead of the prior's own (the 256 prior's: "
+            "mrimsm/assets/default_msm256.recon.yaml); keys it lacks take the general defaults; flags below override it.",
         ),
         steps: Optional[str] = typer.Option(
-            None, "--steps", metavar="N", help="msm: reverse diffusion steps from t0 (default 50)."
+            None, "--steps", metavar="N", help="msm: reverse diffusion steps from t0 (default 50; the 256 prior's 10)."
         ),
-        w: Optional[str] = typer.Option(None, "--w", metavar="N", help="msm: masks per step (default 3)."),
+        w: Optional[str] = typer.Option(None, "--w", metavar="N", help="msm: masks per step (default 3; the 256 prior's 6)."),
         eta: Optional[str] = typer.Option(None, "--eta", metavar="E", help="msm: DDIM stochasticity in [0, 1] (default 1.0)."),
         dc_step: Optional[str] = typer.Option(
             None, "--dc-step", metavar="G",
@@ -105,7 +106,9 @@ def register(app: typer.Typer) -> None:
             None, "--dc-lambda", metavar="L", help="msm: prior weight of the operator solve (0 = projection)."
         ),
         dc_schedule: Optional[str] = typer.Option(
-            None, "--dc-schedule", metavar="S", help="msm: fixed (lambda) or sigma (lambda / sigma_t^2)."
+            None, "--dc-schedule", metavar="S",
+            help="msm: fixed (lambda), sigma (lambda / sigma_t^2) or noise (lambda sigma_y^2 / sigma_t^2, "
+            "sigma_y the scan's measured noise).",
         ),
         dc_iters: Optional[str] = typer.Option(None, "--dc-iters", metavar="N", help="msm: CG iterations of the DC solve."),
         dc_noise: Optional[str] = typer.Option(
@@ -124,7 +127,7 @@ def register(app: typer.Typer) -> None:
         sense_iters: Optional[str] = typer.Option(None, "--sense-iters", metavar="N", help="sense: CG iterations."),
         samples: Optional[str] = typer.Option(
             None, "--samples", metavar="K",
-            help="msm: posterior samples per slice (default 4, configs/recon_csmri.yaml); their mean is the reconstruction, their std the uncertainty map (K > 1).",
+            help="msm: posterior samples per slice (default 4); their mean is the reconstruction, their std the uncertainty map (K > 1).",
         ),
         coverage: Optional[str] = typer.Option(
             None, "--coverage", metavar="P",

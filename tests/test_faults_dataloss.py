@@ -65,7 +65,7 @@ def test_prep_refuses_a_shard_path_linked_to_an_input(tmp_path, capsys):
 @pytest.mark.parametrize("option", ["--checkpoint", "--ssdu-checkpoint", "--settings"])
 def test_recon_output_never_replaces_a_checkpoint_or_settings_file(tmp_path, scan, option, capsys):
     source = {"--checkpoint": ASSETS / "default_msm.pt", "--ssdu-checkpoint": ASSETS / "default_ssdu.pt",
-              "--settings": REPO / "configs" / "recon_csmri.yaml"}[option]
+              "--settings": ASSETS / "default_msm256.recon.yaml"}[option]
     victim = tmp_path / source.name
     shutil.copy(source, victim)
     before = _bytes(victim)

@@ -51,7 +51,7 @@ def test_recon_uses_the_shipped_models_without_a_path(fastmri_sample, tmp_path, 
                 assert h["uncertainty"].shape == (4, 64, 64)
     assert "msm" in captured.out and "ssdu" in captured.out
     assert "msm model: shipped 64 x 64 demonstration prior default_msm.pt" in captured.out
-    assert "solver configs/recon_csmri.yaml" in captured.out
+    assert "solver defaults: 4 steps, w 1, 2 samples, start sense at t0 0.3" in captured.out
 
 
 def test_shipped_prior_chosen_by_scan_size(monkeypatch, tmp_path):
@@ -156,7 +156,7 @@ def test_the_256_prior_is_shipped_small_and_serves_a_320_by_396_scan(tmp_path, c
     assert "msm model: shipped 256 x 256 brain prior default_msm256.pt" in captured.out
     assert "; scan pixels 1.00 x 1.00 mm (trained at 0.83-1.43 mm); scan noise 0.0" in captured.out
     assert "(prior trained on 0.0100); solver" in captured.out
-    assert "solver configs/recon_csmri256.yaml: 2 steps, w 1, 1 samples, start cs at t0 0.05" in captured.out
+    assert "solver mrimsm/assets/default_msm256.recon.yaml: 2 steps, w 1, 1 samples, start cs at t0 0.05" in captured.out
     out = tmp_path / "out"
     with h5py.File(out if out.is_file() else next(out.glob("*.h5"))) as h:
         rec = h["reconstruction"][()]
@@ -166,6 +166,8 @@ def test_the_256_prior_is_shipped_small_and_serves_a_320_by_396_scan(tmp_path, c
 def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
     """recon's msm: the 256 prior's own settings file for its scans; single options on top;
     --settings and --checkpoint models get what they ask for / the general defaults."""
+    import dataclasses
+
     import pytest
 
     from mrimsm.diffusion import shipped
@@ -188,13 +190,40 @@ def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
     m3 = make_msm_method({"checkpoint": str(prior.path)})
     assert m3.settings["w"] == general.w and not any(k.startswith("shipped_settings") for k in m3.settings)
 
-    # an install without configs/ still builds (the 64 x 64 demo works); the missing file
-    # fails only when a scan of that prior's sizes needs it
-    monkeypatch.setattr(shipped, "CONFIGS", tmp_path / "nowhere")
-    m4 = make_msm_method({})
-    assert not any(k.startswith("shipped_settings") for k in m4.settings)
-    with pytest.raises(MrimsmError, match="does not exist"):
-        load_posterior_settings(prior.settings_path)
+    # the settings file lives beside the checkpoint, in the package (tests/test_wheel.py: in the wheel)
+    assert prior.settings_path.parent == prior.path.parent == shipped.ASSETS
+
+    # an installed prior without its settings file: a one-line error when the method is
+    # built (before any scan is read); --settings or --checkpoint do not need the file
+    broken = dataclasses.replace(prior, settings="missing.recon.yaml")
+    monkeypatch.setattr(shipped, "SHIPPED_PRIORS", (SHIPPED_PRIORS[0], broken))
+    with pytest.raises(MrimsmError, match=r"256 x 256 brain prior default_msm256.pt has no solver settings file "
+                                          r".*missing.recon.yaml; reinstall mrimsm, or pass --settings FILE"):
+        make_msm_method({})
+    make_msm_method({"settings": str(f)})
+    make_msm_method({"checkpoint": str(prior.path)})
+
+
+def test_a_missing_settings_file_stops_recon_before_any_work(fastmri_sample, tmp_path, monkeypatch, capsys):
+    """A broken install (a shipped prior's settings file gone): one error line at start-up,
+    before the file is read or coil maps are computed, whatever the scan's size."""
+    import dataclasses
+
+    from mrimsm.diffusion import shipped
+    from mrimsm.recon import file as recon_file
+
+    broken = dataclasses.replace(shipped.SHIPPED_PRIORS[1], settings="missing.recon.yaml")
+    monkeypatch.setattr(shipped, "SHIPPED_PRIORS", (shipped.SHIPPED_PRIORS[0], broken))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the scan was prepared before the error")
+
+    monkeypatch.setattr(recon_file, "prepare_volume", no_work)
+    rc = main(["recon", str(fastmri_sample), "--accel", "6", "-o", str(tmp_path / "out.h5"), "--method", "msm", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "default_msm256.pt has no solver settings file" in err[0] and "missing.recon.yaml" in err[0]
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_recon_ssdu_picks_the_shipped_ssdu_by_scan_size(monkeypatch, tmp_path, capsys):

@@ -23,10 +23,14 @@ model (including ``--checkpoint`` models trained on resized data or on prepared
 shards) reconstructs its training size only. Outside the range: a one-line
 :class:`~mrimsm.errors.MrimsmError`.
 
-Each shipped prior names the posterior-solver settings chosen for it on validation
-slices (``settings``, a YAML under ``configs/``): ``recon`` uses them for scans that
-prior reconstructs unless ``--settings`` is given; single options (``--steps``, ``--w``,
-...) override either. A ``--checkpoint`` model gets ``configs/recon_csmri.yaml``.
+Solver settings: :class:`~mrimsm.diffusion.posterior.PosteriorSettings`' defaults are the
+general ones (the 64 x 64 prior's, and any ``--checkpoint`` model's). A prior whose solver
+was chosen apart on validation slices names a YAML beside its checkpoint (``settings``: the
+256 prior's is ``mrimsm/assets/default_msm256.recon.yaml``) holding only the keys that differ
+from those defaults. ``recon`` uses it for the scans that prior reconstructs unless
+``--settings`` is given; single options (``--steps``, ``--w``, ...) override either. The
+files ship in the package (``pyproject.toml`` package data); ``recon`` refuses to start when
+an installed prior's settings file is missing (:func:`check_settings_installed`).
 """
 
 from __future__ import annotations
@@ -39,15 +43,17 @@ from mrimsm.data.simulate import mni_pixel_mm
 from mrimsm.errors import MrimsmError
 
 __all__ = ["ShippedPrior", "SHIPPED_PRIORS", "SHIPPED_SSDU", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior",
-           "trained_pixel_mm", "pixel_note"]
+           "check_settings_installed", "trained_pixel_mm", "pixel_note"]
 
+#: The shipped checkpoints and their files (package data: ``mrimsm/assets``).
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass(frozen=True)
 class ShippedPrior:
-    """One shipped prior: ``file`` under ``mrimsm/assets``, the side range it serves."""
+    """One shipped prior: ``file`` under ``mrimsm/assets``, the side range it serves, and
+    ``settings``: its solver settings file under ``mrimsm/assets`` (``None``: the general
+    defaults of :class:`~mrimsm.diffusion.posterior.PosteriorSettings`)."""
 
     file: str
     trained: int
@@ -63,7 +69,7 @@ class ShippedPrior:
     @property
     def settings_path(self) -> Optional[Path]:
         """The posterior settings chosen for this prior (``None``: the general defaults)."""
-        return None if self.settings is None else CONFIGS / self.settings
+        return None if self.settings is None else ASSETS / self.settings
 
     def serves(self, shape: Sequence[int]) -> bool:
         return all(self.min_side <= int(s) <= self.max_side for s in shape)
@@ -74,10 +80,11 @@ class ShippedPrior:
         return f"sides {self.min_side}-{self.max_side}"
 
 
-#: The shipped priors, smallest first (see the module docstring).
+#: The shipped priors, smallest first (see the module docstring). The 256 prior's solver
+#: settings (steps, w, dc_lambda, dc_schedule, t0, init) are in ``mrimsm/assets/default_msm256.recon.yaml``.
 SHIPPED_PRIORS: tuple[ShippedPrior, ...] = (
     ShippedPrior("default_msm.pt", 64, 64, 64, "64 x 64 demonstration prior"),
-    ShippedPrior("default_msm256.pt", 256, 192, 416, "256 x 256 brain prior", "recon_csmri256.yaml"),
+    ShippedPrior("default_msm256.pt", 256, 192, 416, "256 x 256 brain prior", "default_msm256.recon.yaml"),
 )
 
 #: The shipped SSDU baselines, chosen the same way by ``recon --method ssdu`` without
@@ -142,6 +149,18 @@ def choose_shipped_prior(shape: Sequence[int], models: Optional[Sequence[Shipped
         f"no shipped {kind} model reconstructs a {h} x {w} scan (after readout cropping); the shipped models "
         f"serve {served or 'nothing: none is installed'}; pass {flag} or reconstruct with --method cs"
     )
+
+
+def check_settings_installed(models: Optional[Sequence[ShippedPrior]] = None) -> None:
+    """A one-line :class:`MrimsmError` when a shipped prior is installed (its checkpoint is
+    there) but its solver settings file is not: a broken install, found before any work."""
+    for prior in SHIPPED_PRIORS if models is None else models:
+        path = prior.settings_path
+        if path is not None and prior.path.exists() and not path.is_file():
+            raise MrimsmError(
+                f"the shipped {prior.description} {prior.file} has no solver settings file {path}; "
+                f"reinstall mrimsm, or pass --settings FILE"
+            )
 
 
 def trained_pixel_mm(config: Mapping) -> Optional[tuple[float, float]]:

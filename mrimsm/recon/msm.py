@@ -18,7 +18,6 @@ from mrimsm.diffusion import shipped
 from mrimsm.inference import load_msm
 from mrimsm.physics.masks import training_mask_family
 from mrimsm.diffusion.posterior import (
-    DEFAULT_SETTINGS_FILE,
     PosteriorSettings,
     load_posterior_settings,
     posterior_sample,
@@ -93,15 +92,18 @@ def make_msm_method(options: Mapping[str, Any]):
 
     def settings_label(prior) -> str:
         src = settings_source(prior)
-        return str(src) if options.get("settings") else f"configs/{Path(src or DEFAULT_SETTINGS_FILE).name}"
+        if options.get("settings"):
+            return str(src)
+        return "defaults" if src is None else f"mrimsm/assets/{Path(src).name}"
 
     checkpoint = options.get("checkpoint")
-    # built now, so that bad options fail before any work: every settings a scan may get
-    # (a shipped prior's missing settings file fails only when a scan of its sizes needs it)
+    # built now, so that bad options and missing files fail before any work: every settings
+    # a scan may get (those of each installed shipped prior)
     settings, init_method = settings_for(None)
+    if not checkpoint and not options.get("settings"):
+        shipped.check_settings_installed()
     own_settings = [] if checkpoint else [
-        p for p in shipped.SHIPPED_PRIORS
-        if settings_source(p) != settings_source(None) and Path(settings_source(p)).is_file()]
+        p for p in shipped.SHIPPED_PRIORS if p.path.exists() and settings_source(p) != settings_source(None)]
     for p in own_settings:
         settings_for(p)
     device = resolve_device(options.get("device"))
@@ -181,9 +183,8 @@ def make_msm_method(options: Mapping[str, Any]):
                            f"shipped_checkpoint {p.file}": str(p.path)
                            for p in shipped.SHIPPED_PRIORS if p.path.exists()})}
     for p in own_settings:  # the settings a shipped prior brings (other than the general ones)
-        if p.path.exists():
-            st, init = settings_for(p)
-            method.settings[f"shipped_settings {p.file}"] = {
-                **asdict(st), "init_settings": getattr(init, "settings", None)}
+        st, init = settings_for(p)
+        method.settings[f"shipped_settings {p.file}"] = {
+            **asdict(st), "init_settings": getattr(init, "settings", None)}
     return method
 
