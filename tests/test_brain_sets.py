@@ -427,3 +427,29 @@ def test_real_sources_end_to_end(tmp_path):
         assert old_files == [e["file"] for e in res.record["files"]]
         for name in old_files:
             assert (out / name).read_bytes() == (old / name).read_bytes(), name
+
+
+# -- the configs that train on these sets ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name, twin", [("default_msm_brains.yaml", "default_msm.yaml"),
+                                        ("tiny_brains.yaml", "tiny.yaml"),
+                                        ("default_ssdu_brains.yaml", "default_ssdu.yaml")])
+def test_brain_configs_load_and_match_their_twins(name, twin):
+    import yaml
+
+    from mrimsm.config import load_config
+
+    cfg = load_config(REPO / "configs" / name)
+    ref = load_config(REPO / "configs" / twin)
+    assert cfg.method == ref.method and cfg.data.simulated is None
+    assert cfg.data.root == "~/.cache/mrimsm/brains64_prep"
+    raw, raw_ref = (yaml.safe_load((REPO / "configs" / n).read_text()) for n in (name, twin))
+    for section in raw_ref:
+        if section in ("method", "data"):
+            continue
+        mine, theirs = dict(raw[section]), dict(raw_ref[section])
+        if section == "diffusion":
+            assert mine.pop("rho") is None and cfg.diffusion.rho is None  # the manifest's noise
+            theirs.pop("rho", None)
+        assert mine == theirs, section
