@@ -605,9 +605,6 @@ def build(
     ``series_table`` (default :data:`SERIES`) and ``mni`` (the MNI training files) exist
     for tests; ``cache`` is where the archives are kept (default
     :func:`default_download_dir`)."""
-    from tqdm import tqdm
-
-    from mrimsm.data.simulate import simulate_images_file, simulate_volume_file
     from mrimsm.interrupt import check_interrupt, raising_interrupts
     from mrimsm.limits import check_seed
     from mrimsm.utils import check_output
@@ -623,99 +620,108 @@ def build(
     if unknown or not sets:
         raise MrimsmError(f"--sets: unknown set(s) {unknown}; choose from {','.join(SETS)}")
     out_dir = check_output(out_dir, kind="dir", flag="OUT_DIR")
-    cache = Path(cache).expanduser() if cache is not None else default_download_dir()
     table = [s for s in (SERIES if series_table is None else series_table) if s.set in sets]
     settings = settings_record(size, coils, noise, seed)
     previous = load_previous(out_dir, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    # entries of sets this run does not touch stay listed while their files exist
-    others = [e for e in previous.values() if e.get("set") not in sets and (out_dir / e["file"]).is_file()]
-    done: list[dict] = []
-    result = Result(record={})
-
-    def save() -> None:
-        result.record = sources_record(settings, others + done)
-        write_sources(out_dir, result.record)
-
     mni_jobs = mni_entries(out_dir, size, coils, noise, seed) if (mni and "train" in sets) else []
-    nominal = len(mni_jobs) + sum(len(chunks(s.slices)) for s in table)
-    bar = tqdm(total=nominal, unit="file", disable=not progress, dynamic_ncols=True)
+    w = _Writer(out_dir, settings, previous, Path(cache).expanduser() if cache is not None else default_download_dir(),
+                # entries of sets this run does not touch stay listed while their files exist
+                others=[e for e in previous.values() if e.get("set") not in sets and (out_dir / e["file"]).is_file()],
+                total=len(mni_jobs) + sum(len(chunks(s.slices)) for s in table), progress=progress)
     try:
         with raising_interrupts():
             for rec, job in mni_jobs:
-                path = out_dir / rec["file"]
-                bar.set_description(rec["file"])
-                if file_complete(path, rec, previous, coils, size):
-                    result.kept.append(rec["file"])
-                else:
-                    simulate_volume_file(*job)
-                    result.written.append(rec["file"])
-                done.append(rec)
-                save()
-                bar.update(1)
+                w.mni_file(rec, job)
                 check_interrupt()
             for series in table:
-                _write_series(series, out_dir, size, coils, noise, seed, cache, previous, done, result, save, bar,
-                              simulate_images_file)
+                w.series(series)
                 check_interrupt()
-            save()
+            w.save()
     except KeyboardInterrupt:
-        bar.close()
-        raise Interrupted(f"{len(result.written)} files written, {len(result.kept)} kept, in {out_dir}; "
+        raise Interrupted(f"{len(w.result.written)} files written, {len(w.result.kept)} kept, in {out_dir}; "
                           "the same command writes the rest") from None
-    bar.close()
-    return result
+    finally:
+        w.bar.close()
+    return w.result
 
 
-def _write_series(series, out_dir, size, coils, noise, seed, cache, previous, done, result, save, bar,
-                  simulate_images_file) -> None:
-    """The files of one series: all kept without reading the source when an earlier run
-    completed them, else the source is read and the missing files are written."""
-    nominal = [series_entry(series, c, size) for c in chunks(series.slices)]
-    if all(file_complete(out_dir / e["file"], e, previous, coils, size) for e in nominal):
-        for e in nominal:
-            done.append(e)
-            result.kept.append(e["file"])
-            bar.update(1)
-        save()
-        return
-    archive = None if series.package == "matplotlib" else ARCHIVES[series.package]
-    archive_path = ensure_archive(archive, cache) if archive else None
-    get = READERS[series.reader](series, archive_path)
-    images, kept_idx = {}, []
-    for i in series.slices:
-        sl = get(int(i))
-        if max(sl.shape) != series.side:
-            raise MrimsmError(f"{series.member}: {series.orientation} slices are {sl.shape[0]} x {sl.shape[1]}, "
-                              f"expected a longer side of {series.side}")
-        img = fit_image(sl, size)
-        if has_object(img):
-            images[int(i)] = img
-            kept_idx.append(int(i))
-        else:
-            result.skipped.append(f"{series.prefix}_{series.orientation} slice {i}")
-    files = chunks(kept_idx)
-    bar.total += len(files) - len(nominal)
-    bar.refresh()
-    for v, sl_idx in enumerate(files):
-        entry = series_entry(series, sl_idx, size)
-        path = out_dir / entry["file"]
-        bar.set_description(entry["file"])
-        if file_complete(path, entry, previous, coils, size):
-            result.kept.append(entry["file"])
-        else:
-            attrs = {
-                "acquisition": series.acquisition,
-                "patient_id": series.subject.replace(" ", "_"),
-                "simulated_from": f"{series.subject} {series.contrast}, {series.orientation} slices {sl_idx}",
-            }
-            simulate_images_file(path, [images[i] for i in sl_idx], attrs, coils, noise, True,
-                                 file_seed(seed, series.group, v), pixel_mm=series_pixel_mm(series, size))
-            result.written.append(entry["file"])
-        done.append(entry)
-        save()
-        bar.update(1)
+class _Writer:
+    """One run's state: what is done, sources.json, the progress bar."""
+
+    def __init__(self, out_dir: Path, settings: dict, previous: dict, cache: Path, others: list, total: int,
+                 progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.out_dir, self.settings, self.previous, self.cache, self.others = out_dir, settings, previous, cache, others
+        self.size, self.coils = settings["size"], settings["coils"]
+        self.done: list[dict] = []
+        self.result = Result(record={})
+        self.bar = tqdm(total=total, unit="file", disable=not progress, dynamic_ncols=True)
+
+    def save(self) -> None:
+        self.result.record = sources_record(self.settings, self.others + self.done)
+        write_sources(self.out_dir, self.result.record)
+
+    def complete(self, entry: dict) -> bool:
+        return file_complete(self.out_dir / entry["file"], entry, self.previous, self.coils, self.size)
+
+    def finish(self, entry: dict, written: bool) -> None:
+        (self.result.written if written else self.result.kept).append(entry["file"])
+        self.done.append(entry)
+        self.save()
+        self.bar.update(1)
+
+    def mni_file(self, rec: dict, job: tuple) -> None:
+        from mrimsm.data.simulate import simulate_volume_file
+
+        self.bar.set_description(rec["file"])
+        written = not self.complete(rec)
+        if written:
+            simulate_volume_file(*job)
+        self.finish(rec, written)
+
+    def series(self, series: Series) -> None:
+        """The files of one series: all kept without reading the source when an earlier run
+        completed them, else the source is read and the missing files are written."""
+        from mrimsm.data.simulate import simulate_images_file
+
+        size, noise, seed = self.size, self.settings["noise_std"], self.settings["seed"]
+        nominal = [series_entry(series, c, size) for c in chunks(series.slices)]
+        if all(self.complete(e) for e in nominal):
+            for e in nominal:
+                self.finish(e, written=False)
+            return
+        archive = None if series.package == "matplotlib" else ARCHIVES[series.package]
+        get = READERS[series.reader](series, ensure_archive(archive, self.cache) if archive else None)
+        images, kept = {}, []
+        for i in series.slices:
+            sl = get(int(i))
+            if max(sl.shape) != series.side:
+                raise MrimsmError(f"{series.member}: {series.orientation} slices are {sl.shape[0]} x {sl.shape[1]}, "
+                                  f"expected a longer side of {series.side}")
+            img = fit_image(sl, size)
+            if has_object(img):
+                images[int(i)] = img
+                kept.append(int(i))
+            else:
+                self.result.skipped.append(f"{series.prefix}_{series.orientation} slice {i}")
+        files = chunks(kept)
+        self.bar.total += len(files) - len(nominal)
+        self.bar.refresh()
+        for v, idx in enumerate(files):
+            entry = series_entry(series, idx, size)
+            self.bar.set_description(entry["file"])
+            written = not self.complete(entry)
+            if written:
+                attrs = {
+                    "acquisition": series.acquisition,
+                    "patient_id": series.subject.replace(" ", "_"),
+                    "simulated_from": f"{series.subject} {series.contrast}, {series.orientation} slices {idx}",
+                }
+                simulate_images_file(self.out_dir / entry["file"], [images[i] for i in idx], attrs, self.coils, noise,
+                                     True, file_seed(seed, series.group, v), pixel_mm=series_pixel_mm(series, size))
+            self.finish(entry, written)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
