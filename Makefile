@@ -24,7 +24,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
-	$(PIP) install -c $(VENV)/constraints.txt -e ".[test]"
+	$(PIP) install -c $(VENV)/constraints.txt -e ".[test,data]"
 	$(PIP) install -c $(VENV)/constraints.txt --no-deps fastmri==0.3.0 nilearn==0.14.1
 	@touch $(STAMP)
 

@@ -47,7 +47,7 @@ def test_orientations_differ_and_bad_input():
 def test_native_pixels_pad_without_resampling():
     # native: the template's 1 mm pixels, centre zero-padded (233 x 197 axial -> 256 x 256)
     vol = sm.mni_volume()
-    raw = vol[:, :, 80].T[::-1]  # the axial display convention of _raw_slice
+    raw = vol[:, :, 80].T[::-1]  # the axial display convention of upright_slice
     sl = sm.mni_slices("axial", [80], 256, pixel="native")[0]
     h, w = raw.shape
     top, left = (256 - h) // 2, (256 - w) // 2

@@ -44,6 +44,7 @@ __all__ = [
     "mni_path",
     "mni_volume",
     "PIXEL_MODES",
+    "upright_slice",
     "mni_slices",
     "mni_pixel_mm",
     "mni_split_indices",
@@ -52,7 +53,9 @@ __all__ = [
     "simulate_multicoil",
     "ismrmrd_header_xml",
     "write_fastmri_file",
+    "simulate_images_file",
     "simulate_volume_file",
+    "simulated_raw_jobs",
     "write_simulated_raw",
     "make_sample_file",
 ]
@@ -110,8 +113,10 @@ def _orient_axis(orientation: str) -> int:
         raise MrimsmError(f"unknown orientation {orientation!r}; use axial, coronal or sagittal") from None
 
 
-def _raw_slice(vol: np.ndarray, orientation: str, index: int) -> np.ndarray:
-    """One 2-D slice displayed radiologically-upright (rows top to bottom)."""
+def upright_slice(vol: np.ndarray, orientation: str, index: int) -> np.ndarray:
+    """One 2-D slice of an ``(x, y, z)`` volume in RAS order (the MNI volume; any NIfTI
+    volume after ``nibabel.as_closest_canonical``), upright: anterior (axial) or superior
+    (coronal, sagittal) at the top."""
     if orientation == "axial":  # (x, y) -> rows: anterior at the top
         return vol[:, :, index].T[::-1]
     if orientation == "coronal":  # (x, z) -> rows: superior at the top
@@ -190,7 +195,7 @@ def mni_slices(orientation: str, indices: Sequence[int], size: int, pixel: str =
     for k, idx in enumerate(indices):
         if not 0 <= int(idx) < vol.shape[axis]:
             raise MrimsmError(f"{orientation} slice {idx} out of range 0..{vol.shape[axis] - 1}")
-        sl = _raw_slice(vol, orientation, int(idx))
+        sl = upright_slice(vol, orientation, int(idx))
         if pixel == "native":
             sl = np.ascontiguousarray(sl, dtype=np.float32)
             if scale != 1.0:
@@ -445,7 +450,7 @@ def simulate_volume_file(
 ) -> Path:
     """Simulate MNI slices as one fastMRI multi-coil "volume" file (``pixel``, ``scale``:
     see :func:`mni_slices`; ``columns``: phase-encode oversampling, see
-    :func:`simulate_multicoil`).
+    :func:`simulate_multicoil`) with :func:`simulate_images_file`.
 
     Slice ``k`` uses seed ``seed * 1000 + k`` for its phase and noise, so a file
     is a deterministic function of its arguments.
@@ -457,21 +462,82 @@ def simulate_volume_file(
         ``norm``, ``patient_id``.
     """
     images = mni_slices(orientation, indices, size, pixel, scale)
-    sims = [
-        simulate_multicoil(im, num_coils, noise_std, oversample_readout, seed=seed * 1000 + k, columns=columns)
-        for k, im in enumerate(images)
-    ]
-    kspace = np.stack([s["kspace"] for s in sims])
-    ref = np.stack([s["reconstruction_rss"] for s in sims])
     attrs = {
         "acquisition": f"{_ACQ_PREFIX[orientation]}T1",
         "patient_id": f"mni152-{orientation}-{indices[0]}-{indices[-1]}-s{seed}",
         "simulated_from": f"MNI152 ICBM2009a T1 {orientation} slices {list(map(int, indices))}"
                           + (("" if pixel != "native" else " at native 1 mm pixels" if scale == 1.0
                              else f" at {1 / scale:.3g} mm pixels (resampled by {scale:g})")),
-        "noise_std": float(noise_std),
     }
-    return write_fastmri_file(path, kspace, ref, attrs, pixel_mm=mni_pixel_mm(size, pixel, scale))
+    return simulate_images_file(path, images, attrs, num_coils, noise_std, oversample_readout, seed,
+                                pixel_mm=mni_pixel_mm(size, pixel, scale), columns=columns)
+
+
+def simulate_images_file(
+    path: str | os.PathLike,
+    images: Sequence[np.ndarray],
+    attrs: Mapping,
+    num_coils: int = 16,
+    noise_std: float = DEFAULT_SAMPLE_NOISE,
+    oversample_readout: bool = True,
+    seed: int = 0,
+    pixel_mm: Optional[float] = None,
+    columns: Optional[int] = None,
+) -> Path:
+    """Simulate 2-D images (:func:`simulate_multicoil`) as one fastMRI multi-coil "volume".
+
+    Image ``k`` uses seed ``seed * 1000 + k`` for its phase and noise, so a file is a
+    deterministic function of its arguments. ``attrs`` (``acquisition``, ``patient_id``,
+    ``simulated_from``, ...) are written with ``noise_std`` added; ``pixel_mm`` sets the
+    header's fields of view (:func:`write_fastmri_file`).
+
+    Returns:
+        The path.
+    """
+    sims = [
+        simulate_multicoil(im, num_coils, noise_std, oversample_readout, seed=seed * 1000 + k, columns=columns)
+        for k, im in enumerate(images)
+    ]
+    if not sims:
+        raise MrimsmError(f"no images to write to {path}")
+    kspace = np.stack([s["kspace"] for s in sims])
+    ref = np.stack([s["reconstruction_rss"] for s in sims])
+    return write_fastmri_file(path, kspace, ref, {**attrs, "noise_std": float(noise_std)}, pixel_mm=pixel_mm)
+
+
+def simulated_raw_jobs(
+    raw_dir: str | os.PathLike,
+    split: str = "train",
+    size: int = 64,
+    num_coils: int = 16,
+    noise_std: float = DEFAULT_SAMPLE_NOISE,
+    slices_per_file: int = 8,
+    step: int = 2,
+    seed: int = 0,
+    oversample_readout: bool = True,
+    pixel: str = "fit",
+    scales: Sequence[float] = (1.0,),
+) -> list[tuple]:
+    """The files :func:`write_simulated_raw` writes, as :func:`simulate_volume_file`
+    argument tuples ``(path, orientation, indices, size, num_coils, noise_std,
+    oversample_readout, seed, pixel, scale)`` in file order (nothing is written)."""
+    if slices_per_file < 1 or step < 1:
+        raise MrimsmError("slices_per_file and step must be >= 1")
+    scales = [float(x) for x in scales]
+    if not scales or len(set(scales)) != len(scales):
+        raise MrimsmError(f"scales must be distinct and not empty, got {scales}")
+    raw_dir = Path(raw_dir)
+    jobs = []
+    for k, scale in enumerate(scales):
+        tag = "" if k == 0 else f"_x{scale:g}"
+        for o_i, orientation in enumerate(ORIENTATIONS):
+            idx = mni_split_indices(orientation, split, step=step)
+            for v, start in enumerate(range(0, len(idx), slices_per_file)):
+                chunk = idx[start : start + slices_per_file]
+                path = raw_dir / f"mni_{orientation}_{chunk[0]:03d}-{chunk[-1]:03d}{tag}.h5"
+                jobs.append((path, orientation, chunk, size, num_coils, noise_std, oversample_readout,
+                             seed * 100 + o_i * 20 + v + 10000 * k, pixel, scale))
+    return jobs
 
 
 def write_simulated_raw(
@@ -497,27 +563,14 @@ def write_simulated_raw(
     (see :func:`mni_slices`) writes its own files; the scale at position ``k >= 1`` of the list adds
     ``_x<scale>`` to the name and ``10000 * k`` to the seed, so the files of the
     first scale are those written without ``scales``. ``workers`` > 1 writes the files
-    in that many processes (the files do not depend on it).
+    in that many processes (the files do not depend on it). The file list is
+    :func:`simulated_raw_jobs`.
 
     Returns:
         The written paths, in order.
     """
-    if slices_per_file < 1 or step < 1:
-        raise MrimsmError("slices_per_file and step must be >= 1")
-    scales = [float(x) for x in scales]
-    if not scales or len(set(scales)) != len(scales):
-        raise MrimsmError(f"scales must be distinct and not empty, got {scales}")
-    raw_dir = Path(raw_dir)
-    jobs = []  # simulate_volume_file arguments, in file order
-    for k, scale in enumerate(scales):
-        tag = "" if k == 0 else f"_x{scale:g}"
-        for o_i, orientation in enumerate(ORIENTATIONS):
-            idx = mni_split_indices(orientation, split, step=step)
-            for v, start in enumerate(range(0, len(idx), slices_per_file)):
-                chunk = idx[start : start + slices_per_file]
-                path = raw_dir / f"mni_{orientation}_{chunk[0]:03d}-{chunk[-1]:03d}{tag}.h5"
-                jobs.append((path, orientation, chunk, size, num_coils, noise_std, oversample_readout,
-                             seed * 100 + o_i * 20 + v + 10000 * k, pixel, scale))
+    jobs = simulated_raw_jobs(raw_dir, split, size, num_coils, noise_std, slices_per_file, step, seed,
+                              oversample_readout, pixel, scales)
     from mrimsm.workers import process_map
 
     return process_map(_simulate_job, jobs, int(workers))
