@@ -31,6 +31,7 @@ TRAIN_KEYS = frozenset({"y", "mask", "maps", "scale", "index"})
 
 
 _REWRITE = "re-run mrimsm prep-fastmri to rewrite it"
+_REBUILD = "re-run mrimsm prep-fastmri with --overwrite to rewrite it"
 
 
 def _kind(value: Any) -> str:
@@ -77,16 +78,17 @@ def _manifest_problem(manifest: Any) -> Optional[str]:
     return None
 
 
-def read_manifest(root: str | os.PathLike) -> dict:
+def read_manifest(root: str | os.PathLike, hint: Optional[str] = _REBUILD) -> dict:
     """The parsed ``root/manifest.json`` of a prepared data directory, validated.
 
     The one reader of manifests (datasets, training, prep's checks of an existing
     OUT_DIR): a missing, unreadable, non-JSON or malformed file (see
     :func:`_manifest_problem`) is one :class:`MrimsmError` line naming it and what is
-    wrong.
+    wrong, ending with ``hint`` (``None``: the caller adds its own).
     """
     root = Path(root)
     mpath = root / "manifest.json"
+    tail = f"; {hint}" if hint else ""
     if not mpath.is_file():
         raise MrimsmError(f"no manifest.json in {root}: not a prepared data directory (run mrimsm prep-fastmri)")
     try:
@@ -94,16 +96,16 @@ def read_manifest(root: str | os.PathLike) -> dict:
     except OSError as exc:
         raise MrimsmError(f"unreadable manifest {mpath}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise MrimsmError(f"unreadable manifest {mpath}: not JSON (not UTF-8 text); {_REWRITE}") from None
+        raise MrimsmError(f"unreadable manifest {mpath}: not JSON (not UTF-8 text){tail}") from None
     try:
         manifest = json.loads(text)
     except ValueError as exc:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise MrimsmError(f"unreadable manifest {mpath}: not JSON ({msg}{where}); {_REWRITE}") from None
+        raise MrimsmError(f"unreadable manifest {mpath}: not JSON ({msg}{where}){tail}") from None
     problem = _manifest_problem(manifest)
     if problem:
-        raise MrimsmError(f"malformed manifest {mpath}: {problem}; {_REWRITE}")
+        raise MrimsmError(f"malformed manifest {mpath}: {problem}{tail}")
     return manifest
 
 

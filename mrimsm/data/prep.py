@@ -689,9 +689,9 @@ def _check_existing(out_dir: Path, opts: PrepOptions, params_hash: str) -> list[
     problem = ""
     if mpath.exists():
         try:
-            old = read_manifest(out_dir)
+            old = read_manifest(out_dir, hint=None)
         except MrimsmError as exc:
-            problem = f"{exc} (not a manifest this run can resume)"
+            problem = f"{exc}, so {out_dir} is not a data set this run can resume"
         else:
             if old.get("params_hash") != params_hash:
                 changed = _changed_params(old.get("params"), opts.params())
