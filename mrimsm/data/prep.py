@@ -1031,6 +1031,7 @@ def prepare_simulated_dataset(
     opts = PrepOptions(
         accel=accel, noise_rho=rho, size=size, acquisition=None, skip_last=0, val_fraction=val_fraction,
         seed=seed, center_lines=center_lines, workers=workers,
+        overwrite=True,  # the cache directory is ours: a set of other settings there is replaced
     )
     opts.validate()
     if (out_dir / "manifest.json").is_file():
@@ -1040,7 +1041,6 @@ def prepare_simulated_dataset(
                 return out_dir
         except MrimsmError:
             pass  # rebuilt below
-    opts.overwrite = True  # the cache directory is ours: a set of other settings there is replaced
     with tempfile.TemporaryDirectory(prefix="mrimsm-sim-raw-") as tmp:
         write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed, pixel=pixel,
                             scales=scales, workers=workers)
