@@ -48,9 +48,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Turn raw fastMRI multi-coil k-space into undersampled, noisy training shards with ESPIRiT maps.
 
-        Rerunning the same command into OUT_DIR resumes: finished shards are kept. Other
-        parameters over a data set in OUT_DIR need --overwrite. manifest.json is written
-        last, so a data set without one is unfinished (train refuses it).
+        Rerunning the same command into OUT_DIR resumes: finished shards are kept. Other parameters over a data set in OUT_DIR need --overwrite. manifest.json is written last, so a data set without one is unfinished (train refuses it).
         """
         from tqdm import tqdm
 

@@ -36,10 +36,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a prior (MSM) or a baseline (SSDU) on prepared undersampled measurements.
 
-        Bad input (config, data, checkpoint, a batch larger than the data set) is one
-        'error:' line, exit 2, before anything is written to the run directory. A shard
-        that turns out truncated or locked mid-run stops with a checkpoint and the command
-        that resumes; so does Ctrl-C (exit 130).
+        Bad input (config, data, checkpoint, a batch larger than the data set) is one 'error:' line, exit 2, before anything is written to the run directory. A shard that turns out truncated or locked mid-run stops with a checkpoint and the command that resumes; so does Ctrl-C (exit 130).
         """
         from mrimsm.config import load_config
         from mrimsm.errors import MrimsmError
