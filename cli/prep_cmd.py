@@ -36,12 +36,20 @@ def register(app: typer.Typer) -> None:
         espirit_coarse: int = typer.Option(0, "--espirit-coarse", help="Eigen-solve grid step (0: auto, 1: exact)."),
         device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N] for ESPIRiT."),
         strict: bool = typer.Option(False, "--strict", help="A corrupt input file is fatal instead of skipped."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite",
+            help="Replace a data set in OUT_DIR prepared with other parameters (refused without it): its "
+                 "manifest.json goes first, then its shards that this run does not rewrite.",
+        ),
         threads: Optional[int] = typer.Option(
             None, "--threads", help="torch CPU threads per process (1 is fastest on a busy shared CPU)."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        """Turn raw fastMRI multi-coil k-space into undersampled, noisy training shards with ESPIRiT maps."""
+        """Turn raw fastMRI multi-coil k-space into undersampled, noisy training shards with ESPIRiT maps.
+
+        Rerunning the same command into OUT_DIR resumes: finished shards are kept. Other parameters over a data set in OUT_DIR need --overwrite. manifest.json is written last, so a data set without one is unfinished (train refuses it).
+        """
         from tqdm import tqdm
 
         from mrimsm.data.prep import PrepOptions, prepare_dataset
@@ -56,7 +64,7 @@ def register(app: typer.Typer) -> None:
             skip_first=skip_first, skip_last=skip_last, val_fraction=val_fraction, seed=seed, mask_kind=mask,
             center_lines=center_lines, calib_width=calib_width, calib_rows=calib_rows, kernel_width=kernel_width,
             thresh=thresh, crop=crop, espirit_backend=espirit_backend, espirit_coarse=espirit_coarse,
-            device=device, workers=workers, strict=strict,
+            device=device, workers=workers, strict=strict, overwrite=overwrite,
         )
         bars: list = []
 

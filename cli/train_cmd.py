@@ -15,7 +15,16 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="Run directory (default: runs/<config name>)."
         ),
-        resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+        resume: bool = typer.Option(
+            False, "--resume",
+            help="Continue from RUN_DIR/last.pt (refused when the data differ from the checkpoint's: "
+                 "data.* keys, --data, the data set's prep parameters).",
+        ),
+        allow_data_change: bool = typer.Option(
+            False, "--allow-data-change",
+            help="With --resume: continue on other data than the checkpoint was trained on, with a note "
+                 "(fine-tuning: copy a checkpoint to RUN_DIR/last.pt and resume).",
+        ),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override train.max_steps."),
         method: Optional[str] = typer.Option(None, "--method", help="Training method: msm | ssdu."),
         data: Optional[Path] = typer.Option(None, "--data", help="Prepared shard directory (overrides data)."),
@@ -25,7 +34,10 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        """Train a prior (MSM) or a baseline (SSDU) on prepared undersampled measurements."""
+        """Train a prior (MSM) or a baseline (SSDU) on prepared undersampled measurements.
+
+        Bad input (config, data, checkpoint, a batch larger than the data set) is one 'error:' line, exit 2, before anything is written to the run directory. A shard that turns out truncated or locked mid-run stops with a checkpoint and the command that resumes; so does Ctrl-C (exit 130).
+        """
         from mrimsm.config import load_config
         from mrimsm.errors import MrimsmError
 
@@ -59,4 +71,5 @@ def register(app: typer.Typer) -> None:
             device=device,
             progress=None if quiet else bar,
             echo=lambda msg: typer.echo(msg, err=True),
+            allow_data_change=allow_data_change,
         )

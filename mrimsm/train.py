@@ -36,6 +36,7 @@ import copy
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +304,7 @@ def train(
     progress: Optional[Callable[..., Any]] = None,
     echo: Callable[[str], None] = print,
     amp_dtype: Optional[torch.dtype] = None,
+    allow_data_change: bool = False,
 ) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.data`` for ``cfg.train.max_steps`` steps.
 
@@ -317,6 +319,14 @@ def train(
         echo: where rank 0's one-line messages go.
         amp_dtype: force an autocast dtype (tests); default: bf16/fp16 on CUDA
             when ``train.amp``, bf16 on CPU when ``train.cpu_bf16``.
+        allow_data_change: resume a checkpoint that was trained on other data (other
+            ``data.*`` settings, another ``--data`` directory, a data set prepared with
+            other parameters; :meth:`TrainMethod.check_resume`) with a note instead of
+            refusing: fine-tuning.
+
+    Every refusal (a bad config, a batch larger than the data set, a checkpoint that
+    cannot be resumed) comes before anything is written to ``run_dir``; a run directory
+    this call created is removed again when the run fails before its first checkpoint.
 
     Returns:
         a :class:`TrainResult`.
@@ -328,11 +338,46 @@ def train(
     check_output(run_dir, kind="dir", flag="--out")  # before any work; nothing is created
 
     method_cls = training_method(cfg.method)
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # what this run would create
     info = distributed.init(device)
     try:
-        return _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype)
+        return _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype, allow_data_change)
+    except MrimsmError as exc:
+        if created and info.is_main and not isinstance(exc, Interrupted) and not last.exists():
+            _discard_new_run(run_dir, created[-1])
+        raise
     finally:
         distributed.cleanup()
+
+
+def _discard_new_run(run_dir: Path, top: Path) -> None:
+    """Remove what a failed run wrote into the run directory it created (``config.yaml``,
+    ``log.jsonl``, preview grids), then that directory and the parents it created when
+    nothing else is in them: a refused run leaves no trace."""
+    for name in ("config.yaml", "log.jsonl"):
+        with contextlib.suppress(OSError):
+            (run_dir / name).unlink()
+    for png in (run_dir / "samples").glob("step_*.png") if (run_dir / "samples").is_dir() else ():
+        with contextlib.suppress(OSError):
+            png.unlink()
+    for d in (run_dir / "samples", run_dir / "checkpoints", *[p for p in (run_dir, *run_dir.parents)
+                                                              if p == top or top in p.parents]):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when empty
+
+
+def rerun_command(cfg: Config, run_dir: Path, resume: bool = True) -> str:
+    """The ``mrimsm train`` command line that continues this run (``resume``) or runs it
+    again: the config, ``--method`` unless it is msm, ``--data`` for a ``data.root`` (so
+    that a ``--data`` override is kept and the resume sees the same data), ``--out``,
+    ``--max-steps``."""
+    parts = ["mrimsm", "train", str(cfg.source)]
+    if cfg.method != "msm":
+        parts += ["--method", cfg.method]
+    if cfg.data.simulated is None and cfg.data.root is not None:
+        parts += ["--data", str(cfg.data.root)]
+    parts += ["--out", str(run_dir)] + (["--resume"] if resume else []) + ["--max-steps", str(cfg.train.max_steps)]
+    return " ".join(shlex.quote(x) for x in parts)
 
 
 @dataclass
@@ -377,8 +422,11 @@ def _build(cfg: Config, method_cls: type, info: distributed.DistInfo, amp_dtype:
     return _Run(method, bundle, model, ema, opt, scaler, amp)
 
 
-def _resume(run: _Run, cfg: Config, run_dir: Path, info: distributed.DistInfo, say: Callable[[str], None]) -> int:
-    """Load ``run_dir/last.pt`` into ``run`` (weights, EMA, optimizer, scaler, RNG); its step."""
+def _resume(run: _Run, cfg: Config, run_dir: Path, info: distributed.DistInfo, say: Callable[[str], None],
+            allow_data_change: bool = False) -> int:
+    """Load ``run_dir/last.pt`` into ``run`` (weights, EMA, optimizer, scaler, RNG); its step.
+    The method's :meth:`~mrimsm.trainmethod.TrainMethod.check_resume` refuses a checkpoint
+    whose config (or data) the current one may not continue."""
     last = run_dir / LAST_NAME
     if not last.exists():
         say(f"no checkpoint in {run_dir}; starting from step 0")
@@ -386,7 +434,9 @@ def _resume(run: _Run, cfg: Config, run_dir: Path, info: distributed.DistInfo, s
     ckpt = load_checkpoint(last, map_location=info.device)
     if ckpt["method"] != cfg.method:
         raise MrimsmError(f"{last} was trained with method {ckpt['method']!r}, not {cfg.method!r}")
-    run.method.check_resume(ckpt["config"], last)
+    for note in run.method.check_resume(ckpt["config"], last, saved_meta=ckpt.get("meta"),
+                                        allow_data_change=allow_data_change) or []:
+        say(note)
     load_state_checked(run.model, ckpt["model"], str(last))
     load_state_checked(run.ema.module, ckpt["ema"], str(last))
     if ckpt.get("optimizer") is not None:
@@ -487,13 +537,19 @@ class _LogWindow:
         self.values, self.steps, self.t_window = {}, 0, now
 
 
-def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) -> TrainResult:
+def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype, allow_data_change=False) -> TrainResult:
     dev = info.device
     say = echo if info.is_main else (lambda _msg: None)
     tc = cfg.train
     last = run_dir / LAST_NAME
+    # every check first (data, model, checkpoint, batch size, preview examples), then the first write
     run = _build(cfg, method_cls, info, amp_dtype)
-    start = _resume(run, cfg, run_dir, info, say) if resume else 0
+    start = _resume(run, cfg, run_dir, info, say, allow_data_change) if resume else 0
+    dataset, collate = run.bundle.dataset, run.bundle.collate
+    sampler = StepBatchSampler(len(dataset), tc.batch_size, tc.seed, info.rank, info.world_size, start, tc.max_steps)
+    preview_batch = None
+    if tc.sample_every and info.is_main:
+        preview_batch = _to_device(collate([dataset[i] for i in range(min(cfg.sample.preview_num, len(dataset)))]), dev)
     if info.is_main and start < tc.max_steps:  # a no-op resume leaves the run as it is
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(run_dir / "config.yaml", cfg)
@@ -501,14 +557,9 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
     distributed.barrier(info)
 
     net = distributed.wrap(run.model, info)
-    dataset, collate = run.bundle.dataset, run.bundle.collate
-    sampler = StepBatchSampler(len(dataset), tc.batch_size, tc.seed, info.rank, info.world_size, start, tc.max_steps)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=tc.num_workers, pin_memory=dev.type == "cuda"
     )
-    preview_batch = None
-    if tc.sample_every and info.is_main:
-        preview_batch = _to_device(collate([dataset[i] for i in range(min(cfg.sample.preview_num, len(dataset)))]), dev)
 
     result = TrainResult(run_dir=run_dir, start_step=start, step=start)
     bar = progress(total=tc.max_steps, initial=start, desc="train") if (progress and info.is_main) else None
@@ -517,10 +568,11 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
     flippable = None
     if cfg.data.flip_prob > 0 and hasattr(dataset, "flippable"):
         flippable = torch.from_numpy(dataset.flippable(cfg.data.flip_exclude))
-    step = start
+    step = saved_step = start
     run.model.train()
     with deferred_interrupts() as stop, _closing(bar):  # SIGINT / SIGTERM: finish the step, save, stop
-        for indices_batch in loader:
+        for indices_batch in _batches(loader, lambda exc: _data_failure(exc, run, cfg, run_dir, info, sampler,
+                                                                        step, saved_step)):
             # reseed: step s is the same whether or not the run was resumed
             seed = step_seed(tc.seed, info.rank, step)
             torch.manual_seed(seed)
@@ -551,15 +603,62 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype) ->
             saved = (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.max_steps
             if saved:
                 _write_checkpoint(run, cfg, run_dir, info, sampler, step)
+                saved_step = step
             if step < tc.max_steps and _stop_requested(stop, info):
                 if not saved:
                     _write_checkpoint(run, cfg, run_dir, info, sampler, step)
                 raise Interrupted(
                     f"{stop.name or 'a signal on another rank'} at step {step} of {tc.max_steps}; "
-                    f"checkpoint {last} written; resume with: mrimsm train {cfg.source} --out {run_dir} --resume "
-                    f"--max-steps {tc.max_steps}"
+                    f"checkpoint {last} written; resume with: {rerun_command(cfg, run_dir)}"
                 )
     return _finish(result, run, step, start, window.t_start, tc.max_steps, last, run_dir, dev, say)
+
+
+def _batches(loader: Iterable, on_error: Callable[[MrimsmError], MrimsmError]) -> Iterator[Any]:
+    """The loader's batches; a data error while reading one (a shard truncated or locked
+    meanwhile: :class:`MrimsmError` from the dataset) becomes ``on_error(exc)``."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except MrimsmError as exc:
+            if isinstance(exc, Interrupted):
+                raise
+            raise on_error(exc) from None
+        yield batch
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The one-line message of a data error; a DataLoader worker's error arrives as
+    ``Caught MrimsmError in DataLoader worker process 0. Original Traceback ...``: its
+    last line holds the message."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = "mrimsm.errors.MrimsmError: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def _data_failure(exc: MrimsmError, run: _Run, cfg: Config, run_dir: Path, info: distributed.DistInfo,
+                  sampler: StepBatchSampler, step: int, saved_step: int) -> MrimsmError:
+    """The error of a batch that could not be read after ``step`` steps: its message, the
+    checkpoint (written now for the steps since the last one; on one process, where no
+    other rank waits in a collective) and the command that continues the run."""
+    last = run_dir / LAST_NAME
+    if step > saved_step and info.world_size == 1:
+        _write_checkpoint(run, cfg, run_dir, info, sampler, step)
+        saved_step = step
+        where = f"checkpoint {last} written at step {step}"
+    elif last.exists():
+        where = f"checkpoint {last} (step {saved_step}) kept"
+    else:
+        return MrimsmError(f"{_worker_message(exc)}; no checkpoint was written; after fixing the data, "
+                           f"run again: {rerun_command(cfg, run_dir, resume=False)}")
+    return MrimsmError(f"{_worker_message(exc)}; {where}; after fixing the data, resume with: "
+                       f"{rerun_command(cfg, run_dir)}")
 
 
 def _finish(result: TrainResult, run: _Run, step: int, start: int, t_start: float, max_steps: int,

@@ -101,5 +101,5 @@ def test_bad_roots_and_splits(tmp_path, prepared_measurements):
     with pytest.raises(MrimsmError, match="unreadable manifest"):
         MeasurementDataset(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"shard": "train/x.h5", "split": "train"}]}))
-    with pytest.raises(MrimsmError, match="missing or corrupt shard"):
+    with pytest.raises(MrimsmError, match="missing shard .*x.h5"):
         MeasurementDataset(tmp_path)

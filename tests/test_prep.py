@@ -144,12 +144,16 @@ def test_resume_and_atomic_shards(fastmri_factory, tmp_path, monkeypatch):
     m = prepare_dataset(raw, out, opts, on_start=starts.append, **QUIET)
     assert starts == [4] and m["counts"]["files_resumed"] == 1 and m["counts"]["files_used"] == 3
     assert sorted(p.name for p in (out / "train").iterdir()) == ["vol0.h5", "vol1.h5", "vol2.h5"]
-    # a second run does nothing; a changed parameter redoes everything
+    # a second run does nothing; a changed parameter is refused, and with overwrite redoes everything
     stamp = (out / "train" / "vol2.h5").stat().st_mtime_ns
     m = prepare_dataset(raw, out, opts, on_start=starts.append, **QUIET)
     assert starts[-1] == 0 and m["counts"]["files_resumed"] == 3
     assert (out / "train" / "vol2.h5").stat().st_mtime_ns == stamp
     opts.seed = 1
+    with pytest.raises(MrimsmError, match="prepared with other parameters .*seed 0 -> 1.*--overwrite"):
+        prepare_dataset(raw, out, opts, on_start=starts.append, **QUIET)
+    assert (out / "train" / "vol2.h5").stat().st_mtime_ns == stamp and (out / "manifest.json").is_file()
+    opts.overwrite = True
     m = prepare_dataset(raw, out, opts, on_start=starts.append, **QUIET)
     assert starts[-1] == 6 and m["counts"]["files_resumed"] == 0
 

@@ -396,7 +396,7 @@ class SSDUMethod(TrainMethod):
             "rho": info.get("rho", manifest.get("rho")),
             "mask": manifest.get("mask"),
             "split": asdict(self.split),
-            "data": {k: info.get(k) for k in ("root", "split", "num_examples")},
+            "data": self.data_meta(),
         }
 
 

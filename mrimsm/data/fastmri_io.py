@@ -19,6 +19,7 @@ message naming the file.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from mrimsm.utils import atomic_path
 
 __all__ = [
     "MultiCoilFile",
+    "FileLockedError",
+    "open_hdf5",
     "read_multicoil",
     "read_header",
     "write_reconstruction",
@@ -105,21 +108,56 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _open(path: Path) -> h5py.File:
-    if not path.exists():
-        raise MrimsmError(f"no such file: {path}")
-    if path.is_dir():
-        raise MrimsmError(f"expected an HDF5 file, got a directory: {path}")
+class FileLockedError(MrimsmError):
+    """An HDF5 file another process holds open for writing (HDF5 file locking): the
+    file is not at fault, so callers that skip bad inputs stop on this one instead."""
+
+
+def locked_message(path: str | os.PathLike) -> str:
+    """The one-line message for a file that HDF5's file locking keeps us from opening."""
+    return (f"{path}: locked by another process (HDF5 file locking); wait for it, or set "
+            f"HDF5_USE_FILE_LOCKING=FALSE if the file system does not support locks")
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether an ``OSError`` from h5py means the file is locked by another process
+    (HDF5 reports ``unable to lock file, errno = 11``: EAGAIN, 'Resource temporarily
+    unavailable'), not that it is damaged."""
+    text = str(exc).lower()
+    return isinstance(exc, BlockingIOError) or "unable to lock file" in text or (
+        getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK) and "lock" in text)
+
+
+def open_hdf5(path: str | os.PathLike, mode: str = "r", what: str = "HDF5 file") -> h5py.File:
+    """Open an HDF5 file; every failure is one :class:`MrimsmError` line naming ``path``.
+
+    The one place mrimsm opens HDF5 files for reading (fastMRI files, prepared shards).
+    A missing file, a directory, a file that is not HDF5 and a truncated or corrupt one
+    each say so (``what`` names the kind of file, e.g. ``"shard"``); a file locked by a
+    writer in another process raises :class:`FileLockedError` (:func:`locked_message`).
+    """
+    path = Path(path)
+    if mode == "r":
+        if not path.exists():
+            raise MrimsmError(f"no such file: {path}")
+        if path.is_dir():
+            raise MrimsmError(f"expected an HDF5 file, got a directory: {path}")
+        try:
+            is_h5 = h5py.is_hdf5(str(path))
+        except OSError as exc:  # unreadable (permissions, ...)
+            if is_lock_error(exc):
+                raise FileLockedError(locked_message(path)) from None
+            raise MrimsmError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not is_h5:
+            raise MrimsmError(f"not an HDF5 file: {path}")
     try:
-        is_h5 = h5py.is_hdf5(str(path))
-    except OSError as exc:  # unreadable (permissions, ...)
-        raise MrimsmError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not is_h5:
-        raise MrimsmError(f"not an HDF5 file: {path}")
-    try:
-        return h5py.File(path, "r")
-    except OSError:
-        raise MrimsmError(f"truncated or corrupt HDF5 file: {path}") from None
+        return h5py.File(path, mode)
+    except OSError as exc:
+        if is_lock_error(exc):
+            raise FileLockedError(locked_message(path)) from None
+        if mode != "r" and isinstance(exc, (PermissionError, FileNotFoundError)):
+            raise MrimsmError(f"cannot open {path}: {exc.strerror or exc}") from None
+        raise MrimsmError(f"truncated or corrupt {what}: {path}") from None
 
 
 def _check_kspace_meta(ds: Any, path: Path) -> None:
@@ -174,7 +212,7 @@ def read_header(path: str | os.PathLike) -> dict:
         non-complex dtype, zero coils.
     """
     path = Path(path)
-    with _open(path) as f:
+    with open_hdf5(path) as f:
         try:
             ds = _kspace_dataset(f, path)
             header = bytes(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
@@ -215,7 +253,7 @@ def read_multicoil(
         zero coils, NaN / Inf values, or malformed ``mask`` / ``reconstruction_rss``.
     """
     path = Path(path)
-    with _open(path) as f:
+    with open_hdf5(path) as f:
         try:
             ds = _kspace_dataset(f, path)
             n_total, _, _, w = ds.shape

@@ -37,11 +37,18 @@ Output layout under ``OUT_DIR``::
                                   (scale * C^H F^H z: evaluation only)
 
 Shards are written atomically; a re-run on the same ``OUT_DIR`` skips shards
-that were finished with the same parameters from the same input bytes.
+that were finished with the same parameters from the same input bytes. A data set
+in ``OUT_DIR`` prepared with other parameters (its manifest's ``params_hash``, or
+shards of an unfinished run) is refused unless ``overwrite``; then its
+``manifest.json`` is deleted before the first new shard is written and its shards of
+other parameters with it, so ``OUT_DIR`` never holds a complete manifest beside shards
+it does not describe. Whenever shards are to be written, an existing
+``manifest.json`` goes first for the same reason; it is written last, atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -51,7 +58,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -60,7 +67,8 @@ import torch
 from mrimsm.data.noise import estimate_noise_std
 from mrimsm.data.normalization import common_acs, volume_peak
 from mrimsm.data.espirit import estimate_maps
-from mrimsm.data.fastmri_io import crop_to_reconstruction, read_header, read_multicoil
+from mrimsm.data.datasets import read_manifest
+from mrimsm.data.fastmri_io import FileLockedError, crop_to_reconstruction, open_hdf5, read_header, read_multicoil
 from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.limits import check_memory, check_seed, parse_accel
 from mrimsm.interrupt import check_interrupt, raising_interrupts
@@ -121,6 +129,8 @@ class PrepOptions:
         keep_reference: store ``reference`` in validation shards.
         workers: processes (results do not depend on it).
         strict: a corrupt input file is fatal instead of skipped.
+        overwrite: replace a data set in ``OUT_DIR`` that was prepared with other
+            parameters (module doc); without it that is refused.
     """
 
     accel: float = 4.0
@@ -147,9 +157,10 @@ class PrepOptions:
     keep_reference: bool = True
     workers: int = 1
     strict: bool = False
+    overwrite: bool = False
 
     #: options that do not change the output (left out of the parameter hash)
-    _RUNTIME = ("workers", "strict", "device")
+    _RUNTIME = ("workers", "strict", "device", "overwrite")
 
     def validate(self) -> None:
         parse_accel(self.accel)
@@ -475,13 +486,32 @@ def _versions() -> dict:
 
 
 def _shard_done(path: Path, params_hash: str, sha: str) -> bool:
+    """Whether ``path`` is a finished shard of these parameters from these input bytes
+    (a truncated or corrupt one is not: it is redone; a locked one stops the run)."""
     if not path.is_file():
         return False
     try:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path, "r", what="shard") as f:
             return f.attrs.get("params_hash") == params_hash and f.attrs.get("source_sha256") == sha
-    except OSError:
+    except FileLockedError:
+        raise
+    except (MrimsmError, OSError):
         return False
+
+
+def _shard_hash(path: Path) -> Optional[str]:
+    """The ``params_hash`` a prep shard records (``None``: no such attribute, or not a
+    readable HDF5 file: then it is not known to be another run's)."""
+    try:
+        with open_hdf5(path, "r", what="shard") as f:
+            value = f.attrs.get("params_hash")
+    except FileLockedError:
+        raise
+    except (MrimsmError, OSError):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return None if value is None else str(value)
 
 
 def _write_shard(path: Path, result: dict, task: dict) -> None:
@@ -531,6 +561,9 @@ def _run_task(task: dict, progress: Optional[Callable[[int], None]] = None) -> d
             reference=task["split"] == "val" and opts.keep_reference, progress=progress,
         )
         _write_shard(Path(task["out_dir"]) / task["shard_rel"], res, task)
+    except FileLockedError as exc:
+        summary["error"], summary["fatal"] = str(exc), True
+        return summary
     except MrimsmError as exc:
         summary["error"] = str(exc)
         return summary
@@ -620,7 +653,10 @@ def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions,
     params_hash = opts.params_hash()
     inv = _scan_inputs(files, opts, listed, warn)
     _check_scan(inv, files, listed, raw_dir, opts, warn)
+    stale = _check_existing(out_dir, opts, params_hash)  # before anything is written
     tasks, resumed = _plan_tasks(inv.planned, out_dir, opts, params_hash)
+    if tasks or stale:
+        _clear_old_output(out_dir, stale, [p for p, _, _ in inv.planned])
     results = _run_tasks(tasks, resumed, out_dir, opts, params_hash, progress, on_start)
     shards = _collect_shards(results, inv, raw_dir, opts, warn)
     manifest = _manifest(raw_dir, opts, params_hash, inv, shards, len(resumed))
@@ -628,6 +664,59 @@ def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions,
     with atomic_path(out_dir / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _existing_shards(out_dir: Path) -> list[Path]:
+    return sorted(p for sub in ("train", "val") if (out_dir / sub).is_dir()
+                  for p in (out_dir / sub).glob("*.h5") if p.is_file() and not p.is_symlink())
+
+
+def _changed_params(old: Any, new: dict) -> str:
+    """``"accel 4.0 -> 8.0, ..."`` for the prep parameters that differ (``""``: unknown)."""
+    if not isinstance(old, dict):
+        return ""
+    keys = [k for k in new if k in old and old[k] != new[k]] + [k for k in new if k not in old]
+    return ", ".join(f"{k} {old.get(k)} -> {new[k]}" for k in keys[:6]) + (", ..." if len(keys) > 6 else "")
+
+
+def _check_existing(out_dir: Path, opts: PrepOptions, params_hash: str) -> list[Path]:
+    """What ``OUT_DIR`` already holds, read only. MrimsmError (one line) when it holds a
+    data set of other parameters (a manifest with another ``params_hash``, an unreadable
+    manifest, shards recording another ``params_hash``) and ``opts.overwrite`` is not
+    set; with it, the shards of other parameters, which :func:`_clear_old_output`
+    removes."""
+    mpath = out_dir / "manifest.json"
+    problem = ""
+    if mpath.exists():
+        try:
+            old = read_manifest(out_dir, hint=None)
+        except MrimsmError as exc:
+            problem = f"{exc}, so {out_dir} is not a data set this run can resume"
+        else:
+            if old.get("params_hash") != params_hash:
+                changed = _changed_params(old.get("params"), opts.params())
+                problem = (f"{out_dir} holds a data set prepared with other parameters (params_hash "
+                           f"{old.get('params_hash')}, this run {params_hash}{': ' + changed if changed else ''})")
+    other = [p for p in _existing_shards(out_dir) if _shard_hash(p) not in (None, params_hash)]
+    if other and not problem:
+        problem = (f"{other[0]} was prepared with other parameters (params_hash {_shard_hash(other[0])}, "
+                   f"this run {params_hash}; {len(other)} such shard(s) in {out_dir})")
+    if problem and not opts.overwrite:
+        raise MrimsmError(f"{problem}; pass --overwrite to replace it, or choose another OUT_DIR")
+    return other
+
+
+def _clear_old_output(out_dir: Path, stale: list[Path], inputs: list[Path]) -> None:
+    """Before the first new shard: delete ``manifest.json`` (an interrupted run never
+    leaves a complete manifest beside shards it does not describe), then the ``stale``
+    shards of other parameters (``--overwrite``; never an input file)."""
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / "manifest.json").unlink()
+    inodes = {(st.st_dev, st.st_ino) for p in inputs for st in [p.stat()]}
+    for shard in stale:
+        st = shard.stat()
+        if (st.st_dev, st.st_ino) not in inodes:
+            shard.unlink()
 
 
 def _skip(inv: _Inventory, path: Path, reason: str, opts: PrepOptions, warn: Callable[[str], None],
@@ -667,6 +756,8 @@ def _scan_inputs(files: list[Path], opts: PrepOptions, listed: Optional[dict[str
             continue
         try:
             head = read_header(path)
+        except FileLockedError:
+            raise  # not a bad file: skipping it would leave it out of the data set
         except MrimsmError as exc:
             _skip(inv, path, str(exc), opts, warn, entry)
             continue
@@ -769,6 +860,8 @@ def _collect_shards(results: list[dict], inv: _Inventory, raw_dir: Path, opts: P
     shards = []
     by_name = {e["file"]: e for e in inv.inputs}
     for res in sorted(results, key=lambda r: r["name"]):
+        if res.get("fatal"):
+            raise MrimsmError(f"{res['error']}; the other files' shards are complete: rerun the same command then")
         if "error" in res:
             _skip(inv, Path(res["name"]), res["error"], opts, warn, by_name[res["name"]])
             continue
@@ -837,7 +930,7 @@ def _noise_summary(shards: list[dict]) -> dict:
 
 
 def _summary_from_shard(out_dir: Path, task: dict) -> dict:
-    with h5py.File(out_dir / task["shard_rel"], "r") as f:
+    with open_hdf5(out_dir / task["shard_rel"], "r", what="shard") as f:
         masks = f["mask"][()]
         noise = {k: float(f.attrs[k]) for k in ("noise_measured", "noise_total") if k in f.attrs}
         return {
@@ -938,16 +1031,16 @@ def prepare_simulated_dataset(
     opts = PrepOptions(
         accel=accel, noise_rho=rho, size=size, acquisition=None, skip_last=0, val_fraction=val_fraction,
         seed=seed, center_lines=center_lines, workers=workers,
+        overwrite=True,  # the cache directory is ours: a set of other settings there is replaced
     )
     opts.validate()
-    manifest_path = out_dir / "manifest.json"
-    if manifest_path.is_file():
+    if (out_dir / "manifest.json").is_file():
         try:
-            old = json.loads(manifest_path.read_text())
+            old = read_manifest(out_dir)
             if old.get("complete") and old.get("params_hash") == opts.params_hash() and old.get("simulation") == simulation:
                 return out_dir
-        except (OSError, ValueError):
-            pass
+        except MrimsmError:
+            pass  # rebuilt below
     with tempfile.TemporaryDirectory(prefix="mrimsm-sim-raw-") as tmp:
         write_simulated_raw(tmp, "train", size, num_coils, raw_noise, slices_per_file, step, seed, pixel=pixel,
                             scales=scales, workers=workers)

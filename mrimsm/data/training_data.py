@@ -7,7 +7,6 @@ returns by default: a :class:`DataBundle` over the shards of ``cfg.data``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from mrimsm import distributed
-from mrimsm.data.datasets import MeasurementDataset, collate
+from mrimsm.data.datasets import MeasurementDataset, collate, read_manifest
 from mrimsm.data.prep import prepare_simulated_dataset
 from mrimsm.errors import MrimsmError
 
@@ -61,8 +60,8 @@ def _simulated_dir(cfg: Config) -> Path:
 
 def _manifest_complete(root: Path) -> bool:
     try:
-        return bool(json.loads((root / "manifest.json").read_text()).get("complete"))
-    except (OSError, ValueError):
+        return bool(read_manifest(root).get("complete"))
+    except MrimsmError:
         return False
 
 
@@ -100,13 +99,7 @@ def measurement_data(cfg: Config, dist_info: distributed.DistInfo) -> DataBundle
     dataset = MeasurementDataset(root, split=cfg.data.split)
     if len(dataset) == 0:
         raise MrimsmError(f"{root} holds no {cfg.data.split} examples")
-    manifest = {}
-    mpath = Path(root) / "manifest.json"
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError):
-            manifest = {}
+    manifest = dataset.manifest  # read and validated once (read_manifest)
     rho = data_noise(manifest)
     if rho is None and cfg.data.simulated is not None:
         rho = cfg.data.simulated.rho

@@ -77,6 +77,7 @@ class ImageMSMMethod(MSMMethod):
     """MSM trained on an image folder through fixed pixel masks (``T = I``)."""
 
     config_sections = {"model": UNetConfig, "diffusion": DiffusionConfig, "images": ImageDataConfig}
+    data_sections = ("data", "images")  # the folder and how its images become measurements
 
     @classmethod
     def build_dataset(cls, cfg: Config, dist_info: distributed.DistInfo) -> DataBundle:

@@ -218,19 +218,20 @@ class MSMMethod(TrainMethod):
             eta=self.cfg.sample.eta, generator=generator, image_shape=self._sample_image_shape(),
         )
 
-    def check_resume(self, saved_config: dict, path: Path) -> None:
+    def check_resume(self, saved_config: dict, path: Path, saved_meta: Optional[dict] = None,
+                     allow_data_change: bool = False) -> list[str]:
         """Refuse to resume when the config changes what the network's output means
-        (``diffusion.skip``, ``diffusion.prediction``); other keys may change on resume."""
+        (``diffusion.skip``, ``diffusion.prediction``), then the shared data check
+        (:meth:`TrainMethod.check_resume`); other keys may change on resume."""
         old_d, new_d = saved_config.get("diffusion") or {}, self.cfg.to_dict().get("diffusion") or {}
-        if not new_d:
-            return
-        for key, legacy in (("skip", LEGACY_SKIP), ("prediction", "x0")):
+        for key, legacy in (("skip", LEGACY_SKIP), ("prediction", "x0")) if new_d else ():
             before, after = old_d.get(key, legacy), new_d.get(key, legacy)
             if before != after:
                 raise MrimsmError(
                     f"{path} was trained with diffusion.{key}: {before}, the config says {after}; "
                     f"set diffusion.{key}: {before} to resume it, or train a new run"
                 )
+        return super().check_resume(saved_config, path, saved_meta=saved_meta, allow_data_change=allow_data_change)
 
     def _sample_image_shape(self) -> Optional[tuple]:
         return None if self.is_complex else (self.channels, *self.image_shape)
@@ -257,7 +258,7 @@ class MSMMethod(TrainMethod):
                     "beta_start": cfg.diffusion.beta_start,
                     "beta_end": cfg.diffusion.beta_end,
                 },
-                "data": {k: info.get(k) for k in ("root", "split", "num_examples")},
+                "data": self.data_meta(),
             }
             self._meta = meta
         return self._meta
