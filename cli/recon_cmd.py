@@ -208,10 +208,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"rank {rank}: one input file; rank 0 reconstructs it")
             return
         report = lib.reconstruct_file(input, output, recon_options=job, overwrite=overwrite)
+        from mrimsm.utils import printable  # a file name that is not UTF-8 is printed with \xNN escapes
+
         for note in report.notes:
-            typer.echo(f"note: {note}", err=True)
+            typer.echo(printable(f"note: {note}"), err=True)
         typer.echo(lib.format_table(report.results, report.volume))
         for path in report.outputs.values():
-            typer.echo(f"wrote {path}")
+            typer.echo(printable(f"wrote {path}"))
         if report.pngs:
-            typer.echo(f"wrote {len(report.pngs)} PNG files to {png}")
+            typer.echo(printable(f"wrote {len(report.pngs)} PNG files to {png}"))

@@ -20,8 +20,17 @@ from mrimsm.errors import MrimsmError
 
 __all__ = [
     "atomic_path", "same_file", "check_output", "seed_everything", "load_method_object",
-    "resolve_device", "set_threads", "file_sha256",
+    "resolve_device", "set_threads", "file_sha256", "printable",
 ]
+
+
+def printable(text: Any) -> str:
+    """``str(text)`` as valid UTF-8: characters that stand for bytes which are not UTF-8
+    (a POSIX file name decoded by ``os.fsdecode``, ``b'scan_\\xff.h5'`` -> ``'scan_\\udcff.h5'``)
+    are shown as ``\\xNN``, so the text can be printed, drawn or stored in an HDF5
+    attribute; valid text is returned unchanged."""
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 #: Write failures that are the destination's fault (full disk, quota, read-only or

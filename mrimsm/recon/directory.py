@@ -20,7 +20,7 @@ from mrimsm.recon.methods import ReconMethod
 from mrimsm.recon.options import ReconOptions
 from mrimsm.recon.outputs import output_record, output_state, own_mask_record
 from mrimsm.recon.volume import has_own_mask
-from mrimsm.utils import check_output, same_file
+from mrimsm.utils import check_output, printable, same_file
 from mrimsm.recon.progress import open_bar
 
 def list_inputs(directory: Union[str, os.PathLike]) -> list[Path]:
@@ -261,16 +261,17 @@ def _directory_file(
 
 
 def format_outcome(outcome: FileOutcome) -> str:
-    """One line per file: status, name, and PSNR / SSIM (fastMRI convention) per method."""
+    """One line per file: status, name, and PSNR / SSIM (fastMRI convention) per method
+    (printable: a name that is not UTF-8 shows its bytes as ``\\xNN``)."""
     name = outcome.path.name
     if outcome.status == "failed":
-        return f"failed  {name}: {outcome.message}"
+        return printable(f"failed  {name}: {outcome.message}")
     if outcome.status == "skipped":
-        return f"skipped {name}: {outcome.message}"
+        return printable(f"skipped {name}: {outcome.message}")
     parts = [f"{m} {v['psnr']:.2f} dB / {v['ssim']:.4f}" for m, v in outcome.metrics.items()]
     tail = f"; {outcome.message}" if outcome.message else ""
-    return f"done    {name}: {outcome.num_slices} slices in {outcome.seconds:.1f} s" + (
-        f"; PSNR / SSIM {', '.join(parts)}" if parts else "") + tail
+    return printable(f"done    {name}: {outcome.num_slices} slices in {outcome.seconds:.1f} s" + (
+        f"; PSNR / SSIM {', '.join(parts)}" if parts else "") + tail)
 
 
 def format_directory_summary(report: DirectoryReport) -> str:
@@ -301,4 +302,4 @@ def format_directory_summary(report: DirectoryReport) -> str:
         lines += ["mean over files with a reference:",
                   f"{'':<12} {'fastMRI (volume, max = ref max)':^25}   {'paper (per slice, [0, 1])':^25}", head,
                   "-" * len(head)] + rows
-    return "\n".join(lines)
+    return printable("\n".join(lines))
