@@ -174,3 +174,182 @@ def test_seed_for_is_unchanged_for_utf8_names():
 
     assert seed_for("file1000001.h5", 3, 0) == 512731252  # the seed of before: valid names keep their masks
     assert seed_for(os.fsdecode(BAD_NAME), 0, 0) != seed_for("scan_.h5", 0, 0)
+
+
+# -- F22: repeated signals: exit 130 after the resume line, every time ----------------------------
+
+
+def _storm(proc: subprocess.Popen, count: int = 100, gap: float = 0.02) -> int:
+    """Send SIGTERM ``count`` times, ``gap`` s apart, while ``proc`` lives; how many were sent."""
+    sent = 0
+    for _ in range(count):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGTERM)
+        sent += 1
+        time.sleep(gap)
+    return sent
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def test_train_resume_under_repeated_sigterm_exits_130(tmp_path, capsys):
+    cfg = _toy_yaml(tmp_path, max_steps=1_000_000, ckpt_every=0, log_every=20)
+    run = tmp_path / "run"
+    assert _run(["train", cfg, "--out", run, "--max-steps", "3", "-q"], capsys)[0] == 0
+    log = run / "log.jsonl"
+    size = log.stat().st_size
+    proc = subprocess.Popen([PYTHON, "-c", DRIVER, "train", str(cfg), "--out", str(run), "--resume", "-q",
+                             "--threads", "1"], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: log.stat().st_size > size, proc)
+    sent = _storm(proc)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, sent, err[-2000:])
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert lines[-1].startswith("interrupted: SIGTERM at step ") and "--resume" in lines[-1], lines
+    assert all(not ln.startswith(("error", "interrupted")) for ln in lines[:-1]), lines
+    from mrimsm.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "last.pt")["step"] == int(lines[-1].split(" at step ")[1].split()[0])
+
+
+def test_recon_dir_under_repeated_sigterm_exits_130(tmp_path):
+    src = tmp_path / "in"
+    for i in range(3):
+        write_fake_fastmri(src / f"s{i}.h5", "full", num_slices=2, size=32, num_coils=4, seed=i)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([PYTHON, "-m", "mrimsm", "recon", str(src), "-o", str(out), "-m", "cs", "--cs-iters",
+                             "150", "--accel", "4", "-q", "--threads", "1"], env=_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: out.is_dir() and any(out.glob("*.h5")), proc)
+    sent = _storm(proc)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, sent, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: ") and "files finished" in lines[0], lines
+    assert not list(out.glob(".*.lock")) and not list(out.glob("*.tmp"))
+
+
+def test_sample_sigterm_stops_cleanly(tmp_path):
+    proc = subprocess.Popen([PYTHON, "-m", "mrimsm", "sample", str(ASSETS / "default_msm.pt"), "-o",
+                             str(tmp_path / "s.h5"), "-n", "4", "--batch-size", "1", "--steps", "200", "--device",
+                             "cpu", "--threads", "1"], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=0)
+    # the progress bar's first line says sampling has begun
+    seen = ""
+    while "sample:" not in seen:
+        char = proc.stderr.read(1)
+        assert char, (proc.wait(), seen)
+        seen += char
+    sent = _storm(proc, count=20)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, sent, err[-2000:])
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert last.startswith("interrupted: SIGTERM after ") and "of 4 samples; nothing written" in last, last
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_until_exit_raises_once_then_ignores():
+    from mrimsm.interrupt import raising_interrupts, stopping, until_exit
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with until_exit():
+            with pytest.raises(KeyboardInterrupt):
+                with raising_interrupts():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(1)
+            assert stopping() == "SIGTERM"
+            for _ in range(5):  # after the block: ignored, no KeyboardInterrupt, no death
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+        # the process is stopping: the signals stay ignored on the way out
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    with until_exit():  # no signal: the previous handlers come back
+        pass
+    assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    assert stopping() == ""
+
+
+# -- F23: Typer / Click usage errors are one line, exit 2 ------------------------------------------
+
+#: per command: a bad value of a typed option (or a flag given a value), with what the
+#: message names; every command of the app must be here
+BAD_VALUES = {
+    "recon": (["x.h5", "--quiet=yes"], "--quiet"),
+    "train": (["c.yaml", "--threads", "two"], "--threads"),
+    "prep-fastmri": (["raw", "out", "--accel", "six"], "--accel"),
+    "sample": (["c.pt", "-n", "abc"], "--num"),
+    "restore": (["i.png", "-o", "o.png", "--task", "sr4", "--samples", "abc"], "--samples"),
+}
+
+
+def test_every_command_is_covered():
+    import typer
+
+    from mrimsm.cli.main import app
+
+    assert set(typer.main.get_command(app).commands) == set(BAD_VALUES)
+
+
+@pytest.mark.parametrize("command", sorted(BAD_VALUES))
+def test_usage_errors_are_one_line(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, flag = BAD_VALUES[command]
+    cases = [
+        ([command, *args], flag),  # a bad value
+        ([command, *args[:1], "--no-such-option"], "--no-such-option"),  # an unknown option
+        ([command], "Missing argument"),  # a missing argument
+    ]
+    for argv, needle in cases:
+        rc, err, out = _run(argv, capsys)
+        line = _one_error(rc, err, needle)
+        assert "╭" not in line and "Usage:" not in line and out == "", (argv, line, out)
+        assert f"mrimsm {command} --help" in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_root_usage_errors_and_help(capsys):
+    for argv, needle in ((["bogus"], "No such command 'bogus'"), (["--bogus"], "--bogus")):
+        _one_error(*_run(argv, capsys)[:2], needle)
+    rc, err, out = _run(["--help"], capsys)
+    assert rc == 0 and err == [] and "Usage" in out and "recon" in out
+    rc, err, out = _run(["recon", "--help"], capsys)
+    assert rc == 0 and err == [] and "--accel" in out
+    rc, err, out = _run(["--version"], capsys)
+    assert rc == 0 and out.startswith("mrimsm ")
+
+
+def test_usage_error_in_a_real_process():
+    proc = subprocess.run([PYTHON, "-m", "mrimsm", "prep-fastmri", "raw", "out", "--accel", "six"], env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: Invalid value for '--accel'"), proc.stderr
+
+
+def test_keyboard_interrupt_in_a_command_is_130(tmp_path, capsys, monkeypatch):
+    import mrimsm.config
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mrimsm.config, "load_config", interrupted)
+    rc, err, _ = _run(["train", _toy_yaml(tmp_path), "--out", tmp_path / "run"], capsys)
+    assert rc == 130 and err == ["interrupted"], (rc, err)
