@@ -353,3 +353,59 @@ def test_keyboard_interrupt_in_a_command_is_130(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(mrimsm.config, "load_config", interrupted)
     rc, err, _ = _run(["train", _toy_yaml(tmp_path), "--out", tmp_path / "run"], capsys)
     assert rc == 130 and err == ["interrupted"], (rc, err)
+
+
+# -- corrupt checkpoints: the CRCs of torch's zip records are checked on load ---------------------
+
+
+def _flip_middle(path: Path) -> None:
+    """Flip 8 bytes in the middle of the largest record's data (a tensor), as a bad disk would."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = np.frombuffer(bytes(raw[info.header_offset + 26: info.header_offset + 30]), "<u2")
+    start = info.header_offset + 30 + int(name_len) + int(extra_len) + info.file_size // 2
+    for i in range(start, start + 8):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_last_pt_points_at_the_kept_checkpoint(tmp_path, capsys):
+    cfg = _toy_yaml(tmp_path, max_steps=6, ckpt_every=2, keep_every=2)
+    run = tmp_path / "run"
+    assert _run(["train", cfg, "--out", run, "--max-steps", "4", "-q"], capsys)[0] == 0
+    kept = run / "checkpoints" / "step_0000004.pt"
+    assert kept.is_file()
+    _flip_middle(run / "last.pt")
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    rc, err, _ = _run(["train", cfg, "--out", run, "--resume", "-q"], capsys)
+    _one_error(rc, err, f"{run / 'last.pt'} is corrupt", "does not match", f"cp {kept} {run / 'last.pt'}")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written
+    # the kept one corrupt too: the next older one; none left: say so
+    _flip_middle(kept)
+    rc, err, _ = _run(["train", cfg, "--out", run, "--resume", "-q"], capsys)
+    _one_error(rc, err, "is corrupt", str(run / "checkpoints" / "step_0000002.pt"))
+    _flip_middle(run / "checkpoints" / "step_0000002.pt")
+    rc, err, _ = _run(["train", cfg, "--out", run, "--resume", "-q"], capsys)
+    _one_error(rc, err, "is corrupt", "kept no other checkpoint")
+
+
+def test_corrupt_checkpoint_for_sample_and_recon(tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "prior.pt"
+    shutil.copy(ASSETS / "default_msm.pt", bad)
+    raw = bytearray(bad.read_bytes())  # the middle of the file, literally
+    for i in range(len(raw) // 2, len(raw) // 2 + 16):
+        raw[i] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    rc, err, _ = _run(["sample", bad, "-o", tmp_path / "s.h5", "-n", "1", "--steps", "2", "--device", "cpu", "-q"],
+                      capsys)
+    _one_error(rc, err, f"{bad} is corrupt", "use another copy")
+    scan = write_fake_fastmri(tmp_path / "scan.h5", "full", num_slices=1, size=32, num_coils=4)
+    rc, err, _ = _run(["recon", scan, "--accel", "4", "-m", "msm", "--checkpoint", bad, "-o", tmp_path / "r.h5",
+                       "--device", "cpu", "-q"], capsys)
+    _one_error(rc, err, f"{bad} is corrupt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior.pt", "scan.h5"]
