@@ -20,8 +20,17 @@ from mrimsm.errors import MrimsmError
 
 __all__ = [
     "atomic_path", "same_file", "check_output", "seed_everything", "load_method_object",
-    "resolve_device", "set_threads", "file_sha256", "printable",
+    "resolve_device", "set_threads", "file_sha256", "printable", "HDF5_SUFFIXES", "is_hdf5_name",
 ]
+
+#: The suffixes of HDF5 input files, compared case-insensitively (``scan.h5``, ``scan.H5``,
+#: ``scan.hdf5``): what ``recon DIR`` and ``prep-fastmri RAW_DIR`` take from a directory.
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_hdf5_name(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s name ends in one of :data:`HDF5_SUFFIXES` (any case)."""
+    return Path(path).suffix.lower() in HDF5_SUFFIXES
 
 
 def printable(text: Any) -> str:

@@ -409,3 +409,103 @@ def test_corrupt_checkpoint_for_sample_and_recon(tmp_path, capsys):
                        "--device", "cpu", "-q"], capsys)
     _one_error(rc, err, f"{bad} is corrupt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prior.pt", "scan.h5"]
+
+
+# -- recon DIR: .h5 / .hdf5 in any case; other files are counted -----------------------------------
+
+
+def test_recon_dir_takes_every_hdf5_suffix_and_counts_the_rest(tmp_path, capsys):
+    src = tmp_path / "in"
+    for i, name in enumerate(["a.H5", "b.hdf5", "c.HDF5", "d.h5"]):
+        write_fake_fastmri(src / name, "full", num_slices=1, size=32, num_coils=4, seed=i)
+    (src / "notes.txt").write_text("x")
+    (src / "t1.nii").write_bytes(b"x")
+    (src / ".hidden").write_text("x")
+    (src / "sub").mkdir()
+    out = tmp_path / "out"
+    rc, err, stdout = _run(["recon", src, "--accel", "4", "-m", "zero-filled", "-o", out, "-q"], capsys)
+    assert rc == 0, err
+    assert "4 of 4 files" in stdout and "4 done" in stdout
+    assert "2 other files skipped (not .h5 / .hdf5: notes.txt, t1.nii)" in stdout, stdout
+    assert sorted(os.listdir(out)) == ["a.H5", "b.hdf5", "c.HDF5", "d.h5"]
+    only_others = tmp_path / "others"
+    only_others.mkdir()
+    (only_others / "scan.nii").write_bytes(b"x")
+    rc, err, _ = _run(["recon", only_others, "-o", tmp_path / "o2", "--accel", "4", "-m", "zero-filled", "-q"],
+                      capsys)
+    _one_error(rc, err, "no .h5 files", "1 other file skipped (not .h5 / .hdf5: scan.nii)")
+    assert not (tmp_path / "o2").exists()
+
+
+def test_prep_finds_upper_case_suffixes(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_fake_fastmri(raw / "v0.H5", "full", num_slices=1, size=32, num_coils=4, seed=0)
+    write_fake_fastmri(raw / "v1.Hdf5", "full", num_slices=1, size=32, num_coils=4, seed=1)
+    (raw / "readme.txt").write_text("x")
+    rc, err, stdout = _run(["prep-fastmri", raw, tmp_path / "prep", "--size", "32", "--center-lines", "6",
+                            "--acquisition", "all", "--skip-last", "0", "--val-fraction", "0", "--espirit-coarse",
+                            "1", "-q", "--threads", "1"], capsys)
+    assert rc == 0, err
+    assert "from 2 files" in stdout, stdout
+
+
+# -- recon DIR: one output directory, several runs: a lock per file -------------------------------
+
+
+def _scans(folder: Path, n: int) -> Path:
+    for i in range(n):
+        write_fake_fastmri(folder / f"s{i}.h5", "full", num_slices=1, size=32, num_coils=4, seed=i)
+    return folder
+
+
+def test_a_file_another_run_holds_is_skipped_and_said(tmp_path, capsys):
+    from mrimsm.recon.directory import OutputLock
+
+    src, out = _scans(tmp_path / "in", 3), tmp_path / "out"
+    other = OutputLock(out, src / "s1.h5")  # as another run would: its own open file, its own flock
+    assert other.acquire() is None
+    try:
+        assert OutputLock(out, src / "s1.h5").acquire() == f"pid {os.getpid()}"
+        rc, err, stdout = _run(["recon", src, "--accel", "4", "-m", "zero-filled", "-o", out], capsys)
+        assert rc == 0, err
+        assert "2 done, 0 skipped (already done), 1 skipped (another run is doing them), 0 failed" in stdout, stdout
+        assert f"skipped s1.h5: another run is reconstructing it (pid {os.getpid()} holds .s1.h5.lock)" in stdout
+        assert sorted(os.listdir(out)) == [".s1.h5.lock", "s0.h5", "s2.h5"]  # only the other run's lock
+    finally:
+        other.release()
+    assert sorted(os.listdir(out)) == ["s0.h5", "s2.h5"]
+    rc, err, stdout = _run(["recon", src, "--accel", "4", "-m", "zero-filled", "-o", out, "-q"], capsys)
+    assert rc == 0 and "1 done, 2 skipped (already done), 0 failed" in stdout, stdout
+    assert sorted(os.listdir(out)) == ["s0.h5", "s1.h5", "s2.h5"]
+
+
+def test_a_stale_lock_of_a_dead_run_is_taken_over(tmp_path, capsys):
+    src, out = _scans(tmp_path / "in", 2), tmp_path / "out"
+    dead = subprocess.Popen([PYTHON, "-c", "pass"])
+    dead.wait()
+    out.mkdir()
+    (out / ".s0.h5.lock").write_text(f"{dead.pid}\n")  # a run killed with SIGKILL leaves this behind
+    rc, err, stdout = _run(["recon", src, "--accel", "4", "-m", "zero-filled", "-o", out, "-q"], capsys)
+    assert rc == 0 and "2 done" in stdout, (err, stdout)
+    assert sorted(os.listdir(out)) == ["s0.h5", "s1.h5"]
+
+
+def test_no_lock_is_left_after_a_failed_file(tmp_path, capsys):
+    src, out = _scans(tmp_path / "in", 1), tmp_path / "out"
+    write_fake_fastmri(src / "bad.h5", "truncated", num_slices=1, size=32, num_coils=4)
+    rc, err, stdout = _run(["recon", src, "--accel", "4", "-m", "zero-filled", "-o", out, "-q"], capsys)
+    assert rc == 1 and "1 done" in stdout and "1 failed" in stdout, stdout
+    assert sorted(os.listdir(out)) == ["s0.h5"]
+
+
+def test_two_concurrent_runs_do_each_file_once(tmp_path):
+    src, out = _scans(tmp_path / "in", 4), tmp_path / "out"
+    cmd = [PYTHON, "-m", "mrimsm", "recon", str(src), "-o", str(out), "-m", "cs", "--cs-iters", "100", "--accel",
+           "4", "--threads", "1", "-q"]
+    runs = [subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=120) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], [o[1][-1000:] for o in outs]
+    done = [line.split()[1].rstrip(":") for o, _ in outs for line in o.splitlines() if line.startswith("done ")]
+    assert sorted(done) == [f"s{i}.h5" for i in range(4)], outs  # each file reconstructed by one run only
+    assert sorted(os.listdir(out)) == [f"s{i}.h5" for i in range(4)]
