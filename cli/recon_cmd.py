@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
     def recon(
         input: Path = typer.Argument(
             ...,
-            help="fastMRI multi-coil .h5 file (fully sampled or with its own mask), or a directory of them.",
+            help="fastMRI multi-coil .h5 file (fully sampled or with its own mask), or a directory of them "
+            "(its .h5 / .hdf5 files, any case; other files are skipped and counted).",
         ),
         accel: Optional[str] = typer.Option(
             None, "--accel", "-R", metavar="R",
@@ -59,7 +60,8 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(
             None, "--output", "-o",
             help="Output .h5 (one method) or directory (several). Directory input: the output directory, "
-            "files named as the inputs (one method) or under one sub-directory per method.",
+            "files named as the inputs (one method) or under one sub-directory per method; runs sharing it "
+            "skip the files another run is doing (lock OUT/.<name>.lock).",
         ),
         method: Optional[List[str]] = typer.Option(
             None, "--method", "-m", metavar="NAME",

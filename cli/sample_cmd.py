@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        """Draw samples from a trained MSM prior; write HDF5 (complex images) and a PNG grid."""
+        """Draw samples from a trained MSM prior; write HDF5 (complex images) and a PNG grid
+        (Ctrl-C / SIGTERM: stop, say what was written, exit 130)."""
         from mrimsm.errors import MrimsmError
         from mrimsm.utils import resolve_device, set_threads
 

@@ -26,7 +26,8 @@ import torch.distributed as dist
 from mrimsm.errors import MrimsmError
 from mrimsm.utils import resolve_device
 
-__all__ = ["DistInfo", "rank_info", "check_torchrun_env", "init", "wrap", "unwrap", "barrier", "all_gather_object", "broadcast_object", "cleanup"]
+__all__ = ["DistInfo", "rank_info", "check_torchrun_env", "init", "wrap", "unwrap", "barrier", "all_gather_object",
+           "broadcast_object", "cleanup"]
 
 
 @dataclass(frozen=True)
