@@ -498,9 +498,10 @@ def test_no_lock_is_left_after_a_failed_file(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["s0.h5"]
 
 
+@pytest.mark.slow  # two real runs at once: 12-20 s on a busy 2-core machine
 def test_two_concurrent_runs_do_each_file_once(tmp_path):
     src, out = _scans(tmp_path / "in", 4), tmp_path / "out"
-    cmd = [PYTHON, "-m", "mrimsm", "recon", str(src), "-o", str(out), "-m", "cs", "--cs-iters", "100", "--accel",
+    cmd = [PYTHON, "-m", "mrimsm", "recon", str(src), "-o", str(out), "-m", "cs", "--cs-iters", "40", "--accel",
            "4", "--threads", "1", "-q"]
     runs = [subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
