@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
     def recon(
         input: Path = typer.Argument(
             ...,
-            help="fastMRI multi-coil .h5 file (fully sampled or with its own mask), or a directory of them.",
+            help="fastMRI multi-coil .h5 file (fully sampled or with its own mask), or a directory of them "
+            "(its .h5 / .hdf5 files, any case; other files are skipped and counted).",
         ),
         accel: Optional[str] = typer.Option(
             None, "--accel", "-R", metavar="R",
@@ -59,7 +60,8 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(
             None, "--output", "-o",
             help="Output .h5 (one method) or directory (several). Directory input: the output directory, "
-            "files named as the inputs (one method) or under one sub-directory per method.",
+            "files named as the inputs (one method) or under one sub-directory per method; runs sharing it "
+            "skip the files another run is doing (lock OUT/.<name>.lock).",
         ),
         method: Optional[List[str]] = typer.Option(
             None, "--method", "-m", metavar="NAME",
@@ -218,10 +220,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"rank {rank}: one input file; rank 0 reconstructs it")
             return
         report = lib.reconstruct_file(input, output, recon_options=job, overwrite=overwrite)
+        from mrimsm.utils import printable  # a file name that is not UTF-8 is printed with \xNN escapes
+
         for note in report.notes:
-            typer.echo(f"note: {note}", err=True)
+            typer.echo(printable(f"note: {note}"), err=True)
         typer.echo(lib.format_table(report.results, report.volume))
         for path in report.outputs.values():
-            typer.echo(f"wrote {path}")
+            typer.echo(printable(f"wrote {path}"))
         if report.pngs:
-            typer.echo(f"wrote {len(report.pngs)} PNG files to {png}")
+            typer.echo(printable(f"wrote {len(report.pngs)} PNG files to {png}"))

@@ -21,7 +21,9 @@ Keys of a checkpoint (``FORMAT_VERSION`` 1):
 =================  ============================================================
 
 A run directory holds ``last.pt`` (the newest checkpoint, replaced atomically)
-and, with ``train.keep_every``, ``checkpoints/step_XXXXXXX.pt``.
+and, with ``train.keep_every``, ``checkpoints/step_XXXXXXX.pt``. Loading checks the
+CRC-32 that torch's zip format stores for every record first, so a file whose bytes
+changed after it was written is refused (:func:`verify_checkpoint_file`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pickle
 import random
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -47,6 +50,8 @@ __all__ = [
     "LAST_NAME",
     "save_checkpoint",
     "load_checkpoint",
+    "verify_checkpoint_file",
+    "kept_checkpoints",
     "resolve_checkpoint_path",
     "load_state_checked",
     "compact_training_state",
@@ -96,9 +101,62 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def verify_checkpoint_file(path: str | os.PathLike) -> None:
+    """Check the CRC-32 of every record of a checkpoint (torch's zip format stores one per
+    record; ``torch.load`` does not check them, so flipped bytes in a tensor loaded as
+    silently wrong weights). Reading the file once costs about as much as loading it
+    (20 ms for 9 MB).
+
+    Raises:
+        MrimsmError: (one line) naming the file and saying it is corrupt; for a run's
+        ``last.pt``, naming the newest intact checkpoint the run kept
+        (``checkpoints/step_*.pt``, :func:`kept_checkpoints`) to resume from instead.
+        A file that is no zip archive at all (truncated, foreign) is left to
+        :func:`load_checkpoint`'s own message.
+    """
+    p = Path(path)
+    try:
+        archive = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip archive: torch.load says what it is
+    try:
+        with archive:
+            bad = archive.testzip()
+        why = None if bad is None else f"the checksum of its record {bad.split('/', 1)[-1]!r} does not match"
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        why = f"its records do not read back ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if why is not None:
+        raise MrimsmError(f"{p} is corrupt: {why} (its bytes changed after it was written); {_instead(p)}")
+
+
+def kept_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints a run kept (``run_dir/checkpoints/step_*.pt``, ``train.keep_every``),
+    newest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("step_*.pt"), key=lambda q: q.name, reverse=True)
+
+
+def _instead(corrupt: Path) -> str:
+    """What to do instead of loading the corrupt ``corrupt``."""
+    if corrupt.name != LAST_NAME:
+        return "use another copy of it"
+    for kept in kept_checkpoints(corrupt.parent):
+        try:
+            verify_checkpoint_file(kept)
+        except MrimsmError:
+            continue
+        return (f"the newest intact checkpoint this run kept is {kept}: copy it over {corrupt} "
+                f"(cp {kept} {corrupt}) to resume from it")
+    return "this run kept no other checkpoint (train.keep_every); use another copy of it or train again"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load and check a checkpoint; a truncated or foreign file -> MrimsmError."""
+    """Load and check a checkpoint; a truncated, corrupt (:func:`verify_checkpoint_file`)
+    or foreign file -> MrimsmError."""
     p = resolve_checkpoint_path(path)
+    verify_checkpoint_file(p)
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, KeyError):

@@ -2,7 +2,8 @@
 
 :func:`init` reads the environment variables that ``torchrun`` sets (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; :func:`rank_info`
-parses the first three, for the recon pipeline too). Without them it returns a
+parses the first three, for the recon pipeline too; :func:`check_torchrun_env` checks,
+before anything else, that a process told ``WORLD_SIZE > 1`` has the rest). Without them it returns a
 single-process :class:`DistInfo` and touches nothing. With them it joins the
 process group: NCCL when the process drives a GPU, gloo on CPU. Only rank 0 writes
 files and prints (``info.is_main``)::
@@ -25,7 +26,8 @@ import torch.distributed as dist
 from mrimsm.errors import MrimsmError
 from mrimsm.utils import resolve_device
 
-__all__ = ["DistInfo", "rank_info", "init", "wrap", "unwrap", "barrier", "all_gather_object", "broadcast_object", "cleanup"]
+__all__ = ["DistInfo", "rank_info", "check_torchrun_env", "init", "wrap", "unwrap", "barrier", "all_gather_object",
+           "broadcast_object", "cleanup"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,33 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> tuple[int, int, in
     return rank, world, local
 
 
+#: What a process group's ``env://`` rendezvous needs besides ``WORLD_SIZE`` (torchrun sets them all).
+RENDEZVOUS_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def check_torchrun_env(environ: Optional[Mapping[str, str]] = None) -> None:
+    """Check, before any work, that a process that is to join a process group
+    (``WORLD_SIZE > 1``) has every variable of :data:`RENDEZVOUS_VARIABLES` and a port
+    that is a number: torch's rendezvous otherwise fails with a traceback (or waits).
+
+    Raises:
+        MrimsmError: (one line) naming the first missing or bad variable and saying to
+        launch with torchrun; also for what :func:`rank_info` refuses.
+    """
+    env = os.environ if environ is None else environ
+    _, world, _ = rank_info(env)
+    if world <= 1:
+        return
+    how = "launch with torchrun (torchrun --nproc_per_node N -m mrimsm ...), which sets it"
+    for key in RENDEZVOUS_VARIABLES:
+        if not str(env.get(key, "")).strip():
+            raise MrimsmError(f"WORLD_SIZE={env.get('WORLD_SIZE')} is set but {key} is not; {how}, "
+                              f"or unset WORLD_SIZE to run alone")
+    port = str(env["MASTER_PORT"]).strip()
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise MrimsmError(f"environment variable MASTER_PORT={port!r} is not a port number (1-65535); {how}")
+
+
 def init(device: Optional[str] = None, timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group if launched by ``torchrun``; otherwise run alone.
 
@@ -83,6 +112,7 @@ def init(device: Optional[str] = None, timeout_s: float = 1800.0) -> DistInfo:
     Returns:
         the :class:`DistInfo` of this process.
     """
+    check_torchrun_env()  # before the device or the rendezvous: one line, not torch's traceback
     rank, world_size, local_rank = rank_info()
     dev = resolve_device(device, local_rank)
     if world_size <= 1:

@@ -20,8 +20,26 @@ from mrimsm.errors import MrimsmError
 
 __all__ = [
     "atomic_path", "same_file", "check_output", "seed_everything", "load_method_object",
-    "resolve_device", "set_threads", "file_sha256",
+    "resolve_device", "set_threads", "file_sha256", "printable", "HDF5_SUFFIXES", "is_hdf5_name",
 ]
+
+#: The suffixes of HDF5 input files, compared case-insensitively (``scan.h5``, ``scan.H5``,
+#: ``scan.hdf5``): what ``recon DIR`` and ``prep-fastmri RAW_DIR`` take from a directory.
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_hdf5_name(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s name ends in one of :data:`HDF5_SUFFIXES` (any case)."""
+    return Path(path).suffix.lower() in HDF5_SUFFIXES
+
+
+def printable(text: Any) -> str:
+    """``str(text)`` as valid UTF-8: characters that stand for bytes which are not UTF-8
+    (a POSIX file name decoded by ``os.fsdecode``, ``b'scan_\\xff.h5'`` -> ``'scan_\\udcff.h5'``)
+    are shown as ``\\xNN``, so the text can be printed, drawn or stored in an HDF5
+    attribute; valid text is returned unchanged."""
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 #: Write failures that are the destination's fault (full disk, quota, read-only or

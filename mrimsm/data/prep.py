@@ -74,7 +74,7 @@ from mrimsm.limits import check_memory, check_seed, parse_accel
 from mrimsm.interrupt import check_interrupt, raising_interrupts
 from mrimsm.physics.fft import fft2c, ifft2c
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, achieved_acceleration, cartesian_family, seed_for
-from mrimsm.utils import atomic_path, check_output, file_sha256, same_file
+from mrimsm.utils import atomic_path, check_output, file_sha256, is_hdf5_name, same_file
 from mrimsm.workers import process_map
 
 __all__ = [
@@ -448,7 +448,7 @@ def _check_dirs(raw_dir: Path, out_dir: Path) -> list[Path]:
         raise MrimsmError(f"RAW_DIR does not exist: {raw_dir}")
     if not raw_dir.is_dir():
         raise MrimsmError(f"RAW_DIR is not a directory: {raw_dir}")
-    files = sorted(p for p in raw_dir.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+    files = sorted(p for p in raw_dir.iterdir() if is_hdf5_name(p) and p.is_file())
     if not files:
         raise MrimsmError(f"RAW_DIR holds no .h5 files: {raw_dir}")
     if same_file(out_dir, raw_dir):

@@ -56,8 +56,10 @@ __all__ = [
 
 
 def seed_for(name: str, slice_index: int = 0, base_seed: int = 0) -> int:
-    """A stable 32-bit seed from a file name, a slice index and a base seed."""
-    text = f"{base_seed}:{name}:{slice_index}".encode()
+    """A stable 32-bit seed from a file name, a slice index and a base seed. A name that is
+    not valid UTF-8 (a POSIX file name's bytes, decoded by ``os.fsdecode`` with surrogate
+    escapes) hashes its own bytes; every other name hashes as before."""
+    text = f"{base_seed}:{name}:{slice_index}".encode("utf-8", "surrogateescape")
     return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from mrimsm.errors import MrimsmError
 from mrimsm.recon.run import MethodResult
 from mrimsm.recon.volume import PreparedVolume
-from mrimsm.utils import check_output, file_sha256, same_file
+from mrimsm.utils import check_output, file_sha256, printable, same_file
 
 def option_input_files(options: Optional[Mapping[str, Any]]) -> list[Path]:
     """The files a command reads that its options name: every checkpoint option
@@ -203,9 +203,7 @@ def output_state(path: Union[str, os.PathLike], record: Mapping[str, Any],
 def _storable(value: Any) -> Any:
     """An input attribute as HDF5 can store it again (text that is not UTF-8, e.g. bytes
     read with surrogate escapes, keeps its bytes as ``\\xNN``)."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value
+    return printable(value) if isinstance(value, str) else value
 
 
 def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, os.PathLike],
@@ -222,7 +220,7 @@ def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, 
                              if k in volume.attrs}
     attrs.update(
         method=result.method,
-        source_file=volume.path.name,
+        source_file=_storable(volume.path.name),
         mask_source=volume.mask_source,
         acceleration=volume.accel if volume.accel is not None else volume.achieved_accel,
         acceleration_achieved=volume.achieved_accel,
@@ -284,7 +282,7 @@ def save_pngs(volume: PreparedVolume, result: MethodResult, out_dir: Union[str, 
         if diagram:
             _reliability_panel(axes[-1], result.reconstruction[i] - ref[i], result.uncertainty[i], ref[i],
                                result.bound_info)
-        fig.suptitle(f"{volume.path.name} slice {sl}", fontsize=9)
+        fig.suptitle(f"{printable(volume.path.name)} slice {sl}", fontsize=9)
         fig.tight_layout()
         target = out_dir / f"{stem}.{result.method}.slice{int(sl):03d}.png"
         with atomic_path(target) as tmp:
@@ -351,4 +349,4 @@ def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolum
             lines.append(f"{r.method} model: {r.info['model']}")
     if results and all(r.metrics is None for r in results):
         lines.append("(no reconstruction_rss in the file: no metrics)")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
