@@ -135,6 +135,12 @@ def register(app: typer.Typer) -> None:
             "[0.5, 0.99] (default 0.9 when the checkpoint has a calibration, see mrimsm calibrate; "
             "given explicitly, a checkpoint without one is refused).",
         ),
+        coils: Optional[str] = typer.Option(
+            None, "--coils", metavar="N",
+            help="Compress the k-space to N virtual coils before the coil maps (PCA over coils of each "
+            "slice's fully sampled centre columns); N >= the scan's coils compresses nothing (a note). "
+            "Default: no compression.",
+        ),
         batch_slices: Optional[str] = typer.Option(
             None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."
         ),
@@ -197,6 +203,7 @@ def register(app: typer.Typer) -> None:
             options=opts,
             png_dir=png,
             center_fraction=cf,
+            coils=coils,
             progress=_progress(not quiet and rank == 0),
         )
 

@@ -18,7 +18,7 @@ from mrimsm.recon.outputs import (
     option_input_files, output_record, own_mask_record, plan_outputs, save_pngs, write_result,
 )
 from mrimsm.recon.run import run_method
-from mrimsm.recon.volume import PreparedVolume, accel_note, prepare_volume
+from mrimsm.recon.volume import PreparedVolume, accel_note, coils_note, prepare_volume
 from mrimsm.utils import check_output, resolve_device, same_file
 
 
@@ -103,7 +103,7 @@ def reconstruct_one(
     ``written``: a list each path is appended to once it is written."""
     volume = prepare_volume(
         input_path, job.accel, job.seed, center_fraction=job.center_fraction, maps_fn=job.maps_fn,
-        progress=job.progress,
+        progress=job.progress, coils=job.coils,
     )
     coverage = opts.get("coverage")
     if coverage is not None and "msm" in built:  # a bound asked for: refuse before the work if it cannot be
@@ -123,7 +123,7 @@ def reconstruct_one(
             new = save_pngs(volume, res, job.png_dir)
             pngs += new
             written += new
-    notes = [accel_note(volume, job.accel)]
+    notes = [accel_note(volume, job.accel), coils_note(volume)]
     notes += [f"{r.method}: no error_bound written: {r.bound_info['reason']}" for r in results
               if r.uncertainty is not None and "reason" in r.bound_info]
     return ReconReport(volume, results, dict(outputs), pngs, [n for n in notes if n])

@@ -108,7 +108,9 @@ def output_record(name: str, method: Any, options: Mapping[str, Any], job: Any) 
     attribute when it has one (a dict or a dataclass such as the solver's
     ``PosteriorSettings``, taken whole so that new fields count), else every option that is
     not a runtime one (:data:`RUNTIME_OPTIONS`); ``checkpoint_sha256`` the hash of each
-    setting naming a checkpoint file (so a retrained model at the same path counts as other).
+    setting naming a checkpoint file (so a retrained model at the same path counts as other);
+    ``coils`` the ``--coils`` asked for, only when one was (records of runs without it stay
+    as they were).
     """
     own = getattr(method, "settings", None)
     settings = _plain(own) if own is not None else _plain(
@@ -122,6 +124,8 @@ def output_record(name: str, method: Any, options: Mapping[str, Any], job: Any) 
         "seed": int(job.seed),
         "settings": settings,
     }
+    if getattr(job, "coils", None) is not None:
+        record["coils"] = int(job.coils)
     hashes = {k: file_sha256(v) for k, v in settings.items()
               if _is_checkpoint_key(k) and isinstance(v, str) and v and Path(v).is_file()}
     if hashes:
@@ -334,6 +338,12 @@ def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolum
             f"{volume.path.name}: {len(volume.slices)} slices, {how} (achieved {volume.achieved_accel:.2f}), "
             f"coil maps {volume.maps_seconds / max(len(volume.slices), 1):.2f} s/slice"
         )
+        if volume.coil_energy_kept is not None:
+            lines.append(
+                f"coil compression: {volume.file_coils} -> {volume.kspace.shape[1]} virtual coils, "
+                f"keeping >= {100 * volume.coil_energy_kept:.2f} % of the centre's energy "
+                f"({volume.compress_seconds / max(len(volume.slices), 1):.3f} s/slice)"
+            )
     lines += [f"{'':<12} {'fastMRI (volume, max = ref max)':^25}   {'paper (per slice, [0, 1])':^25}", head]
     lines.append("-" * len(head))
     for r in results:
