@@ -59,7 +59,10 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(
             None, "--output", "-o",
             help="Output .h5 (one method) or directory (several). Directory input: the output directory, "
-            "files named as the inputs (one method) or under one sub-directory per method.",
+            "files named as the inputs (one method) or under one sub-directory per method. "
+            "A file input with one method and -o OUT.nii or OUT.nii.gz writes NIfTI: the magnitude volume "
+            "(rows x columns x slices, voxel sizes from the ISMRMRD header, 1 mm where it states none), "
+            "OUT.uncertainty.nii.gz / OUT.error_bound.nii.gz beside it when there are such maps, and OUT.json, the record.",
         ),
         method: Optional[List[str]] = typer.Option(
             None, "--method", "-m", metavar="NAME",
