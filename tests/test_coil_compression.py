@@ -140,3 +140,43 @@ def test_recon_cli_coils(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == "error: --coils must be an integer >= 1, got '0'"
     assert not (tmp_path / "c0.h5").exists()
+
+
+# -- prep-fastmri --coils --------------------------------------------------------------
+
+
+def test_prep_coils(fastmri_factory, tmp_path, capsys):
+    import hashlib
+    import json
+
+    import h5py
+
+    from mrimsm.cli.main import main
+    from mrimsm.data.prep import PrepOptions
+
+    raw = fastmri_factory("vol0.h5", "full", num_slices=2, size=64, num_coils=8, seed=0).parent
+    base = ["prep-fastmri", str(raw), "--size", "64", "--skip-last", "0", "--val-fraction", "0", "-q"]
+    assert main(base[:2] + [str(tmp_path / "full")] + base[2:]) == 0
+    assert main(base[:2] + [str(tmp_path / "c4")] + base[2:] + ["--coils", "4"]) == 0
+    full = json.loads((tmp_path / "full" / "manifest.json").read_text())
+    c4 = json.loads((tmp_path / "c4" / "manifest.json").read_text())
+    assert "coils" not in full["params"] and c4["params"]["coils"] == 4
+    # without --coils the hash is that of the params without the key: as before --coils existed
+    text = json.dumps(full["params"], sort_keys=True, default=str)
+    assert full["params_hash"] == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert PrepOptions(**full["params"]).params_hash() == full["params_hash"]
+    assert c4["params_hash"] != full["params_hash"]
+    with h5py.File(tmp_path / "c4" / c4["shards"][0]["shard"]) as f:
+        assert f["y"].shape == (2, 4, 64, 64) and f["maps"].shape == (2, 4, 64, 64)
+        y4, mask = f["y"][()], f["mask"][()]
+    with h5py.File(tmp_path / "full" / full["shards"][0]["shard"]) as f:
+        y8 = f["y"][()]
+    assert np.all(y4 * ~mask[:, None, None, :].astype(bool) == 0)
+    e4, e8 = (np.sum(np.abs(y) ** 2) for y in (y4, y8))
+    assert 0.95 * e8 < e4 <= e8 * 1.001  # the same scale, most of the energy kept
+    capsys.readouterr()
+    assert main(base[:2] + [str(tmp_path / "c8")] + base[2:] + ["--coils", "8"]) == 0
+    assert "warning: --coils 8: vol0.h5 has 8 coils; no coil compression" in capsys.readouterr().err
+    assert main(base[:2] + [str(tmp_path / "bad")] + base[2:] + ["--coils", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --coils must be an integer >= 1, got '0'"
+    assert not (tmp_path / "bad").exists()
