@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         coils: Optional[str] = typer.Option(
             None, "--coils", metavar="N",
             help="Compress each scan to N virtual coils before the scale, the noise and ESPIRiT (PCA over coils of "
-                 "each slice's acquired centre columns; recorded in the manifest's params). Default: no compression.",
+                 "each slice's acquired centre columns; recorded in the manifest's params). Default: no compression (see README, Coil compression).",
         ),
         threads: Optional[int] = typer.Option(
             None, "--threads", help="torch CPU threads per process (1 is fastest on a busy shared CPU)."

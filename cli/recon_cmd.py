@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
             None, "--coils", metavar="N",
             help="Compress the k-space to N virtual coils before the coil maps (PCA over coils of each "
             "slice's fully sampled centre columns); N >= the scan's coils compresses nothing (a note). "
-            "Default: no compression.",
+            "Default: no compression (8 of a real scan's 13 coils: 0.2 dB lower PSNR at most, 1.25-2x faster; README).",
         ),
         batch_slices: Optional[str] = typer.Option(
             None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."
