@@ -41,6 +41,11 @@ def register(app: typer.Typer) -> None:
             help="Replace a data set in OUT_DIR prepared with other parameters (refused without it): its "
                  "manifest.json goes first, then its shards that this run does not rewrite.",
         ),
+        coils: Optional[str] = typer.Option(
+            None, "--coils", metavar="N",
+            help="Compress each scan to N virtual coils before the scale, the noise and ESPIRiT (PCA over coils of "
+                 "each slice's acquired centre columns; recorded in the manifest's params). Default: no compression (see README, Coil compression).",
+        ),
         threads: Optional[int] = typer.Option(
             None, "--threads", help="torch CPU threads per process (1 is fastest on a busy shared CPU)."
         ),
@@ -52,6 +57,7 @@ def register(app: typer.Typer) -> None:
         """
         from tqdm import tqdm
 
+        from mrimsm.data.coil_compression import check_coils
         from mrimsm.data.prep import PrepOptions, prepare_dataset
         from mrimsm.utils import set_threads
 
@@ -65,6 +71,7 @@ def register(app: typer.Typer) -> None:
             center_lines=center_lines, calib_width=calib_width, calib_rows=calib_rows, kernel_width=kernel_width,
             thresh=thresh, crop=crop, espirit_backend=espirit_backend, espirit_coarse=espirit_coarse,
             device=device, workers=workers, strict=strict, overwrite=overwrite,
+            coils=check_coils(coils),
         )
         bars: list = []
 

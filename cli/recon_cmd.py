@@ -61,7 +61,10 @@ def register(app: typer.Typer) -> None:
             None, "--output", "-o",
             help="Output .h5 (one method) or directory (several). Directory input: the output directory, "
             "files named as the inputs (one method) or under one sub-directory per method; runs sharing it "
-            "skip the files another run is doing (lock OUT/.<name>.lock).",
+            "skip the files another run is doing (lock OUT/.<name>.lock). "
+            "A file input with one method and -o OUT.nii or OUT.nii.gz writes NIfTI: the magnitude volume "
+            "(rows x columns x slices, voxel sizes from the ISMRMRD header, 1 mm where it states none), "
+            "OUT.uncertainty.nii.gz / OUT.error_bound.nii.gz beside it when there are such maps, and OUT.json, the record.",
         ),
         method: Optional[List[str]] = typer.Option(
             None, "--method", "-m", metavar="NAME",
@@ -137,6 +140,12 @@ def register(app: typer.Typer) -> None:
             "[0.5, 0.99] (default 0.9 when the checkpoint has a calibration, see mrimsm calibrate; "
             "given explicitly, a checkpoint without one is refused).",
         ),
+        coils: Optional[str] = typer.Option(
+            None, "--coils", metavar="N",
+            help="Compress the k-space to N virtual coils before the coil maps (PCA over coils of each "
+            "slice's fully sampled centre columns); N >= the scan's coils compresses nothing (a note). "
+            "Default: no compression (8 of a real scan's 13 coils: 0.2 dB lower PSNR at most, 1.25-2x faster; README).",
+        ),
         batch_slices: Optional[str] = typer.Option(
             None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."
         ),
@@ -199,6 +208,7 @@ def register(app: typer.Typer) -> None:
             options=opts,
             png_dir=png,
             center_fraction=cf,
+            coils=coils,
             progress=_progress(not quiet and rank == 0),
         )
 

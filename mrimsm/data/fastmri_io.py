@@ -44,6 +44,7 @@ __all__ = [
     "coil_images",
     "recon_size_from_header",
     "pixel_size_from_header",
+    "slice_thickness_from_header",
 ]
 
 _ATTR_KEYS = ("acquisition", "max", "norm", "patient_id")
@@ -350,6 +351,28 @@ def pixel_size_from_header(header: Optional[bytes]) -> Optional[tuple[float, flo
     if min(fov) <= 0 or min(size) <= 0 or not all(np.isfinite(fov)):
         return None
     return fov[0] / size[0], fov[1] / size[1]
+
+
+def slice_thickness_from_header(header: Optional[bytes]) -> Optional[float]:
+    """The slice thickness in mm: the ISMRMRD XML's ``encoding/reconSpace`` field of view
+    ``z`` over its matrix size ``z`` (1 when the matrix states no ``z``: a 2-D scan's field of
+    view ``z`` is its slice thickness), or ``None`` when the header states no positive
+    finite ``z`` field of view. The header holds no slice gap, so this is the thickness,
+    not necessarily the distance between slice centres."""
+    space = _recon_space(header)
+    if space is None:
+        return None
+    try:
+        fov = float(space.find("i:fieldOfView_mm/i:z", _ISMRMRD_NS).text)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    try:
+        size = int(space.find("i:matrixSize/i:z", _ISMRMRD_NS).text)
+    except (AttributeError, TypeError, ValueError):
+        size = 1
+    if not np.isfinite(fov) or fov <= 0:
+        return None
+    return fov / max(size, 1)
 
 
 def crop_to_reconstruction(images: np.ndarray, target_hw: Sequence[int]) -> np.ndarray:

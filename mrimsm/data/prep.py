@@ -66,6 +66,7 @@ import torch
 
 from mrimsm.data.noise import estimate_noise_std
 from mrimsm.data.normalization import common_acs, volume_peak
+from mrimsm.data.coil_compression import coils_note, compress_coils
 from mrimsm.data.espirit import estimate_maps
 from mrimsm.data.datasets import read_manifest
 from mrimsm.data.fastmri_io import FileLockedError, crop_to_reconstruction, open_hdf5, read_header, read_multicoil
@@ -131,6 +132,11 @@ class PrepOptions:
         strict: a corrupt input file is fatal instead of skipped.
         overwrite: replace a data set in ``OUT_DIR`` that was prepared with other
             parameters (module doc); without it that is refused.
+        coils: compress each volume's k-space to this many virtual coils (per slice, PCA
+            over the coils of the centre columns its mask acquires,
+            :func:`mrimsm.data.coil_compression.compress_coils`) before the scale, the
+            noise and ESPIRiT; ``None``: no compression (and no ``coils`` key in
+            :meth:`params`, so earlier data sets keep their ``params_hash``).
     """
 
     accel: float = 4.0
@@ -158,12 +164,16 @@ class PrepOptions:
     workers: int = 1
     strict: bool = False
     overwrite: bool = False
+    coils: Optional[int] = None
 
     #: options that do not change the output (left out of the parameter hash)
     _RUNTIME = ("workers", "strict", "device", "overwrite")
 
     def validate(self) -> None:
+        from mrimsm.data.coil_compression import check_coils
+
         parse_accel(self.accel)
+        check_coils(self.coils)
         check_seed(self.seed)
         if self.size <= 0 or self.size % 16:
             raise MrimsmError(f"--size must be a positive multiple of 16, got {self.size}")
@@ -204,6 +214,8 @@ class PrepOptions:
         """The parameters that determine the output (JSON-friendly)."""
         d = dataclasses.asdict(self)
         d["center_lines"] = self.resolved_center_lines()
+        if self.coils is None:
+            del d["coils"]  # runs without --coils hash as before it existed
         return {k: v for k, v in d.items() if k not in self._RUNTIME}
 
     def params_hash(self) -> str:
@@ -342,6 +354,8 @@ def prepare_volume(
     run = _common_acs(masks)
     if run is None or run[1] - run[0] < 3:
         raise MrimsmError(f"the masks of {name} share fewer than 3 fully sampled centre columns; ESPIRiT needs more")
+    # 2b. coil compression (--coils), calibrated on each slice's acquired centre columns
+    z = compress_coils(z, masks, opts.coils)
     # 3. one scale per volume from the ACS block every mask holds
     peak = volume_peak(z, masks)  # shared with the recon pipeline (mrimsm.data.normalization)
     if not peak > 0:
@@ -635,6 +649,7 @@ class _Inventory:
         filtered: names of files of another acquisition.
         planned: ``(path, slices, entry)`` per file to prepare.
         matched: files of the asked-for acquisition (used or not).
+        uncompressed: ``(name, coils)`` of planned files with no more coils than ``--coils``.
     """
 
     inputs: list = field(default_factory=list)
@@ -642,6 +657,7 @@ class _Inventory:
     filtered: list = field(default_factory=list)
     planned: list = field(default_factory=list)
     matched: int = 0
+    uncompressed: list = field(default_factory=list)
 
 
 def _prepare(raw_dir: Path, out_dir: Path, files: list[Path], opts: PrepOptions, progress, on_start, on_warning,
@@ -777,9 +793,15 @@ def _scan_inputs(files: list[Path], opts: PrepOptions, listed: Optional[dict[str
             _skip(inv, path, f"{path} has no slices left after the edge / list selection", opts, warn, entry)
             continue
         _check_prep_memory(head["shape"], len(slices), path, opts)
+        if coils_note(opts.coils, head["shape"][1]) is not None:
+            inv.uncompressed.append((path.name, int(head["shape"][1])))
         entry["sha256"] = file_sha256(path)
         entry["status"] = "used"
         inv.planned.append((path, slices, entry))
+    if inv.uncompressed:
+        first, num = inv.uncompressed[0]
+        warn(coils_note(opts.coils, num, first) + (f" (nor for {len(inv.uncompressed) - 1} more file(s) with at most "
+                                                   f"{opts.coils} coils)" if len(inv.uncompressed) > 1 else ""))
     return inv
 
 

@@ -15,10 +15,11 @@ from mrimsm.recon.calibration import attach_error_bound, require_calibration
 from mrimsm.recon.methods import ReconMethod, get_method
 from mrimsm.recon.options import ReconOptions
 from mrimsm.recon.outputs import (
-    option_input_files, output_record, own_mask_record, plan_outputs, save_pngs, write_result,
+    is_nifti, nifti_files, nifti_note, option_input_files, output_record, own_mask_record, plan_outputs, save_pngs,
+    write_result,
 )
 from mrimsm.recon.run import run_method
-from mrimsm.recon.volume import PreparedVolume, accel_note, prepare_volume
+from mrimsm.recon.volume import PreparedVolume, accel_note, coils_note, prepare_volume
 from mrimsm.utils import check_output, resolve_device, same_file
 
 
@@ -49,6 +50,8 @@ def reconstruct_file(
     Args:
         input_path: fastMRI multi-coil ``.h5``.
         output: output file (one method) or directory (several); default: the current directory.
+            A file named ``*.nii`` or ``*.nii.gz`` is written as NIfTI
+            (:func:`~mrimsm.recon.outputs.write_nifti`: the volume, maps beside it, a JSON record).
         recon_options: a :class:`~mrimsm.recon.ReconOptions` (methods, accel, seed, method
             options, png_dir, center_fraction, maps_fn, progress), or give its fields
             instead: ``methods``, ``accel``, ``seed`` positionally or by keyword, the rest
@@ -103,7 +106,7 @@ def reconstruct_one(
     ``written``: a list each path is appended to once it is written."""
     volume = prepare_volume(
         input_path, job.accel, job.seed, center_fraction=job.center_fraction, maps_fn=job.maps_fn,
-        progress=job.progress,
+        progress=job.progress, coils=job.coils,
     )
     coverage = opts.get("coverage")
     if coverage is not None and "msm" in built:  # a bound asked for: refuse before the work if it cannot be
@@ -123,7 +126,15 @@ def reconstruct_one(
             new = save_pngs(volume, res, job.png_dir)
             pngs += new
             written += new
-    notes = [accel_note(volume, job.accel)]
+    notes = [accel_note(volume, job.accel), coils_note(volume)]
+    for res in results:
+        path = outputs[res.method]
+        if is_nifti(path):
+            notes.append(nifti_note(volume, path))
+            files = nifti_files(path)
+            more = [files[k].name for k in ("uncertainty", "error_bound") if getattr(res, k) is not None]
+            notes.append(f"{path.name}: " + (f"{' and '.join(more)} beside it; " if more else "")
+                         + f"its record in {files['record'].name}")
     notes += [f"{r.method}: no error_bound written: {r.bound_info['reason']}" for r in results
               if r.uncertainty is not None and "reason" in r.bound_info]
     return ReconReport(volume, results, dict(outputs), pngs, [n for n in notes if n])

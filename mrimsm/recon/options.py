@@ -101,6 +101,8 @@ class ReconOptions:
         center_fraction: override the retrospective mask's centre fraction.
         maps_fn: replace ESPIRiT (see :func:`~mrimsm.recon.prepare_volume`).
         progress: ``progress(desc, total)`` -> context manager with ``update(n)``.
+        coils: compress each scan to this many virtual coils before the coil maps
+            (``--coils``; :func:`mrimsm.data.coil_compression.compress_coils`); ``None``: none.
     """
 
     methods: Optional[Sequence[str]] = None
@@ -112,6 +114,7 @@ class ReconOptions:
     center_fraction: Optional[float] = None
     maps_fn: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
     progress: Optional[Progress] = None
+    coils: Optional[Any] = None
 
     @classmethod
     def of(cls, given: Optional["ReconOptions"], *args: Any, **kwargs: Any) -> "ReconOptions":
@@ -125,9 +128,13 @@ class ReconOptions:
 
     def resolved(self) -> "ReconOptions":
         """Checked before any file is read: the method names without repeats (default:
-        :func:`~mrimsm.recon.default_method`) and ``accel`` parsed by :func:`parse_accel`."""
+        :func:`~mrimsm.recon.default_method`), ``accel`` parsed by :func:`parse_accel` and
+        ``coils`` an integer >= 1 or ``None``."""
+        from mrimsm.data.coil_compression import check_coils
+
         return dataclasses.replace(
             self,
             methods=list(dict.fromkeys(self.methods or [default_method()])),
             accel=parse_accel(self.accel) if self.accel is not None else None,
+            coils=check_coils(self.coils),
         )

@@ -25,9 +25,19 @@ def option_input_files(options: Optional[Mapping[str, Any]]) -> list[Path]:
 
 
 def is_mrimsm_output(path: Union[str, os.PathLike]) -> bool:
-    """``path`` is an HDF5 file that a reconstruction wrote (it holds :data:`RECORD_ATTR`)."""
+    """``path`` is a file that a reconstruction wrote: an HDF5 file holding
+    :data:`RECORD_ATTR`, a NIfTI file whose header description starts with
+    :data:`NIFTI_MARK`, or a NIfTI output's JSON sidecar holding :data:`RECORD_ATTR`."""
     import h5py
 
+    name = Path(path).name
+    if name.endswith(NIFTI_SUFFIXES):
+        return _is_own_nifti(path)
+    if name.endswith(".json"):
+        try:
+            return RECORD_ATTR in json.loads(Path(path).read_text())
+        except (OSError, ValueError, TypeError, UnicodeDecodeError):
+            return False
     try:
         with h5py.File(path, "r") as f:
             return RECORD_ATTR in f.attrs
@@ -61,17 +71,154 @@ def plan_outputs(
     else:
         if out.exists() and not out.is_dir():
             raise MrimsmError(f"with several --method, -o must be a directory, got the file {out}")
-        if len(methods) > 1 and output is not None and not out.exists() and out.suffix in (".h5", ".hdf5"):
+        if len(methods) > 1 and output is not None and not out.exists() and (
+                out.suffix in (".h5", ".hdf5") or out.name.endswith(NIFTI_SUFFIXES)):
             raise MrimsmError(f"with several --method, -o must be a directory, got {out}")
         paths = {m: out / f"{stem}.{m}.h5" for m in methods}
     for p in paths.values():
-        if same_file(src, p):
-            raise MrimsmError(f"output {p} is the input file; choose another -o")
-        check_output(p, inputs=[src, *inputs])
-        if p.exists() and not overwrite and not is_mrimsm_output(p):
-            raise MrimsmError(f"output {p} exists and is not a reconstruction mrimsm wrote; "
-                              f"pass --overwrite to replace it, or choose another -o")
+        for q in (nifti_files(p).values() if is_nifti(p) else [p]):
+            if same_file(src, q):
+                raise MrimsmError(f"output {q} is the input file; choose another -o")
+            check_output(q, inputs=[src, *inputs])
+            if q.exists() and not overwrite and not is_mrimsm_output(q):
+                raise MrimsmError(f"output {q} exists and is not {'a file' if q != p else 'a reconstruction'} "
+                                  f"mrimsm wrote; pass --overwrite to replace it, or choose another -o")
     return paths
+
+
+# -- NIfTI outputs -------------------------------------------------------------------
+
+#: Output names that make :func:`write_result` write NIfTI-1 instead of HDF5.
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Start of the header description (``descrip``) of every NIfTI file mrimsm writes.
+NIFTI_MARK = "mrimsm"
+#: Voxel size (mm) used where the file's ISMRMRD header states none.
+UNKNOWN_VOXEL_MM = 1.0
+
+
+def is_nifti(path: Union[str, os.PathLike]) -> bool:
+    """``path`` names a NIfTI output (``.nii`` or ``.nii.gz``)."""
+    return Path(path).name.endswith(NIFTI_SUFFIXES)
+
+
+def nifti_files(path: Union[str, os.PathLike]) -> dict[str, Path]:
+    """The files of a NIfTI output ``OUT.nii[.gz]``: ``reconstruction`` (``path``),
+    ``uncertainty`` (``OUT.uncertainty.nii[.gz]``), ``error_bound``
+    (``OUT.error_bound.nii[.gz]``) and ``record`` (``OUT.json``)."""
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    stem = path.name[: -len(suffix)]
+    return {
+        "reconstruction": path,
+        "uncertainty": path.with_name(f"{stem}.uncertainty{suffix}"),
+        "error_bound": path.with_name(f"{stem}.error_bound{suffix}"),
+        "record": path.with_name(f"{stem}.json"),
+    }
+
+
+def _is_own_nifti(path: Union[str, os.PathLike]) -> bool:
+    import nibabel as nib
+
+    try:
+        descrip = nib.load(str(path)).header["descrip"].item()
+    except Exception:  # noqa: BLE001 - any unreadable file is not ours
+        return False
+    text = descrip.decode("latin-1") if isinstance(descrip, bytes) else str(descrip)
+    return text.startswith(NIFTI_MARK + " ")
+
+
+def nifti_voxel_mm(volume: PreparedVolume) -> tuple[tuple[float, float, float], list[str]]:
+    """``((row, column, slice) mm, what the header did not state)``: the pixel size from
+    the file's ISMRMRD header (``reconSpace`` field of view over matrix) and the slice
+    thickness (its field of view ``z``), :data:`UNKNOWN_VOXEL_MM` for each it lacks."""
+    missing = []
+    if volume.pixel_mm is None:
+        rows = cols = UNKNOWN_VOXEL_MM
+        missing.append("pixel size")
+    else:
+        rows, cols = (float(v) for v in volume.pixel_mm)
+    if volume.slice_mm is None:
+        thick = UNKNOWN_VOXEL_MM
+        missing.append("slice thickness (field of view z)")
+    else:
+        thick = float(volume.slice_mm)
+    return (rows, cols, thick), missing
+
+
+def nifti_note(volume: PreparedVolume, path: Union[str, os.PathLike]) -> Optional[str]:
+    """The one-line note for a NIfTI output whose voxel sizes the header did not give."""
+    _, missing = nifti_voxel_mm(volume)
+    if not missing:
+        return None
+    return (f"{volume.path.name}: the ISMRMRD header states no {' and no '.join(missing)}; "
+            f"{Path(path).name} uses {UNKNOWN_VOXEL_MM:g} mm there")
+
+
+def _nifti_bytes(volume_shw: np.ndarray, voxel_mm: Sequence[float], descrip: str, gz: bool) -> bytes:
+    import gzip
+
+    import nibabel as nib
+
+    data = np.ascontiguousarray(np.asarray(volume_shw, dtype=np.float32).transpose(1, 2, 0))
+    affine = np.diag([*map(float, voxel_mm), 1.0])
+    affine[:3, 3] = [-(n - 1) / 2 * d for n, d in zip(data.shape, voxel_mm)]  # the volume's centre at 0
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
+
+
+def write_nifti(volume: PreparedVolume, result: MethodResult, path: Union[str, os.PathLike],
+                attrs: Mapping[str, Any], record: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``result`` as NIfTI-1 files (:func:`nifti_files`), each atomically, the JSON
+    record last.
+
+    Layout: the magnitude volume float32 with axes ``(i, j, k)`` = (image row, image column,
+    slice), i.e. the HDF5 ``reconstruction`` ``(S, h, w)`` transposed to ``(h, w, S)``; rows
+    are the ISMRMRD readout (``x``), columns the phase encode (``y``), slices the file's
+    slice order. Voxel sizes (:func:`nifti_voxel_mm`): the header's pixel size and slice
+    thickness (1 mm where it states none; the header gives no slice gap, so slices are
+    placed one thickness apart). The affine is that diagonal with the volume's centre at
+    the origin (sform code 2, nibabel's default; qform unset): it gives sizes and axis
+    order in the scan's own encoding frame, **not** scanner or patient coordinates
+    (fastMRI headers carry no slice positions or orientation). ``uncertainty`` and
+    ``error_bound``, when the result has them, go to their own files in the same layout;
+    old ones mrimsm wrote at those names are removed when this result has none. The
+    header description starts with :data:`NIFTI_MARK`; ``OUT.json`` holds
+    ``{RECORD_ATTR: record, "attrs": attrs, "files": ..., "axes": ...}``, ``attrs`` the
+    attributes the HDF5 output would carry (metrics included)."""
+    from mrimsm import __version__
+    from mrimsm.utils import atomic_path
+
+    files = nifti_files(path)
+    gz = files["reconstruction"].name.endswith(".gz")
+    voxel, missing = nifti_voxel_mm(volume)
+    arrays = {"reconstruction": result.reconstruction, "uncertainty": result.uncertainty,
+              "error_bound": result.error_bound}
+    written = {}
+    for key, arr in arrays.items():
+        target = files[key]
+        if arr is None:
+            if target.exists() and is_mrimsm_output(target):
+                target.unlink()  # a stale map of an earlier run would pass for this one's
+            continue
+        descrip = f"{NIFTI_MARK} {__version__} {result.method} {key}"
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(_nifti_bytes(arr, voxel, descrip, gz))
+        written[key] = target.name
+    side = {
+        RECORD_ATTR: _plain(record) if record is not None else None,
+        "attrs": _plain(dict(attrs)),
+        "files": written,
+        "axes": "i, j, k = image row (readout, ISMRMRD x), image column (phase encode, y), slice; "
+                "the scan's encoding frame, not scanner coordinates",
+        "voxel_mm": list(voxel),
+        "voxel_mm_assumed": missing,
+    }
+    with atomic_path(files["record"]) as tmp:
+        tmp.write_text(json.dumps(side, sort_keys=True, indent=1) + "\n")
+    return files["reconstruction"]
 
 
 #: HDF5 attribute of an output: JSON of :func:`output_record`, what made the file.
@@ -108,7 +255,9 @@ def output_record(name: str, method: Any, options: Mapping[str, Any], job: Any) 
     attribute when it has one (a dict or a dataclass such as the solver's
     ``PosteriorSettings``, taken whole so that new fields count), else every option that is
     not a runtime one (:data:`RUNTIME_OPTIONS`); ``checkpoint_sha256`` the hash of each
-    setting naming a checkpoint file (so a retrained model at the same path counts as other).
+    setting naming a checkpoint file (so a retrained model at the same path counts as other);
+    ``coils`` the ``--coils`` asked for, only when one was (records of runs without it stay
+    as they were).
     """
     own = getattr(method, "settings", None)
     settings = _plain(own) if own is not None else _plain(
@@ -122,6 +271,8 @@ def output_record(name: str, method: Any, options: Mapping[str, Any], job: Any) 
         "seed": int(job.seed),
         "settings": settings,
     }
+    if getattr(job, "coils", None) is not None:
+        record["coils"] = int(job.coils)
     hashes = {k: file_sha256(v) for k, v in settings.items()
               if _is_checkpoint_key(k) and isinstance(v, str) and v and Path(v).is_file()}
     if hashes:
@@ -209,13 +360,34 @@ def _storable(value: Any) -> Any:
 def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, os.PathLike],
                  record: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``result`` in fastMRI's layout (atomically), metrics as attributes and
-    ``record`` (:func:`output_record`) as :data:`RECORD_ATTR`."""
-    from mrimsm import __version__
+    ``record`` (:func:`output_record`) as :data:`RECORD_ATTR`; a ``path`` ending in
+    ``.nii`` or ``.nii.gz`` is written as NIfTI instead (:func:`write_nifti`)."""
     from mrimsm.data.fastmri_io import write_reconstruction
 
     path = Path(path)
     if same_file(volume.path, path):
         raise MrimsmError(f"output {path} is the input file; choose another -o")
+    attrs = _result_attrs(volume, result)
+    if is_nifti(path):
+        if result.bound_info:
+            attrs["error_bound_calibration"] = _plain(result.bound_info)
+        return write_nifti(volume, result, path, attrs, record)
+    if record is not None:
+        attrs[RECORD_ATTR] = json.dumps(_plain(record), sort_keys=True)
+    extra = {"mask": volume.mask.astype(np.uint8)}
+    if result.uncertainty is not None:
+        extra["uncertainty"] = result.uncertainty
+    if result.error_bound is not None:
+        extra["error_bound"] = result.error_bound
+    if result.bound_info:
+        attrs["error_bound_calibration"] = json.dumps(_plain(result.bound_info), sort_keys=True)
+    return write_reconstruction(path, result.reconstruction, attrs=attrs, extra=extra)
+
+
+def _result_attrs(volume: PreparedVolume, result: MethodResult) -> dict:
+    """The attributes an output carries: the input's, how it was made, the metrics."""
+    from mrimsm import __version__
+
     attrs: dict[str, Any] = {k: _storable(volume.attrs[k]) for k in ("acquisition", "patient_id", "max", "norm")
                              if k in volume.attrs}
     attrs.update(
@@ -230,16 +402,7 @@ def write_result(volume: PreparedVolume, result: MethodResult, path: Union[str, 
     )
     for key, value in (result.metrics or {}).items():
         attrs[key] = value
-    if record is not None:
-        attrs[RECORD_ATTR] = json.dumps(_plain(record), sort_keys=True)
-    extra = {"mask": volume.mask.astype(np.uint8)}
-    if result.uncertainty is not None:
-        extra["uncertainty"] = result.uncertainty
-    if result.error_bound is not None:
-        extra["error_bound"] = result.error_bound
-    if result.bound_info:
-        attrs["error_bound_calibration"] = json.dumps(_plain(result.bound_info), sort_keys=True)
-    return write_reconstruction(path, result.reconstruction, attrs=attrs, extra=extra)
+    return attrs
 
 
 def save_pngs(volume: PreparedVolume, result: MethodResult, out_dir: Union[str, os.PathLike]) -> list[Path]:
@@ -332,6 +495,12 @@ def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolum
             f"{volume.path.name}: {len(volume.slices)} slices, {how} (achieved {volume.achieved_accel:.2f}), "
             f"coil maps {volume.maps_seconds / max(len(volume.slices), 1):.2f} s/slice"
         )
+        if volume.coil_energy_kept is not None:
+            lines.append(
+                f"coil compression: {volume.file_coils} -> {volume.kspace.shape[1]} virtual coils, "
+                f"keeping >= {100 * volume.coil_energy_kept:.2f} % of the centre's energy "
+                f"({volume.compress_seconds / max(len(volume.slices), 1):.3f} s/slice)"
+            )
     lines += [f"{'':<12} {'fastMRI (volume, max = ref max)':^25}   {'paper (per slice, [0, 1])':^25}", head]
     lines.append("-" * len(head))
     for r in results:

@@ -80,6 +80,14 @@ class PreparedVolume:
         noise_std: the scan's k-space noise std per real component, in the file's units,
             measured on its acquired columns (:func:`mrimsm.data.noise.estimate_noise_std`);
             ``noise_std / scale`` in normalized units.
+        slice_mm: the slice thickness in mm from the file's header (``reconSpace``
+            field of view ``z`` over its matrix ``z``), or ``None``.
+        file_coils: the file's number of coils (``kspace`` holds fewer after ``--coils``).
+        coils: the virtual coils asked for (``None``: no compression asked).
+        coil_energy_kept: the smallest share, over slices, of the calibration energy the
+            virtual coils keep (:func:`mrimsm.data.coil_compression.compression_matrices`),
+            or ``None`` when nothing was compressed.
+        compress_seconds: wall time of the coil compression.
     """
 
     path: Path
@@ -99,6 +107,11 @@ class PreparedVolume:
     maps_seconds: float = 0.0
     pixel_mm: Optional[tuple] = None
     noise_std: Optional[float] = None
+    slice_mm: Optional[float] = None
+    file_coils: int = 0
+    coils: Optional[int] = None
+    coil_energy_kept: Optional[float] = None
+    compress_seconds: float = 0.0
 
 
 #: Fewest fully sampled centre columns of a retrospective mask (ESPIRiT calibrates on
@@ -189,6 +202,7 @@ def prepare_volume(
     center_fraction: Optional[float] = None,
     maps_fn: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
     progress: Optional[Progress] = None,
+    coils: Optional[int] = None,
 ) -> PreparedVolume:
     """Read a file and make the masked k-space, masks and coil maps every method uses.
 
@@ -202,11 +216,17 @@ def prepare_volume(
         maps_fn: ``maps_fn(kspace (S, C, h, W), mask (S, W)) -> maps`` instead of ESPIRiT
             (tests, or known maps).
         progress: ``progress(desc, total)`` -> context manager with ``update(n)`` (e.g. tqdm).
+        coils: compress the masked k-space to this many virtual coils before the coil maps
+            (:func:`mrimsm.data.coil_compression.compress_coils`, calibrated per slice on
+            its acquired centre columns); ``None`` or at least the file's coils: no
+            compression (:func:`coils_note` says so).
     """
     from mrimsm.baselines.classical import zero_filled
-    from mrimsm.data.fastmri_io import crop_to_reconstruction, read_multicoil
+    from mrimsm.data.coil_compression import check_coils, compress_coils
+    from mrimsm.data.fastmri_io import crop_to_reconstruction, read_multicoil, slice_thickness_from_header
     from mrimsm.data.noise import estimate_noise_std
 
+    coils = check_coils(coils)
     data = read_multicoil(path)
     s, _, big_h, width = data.kspace.shape
     h, w = data.recon_size
@@ -230,6 +250,15 @@ def prepare_volume(
             f"{Path(path).name}: k-space values up to {float(np.abs(data.kspace).max()):.3g} overflow float32 "
             f"arithmetic; rescale the file"
         )
+
+    file_coils = int(kspace.shape[1])
+    energy = None
+    t0 = time.perf_counter()
+    if coils is not None and coils < file_coils:
+        shares: list = []
+        kspace = compress_coils(kspace, mask, coils, kept=shares)
+        energy = float(shares[0].min())
+    compress_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     maps = (
@@ -260,4 +289,17 @@ def prepare_volume(
         maps_seconds=maps_seconds,
         pixel_mm=data.pixel_mm,
         noise_std=estimate_noise_std(data.kspace, columns=mask),
+        slice_mm=slice_thickness_from_header(data.ismrmrd_header),
+        file_coils=file_coils,
+        coils=coils,
+        coil_energy_kept=energy,
+        compress_seconds=compress_seconds,
     )
+
+
+def coils_note(volume: "PreparedVolume") -> Optional[str]:
+    """The one-line note for a ``--coils`` that compresses nothing (at least the file's
+    coils), else ``None``."""
+    from mrimsm.data.coil_compression import coils_note as note
+
+    return note(volume.coils, volume.file_coils, volume.path.name)
