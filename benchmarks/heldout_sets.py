@@ -39,8 +39,8 @@ def main() -> int:
     ap.add_argument("--noise", type=float, nargs="+", default=[0.002, 0.01], help="test noise levels")
     ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0])
     ap.add_argument("--files", type=int, default=1, help="files per set (8 slices each; default 1)")
-    ap.add_argument("--msm", nargs="*", type=Path, default=[None],
-                    help="MSM checkpoints to compare (default: the shipped prior); none: no MSM row")
+    ap.add_argument("--msm", nargs="*", default=["shipped"],
+                    help="MSM checkpoints to compare ('shipped': the shipped prior, the default); none: no MSM row")
     ap.add_argument("--label", nargs="*", default=None, help="a row label per --msm checkpoint")
     ap.add_argument("--ssdu", action="store_true", help="add the shipped SSDU")
     ap.add_argument("--size", type=int, default=64)
@@ -55,9 +55,10 @@ def main() -> int:
 
     def body() -> int:
         t0 = time.perf_counter()
-        labels = args.label or [("MSM" if p is None else f"MSM {p.name}") for p in args.msm]
+        ckpts = [None if p == "shipped" else Path(p) for p in args.msm]
+        labels = args.label or [("MSM" if p is None else f"MSM {p.name}") for p in ckpts]
         runs = [C.Run("zero-filled", "zero-filled"), C.Run("SENSE", "sense"), C.Run("CS-L1", "cs")]
-        runs += [C.Run(lab, "msm", {} if p is None else {"checkpoint": str(p)}) for lab, p in zip(labels, args.msm)]
+        runs += [C.Run(lab, "msm", {} if p is None else {"checkpoint": str(p)}) for lab, p in zip(labels, ckpts)]
         if args.ssdu:
             runs.append(C.Run("SSDU", "ssdu"))
         common = {"device": args.device, "seed": args.seed}
