@@ -75,19 +75,37 @@ def run(path: Path, accels, methods, out: Path, msm_steps=None, samples=None) ->
     }
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``new``'s rows replace ``old``'s rows of the same methods; each run's command stays."""
+    runs = old.get("runs") or [{k: old[k] for k in ("accels", "methods", "options", "created")}]
+    runs = [r for r in runs if not set(r["methods"]) <= set(new["methods"])]
+    keep = [r for r in old["rows"] if r["method"] not in new["methods"] and r["method"] != "_maps"]
+    out = dict(new)
+    out["rows"] = keep + new["rows"]
+    out["runs"] = runs + [{k: new[k] for k in ("accels", "methods", "options", "created")}]
+    return out
+
+
+def _command(run: dict) -> str:
+    opts = run["options"]
+    return " ".join(["python benchmarks/real_raw.py", "--accel", *(f"{a:g}" for a in run["accels"]),
+                     "--methods", *run["methods"],
+                     *([f"--msm-steps {opts['steps']}"] if "steps" in opts else []),
+                     *([f"--samples {opts['samples']}"] if "samples" in opts else [])])
+
+
 def markdown(record: dict) -> str:
     """The results table: per R and method, PSNR / SSIM in both conventions and s/slice."""
-    opts = record["options"]
-    cmd = " ".join(["python benchmarks/real_raw.py", "--accel", *(f"{a:g}" for a in record["accels"]),
-                    "--methods", *record["methods"],
-                    *([f"--msm-steps {opts['steps']}"] if "steps" in opts else []),
-                    *([f"--samples {opts['samples']}"] if "samples" in opts else [])])
+    runs = record.get("runs") or [record]
+    cmd = "`, then `".join(_command(r) + (" --merge" if i else "") for i, r in enumerate(runs))
     lines = [f"`{cmd}` ({record['created'][:10]}; pyqmri VFA brain, 13 coils, 224 x 224, 10 flip angles as "
              "10 slices; reference: RSS of the fully sampled coil images)", "",
              "| R | method | PSNR fastMRI | SSIM fastMRI | PSNR paper | SSIM paper | s/slice |",
              "|---|---|---|---|---|---|---|"]
     maps = {}
-    for row in record["rows"]:
+    order = list(NAMES)
+    rows = sorted(record["rows"], key=lambda r: (r["accel"], order.index(r["method"]) if r["method"] in order else -1))
+    for row in rows:
         if row["method"] == "_maps":
             maps[row["accel"]] = row
             continue
@@ -113,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", default=None, help="MSM posterior samples (default: the prior's settings)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--merge", action="store_true", help="keep the rows of other methods in OUT/real_raw.json "
+                                                         "(run slow methods apart with their own options)")
     args = p.parse_args(argv)
     from mrimsm.errors import MrimsmError
     from mrimsm.utils import set_threads
@@ -125,6 +145,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (args.out / "real_raw.json").is_file():
+        record = merge(json.loads((args.out / "real_raw.json").read_text()), record)
     (args.out / "real_raw.json").write_text(json.dumps(record, indent=1))
     (args.out / "real_raw.md").write_text(markdown(record))
     print(markdown(record))
