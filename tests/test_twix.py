@@ -198,3 +198,13 @@ def test_recon_runs_on_the_converted_file(gre_h5, tmp_path):
     for r in rep.results:
         assert r.reconstruction.shape == (1, 160, 160) and np.isfinite(r.metrics["psnr"])
         assert r.metrics["psnr"] > 12
+
+
+@needs_examples[0]
+def test_not_a_twix_file_is_one_line(tmp_path):
+    bad = tmp_path / "noise.dat"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    res = subprocess.run([sys.executable, "-m", "mrimsm", "convert", str(bad), "-o", str(tmp_path / "x.h5")],
+                         capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 2 and not (tmp_path / "x.h5").exists()
+    assert res.stdout == "" and res.stderr.count("\n") == 1 and "not a readable Siemens TWIX file" in res.stderr

@@ -262,8 +262,12 @@ def read_twix(path: str | os.PathLike) -> TwixScan:
     if not path.is_file():
         raise MrimsmError(f"no such file: {path}")
     twixtools = _twixtools()
+    import contextlib
+    import io
+
     try:
-        meas = twixtools.read_twix(str(path), verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # twixtools prints its warnings
+            meas = twixtools.read_twix(str(path), verbose=False)
     except Exception as exc:  # twixtools raises many kinds on a file that is not TWIX
         raise MrimsmError(f"{path}: not a readable Siemens TWIX file ({type(exc).__name__}: {exc})") from None
     if not meas or "mdb" not in meas[-1]:
