@@ -57,6 +57,7 @@ from . import recon_cmd; recon_cmd.register(app)  # noqa: E402,E702
 from . import prep_cmd; prep_cmd.register(app)  # noqa: E402,E702
 from . import restore_cmd; restore_cmd.register(app)  # noqa: E402,E702
 from . import calibrate_cmd; calibrate_cmd.register(app)  # noqa: E402,E702
+from . import convert_cmd; convert_cmd.register(app)  # noqa: E402,E702
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -350,13 +350,18 @@ def simulate_multicoil(
 
 
 def ismrmrd_header_xml(
-    kspace_hw: Sequence[int], recon_hw: Sequence[int], num_coils: int, fov_mm: Sequence[float] = (220.0, 220.0)
+    kspace_hw: Sequence[int], recon_hw: Sequence[int], num_coils: int, fov_mm: Sequence[float] = (220.0, 220.0),
+    thickness_mm: float = 5.0, patient_id: str = "simulated",
 ) -> bytes:
     """A minimal ISMRMRD header with the fields fastMRI's loaders read:
     encoded / recon matrix sizes (``x`` = readout rows, ``y`` = columns), fields of view
     and the phase-encode limits (centre ``W // 2``). ``fov_mm``: the field of view of the
     reconstruction's rows and of all ``W`` columns, so pixels are ``fov_mm[0] / h`` by
-    ``fov_mm[1] / W`` mm (:func:`mrimsm.data.fastmri_io.pixel_size_from_header`)."""
+    ``fov_mm[1] / W`` mm (:func:`mrimsm.data.fastmri_io.pixel_size_from_header`).
+    ``thickness_mm``: the slice thickness (the fields of view's ``z``)."""
+    from xml.sax.saxutils import escape
+
+    fz = float(thickness_mm)
     H, W = int(kspace_hw[0]), int(kspace_hw[1])
     h, w = int(recon_hw[0]), int(recon_hw[1])
     fx, fy = float(fov_mm[0]), float(fov_mm[1])
@@ -365,16 +370,16 @@ def ismrmrd_header_xml(
   <acquisitionSystemInformation><receiverChannels>{num_coils}</receiverChannels></acquisitionSystemInformation>
   <encoding>
     <encodedSpace><matrixSize><x>{H}</x><y>{W}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>{fx * H / h:.1f}</x><y>{fy:.1f}</y><z>5.0</z></fieldOfView_mm></encodedSpace>
+      <fieldOfView_mm><x>{fx * H / h:.1f}</x><y>{fy:.1f}</y><z>{fz:.1f}</z></fieldOfView_mm></encodedSpace>
     <reconSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>{fx:.1f}</x><y>{fy * w / W:.1f}</y><z>5.0</z></fieldOfView_mm></reconSpace>
+      <fieldOfView_mm><x>{fx:.1f}</x><y>{fy * w / W:.1f}</y><z>{fz:.1f}</z></fieldOfView_mm></reconSpace>
     <encodingLimits>
       <kspace_encoding_step_1><minimum>0</minimum><maximum>{W - 1}</maximum><center>{W // 2}</center></kspace_encoding_step_1>
       <kspace_encoding_step_2><minimum>0</minimum><maximum>0</maximum><center>0</center></kspace_encoding_step_2>
     </encodingLimits>
     <trajectory>cartesian</trajectory>
   </encoding>
-  <subjectInformation><patientID>simulated</patientID></subjectInformation>
+  <subjectInformation><patientID>{escape(patient_id)}</patientID></subjectInformation>
 </ismrmrdHeader>
 """.encode()
 

@@ -1,0 +1,158 @@
+"""``mrimsm recon`` on real raw k-space: the pyqmri VFA brain (13 coils, fully sampled
+Cartesian 224 x 224, ten flip angles as ten slices; ``data_scripts/real_raw.py``).
+
+    python benchmarks/real_raw.py [--file F] [--accel 4 6] [--methods zero-filled sense cs ssdu msm]
+                                  [--msm-steps 5] [--samples 4] [--threads 1] [--out results/real_raw]
+
+Each R is one ``mrimsm recon --accel R FILE -m ...`` (:func:`mrimsm.recon.reconstruct_file`:
+the same retrospective masks, ESPIRiT maps and seeds for every method; the RSS of the fully
+sampled coil images is the reference). Without ``--file`` the file is made first in
+``$MRIMSM_CACHE/real_raw`` (the archive is fetched on demand). Writes ``OUT/real_raw.json``
+(every number) and ``OUT/real_raw.md`` (the table in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "results" / "real_raw"
+NAMES = {"zero-filled": "zero-filled", "sense": "CG-SENSE", "cs": "CS-L1", "ssdu": "SSDU", "msm": "MSM"}
+
+
+def _data_script():
+    spec = importlib.util.spec_from_file_location("real_raw_script", REPO / "data_scripts" / "real_raw.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def default_file() -> Path:
+    """The converted file in ``$MRIMSM_CACHE/real_raw``, made when missing."""
+    from mrimsm.data.training_data import default_cache_dir
+
+    script = _data_script()
+    path = default_cache_dir() / "real_raw" / script.OUTPUT_NAME
+    if not path.is_file():
+        script.build(path.parent)
+    return path
+
+
+def run(path: Path, accels, methods, out: Path, msm_steps=None, samples=None) -> dict:
+    from mrimsm import recon as lib
+
+    options = lib.parse_options({"steps": msm_steps, "samples": samples})
+    options = {k: v for k, v in options.items() if v is not None}
+    rows = []
+    for r in accels:
+        t0 = time.perf_counter()
+        job = lib.ReconOptions(methods=methods, accel=str(r), seed=0, options=options)
+        rep = lib.reconstruct_file(path, out / f"R{r:g}", recon_options=job, overwrite=True)
+        wall = time.perf_counter() - t0
+        vol = rep.volume
+        for res in rep.results:
+            m = res.metrics or {}
+            rows.append({
+                "accel": r, "achieved": round(float(vol.achieved_accel), 3), "method": res.method,
+                "psnr": m.get("psnr"), "ssim": m.get("ssim"), "psnr_slice": m.get("psnr_slice"),
+                "ssim_slice": m.get("ssim_slice"), "seconds_per_slice": res.seconds_per_slice,
+                "model": res.info.get("model"),
+            })
+        rows.append({"accel": r, "method": "_maps", "seconds_per_slice": vol.maps_seconds / max(len(vol.slices), 1),
+                     "wall_s": wall, "slices": len(vol.slices)})
+        print(lib.format_table(rep.results, vol), flush=True)
+    return {
+        "file": str(path), "accels": list(accels), "methods": list(methods), "options": options, "rows": rows,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+    }
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``new``'s rows replace ``old``'s rows of the same methods; each run's command stays."""
+    runs = old.get("runs") or [{k: old[k] for k in ("accels", "methods", "options", "created")}]
+    runs = [r for r in runs if not set(r["methods"]) <= set(new["methods"])]
+    keep = [r for r in old["rows"] if r["method"] not in new["methods"] and r["method"] != "_maps"]
+    out = dict(new)
+    out["rows"] = keep + new["rows"]
+    out["runs"] = runs + [{k: new[k] for k in ("accels", "methods", "options", "created")}]
+    return out
+
+
+def _command(run: dict) -> str:
+    opts = run["options"]
+    return " ".join(["python benchmarks/real_raw.py", "--accel", *(f"{a:g}" for a in run["accels"]),
+                     "--methods", *run["methods"],
+                     *([f"--msm-steps {opts['steps']}"] if "steps" in opts else []),
+                     *([f"--samples {opts['samples']}"] if "samples" in opts else [])])
+
+
+def markdown(record: dict) -> str:
+    """The results table: per R and method, PSNR / SSIM in both conventions and s/slice."""
+    runs = record.get("runs") or [record]
+    cmd = "`, then `".join(_command(r) + (" --merge" if i else "") for i, r in enumerate(runs))
+    lines = [f"`{cmd}` ({record['created'][:10]}; pyqmri VFA brain, 13 coils, 224 x 224, 10 flip angles as "
+             "10 slices; reference: RSS of the fully sampled coil images)", "",
+             "| R | method | PSNR fastMRI | SSIM fastMRI | PSNR paper | SSIM paper | s/slice |",
+             "|---|---|---|---|---|---|---|"]
+    maps = {}
+    order = list(NAMES)
+    rows = sorted(record["rows"], key=lambda r: (r["accel"], order.index(r["method"]) if r["method"] in order else -1))
+    for row in rows:
+        if row["method"] == "_maps":
+            maps[row["accel"]] = row
+            continue
+        f = (lambda v, d: "-" if v is None else f"{v:.{d}f}")
+        lines.append(f"| {row['accel']:g} ({row['achieved']:.2f}) | {NAMES.get(row['method'], row['method'])} | "
+                     f"{f(row['psnr'], 2)} | {f(row['ssim'], 4)} | {f(row['psnr_slice'], 2)} | "
+                     f"{f(row['ssim_slice'], 4)} | {row['seconds_per_slice']:.2f} |")
+    lines.append("")
+    lines.append("ESPIRiT maps: " + ", ".join(f"R = {a:g} {m['seconds_per_slice']:.2f} s/slice"
+                                             for a, m in maps.items()) + ".")
+    models = {row["model"] for row in record["rows"] if row.get("model")}
+    for model in sorted(models):
+        lines.append(f"Model: {model}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--file", type=Path, default=None, help="the converted file (default: made in the cache)")
+    p.add_argument("--accel", type=float, nargs="+", default=[4.0, 6.0])
+    p.add_argument("--methods", nargs="+", default=["zero-filled", "sense", "cs"])
+    p.add_argument("--msm-steps", default=None, help="MSM reverse steps (default: the prior's settings)")
+    p.add_argument("--samples", default=None, help="MSM posterior samples (default: the prior's settings)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--merge", action="store_true", help="keep the rows of other methods in OUT/real_raw.json "
+                                                         "(run slow methods apart with their own options)")
+    args = p.parse_args(argv)
+    from mrimsm.errors import MrimsmError
+    from mrimsm.utils import set_threads
+
+    set_threads(args.threads)
+    try:
+        path = args.file or default_file()
+        record = run(path, args.accel, args.methods, args.out, args.msm_steps, args.samples)
+    except MrimsmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (args.out / "real_raw.json").is_file():
+        record = merge(json.loads((args.out / "real_raw.json").read_text()), record)
+    (args.out / "real_raw.json").write_text(json.dumps(record, indent=1))
+    (args.out / "real_raw.md").write_text(markdown(record))
+    print(markdown(record))
+    print(f"wrote {args.out / 'real_raw.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
