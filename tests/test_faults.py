@@ -33,7 +33,7 @@ def _files(root: Path) -> set:
 
 def _run(args: list, capsys) -> tuple[int, list[str], str]:
     """``mrimsm ARGS`` in-process: (exit code, stderr lines, stdout)."""
-    rc = main([str(a) for a in args])
+    rc = main([a if isinstance(a, str) else os.fspath(a) for a in args])
     out = capsys.readouterr()
     return rc, out.err.strip().splitlines(), out.out
 

@@ -23,6 +23,7 @@ import yaml
 
 from mrimsm.cli.main import main
 from conftest import write_fake_fastmri
+from test_faults import _one_error, _run
 from test_train import toy_config  # registers the "toy-train" method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,21 +44,6 @@ def _env(**extra: str) -> dict:
         env.pop(key, None)
     env.update(extra)
     return env
-
-
-def _run(args: list, capsys) -> tuple[int, list[str], str]:
-    """``mrimsm ARGS`` in-process: (exit code, stderr lines, stdout)."""
-    rc = main([a if isinstance(a, str) else os.fspath(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.err.strip().splitlines(), out.out
-
-
-def _one_error(rc: int, err: list[str], *needles: str) -> str:
-    assert rc == 2, (rc, err)
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    for n in needles:
-        assert n in err[0], (n, err[0])
-    return err[0]
 
 
 def _files(root: Path) -> set:
@@ -298,6 +284,8 @@ BAD_VALUES = {
     "prep-fastmri": (["raw", "out", "--accel", "six"], "--accel"),
     "sample": (["c.pt", "-n", "abc"], "--num"),
     "restore": (["i.png", "-o", "o.png", "--task", "sr4", "--samples", "abc"], "--samples"),
+    "calibrate": (["s.h5", "--quiet=yes"], "--quiet"),
+    "convert": (["meas.dat", "--overwrite=yes"], "--overwrite"),
 }
 
 
