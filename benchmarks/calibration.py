@@ -127,7 +127,7 @@ def main() -> int:
     def body() -> int:
         from mrimsm.diffusion import shipped
         from mrimsm.metrics import per_slice_metrics
-        from mrimsm.recon import run_method
+        from mrimsm.recon import prepare_volume, run_method
         from mrimsm.recon.calibration import BoundChoice, calibrate, calibration_path, error_bound_for, \
             write_calibration
         from mrimsm.recon.methods import get_method
@@ -162,8 +162,6 @@ def main() -> int:
                 accel = entry["accel"]
                 errs, stds, sups, slice_std, slice_nmse, psnr = [], [], [], [], [], []
                 for f in test_files:
-                    from mrimsm.recon import prepare_volume
-
                     vol = prepare_volume(f, accel, args.seed, progress=progress)
                     res = run_method(vol, "msm", options, progress, method=method)
                     ref = clean_test[f.name][list(vol.slices)]
@@ -177,16 +175,16 @@ def main() -> int:
                         slice_std.append(float(res.uncertainty[i][sup].mean()))
                         slice_nmse.append(float(np.sum(e[sup] ** 2) / np.sum(ref[i][sup] ** 2)))
                     C.log_line(f"R {accel:g} test {f.name}: PSNR {np.mean(psnr[-len(ref):]):.2f} dB (paper)")
-                m = calibration_metrics(np.stack(errs), np.stack(stds), np.stack(sups))
+                err_abs, std_all, inside = np.abs(np.stack(errs)), np.stack(stds), np.stack(sups)
+                floors = [std_floor(s) for s in stds]
+                m = calibration_metrics(err_abs, std_all, inside)
                 cover, observed, gaussian = {}, [], []
                 for lv in LEVELS:
-                    q = entry["levels"][f"{lv:.2f}"]
-                    b = error_bound_for(np.stack(stds), BoundChoice(q))
-                    inside = np.stack(sups)
-                    observed.append(float(np.mean((np.abs(np.stack(errs)) <= b)[inside])))
+                    b = error_bound_for(std_all, BoundChoice(entry["levels"][f"{lv:.2f}"]))
+                    observed.append(float(np.mean((err_abs <= b)[inside])))
                     zz = norm.ppf(0.5 + lv / 2)
-                    gaussian.append(float(np.mean([np.mean(np.abs(e[s_]) <= zz * (s[s_] + std_floor(s)))
-                                                   for e, s, s_ in zip(errs, stds, sups)])))
+                    gaussian.append(float(np.mean([np.mean(np.abs(e[s_]) <= zz * (s[s_] + fl))
+                                                   for e, s, s_, fl in zip(errs, stds, sups, floors)])))
                     cover[f"{lv:.2f}"] = observed[-1]
                 e_all = np.concatenate([np.abs(e[s_]) for e, s_ in zip(errs, sups)])
                 s_all = np.concatenate([s[s_] for s, s_ in zip(stds, sups)])

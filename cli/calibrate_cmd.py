@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         from mrimsm.errors import MrimsmError
         from mrimsm.limits import parse_accel
         from mrimsm.recon.calibration import calibrate as make, calibration_path, write_calibration
+        from mrimsm.recon.directory import list_inputs
         from mrimsm.utils import check_output
 
         from .recon_cmd import _echo_line, _progress
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
         files: list[Path] = []
         for p in scans:
             if p.is_dir():
-                files += sorted(q for q in p.iterdir() if q.suffix.lower() in (".h5", ".hdf5") and q.is_file())
+                files += list_inputs(p)
             elif p.is_file():
                 files.append(p)
             else:

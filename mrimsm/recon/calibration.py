@@ -27,7 +27,7 @@ import datetime
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -214,10 +214,8 @@ def attach_error_bound(volume: Any, result: Any, coverage: Optional[float]) -> N
 
 
 def _settings_of(info: Mapping[str, Any]) -> dict:
-    from mrimsm.diffusion.posterior import PosteriorSettings
-
-    names = {f.name for f in fields(PosteriorSettings)}
-    return {k: info[k] for k in SETTINGS_KEYS if k in names and k in info}
+    """The :data:`SETTINGS_KEYS` a reconstruction's info reports."""
+    return {k: info[k] for k in SETTINGS_KEYS if k in info}
 
 
 def calibrate(
