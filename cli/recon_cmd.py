@@ -50,8 +50,11 @@ def register(app: typer.Typer) -> None:
     def recon(
         input: Path = typer.Argument(
             ...,
-            help="fastMRI multi-coil .h5 file (fully sampled or with its own mask), or a directory of them "
-            "(its .h5 / .hdf5 files, any case; other files are skipped and counted).",
+            help="fastMRI .h5 file, multi-coil or single-coil (reference reconstruction_esc; identity coil map on "
+            "the object), fully sampled or with its own mask (used as acquired, no --accel; no reference: no "
+            "metrics); zero-padded edge columns (the header's encoding limits, or all-zero columns) are never "
+            "sampled nor counted in R. Or a directory of them (its .h5 / .hdf5 files, any case; other files "
+            "are skipped and counted).",
         ),
         accel: Optional[str] = typer.Option(
             None, "--accel", "-R", metavar="R",

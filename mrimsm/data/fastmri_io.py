@@ -45,6 +45,7 @@ __all__ = [
     "recon_size_from_header",
     "pixel_size_from_header",
     "slice_thickness_from_header",
+    "encoded_columns",
 ]
 
 _ATTR_KEYS = ("acquisition", "max", "norm", "patient_id")
@@ -55,7 +56,8 @@ class MultiCoilFile:
     """A fastMRI multi-coil file in memory.
 
     Attributes:
-        kspace: ``(S, C, H, W)`` complex64 (the selected slices).
+        kspace: ``(S, C, H, W)`` complex64 (the selected slices); ``C = 1`` for a
+            single-coil file, whose ``(S, H, W)`` k-space gains the coil axis.
         mask: ``(W,)`` bool, the file's own sampling mask if it is already
             undersampled, else ``None``.
         reconstruction_rss: ``(S, h, w)`` float32 reference, or ``None``.
@@ -65,6 +67,9 @@ class MultiCoilFile:
         path: where it was read from.
         slices: indices (into the file) of the slices held in ``kspace``.
         num_slices_in_file: the file's total number of slices.
+        single_coil: the file is fastMRI's single-coil layout (``kspace`` ``(S, H, W)``,
+            reference ``reconstruction_esc``).
+        reconstruction_esc: ``(S, h, w)`` float32 reference of a single-coil file, or ``None``.
     """
 
     kspace: np.ndarray
@@ -75,17 +80,30 @@ class MultiCoilFile:
     path: Path
     slices: list = field(default_factory=list)
     num_slices_in_file: int = 0
+    single_coil: bool = False
+    reconstruction_esc: Optional[np.ndarray] = None
 
     @property
     def num_coils(self) -> int:
         return int(self.kspace.shape[1])
 
     @property
+    def reference(self) -> Optional[np.ndarray]:
+        """``(S, h, w)`` float32: ``reconstruction_esc`` of a single-coil file,
+        ``reconstruction_rss`` of a multi-coil one, or ``None``."""
+        return self.reconstruction_esc if self.single_coil else self.reconstruction_rss
+
+    @property
+    def reference_name(self) -> str:
+        """The dataset :attr:`reference` comes from."""
+        return "reconstruction_esc" if self.single_coil else "reconstruction_rss"
+
+    @property
     def recon_size(self) -> tuple[int, int]:
-        """``(h, w)`` of the reference image: ``reconstruction_rss``'s size,
+        """``(h, w)`` of the reference image (:attr:`reference`'s size),
         else the header's ``reconSpace`` matrix, else the k-space size."""
-        if self.reconstruction_rss is not None:
-            return tuple(int(s) for s in self.reconstruction_rss.shape[-2:])
+        if self.reference is not None:
+            return tuple(int(s) for s in self.reference.shape[-2:])
         from_header = recon_size_from_header(self.ismrmrd_header)
         if from_header is not None:
             return from_header
@@ -161,33 +179,34 @@ def open_hdf5(path: str | os.PathLike, mode: str = "r", what: str = "HDF5 file")
         raise MrimsmError(f"truncated or corrupt {what}: {path}") from None
 
 
-def _check_kspace_meta(ds: Any, path: Path) -> None:
+def _check_kspace_meta(ds: Any, path: Path, single_coil: bool = False) -> None:
+    """Shape and dtype checks of a ``kspace`` dataset: ``(S, C, H, W)`` complex, or with
+    ``single_coil`` also fastMRI's single-coil ``(S, H, W)``."""
     if not isinstance(ds, h5py.Dataset):
         raise MrimsmError(f"'kspace' in {path} is not a dataset")
-    if ds.ndim == 3:
+    if ds.ndim == 3 and not single_coil:
         raise MrimsmError(
             f"single-coil file given to a multi-coil command: kspace in {path} has shape "
             f"{tuple(ds.shape)} (slices, H, W); expected (slices, coils, H, W)"
         )
-    if ds.ndim != 4:
-        raise MrimsmError(
-            f"kspace in {path} must have 4 dims (slices, coils, H, W), got shape {tuple(ds.shape)}"
-        )
+    if ds.ndim not in ((3, 4) if single_coil else (4,)):
+        expected = "3 dims (slices, H, W) or 4 dims (slices, coils, H, W)" if single_coil else (
+            "4 dims (slices, coils, H, W)")
+        raise MrimsmError(f"kspace in {path} must have {expected}, got shape {tuple(ds.shape)}")
     if not np.issubdtype(ds.dtype, np.complexfloating):
         raise MrimsmError(f"kspace in {path} must be complex, got dtype {ds.dtype}")
-    s, c, h, w = ds.shape
-    if c == 0:
+    if ds.ndim == 4 and ds.shape[1] == 0:
         raise MrimsmError(f"kspace in {path} has zero coils")
-    if s == 0 or h == 0 or w == 0:
+    if 0 in (ds.shape[0], ds.shape[-2], ds.shape[-1]):
         raise MrimsmError(f"kspace in {path} is empty: shape {tuple(ds.shape)}")
 
 
-def _kspace_dataset(f: "h5py.File", path: Path):
+def _kspace_dataset(f: "h5py.File", path: Path, single_coil: bool = False):
     """The file's ``kspace`` dataset after the shape/dtype checks (no data read)."""
     if "kspace" not in f:
         raise MrimsmError(f"no 'kspace' dataset in {path}")
     ds = f["kspace"]
-    _check_kspace_meta(ds, path)
+    _check_kspace_meta(ds, path, single_coil)
     return ds
 
 
@@ -201,12 +220,18 @@ def kspace_read_bytes(ds: Any, num_slices: int) -> int:
     return num_slices * per_slice * (itemsize + (0 if ds.dtype == np.complex64 else 8))
 
 
-def read_header(path: str | os.PathLike) -> dict:
+def read_header(path: str | os.PathLike, single_coil: bool = False) -> dict:
     """Validate a file's structure without loading k-space.
+
+    Args:
+        path: the ``.h5`` file.
+        single_coil: also accept fastMRI's single-coil layout (``kspace`` ``(S, H, W)``,
+            reference ``reconstruction_esc``); its shape is reported with one coil.
 
     Returns:
         ``{"shape": (S, C, H, W), "attrs": dict, "has_mask": bool,
-        "has_rss": bool, "recon_size": (h, w)}``.
+        "has_rss": bool, "recon_size": (h, w), "single_coil": bool}`` (``has_rss``: the
+        file has its reference, ``reconstruction_esc`` for a single-coil file).
 
     Raises:
         MrimsmError: not HDF5, truncated, missing ``kspace``, wrong rank,
@@ -215,28 +240,58 @@ def read_header(path: str | os.PathLike) -> dict:
     path = Path(path)
     with open_hdf5(path) as f:
         try:
-            ds = _kspace_dataset(f, path)
+            ds = _kspace_dataset(f, path, single_coil)
+            is_single = ds.ndim == 3
+            ref_name = "reconstruction_esc" if is_single else "reconstruction_rss"
             header = bytes(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
-            rss_shape = tuple(f["reconstruction_rss"].shape) if "reconstruction_rss" in f else None
+            ref_shape = tuple(f[ref_name].shape) if ref_name in f else None
+            shape = tuple(int(s) for s in ds.shape)
             out = {
-                "shape": tuple(int(s) for s in ds.shape),
+                "shape": (shape[0], 1, *shape[1:]) if is_single else shape,
                 "attrs": {k: _plain(v) for k, v in f.attrs.items()},
                 "has_mask": "mask" in f,
-                "has_rss": rss_shape is not None,
+                "has_rss": ref_shape is not None,
+                "single_coil": is_single,
             }
         except (OSError, KeyError, RuntimeError):
             raise MrimsmError(f"truncated or corrupt HDF5 file: {path}") from None
-    if rss_shape is not None and len(rss_shape) == 3:
-        out["recon_size"] = rss_shape[-2:]
+    if ref_shape is not None and len(ref_shape) == 3:
+        out["recon_size"] = ref_shape[-2:]
     else:
         out["recon_size"] = recon_size_from_header(header) or out["shape"][-2:]
     return out
+
+
+def _read_mask(f: "h5py.File", path: Path, width: int) -> Optional[np.ndarray]:
+    """The file's ``mask`` as ``(W,)`` bool, or ``None``; MrimsmError when malformed."""
+    if "mask" not in f:
+        return None
+    raw_mask = np.asarray(f["mask"][()])
+    if raw_mask.dtype.kind not in "biuf" or (raw_mask.dtype.kind != "b" and not np.isin(raw_mask, (0, 1)).all()):
+        raise MrimsmError(f"'mask' in {path} must hold 0/1 (or booleans), got {raw_mask.dtype} values")
+    mask = raw_mask.astype(bool).reshape(-1)
+    if mask.shape != (width,):
+        raise MrimsmError(f"'mask' in {path} has shape {mask.shape}, expected ({width},)")
+    return mask
+
+
+def _read_reference(f: "h5py.File", name: str, path: Path, n_total: int,
+                    sel: Optional[list]) -> Optional[np.ndarray]:
+    """``(S, h, w)`` float32 reference ``name`` of the slices ``sel`` (``None``: all),
+    or ``None`` when the file has none; MrimsmError for a wrong shape."""
+    if name not in f:
+        return None
+    r = f[name]
+    if r.ndim != 3 or r.shape[0] != n_total:
+        raise MrimsmError(f"'{name}' in {path} has shape {tuple(r.shape)}, expected ({n_total}, h, w)")
+    return (r[()] if sel is None else np.stack([r[i] for i in sel]) if sel else r[0:0]).astype(np.float32)
 
 
 def read_multicoil(
     path: str | os.PathLike,
     slices: Optional[Sequence[int]] = None,
     check_finite: bool = True,
+    single_coil: bool = False,
 ) -> MultiCoilFile:
     """Read and validate a fastMRI multi-coil file.
 
@@ -244,44 +299,35 @@ def read_multicoil(
         path: the ``.h5`` file.
         slices: optional slice indices to load (default: all).
         check_finite: reject NaN / Inf in the loaded k-space.
+        single_coil: also accept fastMRI's single-coil layout: ``kspace`` ``(S, H, W)``
+            is read as one coil ``(S, 1, H, W)``, with ``reconstruction_esc`` as the reference.
 
     Returns:
         :class:`MultiCoilFile` with ``kspace`` ``(S, C, H, W)`` complex64.
 
     Raises:
         MrimsmError: for a missing file, a non-HDF5 or truncated file, a missing
-        ``kspace``, a wrong rank (incl. a single-coil file), a non-complex dtype,
-        zero coils, NaN / Inf values, or malformed ``mask`` / ``reconstruction_rss``.
+        ``kspace``, a wrong rank (a single-coil file unless ``single_coil``), a non-complex
+        dtype, zero coils, NaN / Inf values, or malformed ``mask`` / reference.
     """
     path = Path(path)
     with open_hdf5(path) as f:
         try:
-            ds = _kspace_dataset(f, path)
-            n_total, _, _, w = ds.shape
+            ds = _kspace_dataset(f, path, single_coil)
+            is_single = ds.ndim == 3
+            n_total, w = ds.shape[0], ds.shape[-1]
             sel = list(range(n_total)) if slices is None else [int(i) for i in slices]
             bad = [i for i in sel if not 0 <= i < n_total]
             if bad:
                 raise MrimsmError(f"slice {bad[0]} out of range for {path} ({n_total} slices)")
             check_memory(kspace_read_bytes(ds, len(sel)), f"reading kspace {tuple(ds.shape)} of {path}")
             kspace = ds[()] if slices is None else (np.stack([ds[i] for i in sel]) if sel else ds[0:0])
-            mask = None
-            if "mask" in f:
-                raw_mask = np.asarray(f["mask"][()])
-                if raw_mask.dtype.kind not in "biuf" or (raw_mask.dtype.kind != "b" and not np.isin(
-                        raw_mask, (0, 1)).all()):
-                    raise MrimsmError(f"'mask' in {path} must hold 0/1 (or booleans), got {raw_mask.dtype} values")
-                mask = raw_mask.astype(bool).reshape(-1)
-                if mask.shape != (w,):
-                    raise MrimsmError(f"'mask' in {path} has shape {mask.shape}, expected ({w},)")
-            rss_ref = None
-            if "reconstruction_rss" in f:
-                r = f["reconstruction_rss"]
-                if r.ndim != 3 or r.shape[0] != n_total:
-                    raise MrimsmError(
-                        f"'reconstruction_rss' in {path} has shape {tuple(r.shape)}, "
-                        f"expected ({n_total}, h, w)"
-                    )
-                rss_ref = (r[()] if slices is None else np.stack([r[i] for i in sel])).astype(np.float32)
+            if is_single:
+                kspace = kspace[:, None]
+            mask = _read_mask(f, path, w)
+            subset = None if slices is None else sel
+            rss_ref = None if is_single else _read_reference(f, "reconstruction_rss", path, n_total, subset)
+            esc_ref = _read_reference(f, "reconstruction_esc", path, n_total, subset) if is_single else None
             header = bytes(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
         except (OSError, KeyError, RuntimeError):
@@ -289,8 +335,9 @@ def read_multicoil(
     kspace = np.ascontiguousarray(kspace, dtype=np.complex64)
     if check_finite and not np.isfinite(kspace.view(np.float32)).all():
         raise MrimsmError(f"kspace in {path} contains NaN or Inf values")
-    if rss_ref is not None and check_finite and not np.isfinite(rss_ref).all():
-        raise MrimsmError(f"reconstruction_rss in {path} contains NaN or Inf values")
+    for name, ref in (("reconstruction_rss", rss_ref), ("reconstruction_esc", esc_ref)):
+        if ref is not None and check_finite and not np.isfinite(ref).all():
+            raise MrimsmError(f"{name} in {path} contains NaN or Inf values")
     return MultiCoilFile(
         kspace=kspace,
         mask=mask,
@@ -300,14 +347,16 @@ def read_multicoil(
         path=path,
         slices=sel,
         num_slices_in_file=int(n_total),
+        single_coil=is_single,
+        reconstruction_esc=esc_ref,
     )
 
 
 _ISMRMRD_NS = {"i": "http://www.ismrm.org/ISMRMRD"}
 
 
-def _recon_space(header: Optional[bytes]):
-    """The ISMRMRD XML's ``encoding/reconSpace`` element, or ``None`` (no header,
+def _encoding_element(header: Optional[bytes], name: str):
+    """The ISMRMRD XML's ``encoding/<name>`` element, or ``None`` (no header,
     unreadable XML, no such element)."""
     if not header:
         return None
@@ -317,7 +366,42 @@ def _recon_space(header: Optional[bytes]):
         root = ET.fromstring(header)
     except ET.ParseError:
         return None
-    return root.find(".//i:encoding/i:reconSpace", _ISMRMRD_NS)
+    return root.find(f".//i:encoding/i:{name}", _ISMRMRD_NS)
+
+
+def _recon_space(header: Optional[bytes]):
+    """The ISMRMRD XML's ``encoding/reconSpace`` element, or ``None``."""
+    return _encoding_element(header, "reconSpace")
+
+
+def encoded_columns(header: Optional[bytes], width: int) -> Optional[tuple[int, int]]:
+    """``(left, right)``: the k-space columns ``left:right`` the scanner encoded, from the
+    ISMRMRD header's phase-encode limits, as fastMRI's loaders compute them
+    (``left = encodedSpace y // 2 - kspace_encoding_step_1 center``,
+    ``right = left + maximum + 1``); the columns outside are zero padding (fastMRI knee files).
+
+    ``None`` when the header states no such limits, when its encoded matrix is not
+    ``width`` columns wide, or when the limits fall outside ``0..width`` (then every
+    column is taken as encoded).
+    """
+    limits = _encoding_element(header, "encodingLimits")
+    space = _encoding_element(header, "encodedSpace")
+    if limits is None or space is None:
+        return None
+    try:
+        step = limits.find("i:kspace_encoding_step_1", _ISMRMRD_NS)
+        center = int(step.find("i:center", _ISMRMRD_NS).text)
+        maximum = int(step.find("i:maximum", _ISMRMRD_NS).text)
+        enc_width = int(space.find("i:matrixSize/i:y", _ISMRMRD_NS).text)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if enc_width != int(width):
+        return None
+    left = enc_width // 2 - center
+    right = left + maximum + 1
+    if not 0 <= left < right <= width:
+        return None
+    return left, right
 
 
 def _xy(space, field: str, kind: type) -> Optional[list]:

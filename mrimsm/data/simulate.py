@@ -352,19 +352,24 @@ def simulate_multicoil(
 def ismrmrd_header_xml(
     kspace_hw: Sequence[int], recon_hw: Sequence[int], num_coils: int, fov_mm: Sequence[float] = (220.0, 220.0),
     thickness_mm: float = 5.0, patient_id: str = "simulated",
+    encoded: Optional[Sequence[int]] = None,
 ) -> bytes:
     """A minimal ISMRMRD header with the fields fastMRI's loaders read:
     encoded / recon matrix sizes (``x`` = readout rows, ``y`` = columns), fields of view
     and the phase-encode limits (centre ``W // 2``). ``fov_mm``: the field of view of the
     reconstruction's rows and of all ``W`` columns, so pixels are ``fov_mm[0] / h`` by
     ``fov_mm[1] / W`` mm (:func:`mrimsm.data.fastmri_io.pixel_size_from_header`).
-    ``thickness_mm``: the slice thickness (the fields of view's ``z``)."""
+    ``thickness_mm``: the slice thickness (the fields of view's ``z``). ``encoded``:
+    ``(left, right)``, only the columns ``left:right`` were encoded (the others are zero
+    padding, as in fastMRI's knee files), written as fastMRI's loaders read it back
+    (:func:`mrimsm.data.fastmri_io.encoded_columns`); ``None``: all ``W``."""
     from xml.sax.saxutils import escape
 
     fz = float(thickness_mm)
     H, W = int(kspace_hw[0]), int(kspace_hw[1])
     h, w = int(recon_hw[0]), int(recon_hw[1])
     fx, fy = float(fov_mm[0]), float(fov_mm[1])
+    left, right = (0, W) if encoded is None else (int(encoded[0]), int(encoded[1]))
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
   <acquisitionSystemInformation><receiverChannels>{num_coils}</receiverChannels></acquisitionSystemInformation>
@@ -374,7 +379,7 @@ def ismrmrd_header_xml(
     <reconSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize>
       <fieldOfView_mm><x>{fx:.1f}</x><y>{fy * w / W:.1f}</y><z>{fz:.1f}</z></fieldOfView_mm></reconSpace>
     <encodingLimits>
-      <kspace_encoding_step_1><minimum>0</minimum><maximum>{W - 1}</maximum><center>{W // 2}</center></kspace_encoding_step_1>
+      <kspace_encoding_step_1><minimum>0</minimum><maximum>{right - left - 1}</maximum><center>{W // 2 - left}</center></kspace_encoding_step_1>
       <kspace_encoding_step_2><minimum>0</minimum><maximum>0</maximum><center>0</center></kspace_encoding_step_2>
     </encodingLimits>
     <trajectory>cartesian</trajectory>

@@ -269,7 +269,7 @@ def calibrate(
                 raise MrimsmError(f"{f}: carries its own undersampling mask; calibrate needs fully sampled scans")
             ref = volume.reference if reference_for is None else reference_for(Path(f), volume)
             if ref is None:
-                raise MrimsmError(f"{f}: no reconstruction_rss to calibrate against")
+                raise MrimsmError(f"{f}: no {volume.reference_name} to calibrate against")
             result = run_method(volume, "msm", opts, progress, method=method)
             if result.uncertainty is None:
                 raise MrimsmError("calibrate needs --samples 2 or more (the std of the samples is what is calibrated)")

@@ -501,6 +501,14 @@ def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolum
                 f"keeping >= {100 * volume.coil_energy_kept:.2f} % of the centre's energy "
                 f"({volume.compress_seconds / max(len(volume.slices), 1):.3f} s/slice)"
             )
+        if volume.single_coil:
+            lines.append("single-coil file: identity coil map on the object's support, reference reconstruction_esc")
+        if volume.encoded is not None:
+            left, right = volume.encoded
+            lines.append(
+                f"encoded columns {left}..{right - 1} of {volume.kspace.shape[-1]}: the others are zero "
+                f"padding (never sampled, not counted in R)"
+            )
     lines += [f"{'':<12} {'fastMRI (volume, max = ref max)':^25}   {'paper (per slice, [0, 1])':^25}", head]
     lines.append("-" * len(head))
     for r in results:
@@ -517,5 +525,6 @@ def format_table(results: Sequence[MethodResult], volume: Optional[PreparedVolum
         if r.info.get("model"):
             lines.append(f"{r.method} model: {r.info['model']}")
     if results and all(r.metrics is None for r in results):
-        lines.append("(no reconstruction_rss in the file: no metrics)")
+        name = volume.reference_name if volume is not None else "reconstruction_rss"
+        lines.append(f"(no {name} in the file: no metrics)")
     return printable("\n".join(lines))
