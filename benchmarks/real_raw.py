@@ -8,7 +8,7 @@ Each R is one ``mrimsm recon --accel R FILE -m ...`` (:func:`mrimsm.recon.recons
 the same retrospective masks, ESPIRiT maps and seeds for every method; the RSS of the fully
 sampled coil images is the reference). Without ``--file`` the file is made first in
 ``$MRIMSM_CACHE/real_raw`` (the archive is fetched on demand). Writes ``OUT/real_raw.json``
-(every number) and ``OUT/real_raw.md`` (the table in benchmarks/README.md).
+(every number) and ``OUT/real_raw.md`` (its table is ``benchmarks/results/real_raw.csv``, from which ``benchmarks/readme.py`` writes benchmarks/README.md).
 """
 
 from __future__ import annotations
