@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import re
 import sys
 from dataclasses import dataclass
@@ -72,6 +73,21 @@ def read_table(path: Path) -> Table:
         if len(row) != len(header):
             raise ReadmeError(f"{path.name}: row {i} has {len(row)} cells, the header {len(header)}")
     return Table(path.stem, provenance, header, rows)
+
+
+def format_table(provenance: dict[str, str], header: list[str], rows: list[list[str]]) -> str:
+    """A result file's text as :func:`read_table` reads it (for scripts that write one)."""
+    unknown = set(provenance) - set(PROVENANCE_KEYS)
+    if unknown:
+        raise ReadmeError(f"unknown provenance keys: {', '.join(sorted(unknown))}")
+    out = io.StringIO()
+    for key in PROVENANCE_KEYS:
+        if key in provenance:
+            out.write(f"# {key}: {provenance[key]}\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def _cell(text: str) -> str:

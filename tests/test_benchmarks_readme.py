@@ -87,3 +87,39 @@ def test_unused_and_missing_tables_are_refused(results):
     (results / "95_extra.md").write_text("{{ table nowhere }}\n")
     with pytest.raises(readme.ReadmeError, match="nowhere.csv"):
         readme.render(results)
+
+
+def test_real_raw_writes_the_table_the_generator_reads(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("real_raw_bench", ROOT / "benchmarks" / "real_raw.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    record = {
+        "created": "2026-12-03T06:00:00", "accels": [4.0], "methods": ["zero-filled", "cs"], "options": {},
+        "rows": [
+            {"accel": 4.0, "method": "cs", "achieved": 4.0, "psnr": 30.891, "ssim": 0.60301,
+             "psnr_slice": 29.2, "ssim_slice": 0.6031, "seconds_per_slice": 3.264},
+            {"accel": 4.0, "method": "zero-filled", "achieved": 4.0, "psnr": 26.88, "ssim": None,
+             "psnr_slice": 24.21, "ssim_slice": 0.5072, "seconds_per_slice": 0.15},
+            {"accel": 4.0, "method": "_maps", "seconds_per_slice": 2.66},
+        ],
+    }
+    assert script.markdown(record) == (
+        "`python benchmarks/real_raw.py --accel 4 --methods zero-filled cs` (2026-12-03; pyqmri VFA brain, "
+        "13 coils, 224 x 224, 10 flip angles as 10 slices; reference: RSS of the fully sampled coil images)\n\n"
+        "| R | method | PSNR fastMRI | SSIM fastMRI | PSNR paper | SSIM paper | s/slice |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| 4 (4.00) | zero-filled | 26.88 | - | 24.21 | 0.5072 | 0.15 |\n"
+        "| 4 (4.00) | CS-L1 | 30.89 | 0.6030 | 29.20 | 0.6031 | 3.26 |\n\n"
+        "ESPIRiT maps: R = 4 2.66 s/slice.\n"
+    )
+    path = tmp_path / "real_raw.csv"
+    path.write_text(script.readme_csv(record))
+    table = readme.read_table(path)
+    committed = readme.read_table(ROOT / "benchmarks" / "results" / "real_raw.csv")
+    assert table.header == committed.header
+    assert table.rows == [["4 (4.00)", "zero-filled", "26.88", "-", "24.21", "0.5072", "0.15"],
+                          ["4 (4.00)", "CS-L1", "30.89", "0.6030", "29.20", "0.6031", "3.26"]]
+    assert table.provenance["date"] == "2026-12-03"
+    assert table.provenance["command"] == "python benchmarks/real_raw.py --accel 4 --methods zero-filled cs"
+    assert table.provenance["setup"] == committed.provenance["setup"]
