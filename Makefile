@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.mrimsm-installed
 SAMPLE := data/sample/sample_brain.h5
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-all clean-demo
+.PHONY: install demo test test-all clean-demo benchmarks-readme
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: $(STAMP)
 # everything, the slow tests too
 test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"
+
+# benchmarks/README.md from the committed result files in benchmarks/results/ (no install needed)
+benchmarks-readme:
+	$(PYTHON) benchmarks/readme.py
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

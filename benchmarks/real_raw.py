@@ -8,7 +8,8 @@ Each R is one ``mrimsm recon --accel R FILE -m ...`` (:func:`mrimsm.recon.recons
 the same retrospective masks, ESPIRiT maps and seeds for every method; the RSS of the fully
 sampled coil images is the reference). Without ``--file`` the file is made first in
 ``$MRIMSM_CACHE/real_raw`` (the archive is fetched on demand). Writes ``OUT/real_raw.json``
-(every number) and ``OUT/real_raw.md`` (the table in benchmarks/README.md).
+(every number), ``OUT/real_raw.md`` (the table) and ``OUT/real_raw.csv`` (the same table as
+``benchmarks/results/real_raw.csv``, from which ``benchmarks/readme.py`` writes benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -94,25 +95,38 @@ def _command(run: dict) -> str:
                      *([f"--samples {opts['samples']}"] if "samples" in opts else [])])
 
 
-def markdown(record: dict) -> str:
-    """The results table: per R and method, PSNR / SSIM in both conventions and s/slice."""
-    runs = record.get("runs") or [record]
-    cmd = "`, then `".join(_command(r) + (" --merge" if i else "") for i, r in enumerate(runs))
-    lines = [f"`{cmd}` ({record['created'][:10]}; pyqmri VFA brain, 13 coils, 224 x 224, 10 flip angles as "
-             "10 slices; reference: RSS of the fully sampled coil images)", "",
-             "| R | method | PSNR fastMRI | SSIM fastMRI | PSNR paper | SSIM paper | s/slice |",
-             "|---|---|---|---|---|---|---|"]
-    maps = {}
+HEADER = ["R", "method", "PSNR fastMRI", "SSIM fastMRI", "PSNR paper", "SSIM paper", "s/slice"]
+SETUP = ("pyqmri VFA brain, 13 coils, 224 x 224, 10 flip angles as 10 slices; "
+         "reference: RSS of the fully sampled coil images")
+
+
+def table(record: dict) -> tuple[list[list[str]], dict]:
+    """The results table's rows (formatted cells, per R and method) and the ESPIRiT rows by R."""
+    maps, rows = {}, []
     order = list(NAMES)
-    rows = sorted(record["rows"], key=lambda r: (r["accel"], order.index(r["method"]) if r["method"] in order else -1))
-    for row in rows:
+    for row in sorted(record["rows"], key=lambda r: (r["accel"], order.index(r["method"]) if r["method"] in order else -1)):
         if row["method"] == "_maps":
             maps[row["accel"]] = row
             continue
         f = (lambda v, d: "-" if v is None else f"{v:.{d}f}")
-        lines.append(f"| {row['accel']:g} ({row['achieved']:.2f}) | {NAMES.get(row['method'], row['method'])} | "
-                     f"{f(row['psnr'], 2)} | {f(row['ssim'], 4)} | {f(row['psnr_slice'], 2)} | "
-                     f"{f(row['ssim_slice'], 4)} | {row['seconds_per_slice']:.2f} |")
+        rows.append([f"{row['accel']:g} ({row['achieved']:.2f})", NAMES.get(row["method"], row["method"]),
+                     f(row["psnr"], 2), f(row["ssim"], 4), f(row["psnr_slice"], 2), f(row["ssim_slice"], 4),
+                     f"{row['seconds_per_slice']:.2f}"])
+    return rows, maps
+
+
+def _commands(record: dict) -> list[str]:
+    runs = record.get("runs") or [record]
+    return [_command(r) + (" --merge" if i else "") for i, r in enumerate(runs)]
+
+
+def markdown(record: dict) -> str:
+    """The results table: per R and method, PSNR / SSIM in both conventions and s/slice."""
+    cmd = "`, then `".join(_commands(record))
+    rows, maps = table(record)
+    lines = [f"`{cmd}` ({record['created'][:10]}; {SETUP})", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
     lines.append("ESPIRiT maps: " + ", ".join(f"R = {a:g} {m['seconds_per_slice']:.2f} s/slice"
                                              for a, m in maps.items()) + ".")
@@ -120,6 +134,15 @@ def markdown(record: dict) -> str:
     for model in sorted(models):
         lines.append(f"Model: {model}")
     return "\n".join(lines) + "\n"
+
+
+def readme_csv(record: dict) -> str:
+    """The same table as ``benchmarks/results/real_raw.csv`` (the file benchmarks/readme.py reads)."""
+    from readme import format_table  # benchmarks/readme.py, beside this script
+
+    rows, _ = table(record)
+    provenance = {"date": record["created"][:10], "command": "; then ".join(_commands(record)), "setup": SETUP}
+    return format_table(provenance, HEADER, rows)
 
 
 def main(argv=None) -> int:
@@ -149,8 +172,10 @@ def main(argv=None) -> int:
         record = merge(json.loads((args.out / "real_raw.json").read_text()), record)
     (args.out / "real_raw.json").write_text(json.dumps(record, indent=1))
     (args.out / "real_raw.md").write_text(markdown(record))
+    (args.out / "real_raw.csv").write_text(readme_csv(record))
     print(markdown(record))
-    print(f"wrote {args.out / 'real_raw.md'}")
+    print(f"wrote {args.out / 'real_raw.md'} and {args.out / 'real_raw.csv'} (copy it to benchmarks/results/, "
+          "then make benchmarks-readme)")
     return 0
 
 

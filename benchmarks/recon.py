@@ -1,6 +1,6 @@
 """Benchmark: zero-filled, CS-L1 (sigpy) and MSM posterior sampling on held-out
-slices at R = 4 and R = 6, with the paper's ablations (w = 1 vs 3; 200 vs 100 vs 50 steps)
-and the number of posterior samples averaged (4 vs 1).
+slices at R = 4 and R = 6, with the paper's ablations (data consistency, start of the chain,
+w = 1 vs 3, the main steps vs ``--ablation-steps``) and the number of posterior samples averaged.
 
     .venv/bin/python benchmarks/recon.py                                  # defaults (< 30 min on 2 CPU cores)
     .venv/bin/python benchmarks/recon.py --checkpoint runs/default_msm    # another MSM model
@@ -38,7 +38,7 @@ TARGET_OVER_ZF = 4.0
 
 #: Data-consistency variants beside the default (label, options). ``dc: tweedie`` is left out:
 #: exact for Gaussian priors (tests/test_posterior.py) but with the shipped network's Jacobian
-#: it diverged on the validation slices (9.5-13 dB at R = 6, 4x the time; benchmarks/README.md).
+#: it diverged on the validation slices (9.5-13 dB at R = 6, 4x the time; CHANGELOG.md, 2026-11-27).
 DC_ABLATIONS = (
     ("replace (dc_step 1, after aggregation)", {"dc": "measurement", "dc_step": 1.0, "placement": "global"}),
     ("published (dc_step 2, each local estimate)", {"dc": "measurement", "dc_step": 2.0, "placement": "local"}),

@@ -8,7 +8,7 @@ writes mrimsm/assets/default_msm.pt, default_ssdu.pt and default_images.pt (EMA 
 config, operator/mask settings; no optimizer; the image prior in float16), copies each
 run's config and training log beside them (``*.config.yaml``, ``*.log.jsonl``) for
 provenance, and writes each run's resumable state (``last.pt``) to
-``training/<name>_last.pt`` so that a later session can continue it (training/README.md):
+``training/<name>_last.pt`` so that a later run can continue it (training/README.md):
 compact (bf16 weights, EMA and AdamW moments; the moments are dropped and re-warmed on
 resume when the state would exceed 20 MiB), see :func:`mrimsm.checkpoint.compact_training_state`.
 ``default_msm256`` (configs/default_msm256.yaml) is the 256 x 256 brain prior and

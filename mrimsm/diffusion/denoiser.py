@@ -29,7 +29,7 @@ the *local clean measurement* ``s_hat = A_S x0`` (:meth:`MSMDenoiser.measure`).
   discards what parallel imaging measures), so even at ``sigma -> 0`` the
   backbone must learn to undo the aliasing (a SENSE reconstruction) to
   reproduce its own input. A small, briefly trained network does this poorly:
-  the shipped session-1 model kept a -19 to -21 dB relative error on the local
+  the first shipped model (2026-11-24) kept a -19 to -21 dB relative error on the local
   measurement at every noise level (held-out check, ``sigma`` 0.02-0.1), worse
   than its input at ``sigma = 0.02``.
 - ``skip="projection"`` (default for new models): the skip term is the
@@ -56,7 +56,7 @@ the UNet cannot halve often enough are zero-padded for the backbone and cropped 
 (:meth:`MSMDenoiser._backbone_padded`). (Showing the backbone only a training-size window
 around the object of a larger scan lowered the held-out denoiser error at t >= 50 by 4-8 %
 but not the reconstruction error on validation slices at 320 x 320, -0.05 dB: not used;
-benchmarks/README.md, session 7.)
+CHANGELOG.md, 2026-11-27.)
 
 Complex images ``(B, H, W)`` complex64 go through the backbone as
 ``(B, 2, H, W)`` float32 (:mod:`mrimsm.models.channels`); real images
@@ -186,7 +186,7 @@ class MSMDenoiser(nn.Module):
         of view, as a larger scan matrix would (e.g. fastMRI's 320 x 396 brain scans on a
         prior trained at 256 x 256). Networks with normalization over the whole image
         see slightly different statistics, as at any size other than the training size;
-        benchmarks/README.md measures the effect.
+        the padding ablation in CHANGELOG.md (2026-11-27) measures the effect.
         """
         divisor = int(getattr(self.backbone, "divisor", 1))
         height, width = h.shape[-2:]

@@ -21,7 +21,7 @@ average pooling on the image itself, ``T = I``). Three kinds (``PosteriorSetting
   with ``placement: local`` (on each local estimate inside the ``w`` loop) is the
   authors' published code, which reflects the estimate to ``2 y - s_hat``. It never
   uses the coil sensitivities: on multi-coil data it lost 2.1 dB against ``operator``
-  on the validation slices (benchmarks/README.md).
+  on the validation slices (the sweep in CHANGELOG.md, 2026-11-27).
 * ``tweedie`` (:func:`tweedie_consistency`): Gaussian conditioning with the denoiser's
   own covariance ``sigma_t^2 J`` (vector-Jacobian products through the network). Exact
   for Gaussian priors (the sampler then draws the true posterior, tested in closed
@@ -81,7 +81,7 @@ DEFAULT_CHECKPOINT = SHIPPED_PRIORS[0].path
 class PosteriorSettings:
     """Solver settings. The defaults are the general CS-MRI settings, chosen on validation
     slices of the 64 x 64 prior (``benchmarks/sweep_solver.py``, recorded in
-    ``benchmarks/README.md``; never the held-out test slices): ``recon`` uses them for the
+    ``CHANGELOG.md``, 2026-11-27; never the held-out test slices): ``recon`` uses them for the
     64 x 64 prior and any ``--checkpoint`` model. A settings file (``--settings FILE``, or a
     shipped prior's own, :mod:`mrimsm.diffusion.shipped`) replaces the keys it gives and
     keeps these for the rest. The paper's setting is
