@@ -26,7 +26,12 @@ Sets:
   DC sample at ``[0, 0]`` (image = ``fftshift(ifft2(k))``), so its k-space is ``fftshift``-ed
   into the centred convention; the reference is the RSS of the full k-space.
 
-MSM is left out: at 256 x 256 it takes about 70 s per slice on this 2-core CPU.
+* ``radial32``: the real 32-coil radial brain slice of the gpunufft 0.10.8 sdist, gridded onto
+  256 x 256 Cartesian k-space by ``data_scripts/real_radial.py`` (fetched on demand, never
+  committed; approximate: 64 spokes, so the reference carries streaks, but the 32 coil
+  sensitivities and the coil-correlated noise are real).
+
+MSM (``--methods ... msm``) costs about 70 s per slice at 256 x 256 on this 2-core CPU.
 Writes ``results/coil_compression.md`` and ``results/coil_compression.csv``.
 """
 
@@ -139,7 +144,7 @@ def markdown(rows: list[dict], args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", nargs="+", default=["sim16", "pyqmri"], choices=["sim16", "sim32", "pyqmri"])
+    ap.add_argument("--sets", nargs="+", default=["sim16", "pyqmri"], choices=["sim16", "sim32", "pyqmri", "radial32"])
     ap.add_argument("--slices", type=int, default=2, help="slices per simulated set (pyqmri: flip angles)")
     ap.add_argument("--pyqmri-slices", type=int, default=3)
     ap.add_argument("--coils", nargs="+", default=["4", "6", "8", "12", "none"])
@@ -168,6 +173,11 @@ def main(argv=None) -> int:
                           f"pyqmri==1.3.0 -d {args.pyqmri.parent})")
                     continue
                 pyqmri_file(path, args.pyqmri, args.pyqmri_slices)
+            elif name == "radial32":
+                sys.path.insert(0, str(REPO / "data_scripts"))
+                from real_radial import build as build_radial
+
+                path = build_radial(tmp)
             else:
                 simulated_file(path, int(name[3:]), args.slices)
             # the reference (no compression) first, so every row can be compared with it
