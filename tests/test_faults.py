@@ -407,17 +407,17 @@ def test_msm_record_takes_every_solver_setting_and_the_checkpoint_hash():
     from dataclasses import fields
 
     from mrimsm.diffusion.posterior import PosteriorSettings
-    from mrimsm.recon.msm import make_msm_method
+    from mrimsm.recon.msm import MSMRecon
     from mrimsm.recon import ReconOptions
     from mrimsm.recon.outputs import file_sha256, output_record
 
     job = ReconOptions(["msm"], 4).resolved()
     opts = {"device": "cpu", "steps": 7, "checkpoint": str(ASSETS / "default_msm.pt")}
-    rec = output_record("msm", make_msm_method(opts), opts, job)
+    rec = output_record("msm", MSMRecon(opts), opts, job)
     assert {f.name for f in fields(PosteriorSettings)} <= set(rec["settings"]) and rec["settings"]["steps"] == 7
     assert rec["checkpoint_sha256"] == {"checkpoint": file_sha256(ASSETS / "default_msm.pt")}
     # no --checkpoint: the scan's size picks a shipped model, so every installed one counts
-    rec = output_record("msm", make_msm_method({"device": "cpu"}), {"device": "cpu"}, job)
+    rec = output_record("msm", MSMRecon({"device": "cpu"}), {"device": "cpu"}, job)
     assert file_sha256(ASSETS / "default_msm.pt") in rec["checkpoint_sha256"].values()
 
 
@@ -672,7 +672,7 @@ def test_recon_msm_batches_down_or_refuses_by_memory(tmp_path, capsys, monkeypat
     import mrimsm.limits as memory
     from mrimsm.models.memory import forward_bytes
     from mrimsm.recon import ReconOptions, reconstruct_file
-    from mrimsm.recon.msm import make_msm_method
+    from mrimsm.recon.msm import MSMRecon
     from mrimsm.recon.run import fit_batch
 
     sample = REPO / "data" / "sample" / "sample_brain.h5"
@@ -680,7 +680,7 @@ def test_recon_msm_batches_down_or_refuses_by_memory(tmp_path, capsys, monkeypat
         from mrimsm.data.simulate import make_sample_file
 
         sample = make_sample_file(tmp_path / "sample.h5")
-    method = make_msm_method({"device": "cpu", "samples": 2})
+    method = MSMRecon({"device": "cpu", "samples": 2})
     one = method.memory_per_slice((64, 64), 8)
     from mrimsm.inference import load_msm
 

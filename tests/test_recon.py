@@ -84,18 +84,19 @@ def test_parse_accel_bad(bad):
 def test_method_table():
     assert set(recon.available_methods()) == {"zero-filled", "sense", "cs", "ssdu", "msm"}
     assert recon.default_method() == "msm"
-    for name, spec in recon.METHODS.items():  # every factory string names a real function
-        module, _, attr = spec.factory.partition(":")
-        assert callable(getattr(importlib.import_module(module), attr)), name
-    assert callable(recon.get_method("zero-filled").build({}))
+    for name, spec in recon.METHODS.items():  # every class string names a real ReconMethod class
+        module, _, attr = spec.cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        assert isinstance(cls, type) and issubclass(cls, recon.MethodBase) and cls.name == name, name
+    assert isinstance(recon.get_method("zero-filled").build({}), recon.ReconMethod)
     with pytest.raises(MrimsmError, match="unknown method 'nope'.*zero-filled"):
         recon.get_method("nope")
 
 
 def test_a_broken_method_is_a_clear_error():
-    for factory in ("mrimsm.recon.no_such_module:make", "mrimsm.recon.classical:no_such_factory"):
+    for cls in ("mrimsm.recon.no_such_module:Method", "mrimsm.recon.classical:NoSuchMethod"):
         with pytest.raises(MrimsmError, match="method 'probe' is broken"):
-            recon.MethodSpec("probe", factory).build({})
+            recon.MethodSpec("probe", cls).build({})
 
 
 def test_importing_the_pipeline_loads_no_method():
@@ -146,15 +147,18 @@ def test_too_much_acceleration_is_refused(tmp_path):
 def test_normalization_contract(tmp_path, monkeypatch):
     seen = []
 
-    def factory(options):
-        def method(batch):
+    class Probe(recon.MethodBase):
+        batch_slices = 1
+
+        def __init__(self, options):
+            pass
+
+        def reconstruct(self, batch):
             seen.append(batch)
             images = zero_filled(batch.kspace, batch.mask, batch.maps)
             return recon.MethodOutput(images, uncertainty=images.abs() * 0 + 0.5)
 
-        return method
-
-    spec = recon.MethodSpec("probe-norm", factory, needs_normalization=True, batch_slices=1)
+    spec = recon.MethodSpec("probe-norm", Probe, needs_normalization=True)
     monkeypatch.setitem(recon.METHODS, "probe-norm", spec)
     src = _rescaled(_sim_file(tmp_path / "a.h5", size=64, slices=2), 1e-3)
     vol = recon.prepare_volume(src, 4, maps_fn=_true_maps)
@@ -305,15 +309,18 @@ def test_progress_over_slices_and_method_steps(tmp_path, monkeypatch):
         def update(self, n=1):
             events.append(("update", self.desc, n))
 
-    def factory(options):
-        def method(batch):
+    class Probe(recon.MethodBase):
+        batch_slices = 1
+
+        def __init__(self, options):
+            pass
+
+        def reconstruct(self, batch):
             for done in (1, 3):
                 batch.on_step(done, 3)
             return recon.MethodOutput(zero_filled(batch.kspace, batch.mask, batch.maps))
 
-        return method
-
-    monkeypatch.setitem(recon.METHODS, "probe-steps", recon.MethodSpec("probe-steps", factory, batch_slices=1))
+    monkeypatch.setitem(recon.METHODS, "probe-steps", recon.MethodSpec("probe-steps", Probe))
     vol = recon.prepare_volume(_sim_file(tmp_path / "a.h5", slices=2), 4, maps_fn=_true_maps)
     recon.run_method(vol, "probe-steps", progress=Bar)
     steps = [e for e in events if e[1] == "probe-steps steps"]
@@ -331,14 +338,17 @@ def test_images_are_kept_on_the_coil_support(tmp_path, monkeypatch):
         maps[..., :, :6] = 0  # as ESPIRiT's crop does outside the object
         return maps
 
-    def factory(options):
-        def method(batch):
+    class Probe(recon.MethodBase):
+        batch_slices = 2
+
+        def __init__(self, options):
+            pass
+
+        def reconstruct(self, batch):
             ones = torch.ones(batch.kspace.shape[:1] + batch.kspace.shape[2:], dtype=torch.complex64)
             return recon.MethodOutput(ones, uncertainty=ones.real.clone())
 
-        return method
-
-    monkeypatch.setitem(recon.METHODS, "probe-flat", recon.MethodSpec("probe-flat", factory, batch_slices=2))
+    monkeypatch.setitem(recon.METHODS, "probe-flat", recon.MethodSpec("probe-flat", Probe))
     vol = recon.prepare_volume(_sim_file(tmp_path / "a.h5", size=32, slices=2), 4, maps_fn=cropped_maps)
     res = recon.run_method(vol, "probe-flat")
     assert np.all(res.reconstruction[..., :6] == 0) and np.all(res.uncertainty[..., :6] == 0)

@@ -56,11 +56,14 @@ def probe(monkeypatch):
 
     seen: list = []
 
-    def factory(options):
-        seen.append(dict(options))
-        return lambda batch: recon.MethodOutput(zero_filled(batch.kspace, batch.mask, batch.maps))
+    class Probe(recon.MethodBase):
+        def __init__(self, options):
+            seen.append(dict(options))
 
-    monkeypatch.setitem(recon.METHODS, "probe", recon.MethodSpec("probe", factory))
+        def reconstruct(self, batch):
+            return recon.MethodOutput(zero_filled(batch.kspace, batch.mask, batch.maps))
+
+    monkeypatch.setitem(recon.METHODS, "probe", recon.MethodSpec("probe", Probe))
     return seen
 
 
@@ -167,14 +170,17 @@ def test_resolve_device():
 def test_batch_slices_option_sets_the_method_batches(tmp_path, monkeypatch):
     sizes = []
 
-    def factory(options):
-        def method(batch):
+    class Sizes(recon.MethodBase):
+        batch_slices = 8
+
+        def __init__(self, options):
+            pass
+
+        def reconstruct(self, batch):
             sizes.append(batch.kspace.shape[0])
             return recon.MethodOutput(batch.kspace[:, 0].clone())
 
-        return method
-
-    monkeypatch.setitem(recon.METHODS, "sizes", recon.MethodSpec("sizes", factory, batch_slices=8))
+    monkeypatch.setitem(recon.METHODS, "sizes", recon.MethodSpec("sizes", Sizes))
     path = write_fake_fastmri(tmp_path / "a.h5", "full", num_slices=3, size=32, num_coils=2)
     vol = recon.prepare_volume(path, 4, maps_fn=_true_maps)
     recon.run_method(vol, "sizes")

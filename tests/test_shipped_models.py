@@ -174,20 +174,20 @@ def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
     from mrimsm.diffusion.posterior import load_posterior_settings
     from mrimsm.diffusion.shipped import SHIPPED_PRIORS
     from mrimsm.errors import MrimsmError
-    from mrimsm.recon.msm import make_msm_method
+    from mrimsm.recon.msm import MSMRecon
 
     prior = SHIPPED_PRIORS[1]
     own, general = load_posterior_settings(prior.settings_path), load_posterior_settings()
     assert prior.settings_path.is_file() and own != general
-    m = make_msm_method({"steps": 3})
+    m = MSMRecon({"steps": 3})
     rec = m.settings[f"shipped_settings {prior.file}"]
     assert rec["steps"] == 3 and (rec["w"], rec["t0"], rec["init"]) == (own.w, own.t0, own.init)
     assert m.settings["steps"] == 3 and m.settings["w"] == general.w
     f = tmp_path / "mine.yaml"
     f.write_text("posterior:\n  w: 2\n")
-    m2 = make_msm_method({"settings": str(f)})
+    m2 = MSMRecon({"settings": str(f)})
     assert m2.settings["w"] == 2 and not any(k.startswith("shipped_settings") for k in m2.settings)
-    m3 = make_msm_method({"checkpoint": str(prior.path)})
+    m3 = MSMRecon({"checkpoint": str(prior.path)})
     assert m3.settings["w"] == general.w and not any(k.startswith("shipped_settings") for k in m3.settings)
 
     # the settings file lives beside the checkpoint, in the package (tests/test_wheel.py: in the wheel)
@@ -199,9 +199,9 @@ def test_a_shipped_prior_brings_its_solver_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(shipped, "SHIPPED_PRIORS", (SHIPPED_PRIORS[0], broken))
     with pytest.raises(MrimsmError, match=r"256 x 256 brain prior default_msm256.pt has no solver settings file "
                                           r".*missing.recon.yaml; reinstall mrimsm, or pass --settings FILE"):
-        make_msm_method({})
-    make_msm_method({"settings": str(f)})
-    make_msm_method({"checkpoint": str(prior.path)})
+        MSMRecon({})
+    MSMRecon({"settings": str(f)})
+    MSMRecon({"checkpoint": str(prior.path)})
 
 
 def test_a_missing_settings_file_stops_recon_before_any_work(fastmri_sample, tmp_path, monkeypatch, capsys):

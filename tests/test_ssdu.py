@@ -298,7 +298,7 @@ def test_trains_through_the_shared_loop_and_loads_back(tmp_path, monkeypatch):
 
     method = recon.get_method("ssdu").build({"ssdu_checkpoint": str(tmp_path / "run"), "device": "cpu"})
     batch = recon.SliceBatch(kspace=b["y"], mask=b["mask"], maps=b["maps"], slice_indices=[0, 1], seeds=[0, 1])
-    out = method(batch)
+    out = method.reconstruct(batch)
     torch.testing.assert_close(out.images, ref)
     assert out.info["nfe_per_slice"] == 2 and recon.get_method("ssdu").needs_normalization
 

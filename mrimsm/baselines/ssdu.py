@@ -28,7 +28,7 @@ Entry points:
 * ``mrimsm train --method ssdu configs/ssdu_tiny.yaml`` -- :class:`SSDUMethod`
   plugs into the shared loop of :mod:`mrimsm.train` (checkpoints, resume,
   progress, torchrun);
-* ``mrimsm recon --method ssdu`` -- :func:`mrimsm.recon.ssdu.make_ssdu_method`;
+* ``mrimsm recon --method ssdu`` -- :class:`mrimsm.recon.ssdu.SSDURecon`;
 * in Python: :func:`mrimsm.inference.load_ssdu` then ``loaded.reconstruct(y, maps, mask)``.
 """
 

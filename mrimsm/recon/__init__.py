@@ -16,20 +16,21 @@ A directory of files (:func:`reconstruct_directory`) runs the same pipeline per 
 methods built once, skips files already done, reports and skips bad files, and splits the
 files across ``torchrun`` ranks (rank ``r`` of ``N`` takes files ``r, r + N, ...``).
 
-**Adding a method.** A method is a callable ``method(batch: SliceBatch) -> MethodOutput``
-built by a factory ``factory(options: Mapping[str, Any]) -> method`` (``options``: the
-command's options, e.g. ``device``, ``seed``, ``cs_lambda``, ``checkpoint``; a factory
-reads the keys it knows and ignores the rest). Add one row to the table
-:data:`~mrimsm.recon.methods.METHODS`, naming the factory as ``"package.module:function"``
-(imported when the method is built, so ``recon`` starts without loading every network)::
+**Adding a method.** A method is an object of the protocol
+:class:`~mrimsm.recon.methods.ReconMethod`: ``reconstruct(batch: SliceBatch) -> MethodOutput``,
+its ``name``, ``settings`` (a dict or dataclass of everything its output depends on,
+checkpoint paths under keys containing ``checkpoint``: recorded in each output, and a
+directory rerun skips an output only if it matches; ``None``: every non-runtime option is
+recorded instead, see :func:`mrimsm.recon.outputs.output_record`), ``batch_slices`` (slices
+per call) and ``memory_per_slice(shape, coils)`` (bytes, or ``None``; the pipeline batches
+down or refuses by it). :class:`~mrimsm.recon.methods.MethodBase` gives the defaults. Its
+class is built as ``cls(options: Mapping[str, Any])`` (``options``: the command's options,
+e.g. ``device``, ``seed``, ``cs_lambda``, ``checkpoint``; a method reads the keys it knows
+and ignores the rest). Add one row to the table :data:`~mrimsm.recon.methods.METHODS`,
+naming the class as ``"package.module:Class"`` (imported when the method is built, so
+``recon`` starts without loading every network)::
 
-    MethodSpec("msm", "mrimsm.recon.msm:make_msm_method", needs_normalization=True, batch_slices=4)
-
-A built method may
-carry a ``settings`` attribute (a dict or dataclass of everything its output depends on,
-checkpoint paths under keys containing ``checkpoint``): it is recorded in each output
-and a directory rerun skips an output only if it matches (without one, every non-runtime
-option is recorded instead, see :func:`mrimsm.recon.outputs.output_record`).
+    MethodSpec("msm", "mrimsm.recon.msm:MSMRecon", needs_normalization=True)
 
 **Normalization contract.** With ``needs_normalization=True`` the pipeline divides the
 volume's k-space by ``scale = max |A^H y|`` over the volume (zero-filled SENSE image of the
@@ -42,9 +43,9 @@ The package's modules, one job each:
 
 ================================  ================================================================
 :mod:`mrimsm.recon.methods`       the method interface and the static table of methods
-:mod:`mrimsm.recon.classical`     factories of ``zero-filled``, ``sense`` and ``cs``
-:mod:`mrimsm.recon.msm`           factory of ``msm`` (the MSM prior, posterior sampling)
-:mod:`mrimsm.recon.ssdu`          factory of ``ssdu`` (the unrolled network)
+:mod:`mrimsm.recon.classical`     ``zero-filled``, ``sense`` and ``cs``: :class:`ZeroFilled`, ...
+:mod:`mrimsm.recon.msm`           ``msm``, :class:`MSMRecon` (the MSM prior, posterior sampling)
+:mod:`mrimsm.recon.ssdu`          ``ssdu``, :class:`SSDURecon` (the unrolled network)
 :mod:`mrimsm.recon.options`       parsing the command's options; :class:`ReconOptions`
 :mod:`mrimsm.recon.progress`      progress-bar helpers
 :mod:`mrimsm.recon.volume`        readout crop, masks, coil maps, scale: :func:`prepare_volume`
@@ -60,7 +61,8 @@ Everything public is importable from ``mrimsm.recon`` itself.
 from mrimsm.recon.methods import (
     DEFAULT_METHOD,
     METHODS,
-    Factory,
+    MethodBase,
+    MethodClass,
     MethodOutput,
     MethodSpec,
     ReconMethod,
@@ -100,6 +102,9 @@ __all__ = [
     "SliceBatch",
     "MethodOutput",
     "MethodSpec",
+    "MethodBase",
+    "MethodClass",
+    "ReconMethod",
     "METHODS",
     "get_method",
     "available_methods",

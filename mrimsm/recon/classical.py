@@ -7,19 +7,22 @@ from typing import Any, Callable, Mapping
 
 from mrimsm.baselines import classical
 from mrimsm.errors import MrimsmError
-from mrimsm.recon.methods import MethodOutput, ReconMethod, SliceBatch
+from mrimsm.recon.methods import MethodBase, MethodOutput, SliceBatch
 
-__all__ = ["make_zero_filled", "make_sense", "make_cs"]
+__all__ = ["ZeroFilled", "SenseRecon", "CSRecon"]
 
 
-def make_zero_filled(options: Mapping[str, Any]) -> ReconMethod:
+class ZeroFilled(MethodBase):
     """``A^H y`` with the batch's coil maps (no options)."""
 
-    def method(batch: SliceBatch) -> MethodOutput:
-        return MethodOutput(classical.zero_filled(batch.kspace, batch.mask, batch.maps))
+    name = "zero-filled"
+    batch_slices = 64
 
-    method.settings = {}  # what the output depends on (recorded in it; no options)
-    return method
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.settings: dict = {}  # what the output depends on (recorded in it): nothing
+
+    def reconstruct(self, batch: SliceBatch) -> MethodOutput:
+        return MethodOutput(classical.zero_filled(batch.kspace, batch.mask, batch.maps))
 
 
 def _lambda_and_iters(options: Mapping[str, Any], name: str, lamda: float, iters: int) -> tuple[float, int]:
@@ -34,25 +37,42 @@ def _lambda_and_iters(options: Mapping[str, Any], name: str, lamda: float, iters
     return lamda, iters
 
 
-def _regularized(options: Mapping[str, Any], name: str, solve: Callable[..., Any], lamda: float,
-                 iters: int) -> ReconMethod:
-    """A method that runs ``solve(kspace, mask, maps, lamda=, max_iter=)`` with the
-    options ``<name>_lambda`` / ``<name>_iters`` (checked; defaults ``lamda`` / ``iters``)."""
-    lamda, iters = _lambda_and_iters(options, name, lamda, iters)
+class _Regularized(MethodBase):
+    """A method that runs ``solve(kspace, mask, maps, lamda=, max_iter=)`` with the options
+    ``<name>_lambda`` / ``<name>_iters`` (checked; defaults :attr:`default_lambda` /
+    :attr:`default_iters`)."""
 
-    def method(batch: SliceBatch) -> MethodOutput:
-        images = solve(batch.kspace, batch.mask, batch.maps, lamda=lamda, max_iter=iters)
-        return MethodOutput(images, info={"iterations": iters, "lambda": lamda})
+    default_lambda: float
+    default_iters: int
 
-    method.settings = {"lambda": lamda, "iters": iters}
-    return method
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.lamda, self.iters = _lambda_and_iters(options, self.name, self.default_lambda, self.default_iters)
+        self.settings = {"lambda": self.lamda, "iters": self.iters}
+
+    @staticmethod
+    def solve(kspace: Any, mask: Any, maps: Any, lamda: float, max_iter: int) -> Any:
+        raise NotImplementedError
+
+    def reconstruct(self, batch: SliceBatch) -> MethodOutput:
+        images = self.solve(batch.kspace, batch.mask, batch.maps, lamda=self.lamda, max_iter=self.iters)
+        return MethodOutput(images, info={"iterations": self.iters, "lambda": self.lamda})
 
 
-def make_sense(options: Mapping[str, Any]) -> ReconMethod:
+class SenseRecon(_Regularized):
     """CG-SENSE (Tikhonov); options ``sense_lambda``, ``sense_iters``."""
-    return _regularized(options, "sense", classical.sense, classical.SENSE_LAMBDA, classical.SENSE_ITERS)
+
+    name = "sense"
+    batch_slices = 16
+    default_lambda = classical.SENSE_LAMBDA
+    default_iters = classical.SENSE_ITERS
+    solve: Callable[..., Any] = staticmethod(classical.sense)
 
 
-def make_cs(options: Mapping[str, Any]) -> ReconMethod:
+class CSRecon(_Regularized):
     """L1-wavelet CS (FISTA); options ``cs_lambda``, ``cs_iters``."""
-    return _regularized(options, "cs", classical.cs_l1_wavelet, classical.DEFAULT_LAMBDA, classical.DEFAULT_ITERS)
+
+    name = "cs"
+    batch_slices = 4
+    default_lambda = classical.DEFAULT_LAMBDA
+    default_iters = classical.DEFAULT_ITERS
+    solve: Callable[..., Any] = staticmethod(classical.cs_l1_wavelet)

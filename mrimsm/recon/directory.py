@@ -213,18 +213,7 @@ def reconstruct_directory(
     """
     job = ReconOptions.of(recon_options, *args, **kwargs)
     src = Path(input_dir)
-    if not src.is_dir():
-        raise MrimsmError(f"no such directory: {src}")
-    if output_dir is None:
-        raise MrimsmError("a directory input needs -o OUTPUT_DIR")
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise MrimsmError(f"with a directory input, -o must be a directory, got the file {out}")
-    if same_file(src, out):
-        raise MrimsmError(f"-o {out} is the input directory; choose another")
-    check_output(out, kind="dir", inputs=[src])  # before any file is read: OUT must be writable
-    if job.png_dir is not None:
-        check_output(job.png_dir, kind="dir", flag="--png")
+    out = _checked_directories(src, output_dir, job)
     env_rank, env_world, env_local = rank_info()
     rank = env_rank if rank is None else int(rank)
     world_size = env_world if world_size is None else int(world_size)
@@ -261,25 +250,50 @@ def reconstruct_directory(
                 check_interrupt()
     except KeyboardInterrupt:
         _release_all(held)
-        finished = len(report.outcomes)
-        done = len(report.with_status("done"))
-        if finished < len(mine):  # the signal may land after the file in flight was written
-            flight = directory_outputs(mine[finished], out, list(records))
-            if all(output_state(flight[m], records[m])[0] == "done" for m in records):
-                finished, done = finished + 1, done + 1
-        left = mine[finished:]
-        busy = len(report.with_status("busy"))
-        raise Interrupted(
-            f"{finished} of {len(mine)} files finished ({done} done, "
-            f"{len(report.with_status('skipped'))} skipped, "
-            + (f"{busy} left to another run, " if busy else "")
-            + f"{len(report.failed)} failed); "
-            f"{len(left)} not done ({left[0].name if left else '-'}{', ...' if len(left) > 1 else ''}); "
-            f"outputs are written whole, so the same command finishes the rest"
-        ) from None
+        raise _interrupted(report, mine, out, records) from None
     finally:
         _release_all(held)
     return report
+
+
+def _checked_directories(src: Path, output_dir: Optional[Union[str, os.PathLike]], job: ReconOptions) -> Path:
+    """The output directory of :func:`reconstruct_directory`, checked with the input
+    directory ``src`` and ``job``'s ``--png`` before any file is read (MrimsmError)."""
+    if not src.is_dir():
+        raise MrimsmError(f"no such directory: {src}")
+    if output_dir is None:
+        raise MrimsmError("a directory input needs -o OUTPUT_DIR")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise MrimsmError(f"with a directory input, -o must be a directory, got the file {out}")
+    if same_file(src, out):
+        raise MrimsmError(f"-o {out} is the input directory; choose another")
+    check_output(out, kind="dir", inputs=[src])  # OUT must be writable
+    if job.png_dir is not None:
+        check_output(job.png_dir, kind="dir", flag="--png")
+    return out
+
+
+def _interrupted(report: DirectoryReport, mine: Sequence[Path], out: Path,
+                 records: Mapping[str, dict]) -> Interrupted:
+    """What :func:`reconstruct_directory` raises on SIGINT / SIGTERM: the files of ``mine``
+    finished (the one in flight counts when all its outputs were written) and those left."""
+    finished = len(report.outcomes)
+    done = len(report.with_status("done"))
+    if finished < len(mine):  # the signal may land after the file in flight was written
+        flight = directory_outputs(mine[finished], out, list(records))
+        if all(output_state(flight[m], records[m])[0] == "done" for m in records):
+            finished, done = finished + 1, done + 1
+    left = mine[finished:]
+    busy = len(report.with_status("busy"))
+    return Interrupted(
+        f"{finished} of {len(mine)} files finished ({done} done, "
+        f"{len(report.with_status('skipped'))} skipped, "
+        + (f"{busy} left to another run, " if busy else "")
+        + f"{len(report.failed)} failed); "
+        f"{len(left)} not done ({left[0].name if left else '-'}{', ...' if len(left) > 1 else ''}); "
+        f"outputs are written whole, so the same command finishes the rest"
+    )
 
 
 def _release_all(held: list) -> None:

@@ -132,7 +132,8 @@ def reconstruct_one(
         if is_nifti(path):
             notes.append(nifti_note(volume, path))
             files = nifti_files(path)
-            more = [files[k].name for k in ("uncertainty", "error_bound") if getattr(res, k) is not None]
+            more = [files[k].name for k, v in (("uncertainty", res.uncertainty), ("error_bound", res.error_bound))
+                    if v is not None]
             notes.append(f"{path.name}: " + (f"{' and '.join(more)} beside it; " if more else "")
                          + f"its record in {files['record'].name}")
     notes += [f"{r.method}: no error_bound written: {r.bound_info['reason']}" for r in results

@@ -1,15 +1,16 @@
 """The method interface of ``mrimsm recon`` and the static table of its methods.
 
-A method is a callable ``method(batch: SliceBatch) -> MethodOutput`` built by a factory
-``factory(options) -> method``. :data:`METHODS` maps each ``--method`` name to its
-factory, written ``"module:function"`` and imported only when the method is built, and
-to its flags. Nothing registers itself: adding a method is one line in the table.
+A method is an object of the :class:`ReconMethod` protocol (``reconstruct(batch:
+SliceBatch) -> MethodOutput``, its ``settings``, ``batch_slices`` and memory per slice),
+built as ``cls(options)``. :data:`METHODS` maps each ``--method`` name to its class,
+written ``"module:Class"`` and imported only when the method is built, and to its flags.
+Nothing registers itself: adding a method is one line in the table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Union, runtime_checkable
 
 import torch
 
@@ -63,8 +64,52 @@ class MethodOutput:
     info: dict = field(default_factory=dict)
 
 
-ReconMethod = Callable[[SliceBatch], MethodOutput]
-Factory = Callable[[Mapping[str, Any]], ReconMethod]
+@runtime_checkable
+class ReconMethod(Protocol):
+    """A reconstruction method of ``mrimsm recon``, built once per command from its options.
+
+    Attributes:
+        name: its ``--method`` name.
+        settings: everything its outputs depend on (a dict or a dataclass, checkpoint paths
+            under keys containing ``checkpoint``), recorded in each output; ``None``: the
+            command's non-runtime options are recorded instead
+            (:func:`mrimsm.recon.outputs.output_record`).
+        batch_slices: slices per :meth:`reconstruct` call (memory / progress granularity),
+            unless the command's ``batch_slices`` option says otherwise.
+    """
+
+    name: str
+    settings: Any
+    batch_slices: int
+
+    def reconstruct(self, batch: SliceBatch) -> MethodOutput:
+        """The images of the batch's ``S`` slices (see :class:`MethodOutput`)."""
+        ...
+
+    def memory_per_slice(self, shape: tuple[int, int], coils: int) -> Optional[int]:
+        """Estimated peak bytes of one ``(H, W)`` slice of ``coils`` coils, or ``None``
+        (small: the pipeline does not batch down for it)."""
+        ...
+
+
+class MethodBase:
+    """Defaults for a :class:`ReconMethod`: no recorded settings of its own, 8 slices a
+    call, no memory estimate. A subclass takes the command's options in ``__init__``
+    (reading the keys it knows, failing there on bad ones) and implements :meth:`reconstruct`."""
+
+    name: str = ""
+    settings: Any = None
+    batch_slices: int = 8
+
+    def reconstruct(self, batch: SliceBatch) -> MethodOutput:
+        raise NotImplementedError
+
+    def memory_per_slice(self, shape: tuple[int, int], coils: int) -> Optional[int]:
+        return None
+
+
+#: What builds a method: a :class:`ReconMethod` class (or any callable) taking the options.
+MethodClass = Callable[[Mapping[str, Any]], ReconMethod]
 
 
 @dataclass(frozen=True)
@@ -73,47 +118,41 @@ class MethodSpec:
 
     Attributes:
         name: the ``--method`` value.
-        factory: ``factory(options) -> method``, or ``"module:function"`` (imported on use).
+        cls: the method's class, built as ``cls(options)``, or ``"module:Class"``
+            (imported on use).
         needs_normalization: the pipeline scales the volume to max |x| ~ 1 first.
-        batch_slices: slices per call (memory / progress granularity), unless the
-            built method carries its own ``batch_slices``.
         description: one line for ``--help``.
     """
 
     name: str
-    factory: Union[Factory, str]
+    cls: Union[MethodClass, str]
     needs_normalization: bool = False
-    batch_slices: int = 8
     description: str = ""
 
     def build(self, options: Mapping[str, Any]) -> ReconMethod:
-        """The method, built by the factory from the command's ``options``."""
-        return load_method_object(self.name, self.factory)(options)
+        """The method, built from the command's ``options``."""
+        return load_method_object(self.name, self.cls)(options)
 
 
 #: The reconstruction methods, by ``--method`` name.
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
+        MethodSpec("zero-filled", "mrimsm.recon.classical:ZeroFilled", description="A^H y with the ESPIRiT maps"),
         MethodSpec(
-            "zero-filled", "mrimsm.recon.classical:make_zero_filled", batch_slices=64,
-            description="A^H y with the ESPIRiT maps",
-        ),
-        MethodSpec(
-            "sense", "mrimsm.recon.classical:make_sense", needs_normalization=True, batch_slices=16,
+            "sense", "mrimsm.recon.classical:SenseRecon", needs_normalization=True,
             description="CG-SENSE with Tikhonov regularization (parallel imaging, no prior)",
         ),
         MethodSpec(
-            "cs", "mrimsm.recon.classical:make_cs", needs_normalization=True, batch_slices=4,
+            "cs", "mrimsm.recon.classical:CSRecon", needs_normalization=True,
             description="L1-wavelet compressed sensing (sigpy), FISTA",
         ),
         MethodSpec(
-            "ssdu", "mrimsm.recon.ssdu:make_ssdu_method", needs_normalization=True, batch_slices=8,
+            "ssdu", "mrimsm.recon.ssdu:SSDURecon", needs_normalization=True,
             description="SSDU unrolled network (self-supervised baseline), all acquired lines",
         ),
-        # the built method carries PosteriorSettings.batch_slices, which takes precedence
         MethodSpec(
-            "msm", "mrimsm.recon.msm:make_msm_method", needs_normalization=True, batch_slices=4,
+            "msm", "mrimsm.recon.msm:MSMRecon", needs_normalization=True,
             description="MSM diffusion prior + data consistency (Algorithm 1)",
         ),
     )

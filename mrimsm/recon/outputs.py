@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from mrimsm.errors import MrimsmError
+from mrimsm.recon.methods import ReconMethod
 from mrimsm.recon.run import MethodResult
 from mrimsm.recon.volume import PreparedVolume
 from mrimsm.utils import check_output, file_sha256, printable, same_file
@@ -246,20 +247,20 @@ def _is_checkpoint_key(key: str) -> bool:
     return "checkpoint" in key
 
 
-def output_record(name: str, method: Any, options: Mapping[str, Any], job: Any) -> dict:
+def output_record(name: str, method: ReconMethod, options: Mapping[str, Any], job: Any) -> dict:
     """What an output of method ``name`` is made of, stored in it as :data:`RECORD_ATTR`.
 
     ``{"method", "accel", "center_fraction", "seed", "settings", "checkpoint_sha256"}``:
     ``accel`` / ``center_fraction`` / ``seed`` as asked (``job``: a resolved
     :class:`~mrimsm.recon.ReconOptions`); ``settings`` the built method's own ``settings``
-    attribute when it has one (a dict or a dataclass such as the solver's
+    when it has them (a dict or a dataclass such as the solver's
     ``PosteriorSettings``, taken whole so that new fields count), else every option that is
     not a runtime one (:data:`RUNTIME_OPTIONS`); ``checkpoint_sha256`` the hash of each
     setting naming a checkpoint file (so a retrained model at the same path counts as other);
     ``coils`` the ``--coils`` asked for, only when one was (records of runs without it stay
     as they were).
     """
-    own = getattr(method, "settings", None)
+    own = method.settings
     settings = _plain(own) if own is not None else _plain(
         {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS and v is not None})
     if not isinstance(settings, dict):

@@ -46,22 +46,22 @@ class MethodResult:
 MEMORY_SHARE = 0.8
 
 
-def fit_batch(method: Any, name: str, per_batch: int, kspace_shape: tuple, device: Any) -> int:
+def fit_batch(method: ReconMethod, name: str, per_batch: int, kspace_shape: tuple, device: Any) -> int:
     """Slices per call that fit in memory: ``per_batch``, lowered when the method says how
-    much one slice needs (``method.memory_per_slice((H, W), coils) -> bytes``) and that many
-    would not fit in :data:`MEMORY_SHARE` of what ``device`` has free (batching down changes
-    the random streams, as any ``batch_slices`` does). MrimsmError, one line, if not even
-    one slice fits."""
-    need_of = getattr(method, "memory_per_slice", None)
-    if need_of is None:
-        return per_batch
+    much one slice needs (``method.memory_per_slice((H, W), coils) -> bytes``, not ``None``)
+    and that many would not fit in :data:`MEMORY_SHARE` of what ``device`` has free
+    (batching down changes the random streams, as any ``batch_slices`` does). MrimsmError,
+    one line, if not even one slice fits."""
     from mrimsm import limits
 
     free = limits.available_bytes(device)
     if free is None:
         return per_batch
     h, w = int(kspace_shape[-2]), int(kspace_shape[-1])
-    one = int(need_of((h, w), int(kspace_shape[1])))
+    need = method.memory_per_slice((h, w), int(kspace_shape[1]))
+    if need is None:
+        return per_batch
+    one = int(need)
     budget = MEMORY_SHARE * free
     if one > budget:
         gib = 2.0**30
@@ -82,8 +82,8 @@ def run_method(
     """Reconstruct every slice of ``volume`` with the registered method ``name``
     (``method``: an already built instance, else built from ``options``).
 
-    Slices go to the method ``options["batch_slices"]`` at a time if given, else the
-    method's own ``batch_slices`` attribute if it has one, else the registered number.
+    Slices go to the method ``options["batch_slices"]`` at a time if given, else its own
+    ``batch_slices``.
     Images (and uncertainty maps) are kept on the coil maps' support
     (:func:`mrimsm.physics.operators.coil_support`) and zero outside it: no coil measures
     anything there. Methods whose output lies in the range of ``A^H`` (zero-filled,
@@ -98,7 +98,7 @@ def run_method(
     spec = get_method(name)
     if method is None:
         method = spec.build(dict(options or {}))
-    per_batch = int((options or {}).get("batch_slices") or getattr(method, "batch_slices", None) or spec.batch_slices)
+    per_batch = int((options or {}).get("batch_slices") or method.batch_slices)
     capped = fit_batch(method, name, per_batch, volume.kspace.shape, (options or {}).get("device") or "cpu")
     scale = volume.scale if spec.needs_normalization else 1.0
     n = volume.kspace.shape[0]
@@ -121,7 +121,7 @@ def run_method(
             )
             t0 = time.perf_counter()
             try:
-                out = method(batch)
+                out = method.reconstruct(batch)
             finally:
                 if batch.on_step is not None:
                     batch.on_step.close()

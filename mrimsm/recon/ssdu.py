@@ -8,10 +8,10 @@ from typing import Any, Mapping, Optional
 from mrimsm.diffusion import shipped
 from mrimsm.errors import MrimsmError
 from mrimsm.inference import load_ssdu
-from mrimsm.recon.methods import MethodOutput, ReconMethod, SliceBatch
+from mrimsm.recon.methods import MethodBase, MethodOutput, SliceBatch
 from mrimsm.utils import resolve_device
 
-__all__ = ["make_ssdu_method"]
+__all__ = ["SSDURecon"]
 
 
 def _checkpoint_option(options: Mapping[str, Any]) -> Optional[Path]:
@@ -19,38 +19,45 @@ def _checkpoint_option(options: Mapping[str, Any]) -> Optional[Path]:
     return Path(path) if path else None
 
 
-def make_ssdu_method(options: Mapping[str, Any]) -> ReconMethod:
-    """The recon pipeline's factory: ``options["ssdu_checkpoint"]`` (or
+class SSDURecon(MethodBase):
+    """``mrimsm recon --method ssdu``: ``options["ssdu_checkpoint"]`` (or
     ``options["checkpoints"]["ssdu"]``), else the shipped SSDU for the scan's size
     (:data:`mrimsm.diffusion.shipped.SHIPPED_SSDU`: 64 x 64, or sides 192-416 for the 256 x 256
     one; a one-line error for other sizes), and ``options["device"]``
-    (:func:`~mrimsm.utils.resolve_device`; default: CUDA when present). The method
-    reconstructs each batch with every acquired line (``Theta`` = the acquisition mask);
-    the network is fully convolutional, so a ``--ssdu-checkpoint`` model runs on any size.
+    (:func:`~mrimsm.utils.resolve_device`; default: CUDA when present). It reconstructs
+    each batch with every acquired line (``Theta`` = the acquisition mask); the network is
+    fully convolutional, so a ``--ssdu-checkpoint`` model runs on any size.
     Reports ``nfe_per_slice`` (regulariser calls), ``cg_iters_per_slice`` and ``model``.
     """
-    device = resolve_device(options.get("device"))
-    explicit = _checkpoint_option(options)
-    loaded_models: dict = {}
 
-    def model_for(path: Path):
-        if path not in loaded_models:
-            loaded_models[path] = load_ssdu(path, device=device)
-        return loaded_models[path]
+    name = "ssdu"
+    batch_slices = 8
 
-    if explicit is not None:
-        model_for(explicit)  # a bad --ssdu-checkpoint fails before any work
-    elif not any(p.path.is_file() for p in shipped.SHIPPED_SSDU):
-        raise MrimsmError(
-            "no SSDU checkpoint: pass --ssdu-checkpoint, or train one with "
-            "`mrimsm train --method ssdu configs/ssdu_tiny.yaml`"
-        )
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.device = resolve_device(options.get("device"))
+        self.explicit = _checkpoint_option(options)
+        self._models: dict = {}  # checkpoint path -> loaded model
+        if self.explicit is not None:
+            self._model(self.explicit)  # a bad --ssdu-checkpoint fails before any work
+        elif not any(p.path.is_file() for p in shipped.SHIPPED_SSDU):
+            raise MrimsmError(
+                "no SSDU checkpoint: pass --ssdu-checkpoint, or train one with "
+                "`mrimsm train --method ssdu configs/ssdu_tiny.yaml`"
+            )
+        # recorded in each output (with its hash): the model given, or every shipped one installed
+        self.settings = ({"ssdu_checkpoint": str(self.explicit)} if self.explicit is not None else
+                         {f"shipped_checkpoint {p.file}": str(p.path) for p in shipped.SHIPPED_SSDU if p.path.is_file()})
 
-    def method(batch: SliceBatch) -> MethodOutput:
+    def _model(self, path: Path) -> Any:
+        if path not in self._models:
+            self._models[path] = load_ssdu(path, device=self.device)
+        return self._models[path]
+
+    def reconstruct(self, batch: SliceBatch) -> MethodOutput:
         shape = tuple(batch.kspace.shape[-2:])
-        prior = None if explicit is not None else shipped.choose_shipped_prior(
+        prior = None if self.explicit is not None else shipped.choose_shipped_prior(
             shape, shipped.SHIPPED_SSDU, "SSDU", "--ssdu-checkpoint")
-        loaded = model_for(explicit if prior is None else prior.path)
+        loaded = self._model(self.explicit if prior is None else prior.path)
         net = loaded.model
         info = {
             "nfe_per_slice": net.num_unrolls,
@@ -60,10 +67,6 @@ def make_ssdu_method(options: Mapping[str, Any]) -> ReconMethod:
             "model": (shipped.describe(prior, loaded.path, loaded.step, (prior.trained, prior.trained))
                       if prior is not None else f"{loaded.path} (step {loaded.step})"),
         }
-        x = loaded.reconstruct(batch.kspace.to(device), batch.maps.to(device), batch.mask.to(device))
+        d = self.device
+        x = loaded.reconstruct(batch.kspace.to(d), batch.maps.to(d), batch.mask.to(d))
         return MethodOutput(x.cpu(), info=info)
-
-    # recorded in each output (with its hash): the model given, or every shipped one installed
-    method.settings = ({"ssdu_checkpoint": str(explicit)} if explicit is not None else
-                       {f"shipped_checkpoint {p.file}": str(p.path) for p in shipped.SHIPPED_SSDU if p.path.is_file()})
-    return method
