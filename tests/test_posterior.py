@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from mrimsm.diffusion.consistency import MeasurementConsistency, OperatorConsistency
 from mrimsm.diffusion.posterior import (
     PosteriorSettings,
     load_posterior_settings,
-    measurement_consistency,
     posterior_sample,
 )
 from mrimsm.errors import MrimsmError
@@ -85,16 +85,16 @@ def test_same_seed_same_samples(placement):
     assert not torch.equal(a, c)
 
 
-def test_consistency_hook_projects_masks_and_downsampling():
+def test_measurement_consistency_projects_masks_and_downsampling():
     z = torch.randn(3, 2, 8, 8)
     mask = (torch.rand(1, 1, 8, 8) < 0.5).float()
     y = torch.randn(1, 2, 8, 8) * mask
-    out = measurement_consistency(Identity(mask), y, 1.0)(z, 0)
+    out = MeasurementConsistency(Identity(mask), y, 1.0).correct(z, 0)
     assert torch.allclose(out * mask, y.expand_as(out))  # measured entries replaced
     assert torch.allclose(out * (1 - mask), z * (1 - mask))  # others untouched
     D = Downsample(2)
     ylr = torch.randn(1, 2, 4, 4)
-    out = measurement_consistency(D, ylr, 1.0)(z, 0)
+    out = MeasurementConsistency(D, ylr, 1.0).correct(z, 0)
     assert torch.allclose(D(out), ylr.expand(3, 2, 4, 4), atol=1e-6)
 
 
@@ -138,8 +138,6 @@ def test_uncertainty_is_the_std_of_the_value_for_real_images():
 
 
 def test_operator_consistency_brings_the_residual_to_the_noise_level():
-    from mrimsm.diffusion.posterior import operator_consistency
-
     op, x, y_clean, mask = _problem(seed=1, n=16, coils=4, slices=2)
     g = torch.Generator().manual_seed(5)
     noise = 0.01
@@ -148,8 +146,8 @@ def test_operator_consistency_brings_the_residual_to_the_noise_level():
     x_bar = x + 0.3 * torch.complex(torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g))
     T = op.with_mask(None)
     z0 = T.full_forward(x_bar)[None]  # (K = 1, B, C, H, W)
-    hook = operator_consistency(T, Identity(mask), y, lam=0.0, iters=40)
-    x_dc = T.full_adjoint(hook(z0, 0))[0]
+    dc = OperatorConsistency(T, Identity(mask), y, lam=0.0, iters=40)
+    x_dc = T.full_adjoint(dc.correct(z0, 0))[0]
 
     def rms(x_img):  # per measured complex entry
         return float((op(x_img) - y).abs().pow(2).sum() / mask.expand_as(y).sum()) ** 0.5
@@ -158,13 +156,12 @@ def test_operator_consistency_brings_the_residual_to_the_noise_level():
     assert rms(x_bar) > 10 * noise_rms
     assert rms(x_dc) <= noise_rms, (rms(x_dc), noise_rms)
     # a positive weight keeps it between the estimate and the data
-    x_w = T.full_adjoint(operator_consistency(T, Identity(mask), y, lam=1.0, iters=40)(z0, 0))[0]
+    x_w = T.full_adjoint(OperatorConsistency(T, Identity(mask), y, lam=1.0, iters=40).correct(z0, 0))[0]
     assert noise_rms < rms(x_w) < rms(x_bar)
 
 
 @pytest.mark.parametrize("kind", ["box", "sr4", "pixels"])
 def test_operator_consistency_is_the_exact_projection_for_identity(kind):
-    from mrimsm.diffusion.posterior import operator_consistency
     from mrimsm.physics import BoxMask, PixelMask
 
     g = torch.Generator().manual_seed(2)
@@ -176,8 +173,8 @@ def test_operator_consistency_is_the_exact_projection_for_identity(kind):
     else:
         H = PixelMask((torch.rand(1, 1, 16, 16, generator=g) < 0.4).float())
     y = H(torch.randn(1, 3, 16, 16, generator=g))
-    expected = measurement_consistency(H, y, 1.0)(z, 0)
-    got = operator_consistency(Identity(), H, y, lam=0.0, iters=1)(z, 0)
+    expected = MeasurementConsistency(H, y, 1.0).correct(z, 0)
+    got = OperatorConsistency(Identity(), H, y, lam=0.0, iters=1).correct(z, 0)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from mrimsm.diffusion.consistency import DataConsistency
 from mrimsm.diffusion.denoiser import MSMDenoiser
 from mrimsm.diffusion.sampler import (
     ddim_coefficients,
@@ -362,11 +363,12 @@ def test_batched_maps_uncertainty_and_state():
 
     states = []
 
-    def record(z0_hat, t_index):  # the aggregated estimate of every step, unchanged
-        states.append(z0_hat)
-        return z0_hat
+    class Record(DataConsistency):  # the aggregated estimate of every step, unchanged
+        def correct(self, z0_hat, t_index, z_t=None):
+            states.append(z0_hat)
+            return z0_hat
 
-    x = msm_sample(den, op, sampler, 6, steps=3, w=1, generator=0, local_denoise=local, data_consistency=record)
+    x = msm_sample(den, op, sampler, 6, steps=3, w=1, generator=0, local_denoise=local, consistency=Record())
     z0 = states[-1].reshape(6, 2, 16, 16)
     unc = x.abs().reshape(3, 2, 16, 16).std(dim=0, correction=0)  # over the K = 3 samples per batch element
     assert x.shape == (6, 16, 16) and unc.shape == (2, 16, 16) and z0.shape == (6, 2, 16, 16)
@@ -378,36 +380,39 @@ def test_batched_maps_uncertainty_and_state():
         msm_sample(den, op, sampler, 3, steps=2)
 
 
-def test_data_consistency_hooks_are_applied():
+def test_data_consistency_rules_are_applied():
     den, op, sampler = _tiny_setup()
     test_mask = torch.zeros(1, 1, 1, 16)
     test_mask[..., ::3] = 1
     y = MultiCoilMRI(op.maps, test_mask)(torch.randn(1, 16, 16, dtype=torch.complex64))
     calls = []
-
-    def replace_measured(z0_hat, t_index):
-        calls.append(t_index)
-        out = z0_hat * (1 - test_mask) + y * test_mask  # y (B, ...) broadcasts over (K, B, ...)
-        states.append(out)
-        return out
-
     states = []
-
     local_calls = []
 
-    def local_hook(s_hat, op_s, t_index):
-        local_calls.append(t_index)
-        return s_hat
+    class ReplaceMeasured(DataConsistency):
+        def correct(self, z0_hat, t_index, z_t=None):
+            calls.append(t_index)
+            out = z0_hat * (1 - test_mask) + y * test_mask  # y (B, ...) broadcasts over (K, B, ...)
+            states.append(out)
+            return out
 
-    msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0, data_consistency=replace_measured,
-               local_consistency=local_hook)
+        def correct_local(self, s_hat, op_s, t_index):
+            local_calls.append(t_index)
+            return s_hat
+
+    msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0, consistency=ReplaceMeasured())
     z0 = states[-1].reshape(2, 2, 16, 16)
     assert calls == [4, 3, 2, 1, 0]
     assert local_calls == [4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
     assert torch.allclose(z0 * test_mask, (y * test_mask).expand(2, -1, -1, -1), atol=1e-6)
     free_states = []
-    msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0,
-               data_consistency=lambda z0_hat, t_index: free_states.append(z0_hat) or z0_hat)
+
+    class Free(DataConsistency):
+        def correct(self, z0_hat, t_index, z_t=None):
+            free_states.append(z0_hat)
+            return z0_hat
+
+    msm_sample(den, op, sampler, 2, steps=5, w=2, generator=0, consistency=Free())
     free = free_states[-1].reshape(2, 2, 16, 16)
     resid = lambda z: float(((z - y) * test_mask).abs().sum())  # noqa: E731
     assert resid(z0) < 1e-3 * resid(free)

@@ -6,7 +6,7 @@ observation ``y = H z + e`` (``H`` acts on the full measurement ``z``: MRI, the 
 scan's own Cartesian mask on multi-coil k-space; natural images, a box mask or 4x
 average pooling on the image itself, ``T = I``). Three kinds (``PosteriorSettings.dc``):
 
-* ``operator`` (default, :func:`operator_consistency`): a solve on the *image* through
+* ``operator`` (default, :class:`~mrimsm.diffusion.consistency.OperatorConsistency`): a solve on the *image* through
   the test operator ``A = H T`` (MRI: ``M F C``, so the coils' parallel imaging is used)::
 
       x~ = argmin_x ||A x - y||^2 + lambda_t ||x - T^H z0_hat||^2,    z0_hat <- T x~
@@ -16,13 +16,13 @@ average pooling on the image itself, ``T = I``). Three kinds (``PosteriorSetting
   is the MAP step when the Tweedie estimate's error is ``sigma_t``). ``lambda = 0`` is
   the projection onto ``{A x = y}``; for ``T = I`` and a mask or pooling it is exactly
   the replacement / pseudo-inverse step below.
-* ``measurement`` (:func:`measurement_consistency`): ``z0_hat <- z0_hat - step H^+ (H z0_hat - y)``
+* ``measurement`` (:class:`~mrimsm.diffusion.consistency.MeasurementConsistency`): ``z0_hat <- z0_hat - step H^+ (H z0_hat - y)``
   on the measurement. ``step = 1`` *replaces* the measured entries by ``y``; ``step = 2``
   with ``placement: local`` (on each local estimate inside the ``w`` loop) is the
   authors' published code, which reflects the estimate to ``2 y - s_hat``. It never
   uses the coil sensitivities: on multi-coil data it lost 2.1 dB against ``operator``
   on the validation slices (the sweep in CHANGELOG.md, 2026-11-27).
-* ``tweedie`` (:func:`tweedie_consistency`): Gaussian conditioning with the denoiser's
+* ``tweedie`` (:class:`~mrimsm.diffusion.consistency.TweedieConsistency`): Gaussian conditioning with the denoiser's
   own covariance ``sigma_t^2 J`` (vector-Jacobian products through the network). Exact
   for Gaussian priors (the sampler then draws the true posterior, tested in closed
   form; the other two kinds are biased there), but with a trained network the
@@ -51,21 +51,25 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from mrimsm.diffusion.consistency import (
+    DataConsistency,
+    LocalPlacement,
+    MeasurementConsistency,
+    OperatorConsistency,
+    TweedieConsistency,
+)
 from mrimsm.diffusion.shipped import SHIPPED_PRIORS
 from mrimsm.errors import MrimsmError
 from mrimsm.limits import MAX_ITERATIONS, MAX_MASKS_PER_STEP
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import LinearOperator, MaskedMeasurement
-from mrimsm.physics.solvers import conjugate_gradient
 
 __all__ = [
     "PosteriorSettings",
     "load_posterior_settings",
-    "measurement_consistency",
+    "data_consistency",
     "posterior_sample",
     "default_checkpoint",
-    "operator_consistency",
-    "tweedie_consistency",
 ]
 
 PLACEMENTS = ("global", "local")
@@ -234,134 +238,6 @@ def load_posterior_settings(path: Optional[str | Path] = None, **overrides: Any)
     return PosteriorSettings(**values).validate()
 
 
-def _pinv(op: LinearOperator) -> Callable[[torch.Tensor], torch.Tensor]:
-    return getattr(op, "pseudo_inverse", op.adjoint)
-
-
-def measurement_consistency(H: LinearOperator, y: torch.Tensor, step: float = 1.0):
-    """The data-consistency hook ``z -> z - step * H^+ (H z - y)``.
-
-    Args:
-        H: operator on the full measurement (``Identity(mask)`` for a Cartesian
-            k-space mask, ``BoxMask``, ``Downsample``).
-        y: observation ``(B, *obs)``; broadcasts against the sampler's ``(K, B, *meas)``.
-        step: 1 projects onto ``{H z = y}`` (replacement for masks).
-
-    Returns:
-        ``hook(z, t_index) -> z`` for :func:`msm_sample`'s ``data_consistency``, and
-        usable as its ``local_consistency`` through :func:`_local`.
-    """
-    pinv = _pinv(H)
-
-    def hook(z: torch.Tensor, t_index: int) -> torch.Tensor:
-        return z - step * pinv(H(z) - y)
-
-    return hook
-
-
-def operator_consistency(
-    op_full: MaskedMeasurement,
-    H: LinearOperator,
-    y: torch.Tensor,
-    lam: float | Callable[[int], float] = 0.0,
-    iters: int = 10,
-):
-    """The data-consistency hook that solves on the image through the test operator.
-
-    With ``A = H T`` (MRI: ``M F C``, the coils used; ``T = I``: ``H`` itself) and the
-    image of the clean estimate ``x_bar = T^H z0_hat``::
-
-        x~ = argmin_x ||A x - y||^2 + lambda_t ||x - x_bar||^2,     z0_hat <- T x~
-
-    by ``iters`` conjugate-gradient steps on ``(A^H A + lambda_t I) x = A^H y + lambda_t x_bar``
-    started at ``x_bar``. ``lambda_t = 0`` is the projection of ``x_bar`` onto
-    ``{A x = y}`` (CG from ``x_bar`` stays in ``x_bar + range(A^H)``); for a 0/1 mask or
-    average pooling with ``T = I`` one iteration is exact, so this equals
-    :func:`measurement_consistency` with ``step = 1`` (tested). The result also lies in
-    the range of ``T`` (MRI: k-space of one coil-combined image).
-
-    Args:
-        op_full: ``T`` (any mask on it is ignored), batch ``B``.
-        H: test operator on the full measurement; ``y = H z + e`` is ``(B, *obs)``.
-        lam: ``lambda_t`` >= 0, a number or a function of the hook's ``t_index``.
-        iters: CG iterations.
-
-    Returns:
-        ``hook(z0_hat (K, B, *meas), t_index) -> z0_hat`` for :func:`msm_sample`.
-    """
-    T = op_full.with_mask(None)
-    rhs_data = T.full_adjoint(H.adjoint(y))  # A^H y, (B, *image)
-    lam_at = lam if callable(lam) else (lambda t_index: float(lam))
-
-    def hook(z0_hat: torch.Tensor, t_index: int) -> torch.Tensor:
-        lam_t = float(lam_at(t_index))
-        x_bar = T.full_adjoint(z0_hat)  # (K, B, *image)
-
-        def normal(x: torch.Tensor) -> torch.Tensor:
-            return T.full_adjoint(H.adjoint(H(T.full_forward(x)))) + lam_t * x
-
-        x = conjugate_gradient(normal, rhs_data + lam_t * x_bar, x0=x_bar, max_iter=int(iters), batch_dims=2)
-        return T.full_forward(x)
-
-    return hook
-
-
-def tweedie_consistency(
-    H: LinearOperator,
-    y: torch.Tensor,
-    schedule,
-    chain: Sequence,
-    noise_std: float = 0.01,
-    iters: int = 5,
-):
-    """Data consistency by Gaussian conditioning with the denoiser's own covariance.
-
-    Tweedie: the clean estimate ``m = E[z0 | z_t]`` has covariance
-    ``Cov[z0 | z_t] = sigma_t^2 J`` with ``J = dm / dx_t`` (``x_t = z_t / sqrt(abar_t)``,
-    per real component). Conditioning that Gaussian on ``y = H z0 + e`` (``e``: std
-    ``noise_std`` per real component) gives::
-
-        z0_hat <- m + C H^T u,    (H C H^T + noise_std^2 I) u = y - H m,    C = sigma_t^2 J^T
-
-    solved by ``iters`` conjugate-gradient steps in the observation space, each a
-    vector-Jacobian product through the aggregated network estimate (one backward
-    pass of the ``w`` network calls). For a Gaussian prior with exact denoisers this is
-    ``E[z0 | z_t, y]``, so the sampler draws from the true posterior (tested against
-    the closed form); the ``operator`` and ``measurement`` rules replace ``J`` by a
-    multiple of the identity, which conditions only what ``H`` sees directly. ``J^T``
-    is used for ``J`` (equal for an exact MMSE denoiser, whose Jacobian is symmetric).
-
-    Returns:
-        ``hook(m (K, B, *meas), t_index, z_t) -> z0_hat`` with ``hook.needs_graph = True``:
-        :func:`msm_sample` gives it ``m`` as a differentiable function of the state ``z_t``.
-    """
-    coef = {ti: (float(schedule.sigma(t)) ** 2, math.sqrt(float(schedule.alpha_bar(t)))) for ti, t, _ in chain}
-    jitter = max(float(noise_std) ** 2, 1e-8)
-
-    def hook(m: torch.Tensor, t_index: int, z_t: torch.Tensor) -> torch.Tensor:
-        s2, c = coef[t_index]
-
-        def cov(v: torch.Tensor) -> torch.Tensor:  # C v = sigma^2 J^T v, J w.r.t. x_t = z_t / c
-            (g,) = torch.autograd.grad(m, z_t, v, retain_graph=True)
-            return s2 * c * g
-
-        with torch.no_grad():
-            r = y - H(m)
-        u = conjugate_gradient(lambda v: H(cov(H.adjoint(v))) + jitter * v, r, max_iter=int(iters), batch_dims=2)
-        return (m + cov(H.adjoint(u))).detach()
-
-    hook.needs_graph = True
-    return hook
-
-
-def _local(hook):
-    def local(s_hat: torch.Tensor, op_s: MaskedMeasurement, t_index: int) -> torch.Tensor:
-        # the local estimate lives on S_i only: correct it there
-        return op_s.apply_mask(hook(s_hat, t_index))
-
-    return local
-
-
 def _step_progress(on_step: Optional[Callable[[int, int], None]]):
     if on_step is None:
         return None
@@ -387,6 +263,19 @@ def _dc_lambda(settings: PosteriorSettings, schedule, chain: Sequence,
         weight *= sigma_y**2
     sigma = {t_index: float(schedule.sigma(t)) for t_index, t, _ in chain}
     return lambda t_index: weight / max(sigma[t_index], 1e-6) ** 2
+
+
+def data_consistency(settings: PosteriorSettings, op_full: MaskedMeasurement, H: LinearOperator, y: torch.Tensor,
+                     schedule, chain: Sequence, noise_std: Optional[float] = None) -> DataConsistency:
+    """The rule ``settings.dc`` (with its ``placement``) for the observation ``y = H z + e``
+    of the batch of ``op_full``, on the sampler's ``chain``."""
+    if settings.dc == "operator":
+        return OperatorConsistency(op_full, H, y, _dc_lambda(settings, schedule, chain, noise_std),
+                                   int(settings.dc_iters))
+    if settings.dc == "tweedie":
+        return TweedieConsistency(H, y, schedule, chain, float(settings.dc_noise), int(settings.dc_iters))
+    rule = MeasurementConsistency(H, y, float(settings.dc_step))
+    return LocalPlacement(rule) if settings.placement == "local" else rule
 
 
 def posterior_sample(
@@ -445,14 +334,6 @@ def posterior_sample(
             return _summarize(samples)
         start = (op_full.with_mask(None).full_forward(x_init), round(float(settings.t0) * (schedule.num_steps - 1)))
     chain = sampling_timesteps(schedule, int(settings.steps), None if start is None else start[1])
-    if settings.dc == "operator":
-        hook = operator_consistency(op_full, H, y, _dc_lambda(settings, schedule, chain, noise_std),
-                                     int(settings.dc_iters))
-    elif settings.dc == "tweedie":
-        hook = tweedie_consistency(H, y, schedule, chain, float(settings.dc_noise), int(settings.dc_iters))
-    else:
-        hook = measurement_consistency(H, y, float(settings.dc_step))
-    local = settings.dc == "measurement" and settings.placement == "local"
     images = msm_sample(
         denoiser,
         op_full,
@@ -462,12 +343,12 @@ def posterior_sample(
         w=int(settings.w),
         eta=float(settings.eta),
         generator=generator,
-        data_consistency=None if local else hook,
-        local_consistency=_local(hook) if local else None,
+        consistency=data_consistency(settings, op_full, H, y, schedule, chain, noise_std),
         progress=_step_progress(on_step),
         image_shape=image_shape,
         schedule=schedule,
         start=start,
+        chain=chain,
     )
     return _summarize(images.reshape(k, b, *images.shape[1:]))
 

@@ -7,10 +7,11 @@ of the respaced chain (``steps`` of the ``T`` training steps) does:
 
 1. for ``i = 1..w``: draw ``S_i`` from the training mask family; take the local
    measurement ``y_t = S_i z``; denoise it, ``s_hat_i = S_i T x0_hat(A_{S_i}^H y_t, t)``;
-   [optional local data-consistency hook on ``s_hat_i``];
+   [optional local data consistency on ``s_hat_i``];
 2. aggregate ``z0_hat = sum_i S_i s_hat_i / max(sum_i S_i, 1)`` on covered entries,
    keeping the previous ``z0_hat`` elsewhere (the MMSE estimate);
-   [optional data-consistency hook on ``z0_hat``];
+   [optional data consistency on ``z0_hat``: a
+   :class:`~mrimsm.diffusion.consistency.DataConsistency` rule];
 3. DDIM(eta) step of the state from ``t`` to ``t_prev`` with the clean estimate
    ``z0_hat`` and the implied noise ``eps = (z - sqrt(abar_t) z0_hat) / sqrt(1 - abar_t)``;
    after the last step return ``T^H z0_hat`` (MRI: ``C^H F^H z0_hat``).
@@ -36,7 +37,7 @@ so everything but the network call is what runs in production.
 Shapes: ``op_full`` has batch ``B`` (its maps; 1 broadcasts). With
 ``num_samples = N``, ``K = N / B`` samples share each batch element: the state
 is ``(K, B, *measurement)`` and sample ``j`` of the output uses batch element
-``j % B``. Hooks and ``local_denoise`` see tensors in that ``(K, B, ...)``
+``j % B``. Data-consistency rules and ``local_denoise`` see tensors in that ``(K, B, ...)``
 layout, so a test measurement ``y`` of shape ``(B, ...)`` broadcasts against them.
 
 Example::
@@ -56,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrimsm.diffusion.consistency import DataConsistency
 from mrimsm.diffusion.denoiser import local_estimate
 from mrimsm.diffusion.losses import gaussian_like
 from mrimsm.diffusion.schedule import VPSchedule
@@ -71,7 +73,7 @@ LocalDenoiser = Callable[[MaskedMeasurement, torch.Tensor, int], torch.Tensor]
 def sampling_timesteps(schedule: VPSchedule, steps: int, t_start: Optional[int] = None) -> list[tuple[int, int, int]]:
     """The reverse chain as ``(t_index, t, t_prev)`` triples, first to last.
 
-    ``t_index`` counts down ``steps - 1 .. 0`` (the index hooks receive), ``t`` is
+    ``t_index`` counts down ``steps - 1 .. 0`` (the index data-consistency rules receive), ``t`` is
     the original step index fed to the network, ``t_prev`` the next (less noisy)
     step, ``-1`` (clean) after the last. The chain starts at ``T - 1`` (pure noise)
     or, for a warm start, at ``t_start``: ``steps`` steps spread evenly over
@@ -186,6 +188,29 @@ def _eval_mode(denoiser) -> Iterator[None]:
             denoiser.train()
 
 
+def _aggregate(local_denoise: LocalDenoiser, op_full: MaskedMeasurement, mask_sampler: SubmaskSampler,
+               consistency: DataConsistency, z_t: torch.Tensor, z0_hat: torch.Tensor, t: int, t_index: int,
+               w: int, np_rng: np.random.Generator) -> torch.Tensor:
+    """Steps 1 and 2 of Algorithm 1 at level ``t``: the ``w`` local estimates of the state
+    ``z_t (K, B, *meas)``, aggregated into the new ``z0_hat`` (``z0_hat``: the previous one,
+    kept on entries no mask covers)."""
+    k, b = z_t.shape[:2]
+    acc, cov = torch.zeros_like(z_t), None
+    for _ in range(int(w)):
+        # step 1: draw S_i from the training family (one per sample); local
+        # measurement S_i z -> A_{S_i}^H (S_i z) -> x0_hat -> s_hat_i = S_i T x0_hat
+        mask = mask_sampler.draw(k * b, np_rng, device=z_t.device)
+        mask = mask.reshape(k, b, *mask.shape[1:])
+        op_s = op_full.with_mask(mask)
+        s_hat = op_s.apply_mask(local_denoise(op_s, op_s.apply_mask(z_t), t))
+        acc = acc + consistency.correct_local(s_hat, op_s, t_index)  # optional local data consistency
+        cov = mask if cov is None else cov + mask
+    # step 2: MMSE aggregation with weights 1 / max(coverage, 1) on covered
+    # entries; uncovered entries keep the previous z0_hat
+    covered = (cov > 0).expand_as(z_t)
+    return torch.where(covered, acc * SubmaskSampler.weights(cov), z0_hat)
+
+
 @torch.no_grad()
 def msm_sample(
     denoiser: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
@@ -196,14 +221,14 @@ def msm_sample(
     w: int = 1,
     eta: float = 1.0,
     generator: Optional[torch.Generator | int] = None,
-    data_consistency: Optional[Callable[..., torch.Tensor]] = None,
+    consistency: Optional[DataConsistency] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
     *,
     schedule: Optional[VPSchedule] = None,
-    local_consistency: Optional[Callable[[torch.Tensor, MaskedMeasurement, int], torch.Tensor]] = None,
     local_denoise: Optional[LocalDenoiser] = None,
     image_shape: Optional[Sequence[int]] = None,
     start: Optional[tuple[torch.Tensor, int]] = None,
+    chain: Optional[Sequence[tuple[int, int, int]]] = None,
 ) -> torch.Tensor:
     """Draw ``num_samples`` samples with Algorithm 1: images ``(N, *image)`` (``T^H z0_hat``).
 
@@ -214,14 +239,10 @@ def msm_sample(
             mask family; num_samples: ``N``, a multiple of ``B``; steps: reverse steps (paper
             200); w: masks per step; eta: DDIM stochasticity (0: deterministic); generator:
             torch.Generator or int seed of all draws (``None``: a fresh seed).
-        data_consistency: hook ``(z0_hat (K, B, *meas), t_index) -> z0_hat`` on the aggregated
-            estimate, before the DDIM step (``t_index`` counts ``steps - 1 .. 0``). A hook with a
-            true ``needs_graph`` attribute is called ``(z0_hat, t_index, z_t)`` with gradients
-            on: ``z_t``, the state at this level, is a graph leaf and ``z0_hat`` a function of it.
+        consistency: the data-consistency rule
+            (:class:`~mrimsm.diffusion.consistency.DataConsistency`; ``None``: none).
         progress: wraps the list of steps, e.g. ``tqdm``.
         schedule: defaults to ``denoiser.schedule``.
-        local_consistency: hook ``(s_hat (K, B, *meas), op_S, t_index) -> s_hat`` on each local
-            estimate (the published code's placement).
         local_denoise: ``(op_S, y_t (K, B, *meas), t) -> s_hat`` in place of the network
             (see :func:`network_local_denoiser`).
         image_shape: per-sample image shape; default ``op_full.image_shape[1:]`` (required
@@ -230,6 +251,7 @@ def msm_sample(
             ``sqrt(abar) z_init + sqrt(1 - abar) n`` (SDEdit style); ``z_init`` ``(B, *meas)`` or
             ``(K, B, *meas)`` is the full measurement of an initial image and the clean
             estimate on entries no mask covers before the first aggregation.
+        chain: the reverse chain, :func:`sampling_timesteps` (default: of ``steps`` and ``start``).
     """
     _check_arguments(num_samples, steps, w, eta)
     schedule, local_denoise, image_shape = _resolve(denoiser, op_full, schedule, local_denoise, image_shape)
@@ -242,41 +264,27 @@ def msm_sample(
     b, n = z_like.shape[0], int(num_samples)
     if n % b:
         raise MrimsmError(f"num_samples ({n}) must be a multiple of the operator's batch ({b})")
-    k = n // b
-    needs_graph = bool(getattr(data_consistency, "needs_graph", False))
-
+    consistency = consistency if consistency is not None else DataConsistency()
+    graph = consistency.needs_graph
+    if chain is None:
+        chain = sampling_timesteps(schedule, steps, None if start is None else int(start[1]))
     with _eval_mode(denoiser):
         # start: z_T ~ N(0, I) per real component, no clean estimate yet; or a warm
         # start: the initial measurement noised to the starting step
-        z = gaussian_like(torch.zeros((k, b, *z_like.shape[1:]), dtype=z_like.dtype, device=device), g)
+        z = gaussian_like(torch.zeros((n // b, b, *z_like.shape[1:]), dtype=z_like.dtype, device=device), g)
         z0_hat = torch.zeros_like(z)
-        chain = sampling_timesteps(schedule, steps, None if start is None else int(start[1]))
         if start is not None:
             z0_hat = z0_hat + start[0].to(device=device, dtype=z.dtype)
             ab = float(schedule.alpha_bar(chain[0][1]))
             z = math.sqrt(ab) * z0_hat + math.sqrt(1 - ab) * z
         for t_index, t, t_prev in progress(chain) if progress is not None else chain:
             co = ddim_coefficients(schedule, t, t_prev, float(eta))
-            z_t = z.detach().requires_grad_() if needs_graph else z  # the state at level t
-            with torch.enable_grad() if needs_graph else contextlib.nullcontext():
-                acc, cov = torch.zeros_like(z_t), None
-                for _ in range(int(w)):
-                    # step 1: draw S_i from the training family (one per sample); local
-                    # measurement S_i z -> A_{S_i}^H (S_i z) -> x0_hat -> s_hat_i = S_i T x0_hat
-                    mask = mask_sampler.draw(n, np_rng, device=device)
-                    mask = mask.reshape(k, b, *mask.shape[1:])
-                    op_s = op_full.with_mask(mask)
-                    s_hat = op_s.apply_mask(local_denoise(op_s, op_s.apply_mask(z_t), t))
-                    if local_consistency is not None:  # optional local data consistency on s_hat_i
-                        s_hat = op_s.apply_mask(local_consistency(s_hat, op_s, t_index))
-                    acc = acc + s_hat
-                    cov = mask if cov is None else cov + mask
-                # step 2: MMSE aggregation with weights 1 / max(coverage, 1) on covered
-                # entries; uncovered entries keep the previous z0_hat
-                covered = (cov > 0).expand_as(z_t)
-                z0_hat = torch.where(covered, acc * SubmaskSampler.weights(cov), z0_hat)
-                if data_consistency is not None:  # optional data consistency on z0_hat
-                    z0_hat = data_consistency(z0_hat, t_index, z_t) if needs_graph else data_consistency(z0_hat, t_index)
+            z_t = z.detach().requires_grad_() if graph else z  # the state at level t
+            with torch.enable_grad() if graph else contextlib.nullcontext():
+                # steps 1-2: w local estimates, aggregated; then data consistency on z0_hat
+                z0_hat = _aggregate(local_denoise, op_full, mask_sampler, consistency, z_t, z0_hat, t, t_index,
+                                    w, np_rng)
+                z0_hat = consistency.correct(z0_hat, t_index, z_t)
             z0_hat, z_t = z0_hat.detach(), z_t.detach()
             # step 3: DDIM(eta) step of the whole state from z0_hat, t -> t_prev
             eps = (z_t - co["sqrt_ab_t"] * z0_hat) / co["sqrt_1m_ab_t"]
