@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mrimsm.cli.main import main
-from mrimsm.data import prep as prep_mod
+from mrimsm.data.prep import volume as prep_volume
 from mrimsm.data import simulate as sm
 from mrimsm.data.prep import PrepOptions, prepare_dataset, prepare_simulated_dataset
 from mrimsm.errors import MrimsmError
@@ -74,8 +74,8 @@ def test_espirit_agreement_and_normalization_in_shards(fastmri_factory, tmp_path
     sm.write_fastmri_file(raw / "v.h5", np.stack([s["kspace"] for s in sims]),
                           np.stack([s["reconstruction_rss"] for s in sims]))
     opts = PrepOptions(size=64, skip_last=0, val_fraction=0.0)
-    res = prep_mod.prepare_volume(np.stack([s["kspace"] for s in sims]), (64, 64), [0, 1], "v.h5", opts,
-                                  reference=True)
+    res = prep_volume.prepare_training_volume(np.stack([s["kspace"] for s in sims]), (64, 64), [0, 1], "v.h5",
+                                              opts, reference=True)
     scale = float(res["scale"][0])
     for k, s in enumerate(sims):
         x = s["image"][32:96] * scale  # the object, on the normalized scale
@@ -122,7 +122,7 @@ def test_resume_and_atomic_shards(fastmri_factory, tmp_path, monkeypatch):
     out = tmp_path / "out"
     opts = PrepOptions(size=64, skip_last=0, val_fraction=0.0, espirit_coarse=2)
     # a run killed while preparing the second volume leaves no partial shard
-    real = prep_mod.estimate_maps
+    real = prep_volume.estimate_maps
     calls = {"n": 0}
 
     def dying(*a, **kw):
@@ -131,7 +131,7 @@ def test_resume_and_atomic_shards(fastmri_factory, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(prep_mod, "estimate_maps", dying)
+    monkeypatch.setattr(prep_volume, "estimate_maps", dying)
     from mrimsm.errors import Interrupted
 
     with pytest.raises(Interrupted, match="1 of 3 files prepared"):  # the CLI: "interrupted: ...", exit 130
@@ -139,7 +139,7 @@ def test_resume_and_atomic_shards(fastmri_factory, tmp_path, monkeypatch):
     assert sorted(p.name for p in (out / "train").iterdir()) == ["vol0.h5"]
     assert not (out / "manifest.json").exists()
     (out / "train" / ".vol1.h5.x1.tmp").write_bytes(b"half")  # as left by a SIGKILL
-    monkeypatch.setattr(prep_mod, "estimate_maps", real)
+    monkeypatch.setattr(prep_volume, "estimate_maps", real)
     starts = []
     m = prepare_dataset(raw, out, opts, on_start=starts.append, **QUIET)
     assert starts == [4] and m["counts"]["files_resumed"] == 1 and m["counts"]["files_used"] == 3
