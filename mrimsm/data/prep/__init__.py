@@ -56,21 +56,44 @@ The modules: :mod:`~mrimsm.data.prep.options` (:class:`PrepOptions`),
 :mod:`~mrimsm.data.prep.simulated` (:func:`prepare_simulated_dataset`).
 """
 
-from mrimsm.data.prep.options import PrepOptions, mask_family
-from mrimsm.data.prep.plan import PrepTask
-from mrimsm.data.prep.pipeline import prepare_dataset
-from mrimsm.data.prep.simulated import prepare_simulated_dataset
-from mrimsm.data.prep.volume import espirit_settings, prepare_training_volume, to_target_kspace
-from mrimsm.data.shards import FORMAT
+from __future__ import annotations
 
-__all__ = [
-    "PrepOptions",
-    "PrepTask",
-    "prepare_dataset",
-    "prepare_training_volume",
-    "prepare_simulated_dataset",
-    "mask_family",
-    "espirit_settings",
-    "to_target_kspace",
-    "FORMAT",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mrimsm.data.prep.options import PrepOptions, mask_family
+    from mrimsm.data.prep.pipeline import prepare_dataset
+    from mrimsm.data.prep.plan import PrepTask
+    from mrimsm.data.prep.simulated import prepare_simulated_dataset
+    from mrimsm.data.prep.volume import espirit_settings, prepare_training_volume, to_target_kspace
+    from mrimsm.data.shards import FORMAT
+
+#: The public names and the module that defines each, imported on first use (the CLI
+#: reads :mod:`~mrimsm.data.prep.choices` at start-up without loading torch).
+_EXPORTS = {
+    "PrepOptions": "mrimsm.data.prep.options",
+    "mask_family": "mrimsm.data.prep.options",
+    "PrepTask": "mrimsm.data.prep.plan",
+    "prepare_dataset": "mrimsm.data.prep.pipeline",
+    "prepare_training_volume": "mrimsm.data.prep.volume",
+    "prepare_simulated_dataset": "mrimsm.data.prep.simulated",
+    "espirit_settings": "mrimsm.data.prep.volume",
+    "to_target_kspace": "mrimsm.data.prep.volume",
+    "FORMAT": "mrimsm.data.shards",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -11,16 +11,12 @@ from typing import Optional
 import numpy as np
 
 from mrimsm.data.coil_compression import check_coils
+from mrimsm.data.prep.choices import ESPIRIT_BACKENDS, MASK_KINDS
 from mrimsm.errors import MrimsmError
 from mrimsm.limits import check_seed, parse_accel
 from mrimsm.physics.masks import MaskFamily, PaperCartesian, cartesian_family
 
 __all__ = ["PrepOptions", "mask_family", "mask_spec", "MASK_KINDS", "ESPIRIT_BACKENDS"]
-
-#: The mask families of ``--mask``.
-MASK_KINDS = ("paper", "random", "equispaced")
-#: The ESPIRiT implementations of ``--espirit-backend``.
-ESPIRIT_BACKENDS = ("torch", "sigpy")
 
 
 @dataclass
