@@ -1,10 +1,12 @@
 """``mrimsm prep-fastmri RAW_DIR OUT_DIR``: parse, show progress, call
 :func:`mrimsm.data.prep.prepare_dataset`.
 
-Every numeric option is typed with its range and every choice is an Enum, so Click refuses
-a bad value while parsing (one ``error:`` line, exit 2; :mod:`mrimsm.cli.main`);
-:meth:`~mrimsm.data.prep.PrepOptions.validate` checks what a range cannot say (a multiple
-of 16, open bounds, NaN, options that depend on each other).
+Every numeric option is typed, prep's own ones with their range, and every choice is an
+Enum, so Click refuses a bad value while parsing (one ``error:`` line, exit 2;
+:mod:`mrimsm.cli.main`). ``--seed`` and ``--threads`` keep the bounds every command shares
+(:mod:`mrimsm.limits`, the same words everywhere); :meth:`~mrimsm.data.prep.PrepOptions.validate`
+checks those and what a range cannot say (a multiple of 16, open bounds, options that
+depend on each other).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Optional
 import typer
 
 from mrimsm.data.prep.choices import ESPIRIT_BACKENDS, MASK_KINDS
-from mrimsm.limits import MAX_THREADS, SEED_LIMIT
 
 #: ``--mask``: the mask families of :class:`~mrimsm.data.prep.PrepOptions`.
 MaskKind = Enum("MaskKind", [(k, k) for k in MASK_KINDS], type=str)
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         skip_last: int = typer.Option(5, "--skip-last", min=0, help="Edge slices dropped at the end (the paper drops 5)."),
         val_fraction: float = typer.Option(0.05, "--val-fraction", min=0, max=1, help="Fraction of volumes in the validation split, below 1."),
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes."),
-        seed: int = typer.Option(0, "--seed", min=0, max=SEED_LIMIT - 1, help="Base seed of masks, noise and the split."),
+        seed: int = typer.Option(0, "--seed", help="Base seed of masks, noise and the split, in [0, 2^32) as for every command."),
         mask: MaskKind = typer.Option(MaskKind.paper, "--mask", help="Mask family."),
         center_lines: Optional[int] = typer.Option(None, "--center-lines", min=1, help="Paper mask centre columns (default 20 per 256)."),
         calib_width: Optional[int] = typer.Option(None, "--calib-width", min=3, help="ESPIRiT calibration columns (default min(24, ACS))."),
@@ -62,7 +63,8 @@ def register(app: typer.Typer) -> None:
                  "each slice's acquired centre columns; recorded in the manifest's params). Default: no compression (see README, Coil compression).",
         ),
         threads: Optional[int] = typer.Option(
-            None, "--threads", min=1, max=MAX_THREADS, help="torch CPU threads per process (1 is fastest on a busy shared CPU)."
+            None, "--threads", help="torch CPU threads per process, in [1, MAX_THREADS] as for every command (1 is fastest "
+                                    "on a busy shared CPU)."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
