@@ -8,7 +8,7 @@ against sigpy's ``EspiritCalib`` and BART's ``ecalib`` on the same slices.
 Slices are simulated from held-out MNI152 slices (16 birdcage coils, noise 0.01,
 readout oversampled by 2, as fastMRI brain data). Timed per slice (median):
 
-* ``prep (full pipeline)``: :func:`mrimsm.data.prep.prepare_volume` with its
+* ``prep (full pipeline)``: :func:`mrimsm.data.prep.prepare_training_volume` with its
   defaults (crop, R = 4 paper mask, normalization, ESPIRiT from the 20 ACS
   columns with a 24 x 20 block, auto coarse grid);
 * ESPIRiT alone on fully sampled k-space, 24 x 24 calibration, kernel 6,
@@ -100,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from mrimsm.data import simulate as sm
     from mrimsm.data.espirit import estimate_maps
-    from mrimsm.data.prep import PrepOptions, prepare_volume, to_target_kspace
+    from mrimsm.data.prep import PrepOptions, prepare_training_volume, to_target_kspace
 
     held = sm.mni_split_indices("axial", "heldout", step=1)[: args.slices]
     images = sm.mni_slices("axial", held, args.size)
@@ -112,8 +112,8 @@ def main() -> None:
     coarse = sorted({max(1, args.size // 64), max(1, args.size // 32)} - {1})
     estimate_maps(full[0], coarse=coarse[-1] if coarse else 1)  # warm-up (torch kernels, allocations)
     rows = []
-    t, _ = timed(lambda: prepare_volume(raw, (args.size, args.size), list(range(n)), "bench.h5",
-                                        PrepOptions(size=args.size)), 1)
+    t, _ = timed(lambda: prepare_training_volume(raw, (args.size, args.size), list(range(n)), "bench.h5",
+                                                 PrepOptions(size=args.size)), 1)
     rows.append(("prep (full pipeline, defaults)", t / n, None))
     per = {}
     variants = [("ESPIRiT ours, exact", dict(coarse=1))] + [(f"ESPIRiT ours, coarse {c}", dict(coarse=c)) for c in coarse]

@@ -16,8 +16,8 @@ from typing import Any, Optional
 from mrimsm.errors import MrimsmError
 
 __all__ = [
-    "MAX_THREADS", "SEED_LIMIT", "MAX_MASKS_PER_STEP", "MAX_ITERATIONS",
-    "parse_accel", "check_threads", "check_seed", "check_finite", "gib", "check_memory", "check_disk",
+    "MAX_THREADS", "SEED_LIMIT", "MAX_MASKS_PER_STEP", "MAX_ITERATIONS", "MEMORY_SHARE",
+    "is_acceleration", "parse_accel", "check_threads", "check_seed", "check_finite", "gib", "check_memory", "check_disk",
 ]
 
 #: Most CPU threads a command takes: OpenMP crashes (libgomp) long before 100,000.
@@ -30,6 +30,15 @@ SEED_LIMIT: int = 2**32
 MAX_MASKS_PER_STEP: int = 1000
 #: Most iterations of an inner solver (``--cs-iters``, ``--dc-iters``, ``--sense-iters``).
 MAX_ITERATIONS: int = 100_000
+#: Share of the free memory a job may plan to use (a recon batch, a restoration); the
+#: rest is left to the process and the OS.
+MEMORY_SHARE: float = 0.8
+
+
+def is_acceleration(value: float) -> bool:
+    """Whether ``value`` is an acceleration factor R: a finite number >= 1. The one rule
+    behind :func:`parse_accel` (the flag), the mask families' check and the configs'."""
+    return math.isfinite(value) and value >= 1
 
 
 def parse_accel(value: Any) -> float:
@@ -39,7 +48,7 @@ def parse_accel(value: Any) -> float:
         accel = float(value)
     except (TypeError, ValueError):
         raise MrimsmError(f"--accel must be a number >= 1, got {value!r}") from None
-    if not math.isfinite(accel) or accel < 1:
+    if not is_acceleration(accel):
         raise MrimsmError(f"--accel must be a number >= 1, got {value!r}")
     return accel
 

@@ -42,8 +42,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from mrimsm.assets import asset_path
 from mrimsm.errors import MrimsmError
-from mrimsm.limits import check_finite, check_seed
+from mrimsm.limits import MEMORY_SHARE, check_finite, check_seed
 from mrimsm.physics.operators import BoxMask, Downsample, Identity, LinearOperator
 from mrimsm.utils import check_output, resolve_device
 
@@ -71,7 +72,7 @@ __all__ = [
 TASKS = ("inpaint-box", "sr4")
 SR_FACTOR = 4
 #: the shipped natural-image prior (``configs/ffhq_tiny.yaml`` on scikit-image photo crops)
-DEFAULT_IMAGE_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "default_images.pt"
+DEFAULT_IMAGE_CHECKPOINT = asset_path("default_images.pt")
 _OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -222,8 +223,6 @@ def _check_image_size(hw: tuple[int, int], divisor: int, what: str) -> None:
         )
 
 
-#: Share of the free memory a restoration may plan to use (the rest: the process, the OS).
-MEMORY_SHARE = 0.8
 
 
 def check_memory(loaded, hw: tuple[int, int], batch: int, device, task: str = "inpaint-box") -> int:
@@ -231,7 +230,7 @@ def check_memory(loaded, hw: tuple[int, int], batch: int, device, task: str = "i
 
     Peak memory of one denoiser pass on ``batch`` images of ``hw`` (the restored size) is
     estimated with :func:`mrimsm.models.memory.forward_bytes` (the attention scores grow
-    with the 4th power of the side) and compared with :data:`MEMORY_SHARE` of what
+    with the 4th power of the side) and compared with :data:`mrimsm.limits.MEMORY_SHARE` of what
     ``device`` has free. Returns the estimate in bytes.
 
     Raises:

@@ -147,3 +147,25 @@ def test_bad_parameters():
         estimate_maps(k, calib_width=8, calib_rows=12, kernel_width=4, backend="sigpy")
     with pytest.raises(MrimsmError, match="coarse"):
         estimate_maps(k, calib_width=8, kernel_width=4, coarse=3)
+
+
+def test_calibration_region_stays_inside_the_common_centre_columns():
+    from mrimsm.data.espirit import calibration_region, shared_acs_width
+
+    w = 32
+    a = np.zeros(w, bool)
+    a[10:20] = True  # 10 centre columns, 6 left of w // 2 and 4 right of it
+    b = a.copy()
+    b[20] = True  # another slice acquires one more
+    assert shared_acs_width(np.stack([a, b])) == 10 and shared_acs_width(np.zeros(w, bool)) == 0
+    region = calibration_region(np.stack([a, b]))
+    # the block estimate_maps takes starts at w // 2 - width // 2: 8 columns fit in [10, 20)
+    assert (region.width, region.rows, region.kernel_width) == (8, 24, 4)
+    start = w // 2 - region.width // 2
+    assert a[start : start + region.width].all()
+    wide = np.zeros(64, bool)
+    wide[12:52] = True
+    assert calibration_region(wide) == calibration_region(wide[None], max_width=24)
+    assert (calibration_region(wide).width, calibration_region(wide).kernel_width) == (24, 6)
+    assert calibration_region(wide, height=16).rows == 16  # a scan shorter than the rows
+    assert calibration_region(wide, max_width=30, rows=20).rows == 30  # at least square

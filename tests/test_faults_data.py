@@ -102,11 +102,11 @@ def test_prep_over_a_set_of_other_parameters_is_refused(raw, data, capsys):
 
 
 def test_prep_overwrite_removes_the_manifest_first_and_old_shards(raw, data, capsys, monkeypatch):
-    import mrimsm.data.prep as prep
+    import mrimsm.data.prep.shards as prep_shards
 
     shutil.copy(data / "train" / "v0.h5", data / "train" / "gone.h5")  # an old shard no new file rewrites
     old_hash = _hash(data / "train" / "v0.h5")
-    real, written = prep._write_shard, []
+    real, written = prep_shards.write_volume_shard, []
 
     def write_then_die(path, result, task):
         assert not (data / "manifest.json").exists(), "the old manifest must go before the first new shard"
@@ -115,7 +115,7 @@ def test_prep_overwrite_removes_the_manifest_first_and_old_shards(raw, data, cap
         written.append(Path(path))
         raise KeyboardInterrupt  # interrupted after the first new shard
 
-    monkeypatch.setattr(prep, "_write_shard", write_then_die)
+    monkeypatch.setattr(prep_shards, "write_volume_shard", write_then_die)
     rc, err = _run(["prep-fastmri", raw, data, *PREP, "--accel", "8", "--overwrite"], capsys)
     assert rc == 130 and len(err) == 1 and err[0].startswith("interrupted: ") and "rerun" in err[0], err
     assert len(written) == 1 and not (data / "manifest.json").exists()
@@ -129,7 +129,7 @@ def test_prep_overwrite_removes_the_manifest_first_and_old_shards(raw, data, cap
     _one_error(rc, err, "was prepared with other parameters", "--overwrite")
     assert _state(data) == before
     # ... and the interrupted command, run again, finishes the set
-    monkeypatch.setattr(prep, "_write_shard", real)
+    monkeypatch.setattr(prep_shards, "write_volume_shard", real)
     assert _run(["prep-fastmri", raw, data, *PREP, "--accel", "8", "--overwrite"], capsys)[0] == 0
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["params_hash"] == new_hash and manifest["params"]["accel"] == 8.0
@@ -151,9 +151,10 @@ def test_simulated_cache_is_replaced_not_refused(tmp_path, monkeypatch):
     """prep's internal callers that build a cache pass overwrite: a set of other settings
     in the cache directory is rebuilt."""
     import mrimsm.data.prep as prep
+    import mrimsm.data.prep.simulated as prep_simulated
 
     seen = []
-    monkeypatch.setattr(prep, "prepare_dataset", lambda raw, out, opts, **kw: seen.append(opts.overwrite))
+    monkeypatch.setattr(prep_simulated, "prepare_dataset", lambda raw, out, opts, **kw: seen.append(opts.overwrite))
     monkeypatch.setattr("mrimsm.data.simulate.write_simulated_raw", lambda *a, **k: None)
     prep.prepare_simulated_dataset(tmp_path / "cache", size=32)
     assert seen == [True]

@@ -125,3 +125,15 @@ def test_submask_sampler_coverage_and_weights():
 def test_column_mask_tensor_shape():
     t = column_mask_tensor(np.ones((2, 8), dtype=bool))
     assert t.shape == (2, 1, 1, 8) and t.dtype == torch.float32
+
+
+def test_the_shared_rules_of_masks_and_seeds():
+    from mrimsm.limits import is_acceleration
+    from mrimsm.physics.masks import fastmri_center_fraction, hash_seed, seed_for
+
+    assert [fastmri_center_fraction(a) for a in (2, 4, 6, 8, 12)] == pytest.approx([0.08, 0.08, 0.06, 0.04, 0.04])
+    assert fastmri_center_fraction(6, 64, min_columns=8) == 8 / 64  # round(64 * 0.06) = 4 < 8
+    assert fastmri_center_fraction(4, 256, min_columns=8) == 0.08
+    assert seed_for("a.h5", 3, 7) == hash_seed("7:a.h5:3")
+    assert hash_seed("1,2,3") == 1373727370  # the first 4 bytes of its SHA-256, little-endian
+    assert [is_acceleration(x) for x in (1, 4.5, 0.99, float("nan"), float("inf"))] == [True, True, False, False, False]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mrimsm.cli.main import main
-from mrimsm.data import prep as prep_mod
+from mrimsm.data.prep import volume as prep_volume
 from mrimsm.data import simulate as sm
 from mrimsm.data.prep import PrepOptions, prepare_dataset, prepare_simulated_dataset
 from mrimsm.errors import MrimsmError
@@ -74,8 +74,8 @@ def test_espirit_agreement_and_normalization_in_shards(fastmri_factory, tmp_path
     sm.write_fastmri_file(raw / "v.h5", np.stack([s["kspace"] for s in sims]),
                           np.stack([s["reconstruction_rss"] for s in sims]))
     opts = PrepOptions(size=64, skip_last=0, val_fraction=0.0)
-    res = prep_mod.prepare_volume(np.stack([s["kspace"] for s in sims]), (64, 64), [0, 1], "v.h5", opts,
-                                  reference=True)
+    res = prep_volume.prepare_training_volume(np.stack([s["kspace"] for s in sims]), (64, 64), [0, 1], "v.h5",
+                                              opts, reference=True)
     scale = float(res["scale"][0])
     for k, s in enumerate(sims):
         x = s["image"][32:96] * scale  # the object, on the normalized scale
@@ -122,7 +122,7 @@ def test_resume_and_atomic_shards(fastmri_factory, tmp_path, monkeypatch):
     out = tmp_path / "out"
     opts = PrepOptions(size=64, skip_last=0, val_fraction=0.0, espirit_coarse=2)
     # a run killed while preparing the second volume leaves no partial shard
-    real = prep_mod.estimate_maps
+    real = prep_volume.estimate_maps
     calls = {"n": 0}
 
     def dying(*a, **kw):
@@ -131,7 +131,7 @@ def test_resume_and_atomic_shards(fastmri_factory, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(prep_mod, "estimate_maps", dying)
+    monkeypatch.setattr(prep_volume, "estimate_maps", dying)
     from mrimsm.errors import Interrupted
 
     with pytest.raises(Interrupted, match="1 of 3 files prepared"):  # the CLI: "interrupted: ...", exit 130
@@ -139,7 +139,7 @@ def test_resume_and_atomic_shards(fastmri_factory, tmp_path, monkeypatch):
     assert sorted(p.name for p in (out / "train").iterdir()) == ["vol0.h5"]
     assert not (out / "manifest.json").exists()
     (out / "train" / ".vol1.h5.x1.tmp").write_bytes(b"half")  # as left by a SIGKILL
-    monkeypatch.setattr(prep_mod, "estimate_maps", real)
+    monkeypatch.setattr(prep_volume, "estimate_maps", real)
     starts = []
     m = prepare_dataset(raw, out, opts, on_start=starts.append, **QUIET)
     assert starts == [4] and m["counts"]["files_resumed"] == 1 and m["counts"]["files_used"] == 3
@@ -201,7 +201,8 @@ def _cli(args, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--accel", "0.5"], "--accel must be a number >= 1"),
+        (["--accel", "0.5"], "Invalid value for '--accel'"),  # the typed option's range
+        (["--accel", "nan"], "Invalid value for '--accel'"),
         (["--size", "40"], "multiple of 16"),
         (["--acquisition", "AXFLAIR"], "no file in"),
         (["--val-fraction", "1.5"], "--val-fraction"),
@@ -209,7 +210,10 @@ def _cli(args, capsys):
         (["--noise-rho", "-1"], "--noise-rho"),
         (["--slices-per-volume", "2", "--slice-list", "x.csv"], "not both"),
         (["--slice-list", "/nonexistent.csv"], "slice list not found"),
-        (["--mask", "spiral"], "unknown mask kind"),
+        (["--mask", "spiral"], "'spiral' is not one of 'paper', 'random', 'equispaced'"),
+        (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),  # what the range cannot say
+        (["--espirit-backend", "bart"], "'bart' is not one of 'torch', 'sigpy'"),
+        (["--coils", "0"], "Invalid value for '--coils'"),
         (["--espirit-coarse", "32"], "--espirit-coarse"),
         (["--kernel-width", "1"], "--kernel-width"),
         (["--threads", "0"], "--threads"),
@@ -303,3 +307,30 @@ def test_manifest_records_measured_and_total_noise(fastmri_factory, tmp_path):
     # a resumed run reads the noise back from the finished shards
     again = prepare_dataset(raw, tmp_path / "p", PrepOptions(noise_rho=0.03, **base), **QUIET)
     assert again["noise"] == m["noise"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("accel", 0.5, "--accel must be a number >= 1"),
+    ("accel", float("inf"), "--accel must be a number >= 1"),
+    ("mask_kind", "spiral", "unknown mask kind"),
+    ("espirit_backend", "bart", "unknown ESPIRiT backend"),
+    ("size", 40, "multiple of 16"),
+])
+def test_options_validate_what_the_api_is_given(field, value, message):
+    """The library API gets no CLI parsing: PrepOptions.validate refuses the same values."""
+    with pytest.raises(MrimsmError, match=message):
+        PrepOptions(**{field: value}).validate()
+
+
+def test_tasks_are_frozen_and_name_their_shard(tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    from mrimsm.data.prep import PrepTask
+
+    task = PrepTask(path=Path("/raw/vol 1.h5"), slices=(0, 2), split="val", sha256="ab", params_hash="cd",
+                    out_dir=tmp_path, options=PrepOptions())
+    assert task.name == "vol 1.h5" and task.shard_rel == "val/vol 1.h5"
+    assert task.shard_path == tmp_path / "val" / "vol 1.h5" and not task.done()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.split = "train"

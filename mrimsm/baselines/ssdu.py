@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from mrimsm import distributed
+from mrimsm.assets import asset_path
 from mrimsm.errors import MrimsmError
 from mrimsm.models.unrolled import UnrolledNet
 from mrimsm.physics.masks import ssdu_split
@@ -420,4 +421,4 @@ class LoadedSSDU:
 
 #: The 64 x 64 SSDU checkpoint shipped with the package; the first of
 #: ``mrimsm.diffusion.shipped.SHIPPED_SSDU``, which lists them all (a layer above: tested equal).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default_ssdu.pt"
+DEFAULT_CHECKPOINT = asset_path("default_ssdu.pt")

@@ -1,7 +1,7 @@
 """torch Datasets over prepared data.
 
-:class:`MeasurementDataset` reads the shards that ``mrimsm prep-fastmri`` (or
-:func:`mrimsm.data.prep.prepare_simulated_dataset`) wrote, lazily, one slice
+:class:`MeasurementDataset` reads the shards (:mod:`mrimsm.data.shards`) that
+``mrimsm prep-fastmri`` (or :func:`mrimsm.data.prep.prepare_simulated_dataset`) wrote, lazily, one slice
 per item. The training split exposes only what an acquisition gives: masked
 noisy k-space, its mask, the ESPIRiT maps estimated from it and the volume
 scale. A validation split may add the reference image, under its own key.
@@ -19,12 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mrimsm.data.fastmri_io import FileLockedError, open_hdf5
+from mrimsm.data.shards import SPLITS, open_shard, shard_params_hash
 from mrimsm.errors import MrimsmError
 
-__all__ = ["MeasurementDataset", "collate", "read_manifest", "SPLITS"]
-
-SPLITS = ("train", "val")
+__all__ = ["MeasurementDataset", "collate", "read_manifest", "open_shard", "SPLITS"]
 
 #: keys a training item may have (structural guarantee: no reference data)
 TRAIN_KEYS = frozenset({"y", "mask", "maps", "scale", "index"})
@@ -109,19 +107,6 @@ def read_manifest(root: str | os.PathLike, hint: Optional[str] = _REBUILD) -> di
     return manifest
 
 
-def open_shard(path: Path) -> h5py.File:
-    """A prepared shard opened for reading; one MrimsmError line naming it when it is
-    missing, truncated or corrupt (with how to rewrite it), or locked by a writer."""
-    if not path.is_file():
-        raise MrimsmError(f"missing shard {path}; {_REWRITE}")
-    try:
-        return open_hdf5(path, "r", what="shard")
-    except FileLockedError:
-        raise
-    except MrimsmError as exc:
-        raise MrimsmError(f"{exc}; {_REWRITE}") from None
-
-
 def _corrupt(path: Path, exc: BaseException) -> MrimsmError:
     reason = " ".join(str(exc).split()) or type(exc).__name__
     return MrimsmError(f"truncated or corrupt shard: {path} ({reason}); {_REWRITE}")
@@ -171,12 +156,10 @@ class MeasurementDataset(Dataset):
                     m = f["mask"][()].astype(bool)
                     slices = f["slice_index"][()]
                     source = f.attrs.get("source_file", entry.get("name", path.name))
-                    shard_hash = f.attrs.get("params_hash")
+                    shard_hash = shard_params_hash(f)
                 except (OSError, KeyError, RuntimeError, ValueError) as exc:
                     raise _corrupt(path, exc) from None
-            if isinstance(shard_hash, bytes):
-                shard_hash = shard_hash.decode("utf-8", "replace")
-            if params_hash is not None and shard_hash is not None and str(shard_hash) != params_hash:
+            if params_hash is not None and shard_hash is not None and shard_hash != params_hash:
                 raise MrimsmError(
                     f"{path} was prepared with other parameters (params_hash {shard_hash}) than {mpath} records "
                     f"({params_hash}): the data set mixes two prep runs; re-run mrimsm prep-fastmri with --overwrite "

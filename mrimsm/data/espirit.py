@@ -29,14 +29,28 @@ coil 0 (sigpy's convention).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from mrimsm.data.normalization import common_acs
 from mrimsm.errors import MrimsmError
 
-__all__ = ["estimate_maps", "normalize_maps", "acs_width", "espirit_operator"]
+__all__ = ["estimate_maps", "normalize_maps", "acs_width", "espirit_operator", "shared_acs_width",
+           "calibration_region", "CalibrationRegion", "MIN_CALIB_COLUMNS", "CALIB_WIDTH", "CALIB_ROWS",
+           "KERNEL_WIDTH"]
+
+#: Fewest fully sampled centre columns, common to a volume's masks, that coil maps are
+#: estimated from (prep-fastmri and recon refuse fewer).
+MIN_CALIB_COLUMNS = 3
+#: The default calibration block: at most this many columns (phase encode) ...
+CALIB_WIDTH = 24
+#: ... this many readout rows (the readout is fully sampled) ...
+CALIB_ROWS = 24
+#: ... and a kernel of at most this width.
+KERNEL_WIDTH = 6
 
 
 def acs_width(mask: np.ndarray) -> int:
@@ -52,6 +66,74 @@ def acs_width(mask: np.ndarray) -> int:
     while hi + 1 < m.size and m[hi + 1]:
         hi += 1
     return hi - lo + 1
+
+
+def shared_acs_width(masks: np.ndarray) -> int:
+    """Number of contiguous centre columns (around ``W // 2``) that every mask of
+    ``(S, W)`` or ``(W,)`` bool ``masks`` samples; 0 when the centre column is not."""
+    run = common_acs(masks)
+    return 0 if run is None else run[1] - run[0]
+
+
+def _centred_width(run: tuple[int, int], w: int) -> int:
+    """The widest block placed as :func:`estimate_maps` places it (columns from
+    ``w // 2 - width // 2``) that stays inside the columns ``[run[0], run[1])``."""
+    left, right = w // 2 - run[0], run[1] - w // 2
+    width = run[1] - run[0]
+    while width > 1 and (width // 2 > left or width - width // 2 > right):
+        width -= 1
+    return width
+
+
+@dataclass(frozen=True)
+class CalibrationRegion:
+    """The ESPIRiT calibration block of a volume: ``rows x width`` centre k-space
+    samples and the kernel width (the ``calib_rows``, ``calib_width`` and
+    ``kernel_width`` of :func:`estimate_maps`)."""
+
+    width: int
+    rows: int
+    kernel_width: int
+
+
+def calibration_region(
+    masks: np.ndarray,
+    height: Optional[int] = None,
+    max_width: Optional[int] = None,
+    rows: int = CALIB_ROWS,
+    max_kernel: int = KERNEL_WIDTH,
+) -> CalibrationRegion:
+    """The calibration block of a volume whose slices have ``(S, W)`` bool ``masks``
+    (prep-fastmri's and recon's rule).
+
+    * width: ``min(max_width, widest centred block)``, the block that
+      :func:`estimate_maps` centres at ``W // 2 - width // 2`` kept inside the run of
+      centre columns every mask samples (:func:`shared_acs_width`), so it holds no
+      unsampled column;
+    * rows: ``max(rows, width)``, at most ``height`` when given (a scan shorter than
+      ``rows``);
+    * kernel: ``min(max_kernel, max(2, (width + 1) // 2))``.
+
+    Args:
+        masks: ``(S, W)`` or ``(W,)`` bool column masks.
+        height: the k-space rows, or ``None`` (no limit: ``estimate_maps`` refuses a
+            block taller than the scan).
+        max_width: the widest block (``None``: :data:`CALIB_WIDTH`).
+        rows: readout rows of the block.
+        max_kernel: the widest kernel.
+
+    The caller checks :func:`shared_acs_width` against :data:`MIN_CALIB_COLUMNS`
+    first (a volume with fewer common centre columns has no usable block).
+    """
+    m = np.asarray(masks, dtype=bool)
+    run = common_acs(m)
+    centred = 0 if run is None else _centred_width(run, m.shape[-1])
+    width = min(CALIB_WIDTH if max_width is None else max_width, centred)
+    block_rows = max(rows, width)
+    if height is not None:
+        block_rows = min(block_rows, int(height))
+    kernel = min(max_kernel, max(2, (width + 1) // 2))
+    return CalibrationRegion(width=int(width), rows=int(block_rows), kernel_width=int(kernel))
 
 
 def normalize_maps(maps: np.ndarray, eps: float = 1e-6) -> np.ndarray:

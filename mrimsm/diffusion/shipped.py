@@ -39,14 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from mrimsm.assets import ASSETS  # the shipped files; tests patch it here
 from mrimsm.data.simulate import mni_pixel_mm
 from mrimsm.errors import MrimsmError
 
 __all__ = ["ShippedPrior", "SHIPPED_PRIORS", "SHIPPED_SSDU", "ASSETS", "size_range", "check_scan_size", "choose_shipped_prior",
            "check_settings_installed", "trained_pixel_mm", "pixel_note"]
 
-#: The shipped checkpoints and their files (package data: ``mrimsm/assets``).
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mrimsm.errors import MrimsmError
+from mrimsm.limits import is_acceleration
 
 __all__ = [
     "MaskFamily",
@@ -47,6 +48,8 @@ __all__ = [
     "cartesian_family",
     "column_mask_tensor",
     "seed_for",
+    "hash_seed",
+    "fastmri_center_fraction",
     "ssdu_split",
     "SubmaskSampler",
     "coverage_weights",
@@ -55,12 +58,29 @@ __all__ = [
 ]
 
 
+def hash_seed(text: str) -> int:
+    """A stable 32-bit seed from ``text``: the first 4 bytes of its SHA-256, little-endian
+    (the same on every machine and NumPy version). Text that is not valid UTF-8 (a POSIX
+    file name's bytes, decoded by ``os.fsdecode`` with surrogate escapes) hashes its own
+    bytes."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:4], "little")
+
+
 def seed_for(name: str, slice_index: int = 0, base_seed: int = 0) -> int:
-    """A stable 32-bit seed from a file name, a slice index and a base seed. A name that is
-    not valid UTF-8 (a POSIX file name's bytes, decoded by ``os.fsdecode`` with surrogate
-    escapes) hashes its own bytes; every other name hashes as before."""
-    text = f"{base_seed}:{name}:{slice_index}".encode("utf-8", "surrogateescape")
-    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+    """A stable 32-bit seed from a file name, a slice index and a base seed
+    (:func:`hash_seed` of ``"base_seed:name:slice_index"``)."""
+    return hash_seed(f"{base_seed}:{name}:{slice_index}")
+
+
+def fastmri_center_fraction(accel: float, width: Optional[int] = None, min_columns: int = 0) -> float:
+    """fastMRI's centre fraction for acceleration ``accel``: 0.08 at R <= 4, 0.04 at
+    R >= 8, linear between; raised to ``min_columns / width`` when ``round(width * cf)``
+    would keep fewer than ``min_columns`` centre columns of a ``width``-column mask."""
+    a = float(accel)
+    cf = 0.08 if a <= 4 else (0.04 if a >= 8 else 0.08 - 0.01 * (a - 4))
+    if width is not None and round(width * cf) < min_columns:
+        cf = min_columns / width
+    return cf
 
 
 def achieved_acceleration(mask: np.ndarray | torch.Tensor) -> float:
@@ -103,7 +123,7 @@ def _center_slice(n: int, num_low: int) -> slice:
 
 def _check_accel(accel: float) -> float:
     accel = float(accel)
-    if not np.isfinite(accel) or accel < 1:
+    if not is_acceleration(accel):
         raise ValueError(f"acceleration must be a number >= 1, got {accel}")
     return accel
 
@@ -264,8 +284,7 @@ def cartesian_family(kind: str, accel: float, **kw) -> MaskFamily:
     if kind in ("random", "equispaced"):
         cf = kw.get("center_fraction")
         if cf is None:
-            a = float(accel)
-            cf = 0.08 if a <= 4 else (0.04 if a >= 8 else 0.08 - 0.01 * (a - 4))
+            cf = fastmri_center_fraction(accel)
         cls = RandomCartesian if kind == "random" else EquispacedCartesian
         return cls(accel=accel, center_fraction=cf)
     if kind == "paper":
