@@ -7,7 +7,6 @@ classical method and calls :func:`mrimsm.diffusion.posterior.posterior_sample`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -23,7 +22,7 @@ from mrimsm.diffusion.posterior import (
     posterior_sample,
 )
 from mrimsm.errors import MrimsmError
-from mrimsm.physics.masks import SubmaskSampler
+from mrimsm.physics.masks import SubmaskSampler, hash_seed
 from mrimsm.physics.operators import Identity, MultiCoilMRI
 from mrimsm.recon.methods import METHODS, MethodBase, MethodOutput, ReconMethod, SliceBatch
 from mrimsm.utils import resolve_device
@@ -32,8 +31,9 @@ __all__ = ["MSMRecon"]
 
 
 def _batch_seed(seeds: Sequence[int]) -> int:
-    text = ",".join(str(int(s)) for s in seeds).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+    """The generator seed of a batch of slices: :func:`mrimsm.physics.masks.hash_seed` of
+    their seeds joined by commas."""
+    return hash_seed(",".join(str(int(s)) for s in seeds))
 
 
 def _training_noise(loaded: Any) -> Any:

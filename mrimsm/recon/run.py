@@ -42,14 +42,10 @@ class MethodResult:
     bound_info: dict = field(default_factory=dict)
 
 
-#: Share of the free memory a method's batch may plan to use.
-MEMORY_SHARE = 0.8
-
-
 def fit_batch(method: ReconMethod, name: str, per_batch: int, kspace_shape: tuple, device: Any) -> int:
     """Slices per call that fit in memory: ``per_batch``, lowered when the method says how
     much one slice needs (``method.memory_per_slice((H, W), coils) -> bytes``, not ``None``)
-    and that many would not fit in :data:`MEMORY_SHARE` of what ``device`` has free
+    and that many would not fit in :data:`mrimsm.limits.MEMORY_SHARE` of what ``device`` has free
     (batching down changes the random streams, as any ``batch_slices`` does). MrimsmError,
     one line, if not even one slice fits."""
     from mrimsm import limits
@@ -62,11 +58,11 @@ def fit_batch(method: ReconMethod, name: str, per_batch: int, kspace_shape: tupl
     if need is None:
         return per_batch
     one = int(need)
-    budget = MEMORY_SHARE * free
+    budget = limits.MEMORY_SHARE * free
     if one > budget:
         gib = 2.0**30
         raise MrimsmError(
-            f"{name}: one {h} x {w} slice needs about {one / gib:.1f} GiB, more than {MEMORY_SHARE:.0%} of the "
+            f"{name}: one {h} x {w} slice needs about {one / gib:.1f} GiB, more than {limits.MEMORY_SHARE:.0%} of the "
             f"{free / gib:.1f} GiB free on {torch.device(device).type}; lower --samples or use a device with more memory"
         )
     return max(1, min(per_batch, int(budget // max(one, 1))))

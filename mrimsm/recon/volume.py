@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from mrimsm.data.espirit import CALIB_ROWS, MIN_CALIB_COLUMNS  # noqa: F401 (re-exported by mrimsm.recon)
 from mrimsm.errors import MrimsmError
 from mrimsm.recon.progress import Progress, open_bar
 
@@ -132,21 +133,6 @@ class PreparedVolume:
 #: measured on simulated 64 x 64 MNI volumes at R = 6 (``cs`` PSNR, sample / 3 tuning
 #: volumes): 21.3 / 22.4 dB with 4 centre columns, 23.5 / 23.9 dB with 8.
 MIN_CENTER_COLUMNS = 8
-#: Below this many centre columns (e.g. in a file's own mask) coil maps are refused
-#: (the same limit as prep-fastmri).
-MIN_CALIB_COLUMNS = 3
-#: Readout rows of the ESPIRiT calibration block (the readout is fully sampled).
-CALIB_ROWS = 24
-
-
-def _default_center_fraction(accel: float, width: int) -> float:
-    """fastMRI's pairing (0.08 at R <= 4, 0.04 at R >= 8, linear between), raised to
-    keep at least :data:`MIN_CENTER_COLUMNS` columns."""
-    cf = 0.08 if accel <= 4 else (0.04 if accel >= 8 else 0.08 - 0.01 * (accel - 4))
-    if round(width * cf) < MIN_CENTER_COLUMNS:
-        cf = MIN_CENTER_COLUMNS / width
-    return cf
-
 
 def _retrospective_masks(
     name: str, slices: Sequence[int], width: int, accel: float, seed: int, center_fraction: Optional[float],
@@ -160,10 +146,11 @@ def _retrospective_masks(
     where fastMRI puts it however the padding is split), the rest drawn uniformly among the
     other encoded columns; padded columns are never sampled.
     """
-    from mrimsm.physics.masks import cartesian_family, seed_for
+    from mrimsm.physics.masks import cartesian_family, fastmri_center_fraction, seed_for
 
     n_enc = width if encoded is None else int(encoded[1] - encoded[0])
-    cf = _default_center_fraction(accel, n_enc) if center_fraction is None else float(center_fraction)
+    cf = (fastmri_center_fraction(accel, n_enc, MIN_CENTER_COLUMNS) if center_fraction is None
+          else float(center_fraction))
     if not 0 < cf <= 1:
         raise MrimsmError(f"--center-fraction must be in (0, 1], got {center_fraction}")
     if encoded is not None:
@@ -240,23 +227,23 @@ def _volume_masks(data: "MultiCoilFile", accel: Optional[float], seed: int, cent
 
 
 def _estimate_maps(kspace: np.ndarray, mask: np.ndarray, progress: Optional[Progress]) -> np.ndarray:
-    """ESPIRiT maps calibrated, as in prep-fastmri, on a ``CALIB_ROWS x min(24, ACS)``
-    block of the centre columns every slice's mask keeps, kernel ``min(6, (ACS + 1) // 2)``."""
-    from mrimsm.data.espirit import acs_width, estimate_maps
+    """ESPIRiT maps calibrated on the block of :func:`mrimsm.data.espirit.calibration_region`
+    (prep-fastmri's rule) of the centre columns every slice's mask keeps."""
+    from mrimsm.data.espirit import calibration_region, estimate_maps, shared_acs_width
 
-    acs = min(acs_width(m) for m in mask)
+    acs = shared_acs_width(mask)
     if acs < MIN_CALIB_COLUMNS:
         raise MrimsmError(
             f"only {acs} fully sampled centre columns: too few to estimate coil maps "
             f"(need >= {MIN_CALIB_COLUMNS})"
         )
-    width = min(24, acs)
+    region = calibration_region(mask, height=kspace.shape[-2])
     with open_bar(progress, "coil maps", kspace.shape[0]) as bar:
         return estimate_maps(
             kspace,
-            calib_width=width,
-            calib_rows=min(CALIB_ROWS, kspace.shape[-2]),
-            kernel_width=min(6, (width + 1) // 2),
+            calib_width=region.width,
+            calib_rows=region.rows,
+            kernel_width=region.kernel_width,
             progress=bar.update,
         )
 
