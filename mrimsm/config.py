@@ -27,15 +27,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional
-
-from annotated_types import Ge, Gt, Interval, MultipleOf
+from typing import Any, Mapping, Optional
 
 from mrimsm.data.training_data import default_cache_dir
 from mrimsm.errors import MrimsmError
-from mrimsm.limits import SEED_LIMIT
 from mrimsm.methods import known_methods, training_method
-from mrimsm.settings import SettingError, validate_dataclass
+from mrimsm.sections import DataConfig, SampleConfig, SimulatedDataConfig, TrainConfig
+from mrimsm.settings import KeyProblem, SettingError, validate_dataclass
 
 __all__ = [
     "SimulatedDataConfig",
@@ -51,112 +49,7 @@ __all__ = [
 ]
 
 
-# -- common sections -----------------------------------------------------------
-
-
-#: a seed: NumPy, torch and an HDF5 attribute all take it (:data:`mrimsm.limits.SEED_LIMIT`)
-Seed = Annotated[int, Interval(ge=0, le=SEED_LIMIT - 1)]
-Count = Annotated[int, Ge(1)]
-NonNegative = Annotated[int, Ge(0)]
-
-
-@dataclass
-class SimulatedDataConfig:
-    """A simulated training set built on first use (MNI152 slices, simulated coils).
-
-    ``size``: a multiple of 16 (the prep pipeline that builds the set crops to one).
-    ``center_lines`` ``None`` scales the paper's 20 of 256 central columns to ``size``.
-    ``pixel``: ``fit`` resizes the template's 233 mm field of view to ``size``
-    pixels; ``native`` keeps its 1 mm pixels, zero-padded to ``size`` (use
-    ``size >= 240``; see :func:`mrimsm.data.simulate.mni_slices`). ``scales``
-    (``native`` only): each training slice once per resampling factor, i.e. at
-    pixels of ``1 / scale`` mm (default ``[1.0]``; real scans range from about 0.7
-    to 1.4 mm).
-    """
-
-    size: Annotated[int, Ge(16), MultipleOf(16)] = 64
-    num_coils: Count = 8
-    accel: Annotated[float, Ge(1)] = 4.0
-    rho: Annotated[float, Ge(0)] = 0.0
-    seed: Seed = 0
-    center_lines: Optional[Count] = None
-    pixel: Literal["fit", "native"] = "fit"
-    scales: list[float] = field(default_factory=lambda: [1.0])
-
-    def validate(self) -> None:
-        _check(len(self.scales) >= 1 and all(0.25 <= x <= 4 for x in self.scales)
-               and len(set(self.scales)) == len(self.scales), "scales",
-               "must be a non-empty list of distinct numbers in [0.25, 4]")
-        _check(self.pixel == "native" or self.scales == [1.0], "scales",
-               "needs pixel: native (fit resizes the whole field of view)")
-        _check(self.center_lines is None or self.center_lines < self.size, "center_lines",
-               "must be >= 1 and smaller than size")
-
-
-@dataclass
-class DataConfig:
-    """Where the training measurements come from: exactly one of ``root`` (a
-    prepared shard directory; relative paths are relative to the working directory)
-    or ``simulated`` (built into ``cache_dir`` on first use; default
-    ``$MRIMSM_CACHE`` or ``~/.cache/mrimsm``). ``flip_prob``: each training
-    example is flipped left-right with this probability, k-space, coil maps and
-    mask together, so the measurement model stays exact (:mod:`mrimsm.data.augment`).
-    ``flip_exclude``: acquisitions (prefixes of the manifest's ``acquisition``, e.g.
-    ``SAG``) never flipped: their column axis is not left-right (a flipped sagittal
-    slice faces backwards)."""
-
-    root: Optional[str] = None
-    simulated: Optional[SimulatedDataConfig] = None
-    cache_dir: Optional[str] = None
-    split: str = "train"
-    flip_prob: Annotated[float, Interval(ge=0, le=1)] = 0.0
-    flip_exclude: list[str] = field(default_factory=lambda: ["SAG"])
-
-    def validate(self) -> None:
-        _check(all(self.flip_exclude), "flip_exclude",
-               "must be a list of non-empty acquisition prefixes (e.g. [SAG])")
-        if (self.root is None) == (self.simulated is None):
-            raise _KeyProblem("root", "set exactly one of data.root and data.simulated")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping. ``batch_size`` is per process (under
-    torchrun the global batch is ``batch_size * world_size``). ``grad_clip`` 0
-    disables clipping. ``amp``: mixed precision on CUDA; ``cpu_bf16``: bf16 autocast
-    on CPU (see :func:`mrimsm.train._amp_dtype`)."""
-
-    lr: Annotated[float, Gt(0)]
-    batch_size: Count
-    max_steps: NonNegative
-    ema: Annotated[float, Interval(ge=0, lt=1)] = 0.999
-    grad_clip: Annotated[float, Ge(0)] = 1.0
-    weight_decay: Annotated[float, Ge(0)] = 0.0
-    ckpt_every: NonNegative = 500
-    keep_every: NonNegative = 0
-    log_every: Count = 10
-    sample_every: NonNegative = 0
-    seed: Seed = 0
-    num_workers: NonNegative = 0
-    amp: bool = True
-    cpu_bf16: bool = False
-
-
-@dataclass
-class SampleConfig:
-    """Defaults of ``mrimsm sample`` (its options take their ranges from here) and of
-    the preview grid written while training."""
-
-    steps: Count = 200
-    w: Count = 1
-    eta: Annotated[float, Interval(ge=0, le=1)] = 1.0
-    num: Count = 16
-    batch_size: Count = 8
-    preview_num: Count = 4
-    preview_steps: Count = 20
-
-
-# -- a method's sections ------------------------------------------------------------
+# -- the sections of a config -------------------------------------------------------
 
 COMMON_SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig}
 
@@ -216,18 +109,6 @@ class Config:
         return config_from_dict(d, source=self.source)
 
 
-class _KeyProblem(ValueError):
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise _KeyProblem(key, message)
-
-
 def _section(cls: type, value: Any, where: str, source: str) -> Any:
     """Section ``where`` of the config as dataclass ``cls``: types, ranges and choices
     from its annotations (:func:`mrimsm.settings.validate_dataclass`), then the
@@ -256,7 +137,7 @@ def _cross_check(obj: Any, where: str, source: str) -> None:
         return
     try:
         validate()
-    except _KeyProblem as exc:
+    except KeyProblem as exc:
         raise MrimsmError(f"{source}: key {where + '.' + exc.key!r} {exc.message}") from None
     except ValueError as exc:
         raise MrimsmError(f"{source}: section {where!r}: {exc}") from None

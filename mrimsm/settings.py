@@ -12,11 +12,12 @@ A field says what it accepts once, in its annotation, e.g.::
 :func:`validate_dataclass` builds the dataclass from a mapping (a YAML section) with
 strict types (no ``"yes"`` for a bool, no ``"8"`` for an int, no bool for a number),
 finite floats and unknown keys refused; nested dataclasses are mappings of their own.
-:func:`option_bounds` gives a field's range as the ``min`` / ``max`` of a Typer option,
-so a command's option and the config key it overrides share one definition.
+:func:`check_field` checks one value against one field, so a command's option and the
+config key it overrides share one definition.
 
 A bad value raises :class:`SettingError` with the dotted key (relative to the mapping
-given) and a message such as ``must be in [0, 1], got 2``.
+given) and a message such as ``must be in [0, 1], got 2``. Checks that involve several
+keys stay in the dataclass's ``validate()``, which raises :class:`KeyProblem`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 import annotated_types as at
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-__all__ = ["SettingError", "validate_dataclass", "describe", "option_bounds", "field_annotation"]
+from mrimsm.errors import MrimsmError
+
+__all__ = ["SettingError", "KeyProblem", "check", "validate_dataclass", "check_field", "describe",
+           "field_annotation"]
 
 #: strict types, unknown keys refused, NaN and infinities refused
 _CONFIG = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -46,6 +50,21 @@ class SettingError(ValueError):
         self.kind, self.key, self.message, self.allowed = kind, key, message, allowed
 
 
+class KeyProblem(ValueError):
+    """What a dataclass's ``validate()`` raises for a check across keys: ``key`` (a
+    field name) and ``message`` (``"needs pixel: native"``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """Raise :class:`KeyProblem` ``(key, message)`` unless ``ok``."""
+    if not ok:
+        raise KeyProblem(key, message)
+
+
 def validate_dataclass(cls: type, values: Any) -> Any:
     """An instance of dataclass ``cls`` from the mapping ``values`` (nested dataclass
     fields from nested mappings); :class:`SettingError` for the first problem found
@@ -56,13 +75,23 @@ def validate_dataclass(cls: type, values: Any) -> Any:
         raise _setting_error(cls, exc) from None
 
 
+def check_field(cls: type, name: str, value: Any, label: str) -> Any:
+    """``value`` validated as field ``name`` of dataclass ``cls`` (a command-line value
+    for the config key it overrides); MrimsmError ``"<label> must be ..., got ..."``."""
+    try:
+        return _field_adapter(cls, name).validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise MrimsmError(f"{label} {_value_message(err, field_annotation(cls, name))}") from None
+
+
 def field_annotation(cls: type, name: str) -> Any:
     """The annotation of field ``name`` of dataclass ``cls``, ``Annotated`` metadata kept."""
     return typing.get_type_hints(cls, include_extras=True)[name]
 
 
 def describe(annotation: Any) -> str:
-    """What an annotation's constraints ask for: ``"in [0, 1)"``, ``">= 1"``,
+    """What an annotation's constraints ask for: ``"in [0, 1)"``, ``"an integer in [0, 9]"``, ``">= 1"``,
     ``"fit or native"``, ``">= 16 and a multiple of 16"``; ``""`` when it has none."""
     base, meta = _split(annotation)
     if typing.get_origin(base) is Literal:
@@ -80,29 +109,13 @@ def describe(annotation: Any) -> str:
         elif isinstance(m, at.MinLen):
             parts.append(f"at least {m.min_length} long")
     if lo is not None and hi is not None:
-        parts.insert(0, f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}")
+        interval = f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+        parts.insert(0, f"an integer {interval}" if base is int else interval)
     elif lo is not None:
         parts.insert(0, f"{'>' if lo_open else '>='} {_num(lo)}")
     elif hi is not None:
         parts.insert(0, f"{'<' if hi_open else '<='} {_num(hi)}")
     return " and ".join(parts)
-
-
-def option_bounds(cls: type, name: str) -> dict:
-    """The closed range of field ``name`` as Typer option keywords (``{"min": 1}``,
-    ``{"min": 0, "max": 1}``); an open bound of an int field becomes the next integer."""
-    base, meta = _split(field_annotation(cls, name))
-    out: dict = {}
-    for m in meta:
-        if isinstance(m, at.Ge):
-            out["min"] = m.ge
-        elif isinstance(m, at.Le):
-            out["max"] = m.le
-        elif isinstance(m, (at.Gt, at.Lt)) and base is int:
-            out["min" if isinstance(m, at.Gt) else "max"] = m.gt + 1 if isinstance(m, at.Gt) else m.lt - 1
-        elif isinstance(m, (at.Gt, at.Lt)):
-            raise TypeError(f"{cls.__name__}.{name}: an open bound of a float is no Typer option range")
-    return out
 
 
 # -- dataclass -> pydantic model ---------------------------------------------------------------
@@ -111,6 +124,11 @@ def option_bounds(cls: type, name: str) -> dict:
 @functools.lru_cache(maxsize=None)
 def _adapter(cls: type) -> TypeAdapter:
     return TypeAdapter(_swap(cls))
+
+
+@functools.lru_cache(maxsize=None)
+def _field_adapter(cls: type, name: str) -> TypeAdapter:
+    return TypeAdapter(_swap(field_annotation(cls, name)), config=_CONFIG)
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,13 +193,17 @@ def _setting_error(cls: type, exc: ValidationError) -> SettingError:
         return SettingError("unknown", key, allowed=allowed)
     if kind == "missing":
         return SettingError("missing", key)
+    return SettingError("value", key, _value_message(err, _annotation_at(cls, loc)))
+
+
+def _value_message(err: dict, annotation: Any) -> str:
+    """``"must be >= 1, got 0"``: what the annotation asks for, and the value."""
     got = "null" if err.get("input") is None else repr(err.get("input"))
-    if kind in _CONSTRAINTS:
-        wanted = describe(_annotation_at(cls, loc))
-        return SettingError("value", key, f"must be {wanted or 'valid'}, got {got}")
-    if kind in _TYPE_WORDS:
-        return SettingError("value", key, f"must be {_TYPE_WORDS[kind]}, got {got}")
-    return SettingError("value", key, f"has an invalid value {got} ({err['msg']})")
+    if err["type"] in _CONSTRAINTS:
+        return f"must be {describe(annotation) or 'valid'}, got {got}"
+    if err["type"] in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[err['type']]}, got {got}"
+    return f"has an invalid value {got} ({err['msg']})"
 
 
 def _annotation_at(cls: Any, loc: tuple) -> Any:
