@@ -77,15 +77,17 @@ def register(app: typer.Typer) -> None:
         task = task.value
         settings = image_settings(task, steps=steps, w=w, eta=eta, samples=samples, t0=t0,
                                   init=init.value if init is not None else None)
-        bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(total=settings.steps, unit="step", desc="restore", leave=False, dynamic_ncols=True)
+        bar = None  # made at the first step: a bad input stays one error line
 
         def on_step(done: int, total: int) -> None:
-            if bar is not None:
-                bar.update(done - bar.n)
+            nonlocal bar
+            if quiet:
+                return
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=settings.steps, unit="step", desc="restore", leave=False, dynamic_ncols=True)
+            bar.update(done - bar.n)
 
         try:
             report = restore_file(

@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         max_steps: Optional[int] = setting_option(TrainConfig, "max_steps", "--max-steps",
                                                   help="Override train.max_steps."),
         method: Optional[str] = typer.Option(
-            None, "--method", help="Training method: msm | ssdu (a name in the method table; default: the config's)."
+            None, "--method", callback=_known_method,
+            help="Training method: msm | ssdu (a name in the method table; default: the config's).",
         ),
         data: Optional[Path] = typer.Option(None, "--data", help="Prepared shard directory (overrides data)."),
         device: Optional[str] = device_option(),
@@ -74,3 +75,13 @@ def register(app: typer.Typer) -> None:
             echo=lambda msg: typer.echo(msg, err=True),
             allow_data_change=allow_data_change,
         )
+
+
+def _known_method(name: Optional[str]) -> Optional[str]:
+    """``--method``: a name in :data:`mrimsm.methods.TRAINING_METHODS` (MrimsmError naming
+    the known ones otherwise); checked while parsing, as the table is open to plugins."""
+    if name is not None:
+        from mrimsm.methods import training_method
+
+        training_method(name)
+    return name
