@@ -107,7 +107,7 @@ def describe(annotation: Any) -> str:
         elif isinstance(m, at.MultipleOf):
             parts.append(f"a multiple of {_num(m.multiple_of)}")
         elif isinstance(m, at.MinLen):
-            parts.append(f"at least {m.min_length} long")
+            parts.append("a non-empty list" if m.min_length == 1 else f"a list of at least {m.min_length}")
     if lo is not None and hi is not None:
         interval = f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
         parts.insert(0, f"an integer {interval}" if base is int else interval)

@@ -94,7 +94,7 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         check(self.train_steps <= self.num_steps, "train_steps", f"must be in [1, num_steps = {self.num_steps}]")
-        check(self.beta_start <= self.beta_end, "beta_start", "need 0 < beta_start <= beta_end < 1")
+        check(self.beta_start <= self.beta_end, "beta_start", "must be <= beta_end")
 
 
 # -- masks -------------------------------------------------------------------------
