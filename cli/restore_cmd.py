@@ -17,18 +17,12 @@ import typer
 from .options import device_option, finite_option, seed_option, threads_option
 
 
-class Task(str, Enum):
-    """``--task``: the tasks of :data:`mrimsm.restore.TASKS`."""
-
-    INPAINT_BOX = "inpaint-box"
-    SR4 = "sr4"
-
-
 class Init(str, Enum):
-    """``--init``: where the warm start begins (the two that :mod:`mrimsm.restore` takes)."""
+    """``--init``: where the chain starts, :data:`mrimsm.restore.RESTORE_INITS` (this module
+    does not import torch to read them; a test keeps the two equal)."""
 
-    BASELINE = "baseline"
     NONE = "none"
+    BASELINE = "baseline"
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +35,7 @@ def register(app: typer.Typer) -> None:
                       "with --simulate a clean image."
         ),
         output: Path = typer.Option(..., "--output", "-o", help="Restored image (.png or .jpg)."),
-        task: Task = typer.Option(..., "--task", "-t", help="Box inpainting or 4x super-resolution."),
+        task: str = typer.Option(..., "--task", "-t", help="inpaint-box | sr4 (checked by mrimsm.restore)."),
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="Image MSM checkpoint or run directory (default: the shipped model)."
         ),
@@ -74,7 +68,6 @@ def register(app: typer.Typer) -> None:
 
         from mrimsm.restore import format_report, image_settings, restore_file
 
-        task = task.value
         settings = image_settings(task, steps=steps, w=w, eta=eta, samples=samples, t0=t0,
                                   init=init.value if init is not None else None)
         bar = None  # made at the first step: a bad input stays one error line

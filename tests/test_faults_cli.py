@@ -366,7 +366,7 @@ def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, l
         "restore": (["restore", png, "-o", work / "r.png", "-t", "inpaint-box", "--device", "cpu"], {
             "input": [([missing / "i.png", "-o", work / "r.png", "-t", "sr4"], "missing")],
             "output": [(["-o", work / "r.txt"], "r.txt")],
-            "task": [(["-t", "denoise"], "'denoise' is not one of 'inpaint-box', 'sr4'")],
+            "task": [(["-t", "denoise"], "unknown task 'denoise'")],
             "checkpoint": [(["--checkpoint", missing / "c.pt"], "missing")],
             "simulate": flag("--simulate"),
             "samples": [(["--samples", "abc"], "--samples"), (["--samples", "0"], "samples must be >= 1")],
@@ -374,7 +374,7 @@ def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, l
             "w": [(["--w", "abc"], "--w"), (["--w", "1000000"], "w must be in [1, 1000]")],
             "eta": [(["--eta", "2"], "eta must be in [0, 1]"), (["--eta", "nan"], "--eta must be a finite number")],
             "t0": [(["--t0", "2"], "t0 must be in [0, 1]"), (["--t0", "inf"], "--t0 must be a finite number")],
-            "init": [(["--init", "cs"], "'cs' is not one of 'baseline', 'none'")],
+            "init": [(["--init", "cs"], "'cs' is not one of 'none', 'baseline'")],
             "noise": [(["--simulate", "--noise", "nan"], "--noise must be a finite number"),
                       (["--noise", "x"], "--noise")],
             "seed": ints("--seed", "an integer in [0, 4294967295]", 2**32),
