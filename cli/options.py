@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from mrimsm.limits import check_finite, check_seed, check_threads
-from mrimsm.settings import check_field
+from mrimsm.settings import check_field, describe, field_annotation
 
 __all__ = ["threads_option", "seed_option", "device_option", "setting_option", "finite_option"]
 
@@ -38,9 +38,12 @@ def device_option(help: str = "cpu, cuda or cuda:N (default: cuda if available).
 
 def setting_option(cls: type, name: str, *flags: str, help: str) -> Any:
     """An option that overrides field ``name`` of config section ``cls`` (default
-    ``None``: the config's value), checked against that field's annotation."""
+    ``None``: the config's value), checked against that field's annotation; the help
+    ends with what the field takes (``[>= 1]``, ``[[0, 1]]``)."""
     label = flags[0]
-    return typer.Option(None, *flags, callback=_unless_none(lambda v: check_field(cls, name, v, label)), help=help)
+    wanted = describe(field_annotation(cls, name)).removeprefix("in ")  # "[>= 1]", "[[0, 1]]"
+    return typer.Option(None, *flags, callback=_unless_none(lambda v: check_field(cls, name, v, label)),
+                        help=f"{help} [{wanted}]" if wanted else help)
 
 
 def finite_option(default: Optional[float], *flags: str, help: str) -> Any:

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
                                               help="Reverse diffusion steps (default: sample.steps)."),
         w: Optional[int] = setting_option(SampleConfig, "w", "--w", help="Random masks per step (default: sample.w)."),
         eta: Optional[float] = setting_option(SampleConfig, "eta", "--eta",
-                                              help="DDIM eta in [0, 1] (default: sample.eta)."),
+                                              help="DDIM eta (default: sample.eta)."),
         seed: int = seed_option("Same seed, same samples."),
         out: Path = typer.Option(
             Path("samples.h5"), "-o", "--out",
