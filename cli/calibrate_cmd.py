@@ -3,7 +3,8 @@ scans, so that ``recon`` can write a calibrated ``error_bound`` beside ``uncerta
 
 Thin layer over :func:`mrimsm.recon.calibration.calibrate`; the file goes beside the
 checkpoint (``C.pt`` -> ``C.calibration.json``, where ``recon`` looks for it) unless
-``-o`` says otherwise. Numeric options are parsed by :func:`mrimsm.recon.parse_options`.
+``-o`` says otherwise. Options are typed; ``--accel`` is checked as recon's
+(:func:`mrimsm.limits.parse_accel`), ``--samples`` by the posterior settings it overrides.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from mrimsm.limits import parse_accel
+
+from .options import device_option, seed_option, threads_option
 
 
 def register(app: typer.Typer) -> None:
@@ -26,42 +31,38 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="MSM checkpoint (default: the shipped prior for the scans' size)."
         ),
-        accel: List[str] = typer.Option(
-            ["4", "6"], "--accel", "-R", metavar="R", help="Accelerations to calibrate (repeat; default 4 and 6)."
+        accel: List[float] = typer.Option(
+            [4.0, 6.0], "--accel", "-R", metavar="R", callback=lambda values: [parse_accel(a) for a in values],
+            help="Accelerations to calibrate (repeat; default 4 and 6).",
         ),
-        samples: Optional[str] = typer.Option(
+        samples: Optional[int] = typer.Option(
             None, "--samples", metavar="K", help="Posterior samples per slice (default: the solver settings').",
         ),
         settings: Optional[Path] = typer.Option(
             None, "--settings", metavar="YAML", help="Posterior settings file (the bound holds for these)."
         ),
-        seed: Optional[str] = typer.Option(None, "--seed", metavar="INT", help="Base seed of the masks (default 0)."),
+        seed: int = seed_option("Base seed of the masks."),
         output: Optional[Path] = typer.Option(
             None, "--output", "-o", help="Calibration file (default: beside the checkpoint, C.calibration.json)."
         ),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
-        threads: Optional[str] = typer.Option(None, "--threads", metavar="N", help="torch CPU threads."),
+        device: Optional[str] = device_option(),
+        threads: Optional[int] = threads_option(),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing calibration file."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Calibrate a prior's uncertainty maps on fully sampled scans (errors against each scan's
         reconstruction_rss), for recon's error_bound."""
-        from mrimsm import recon as lib
         from mrimsm.errors import MrimsmError
-        from mrimsm.limits import parse_accel
         from mrimsm.recon.calibration import calibrate as make, calibration_path, write_calibration
         from mrimsm.recon.directory import list_inputs
         from mrimsm.utils import check_output
 
         from .recon_cmd import _echo_line, _progress
 
-        opts = lib.parse_options({"seed": seed, "samples": samples, "checkpoint": checkpoint,
-                                  "settings": settings, "device": device})
-        if threads is not None:
-            from mrimsm.utils import set_threads
+        from mrimsm.utils import set_threads
 
-            set_threads(threads)
-        accels = [parse_accel(a) for a in accel]
+        set_threads(threads)
+        opts = {"samples": samples, "checkpoint": checkpoint, "settings": settings, "device": device}
         files: list[Path] = []
         for p in scans:
             if p.is_dir():
@@ -72,15 +73,14 @@ def register(app: typer.Typer) -> None:
                 raise MrimsmError(f"no such file or directory: {p}")
         if not files:
             raise MrimsmError("no .h5 files among the scans given")
-        base_seed = opts.pop("seed")
         if output is None and checkpoint is None:
             raise MrimsmError("give --checkpoint (or -o): a shipped prior's calibration lives in the package")
         target = output if output is not None else calibration_path(checkpoint)
         if target.exists() and not overwrite:
             raise MrimsmError(f"{target} exists; pass --overwrite to replace it")
         check_output(target, kind="file", inputs=[*files, *(x for x in (checkpoint, settings) if x)])
-        cal = make(files, accels, {k: v for k, v in opts.items() if v is not None},
-                   seed=0 if base_seed is None else base_seed, progress=_progress(not quiet),
+        cal = make(files, accel, {k: v for k, v in opts.items() if v is not None},
+                   seed=seed, progress=_progress(not quiet),
                    on_volume=None if quiet else _echo_line)
         write_calibration(cal, target)
         for e in cal["entries"]:

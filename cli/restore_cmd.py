@@ -1,16 +1,28 @@
 """``mrimsm restore``: box inpainting / 4x super-resolution of an image with a natural-image MSM prior.
 
-Thin layer over :func:`mrimsm.restore.restore_file`: parses options, shows tqdm
+Thin layer over :func:`mrimsm.restore.restore_file`: typed options (their ranges are
+:class:`~mrimsm.diffusion.posterior.PosteriorSettings`' checks), shows tqdm
 progress over the reverse steps, prints the summary (and, with ``--simulate``,
 PSNR / SSIM against the clean image for MSM and the simple baseline).
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from .options import device_option, finite_option, seed_option, threads_option
+
+
+class Init(str, Enum):
+    """``--init``: where the chain starts, :data:`mrimsm.restore.RESTORE_INITS` (this module
+    does not import torch to read them; a test keeps the two equal)."""
+
+    NONE = "none"
+    BASELINE = "baseline"
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +35,7 @@ def register(app: typer.Typer) -> None:
                       "with --simulate a clean image."
         ),
         output: Path = typer.Option(..., "--output", "-o", help="Restored image (.png or .jpg)."),
-        task: str = typer.Option(..., "--task", "-t", help="inpaint-box | sr4."),
+        task: str = typer.Option(..., "--task", "-t", help="inpaint-box | sr4 (checked by mrimsm.restore)."),
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="Image MSM checkpoint or run directory (default: the shipped model)."
         ),
@@ -35,19 +47,17 @@ def register(app: typer.Typer) -> None:
         ),
         steps: Optional[int] = typer.Option(None, "--steps", help="Reverse diffusion steps from t0 (default 50)."),
         w: Optional[int] = typer.Option(None, "--w", help="Random masks per step (default 3)."),
-        eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta in [0, 1] (default 1)."),
-        t0: Optional[float] = typer.Option(
+        eta: Optional[float] = finite_option(None, "--eta", help="DDIM eta in [0, 1] (default 1)."),
+        t0: Optional[float] = finite_option(
             None, "--t0", help="Warm start: begin the chain at t0 * T from --init (default 0.4 inpaint-box, 0.2 sr4; 1 = from noise)."
         ),
-        init: Optional[str] = typer.Option(
-            None, "--init", help="Initial image of the warm start: baseline (bicubic / mean fill) or none."
+        init: Optional[Init] = typer.Option(
+            None, "--init", help="Initial image of the warm start: baseline (bicubic / mean fill) or none (t0 1)."
         ),
-        noise: float = typer.Option(0.01, "--noise", help="--simulate: observation noise std (images in [-1, 1])."),
-        seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
-        threads: Optional[int] = typer.Option(
-            None, "--threads", help="torch CPU threads (1 is fastest on a busy shared CPU)."
-        ),
+        noise: float = finite_option(0.01, "--noise", help="--simulate: observation noise std (images in [-1, 1])."),
+        seed: int = seed_option("Same seed, same result."),
+        device: Optional[str] = device_option(),
+        threads: Optional[int] = threads_option(),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Restore INPUT (box inpainting or 4x super-resolution) with the MSM posterior solver."""
@@ -58,16 +68,19 @@ def register(app: typer.Typer) -> None:
 
         from mrimsm.restore import format_report, image_settings, restore_file
 
-        settings = image_settings(task, steps=steps, w=w, eta=eta, samples=samples, t0=t0, init=init)
-        bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(total=settings.steps, unit="step", desc="restore", leave=False, dynamic_ncols=True)
+        settings = image_settings(task, steps=steps, w=w, eta=eta, samples=samples, t0=t0,
+                                  init=init.value if init is not None else None)
+        bar = None  # made at the first step: a bad input stays one error line
 
         def on_step(done: int, total: int) -> None:
-            if bar is not None:
-                bar.update(done - bar.n)
+            nonlocal bar
+            if quiet:
+                return
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=settings.steps, unit="step", desc="restore", leave=False, dynamic_ncols=True)
+            bar.update(done - bar.n)
 
         try:
             report = restore_file(

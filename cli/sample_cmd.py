@@ -10,38 +10,37 @@ from typing import Optional
 
 import typer
 
+from mrimsm.sections import SampleConfig
+
+from .options import device_option, seed_option, setting_option, threads_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("sample")
     def sample_command(
         checkpoint: Path = typer.Argument(..., help="Checkpoint file or run directory (uses its last.pt)."),
-        num: Optional[int] = typer.Option(None, "-n", "--num", help="Number of samples (config: 16)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Reverse diffusion steps (config: 200)."),
-        w: Optional[int] = typer.Option(None, "--w", help="Random masks per step (config: 1)."),
-        eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta in [0, 1] (config: 1)."),
-        seed: int = typer.Option(0, "--seed", help="Same seed, same samples."),
+        num: Optional[int] = setting_option(SampleConfig, "num", "-n", "--num",
+                                            help="Number of samples (default: the checkpoint config's sample.num)."),
+        steps: Optional[int] = setting_option(SampleConfig, "steps", "--steps",
+                                              help="Reverse diffusion steps (default: sample.steps)."),
+        w: Optional[int] = setting_option(SampleConfig, "w", "--w", help="Random masks per step (default: sample.w)."),
+        eta: Optional[float] = setting_option(SampleConfig, "eta", "--eta",
+                                              help="DDIM eta (default: sample.eta)."),
+        seed: int = seed_option("Same seed, same samples."),
         out: Path = typer.Option(
             Path("samples.h5"), "-o", "--out",
             help="Output HDF5 (a PNG grid is written beside it; -o x.png writes x.h5 and x.png)."
         ),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples drawn at once (config: 8)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
-        threads: Optional[int] = typer.Option(
-            None, "--threads", help="torch CPU threads (1 is fastest on a busy shared CPU)."
-        ),
+        batch_size: Optional[int] = setting_option(SampleConfig, "batch_size", "--batch-size",
+                                                   help="Samples drawn at once (default: sample.batch_size)."),
+        device: Optional[str] = device_option(),
+        threads: Optional[int] = threads_option(),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Draw samples from a trained MSM prior; write HDF5 (complex images) and a PNG grid
         (Ctrl-C / SIGTERM: stop, say what was written, exit 130)."""
-        from mrimsm.errors import MrimsmError
         from mrimsm.utils import resolve_device, set_threads
 
-        for name, value in (("-n", num), ("--steps", steps), ("--w", w), ("--batch-size", batch_size),
-                            ("--threads", threads)):
-            if value is not None and value < 1:
-                raise MrimsmError(f"{name} must be >= 1, got {value}")
-        if eta is not None and not 0 <= eta <= 1:
-            raise MrimsmError(f"--eta must be in [0, 1], got {eta}")
         set_threads(threads)
         torch_device = resolve_device(device)
         # -o x.h5 -> x.h5 + x.png; -o x.png -> the same pair; -o x -> x.h5 + x.png
@@ -62,8 +61,9 @@ def register(app: typer.Typer) -> None:
         written: list = []
         try:
             with raising_interrupts():  # SIGINT / SIGTERM: stop, say what was written (each file whole)
-                num = _draw_and_write(ckpt_path, h5_path, png_path, torch_device, num, steps, w, eta, seed,
-                                      batch_size, quiet, drawn, written)
+                given = {"num": num, "steps": steps, "w": w, "eta": eta, "batch_size": batch_size}
+                num = _draw_and_write(ckpt_path, h5_path, png_path, torch_device,
+                                      {k: v for k, v in given.items() if v is not None}, seed, quiet, drawn, written)
         except KeyboardInterrupt as exc:
             name = str(exc.args[0]) if exc.args else "SIGINT"
             if not written:
@@ -79,10 +79,13 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {num} samples to {h5_path} and {png_path}", err=True)
 
 
-def _draw_and_write(ckpt_path, h5_path, png_path, torch_device, num, steps, w, eta, seed, batch_size, quiet,
+def _draw_and_write(ckpt_path, h5_path, png_path, torch_device, given: dict, seed, quiet,
                     drawn: list, written: list) -> int:
     """Load the prior, draw the samples, write ``h5_path`` then ``png_path`` (appended to
-    ``written`` once whole); ``drawn[0]`` counts the samples drawn so far. Returns ``num``."""
+    ``written`` once whole); ``drawn[0]`` counts the samples drawn so far. ``given``: the
+    options given, over the checkpoint config's ``sample`` section. Returns the number drawn."""
+    import dataclasses
+
     from tqdm import tqdm
 
     from mrimsm.errors import MrimsmError
@@ -90,12 +93,8 @@ def _draw_and_write(ckpt_path, h5_path, png_path, torch_device, num, steps, w, e
     from mrimsm.train import save_grid
 
     loaded = load_msm(ckpt_path, device=torch_device)
-    defaults = loaded.config.get("sample", {})
-    num = num if num is not None else int(defaults.get("num", 16))
-    steps = steps if steps is not None else int(defaults.get("steps", 200))
-    w = w if w is not None else int(defaults.get("w", 1))
-    eta = eta if eta is not None else float(defaults.get("eta", 1.0))
-    batch_size = batch_size if batch_size is not None else int(defaults.get("batch_size", 8))
+    settings = dataclasses.replace(SampleConfig(**loaded.config.get("sample", {})), **given)
+    num, steps, w, eta = settings.num, settings.steps, settings.w, settings.eta
     num_steps = int(loaded.meta.get("schedule", {}).get("num_steps", 1000))
     if steps > num_steps:
         raise MrimsmError(f"--steps must be <= {num_steps}, got {steps}")
@@ -110,7 +109,7 @@ def _draw_and_write(ckpt_path, h5_path, png_path, torch_device, num, steps, w, e
 
     try:
         images = generate(
-            loaded, num, steps=steps, w=w, eta=eta, seed=seed, batch_size=batch_size,
+            loaded, num, steps=steps, w=w, eta=eta, seed=seed, batch_size=settings.batch_size,
             device=torch_device, progress=advance,
         )
     finally:

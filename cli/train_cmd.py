@@ -7,6 +7,10 @@ from typing import Optional
 
 import typer
 
+from mrimsm.sections import TrainConfig
+
+from .options import device_option, setting_option, threads_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -25,13 +29,15 @@ def register(app: typer.Typer) -> None:
             help="With --resume: continue on other data than the checkpoint was trained on, with a note "
                  "(fine-tuning: copy a checkpoint to RUN_DIR/last.pt and resume).",
         ),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override train.max_steps."),
-        method: Optional[str] = typer.Option(None, "--method", help="Training method: msm | ssdu."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Prepared shard directory (overrides data)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
-        threads: Optional[int] = typer.Option(
-            None, "--threads", help="torch CPU threads (1 is fastest on a busy shared CPU)."
+        max_steps: Optional[int] = setting_option(TrainConfig, "max_steps", "--max-steps",
+                                                  help="Override train.max_steps."),
+        method: Optional[str] = typer.Option(
+            None, "--method", callback=_known_method,
+            help="Training method: msm | ssdu (a name in the method table; default: the config's).",
         ),
+        data: Optional[Path] = typer.Option(None, "--data", help="Prepared shard directory (overrides data)."),
+        device: Optional[str] = device_option(),
+        threads: Optional[int] = threads_option(),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Train a prior (MSM) or a baseline (SSDU) on prepared undersampled measurements.
@@ -39,16 +45,12 @@ def register(app: typer.Typer) -> None:
         Bad input (config, data, checkpoint, a batch larger than the data set) is one 'error:' line, exit 2, before anything is written to the run directory. A shard that turns out truncated or locked mid-run stops with a checkpoint and the command that resumes; so does Ctrl-C (exit 130).
         """
         from mrimsm.config import load_config
-        from mrimsm.errors import MrimsmError
-
         from mrimsm.utils import set_threads
 
         set_threads(threads)
         cfg = load_config(config, method=method)
         overrides = {}
         if max_steps is not None:
-            if max_steps < 0:
-                raise MrimsmError(f"--max-steps must be >= 0, got {max_steps}")
             overrides["train.max_steps"] = max_steps
         if data is not None:
             overrides["data.root"] = str(data)
@@ -73,3 +75,13 @@ def register(app: typer.Typer) -> None:
             echo=lambda msg: typer.echo(msg, err=True),
             allow_data_change=allow_data_change,
         )
+
+
+def _known_method(name: Optional[str]) -> Optional[str]:
+    """``--method``: a name in :data:`mrimsm.methods.TRAINING_METHODS` (MrimsmError naming
+    the known ones otherwise); checked while parsing, as the table is open to plugins."""
+    if name is not None:
+        from mrimsm.methods import training_method
+
+        training_method(name)
+    return name

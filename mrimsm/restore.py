@@ -264,6 +264,10 @@ def check_memory(loaded, hw: tuple[int, int], batch: int, device, task: str = "i
     )
 
 
+#: Where restore's chain starts: from noise (``none``) or from the task's baseline image.
+RESTORE_INITS = ("none", "baseline")
+
+
 def restore_observation(
     loaded,
     y: torch.Tensor,
@@ -300,7 +304,7 @@ def restore_observation(
     sampler = SubmaskSampler(training_mask_family(loaded.meta), hw)
     lo, hi = value_range
     base = baseline(y.cpu(), task, hw).clamp(lo, hi)
-    if settings.init not in ("none", "baseline"):
+    if settings.init not in RESTORE_INITS:
         raise MrimsmError(f"restore starts from noise (init none) or from the {baseline_name(task)} image "
                           f"(init baseline), not {settings.init!r}")
     t0 = time.perf_counter()

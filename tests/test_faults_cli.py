@@ -314,6 +314,128 @@ def test_usage_errors_are_one_line(command, tmp_path, capsys, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+#: the commands whose every option and argument is swept with bad values (:func:`_option_cases`)
+SWEPT = ("train", "sample", "restore", "calibrate", "convert")
+
+
+def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, list]]]:
+    """``command -> (base args, {param: [(args, needle), ...]})`` with real inputs under
+    ``inputs`` and every output under ``work``."""
+    from PIL import Image
+
+    inputs.mkdir()
+    cfg = _toy_yaml(inputs)
+    png = inputs / "grey.png"
+    Image.fromarray(np.full((32, 32), 128, np.uint8), mode="L").save(png)
+    scan = write_fake_fastmri(inputs / "scan.h5", "full", num_slices=1, size=32, num_coils=4)
+    twix = inputs / "meas.dat"
+    twix.write_bytes(b"not a twix file")
+    taken = inputs / "taken.h5"  # an existing output
+    taken.write_bytes(b"x")
+    missing = inputs / "missing"
+    msm = ASSETS / "default_msm.pt"
+    flag = lambda name: [([f"{name}=yes"], name)]  # noqa: E731
+    ints = lambda name, low, below: [([name, "abc"], name), ([name, str(below)], f"{name} must be {low}")]  # noqa: E731
+    return {
+        "train": (["train", cfg, "--out", work / "run"], {
+            "config": [([missing / "c.yaml", "--out", work / "run"], "does not exist")],
+            "out": [(["--out", taken], str(taken))],
+            "resume": flag("--resume"),
+            "allow_data_change": flag("--allow-data-change"),
+            "max_steps": ints("--max-steps", ">= 0", -1),
+            "method": [(["--method", "nope"], "unknown method 'nope'")],
+            "data": [([REPO / "configs" / "tiny.yaml", "--out", work / "run", "--data", missing], str(missing))],
+            "device": [(["--device", "tpu"], "--device must be cpu, cuda or cuda:N")],
+            "threads": ints("--threads", "an integer in [1, ", 0),
+            "quiet": flag("--quiet"),
+        }),
+        "sample": (["sample", msm, "-o", work / "s.h5", "--device", "cpu"], {
+            "checkpoint": [([missing / "c.pt", "-o", work / "s.h5"], "missing")],
+            "num": ints("-n", ">= 1", 0),
+            "steps": ints("--steps", ">= 1", 0) + [(["--steps", "5000"], "--steps must be <= 1000")],
+            "w": ints("--w", ">= 1", 0),
+            "eta": [(["--eta", "2"], "--eta must be in [0, 1]"), (["--eta", "nan"], "--eta must be a finite number"),
+                    (["--eta", "x"], "--eta")],
+            "seed": ints("--seed", "an integer in [0, 4294967295]", -1),
+            "out": [(["-o", taken / "s.h5"], str(taken))],
+            "batch_size": ints("--batch-size", ">= 1", 0),
+            "device": [(["--device", "tpu"], "--device must be cpu, cuda or cuda:N")],
+            "threads": ints("--threads", "an integer in [1, ", 0),
+            "quiet": flag("--quiet"),
+        }),
+        "restore": (["restore", png, "-o", work / "r.png", "-t", "inpaint-box", "--device", "cpu"], {
+            "input": [([missing / "i.png", "-o", work / "r.png", "-t", "sr4"], "missing")],
+            "output": [(["-o", work / "r.txt"], "r.txt")],
+            "task": [(["-t", "denoise"], "unknown task 'denoise'")],
+            "checkpoint": [(["--checkpoint", missing / "c.pt"], "missing")],
+            "simulate": flag("--simulate"),
+            "samples": [(["--samples", "abc"], "--samples"), (["--samples", "0"], "samples must be >= 1")],
+            "steps": [(["--steps", "abc"], "--steps"), (["--steps", "0"], "steps must be >= 1")],
+            "w": [(["--w", "abc"], "--w"), (["--w", "1000000"], "w must be in [1, 1000]")],
+            "eta": [(["--eta", "2"], "eta must be in [0, 1]"), (["--eta", "nan"], "--eta must be a finite number")],
+            "t0": [(["--t0", "2"], "t0 must be in [0, 1]"), (["--t0", "inf"], "--t0 must be a finite number")],
+            "init": [(["--init", "cs"], "'cs' is not one of 'none', 'baseline'")],
+            "noise": [(["--simulate", "--noise", "nan"], "--noise must be a finite number"),
+                      (["--noise", "x"], "--noise")],
+            "seed": ints("--seed", "an integer in [0, 4294967295]", 2**32),
+            "device": [(["--device", "tpu"], "--device must be cpu, cuda or cuda:N")],
+            "threads": ints("--threads", "an integer in [1, ", 0),
+            "quiet": flag("--quiet"),
+        }),
+        "calibrate": (["calibrate", scan, "--checkpoint", msm, "-o", work / "c.json", "--device", "cpu"], {
+            "scans": [([missing / "s.h5", "--checkpoint", msm, "-o", work / "c.json"], "no such file")],
+            "checkpoint": [(["--checkpoint", missing / "c.pt"], "missing")],
+            "accel": [(["-R", "six"], "--accel"), (["-R", "0.5"], "--accel must be a number >= 1"),
+                      (["-R", "nan"], "--accel must be a number >= 1")],
+            "samples": [(["--samples", "abc"], "--samples"), (["--samples", "0"], "samples must be >= 1")],
+            "settings": [(["--settings", missing / "s.yaml"], "s.yaml")],
+            "seed": ints("--seed", "an integer in [0, 4294967295]", -1),
+            "output": [(["-o", taken], "exists; pass --overwrite")],
+            "device": [(["--device", "tpu"], "--device must be cpu, cuda or cuda:N")],
+            "threads": ints("--threads", "an integer in [1, ", 0),
+            "overwrite": flag("--overwrite"),
+            "quiet": flag("--quiet"),
+        }),
+        "convert": (["convert", twix, "-o", work / "c.h5"], {
+            "input": [([missing / "meas.dat", "-o", work / "c.h5"], "meas.dat")],
+            "output": [(["-o", taken], "exists; pass --overwrite")],
+            "overwrite": flag("--overwrite"),
+        }),
+    }
+
+
+def test_every_option_is_swept(tmp_path):
+    import typer
+
+    from mrimsm.cli.main import app
+
+    commands = typer.main.get_command(app).commands
+    cases = _option_cases(tmp_path / "in", tmp_path / "work")
+    for command in SWEPT:
+        params = {p.name for p in commands[command].params if p.name != "help"}
+        assert set(cases[command][1]) == params, command
+
+
+@pytest.mark.parametrize("command", SWEPT)
+def test_every_bad_option_value_is_one_line(command, tmp_path, capsys, monkeypatch):
+    """Each bad value: one ``error:`` line naming the option (or the file), exit 2, no
+    output on stdout and nothing written anywhere."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    base, params = _option_cases(tmp_path / "in", work)[command]
+    before = _files(tmp_path)
+    for param, cases in params.items():
+        for args, needle in cases:
+            # an argument's case (it starts with a path) replaces the base arguments
+            argv = [command, *args] if not str(args[0]).startswith("-") else [*base, *args]
+            rc, err, out = _run(argv, capsys)
+            assert rc == 2 and len(err) == 1, (argv, rc, err[-3:])
+            line = _one_error(rc, err, needle)
+            assert "╭" not in line and out == "", (argv, line, out)
+            assert _files(tmp_path) == before, (argv, _files(tmp_path) - before)
+
+
 def test_root_usage_errors_and_help(capsys):
     for argv, needle in ((["bogus"], "No such command 'bogus'"), (["--bogus"], "--bogus")):
         _one_error(*_run(argv, capsys)[:2], needle)

@@ -23,13 +23,16 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from annotated_types import Ge, Interval
 
 from mrimsm import distributed
 from mrimsm.data.datasets import collate
 from mrimsm.data.images import ImageFolderDataset
 from mrimsm.diffusion.method import DiffusionConfig, MSMMethod, UNetConfig
 from mrimsm.errors import MrimsmError
+from mrimsm.sections import Count
 from mrimsm.trainmethod import DataBundle
 
 if TYPE_CHECKING:  # the config is read, never built, here
@@ -51,26 +54,12 @@ class ImageDataConfig:
     ``channel_mismatch``: convert | skip | error for files with the other channel count.
     """
 
-    size: int = 128
-    p: float = 0.4
-    rho: float = 0.0
-    seed: int = 0
-    channels: int = 3
-    channel_mismatch: str = "convert"
-
-    def validate(self) -> None:
-        if self.size < 1:
-            raise ValueError("size: must be >= 1")
-        if not 0 < self.p <= 1:
-            raise ValueError("p: must be in (0, 1]")
-        if self.rho < 0:
-            raise ValueError("rho: must be >= 0")
-        if self.seed < 0:
-            raise ValueError("seed: must be >= 0")
-        if self.channels not in (1, 3):
-            raise ValueError("channels: must be 1 or 3")
-        if self.channel_mismatch not in ("convert", "skip", "error"):
-            raise ValueError("channel_mismatch: must be convert, skip or error")
+    size: Count = 128
+    p: Annotated[float, Interval(gt=0, le=1)] = 0.4
+    rho: Annotated[float, Ge(0)] = 0.0
+    seed: Annotated[int, Ge(0)] = 0
+    channels: Literal[1, 3] = 3
+    channel_mismatch: Literal["convert", "skip", "error"] = "convert"
 
 
 class ImageMSMMethod(MSMMethod):

@@ -28,10 +28,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt, Interval, MinLen
 from torch import nn
 
 from mrimsm.diffusion.denoiser import LEGACY_SKIP, SKIPS, build_denoiser
@@ -41,6 +42,8 @@ from mrimsm.diffusion.schedule import VPSchedule
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler, training_mask_family
 from mrimsm.physics.operators import Identity, MaskedMeasurement, MultiCoilMRI
+from mrimsm.sections import Count
+from mrimsm.settings import check
 from mrimsm.trainmethod import TrainMethod
 
 if TYPE_CHECKING:  # the config is read, never built, here
@@ -58,67 +61,40 @@ __all__ = [
 class UNetConfig:
     """UNet widths (see :class:`mrimsm.models.unet.UNet`); paper: 128, (1, 1, 2, 2, 4, 4), 2, (32, 16, 8), 64."""
 
-    model_channels: int
-    channel_mult: list[int]
-    num_res_blocks: int
+    model_channels: Count
+    channel_mult: Annotated[list[Count], MinLen(1)]
+    num_res_blocks: Count
     attention_resolutions: list[int]
-    num_head_channels: int = 64
-    dropout: float = 0.0
+    num_head_channels: Count = 64
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
-
-    def validate(self) -> None:
-        if self.model_channels < 1:
-            raise ValueError("model_channels: must be >= 1")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError("channel_mult: must be a non-empty list of positive integers")
-        if self.num_res_blocks < 1:
-            raise ValueError("num_res_blocks: must be >= 1")
-        if self.num_head_channels < 1:
-            raise ValueError("num_head_channels: must be >= 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError("dropout: must be in [0, 1)")
 
 
 @dataclass
 class DiffusionConfig:
-    """Schedule, loss and denoiser settings (docs/method.md sections 3-4)."""
+    """Schedule, loss and denoiser settings (docs/method.md sections 3-4). ``rho``
+    ``None``: the noise level the data was prepared with; ``skip``: the denoiser's skip
+    term (:data:`mrimsm.diffusion.denoiser.SKIPS`); ``cg_iters``: CG iterations of the
+    projection skip."""
 
-    rho: Optional[float] = None
-    lambda_sure: float = 0.05
-    tau: float = 0.005
-    train_steps: int = 200
-    weighting: str = "uniform"
-    prediction: str = "x0"
-    sigma_data: float = 0.5
-    skip: str = "projection"  # the denoiser's skip term: image | projection (diffusion/denoiser.py)
-    cg_iters: int = 8  # CG iterations of the projection skip
+    rho: Optional[Annotated[float, Ge(0)]] = None
+    lambda_sure: Annotated[float, Ge(0)] = 0.05
+    tau: Annotated[float, Gt(0)] = 0.005
+    train_steps: Count = 200
+    weighting: Literal["uniform", "snr", "edm"] = "uniform"
+    prediction: Literal["x0", "eps"] = "x0"
+    sigma_data: Annotated[float, Gt(0)] = 0.5
+    skip: Literal[SKIPS] = "projection"
+    cg_iters: Count = 8
     reference_grad: bool = False
-    num_steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    num_steps: Count = 1000
+    beta_start: Annotated[float, Gt(0)] = 1e-4
+    beta_end: Annotated[float, Interval(gt=0, lt=1)] = 0.02
 
     def validate(self) -> None:
-        if self.rho is not None and self.rho < 0:
-            raise ValueError("rho: must be >= 0 (or null: from the data)")
-        if self.lambda_sure < 0:
-            raise ValueError("lambda_sure: must be >= 0")
-        if self.tau <= 0:
-            raise ValueError("tau: must be > 0")
-        if not 1 <= self.train_steps <= self.num_steps:
-            raise ValueError(f"train_steps: must be in [1, num_steps = {self.num_steps}]")
-        if self.weighting not in ("uniform", "snr", "edm"):
-            raise ValueError("weighting: must be uniform, snr or edm")
-        if self.prediction not in ("x0", "eps"):
-            raise ValueError("prediction: must be x0 or eps")
-        if self.sigma_data <= 0:
-            raise ValueError("sigma_data: must be > 0")
-        if self.skip not in SKIPS:
-            raise ValueError(f"skip: must be one of {', '.join(SKIPS)}")
-        if self.cg_iters < 1:
-            raise ValueError("cg_iters: must be >= 1")
-        if not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError("beta_start: need 0 < beta_start <= beta_end < 1")
+        check(self.train_steps <= self.num_steps, "train_steps", f"must be in [1, num_steps = {self.num_steps}]")
+        check(self.beta_start <= self.beta_end, "beta_start", "must be <= beta_end")
 
 
 # -- masks -------------------------------------------------------------------------
