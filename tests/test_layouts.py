@@ -220,3 +220,55 @@ def test_recon_on_a_padded_file_notes_the_encoded_columns(tmp_path, capsys):
     with h5py.File(out) as f:
         assert f.attrs["acceleration_achieved"] == pytest.approx(52 / 13)
         assert psnr(ref, f["reconstruction"][()]) > 25
+
+
+# -- prep-fastmri on zero-padded files -----------------------------------------------------
+
+
+def test_target_encoded_columns_map_the_raw_limits_onto_the_prep_grid():
+    from mrimsm.data.prep.volume import target_encoded_columns
+
+    assert target_encoded_columns(None, 368, 256) is None
+    assert target_encoded_columns((0, 368), 368, 256) is None
+    # 368 raw columns (centre 184) on 256 target ones (centre 128), k-spacing 368 / 256 raw:
+    # first encoded raw column 16 -> 128 + (16 - 184) * 256 / 368 = 11.13 -> 12 (inside);
+    # last, 351 -> 128 + (351 - 184) * 256 / 368 = 244.17 -> 244, so right = 245
+    assert target_encoded_columns((16, 352), 368, 256) == (12, 245)
+    assert target_encoded_columns((16, 352), 368, 368) == (16, 352)  # same grid: unchanged
+
+
+def test_mask_on_encoded_columns_never_samples_padding_and_counts_encoded_columns():
+    from mrimsm.physics.masks import RandomCartesian, encoded_acceleration, mask_on_encoded_columns
+
+    family = RandomCartesian(accel=4, center_fraction=0.08)
+    for seed in range(5):
+        m = mask_on_encoded_columns(family, (64, 64), (4, 56), seed=seed)
+        assert not m[:4].any() and not m[56:].any() and m[32]
+        assert encoded_acceleration(m[None], (4, 56))[0] == pytest.approx(52 / m.sum())
+        assert 52 / m.sum() == pytest.approx(4)  # round(52 / 4) = 13 columns: every drawn one is encoded
+    assert (mask_on_encoded_columns(family, (64, 64), None, seed=1) == family((64, 64), seed=1)).all()
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_prep_masks_skip_the_padded_columns(tmp_path, capsys, header):
+    """prep-fastmri on a knee-like file: the shards' masks never sample the padded columns
+    (mapped onto the prep grid), R counts the encoded ones, the manifest records them."""
+    import json
+
+    encoded = (4, 56)
+    write_padded(tmp_path / "raw" / "knee.h5", encoded, header=header, num_slices=2)
+    out = tmp_path / "out"
+    rc, _, err = _run(["prep-fastmri", str(tmp_path / "raw"), str(out), "--size", str(SIZE),
+                       "--mask", "random", "--val-fraction", "0", "--acquisition", "all", "--skip-first", "0", "--skip-last", "0", "-q"], capsys)
+    assert rc == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = manifest["shards"]
+    lo, hi = entry["encoded_columns"]
+    assert (lo, hi) == (4, 56)  # the prep grid is the raw grid here (64 columns, no crop)
+    with h5py.File(out / entry["shard"], "r") as f:
+        mask = f["mask"][()]
+        assert list(f.attrs["encoded_columns"]) == [lo, hi]
+    assert not mask[:, :lo].any() and not mask[:, hi:].any()
+    for r, m in zip(entry["achieved_acceleration"], mask):
+        assert r == pytest.approx((hi - lo) / m.sum())
+        assert r == pytest.approx(4)  # 13 of the 52 encoded columns

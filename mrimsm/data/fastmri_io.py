@@ -33,6 +33,7 @@ from mrimsm.limits import check_memory
 from mrimsm.utils import atomic_path
 
 __all__ = [
+    "encoded_region",
     "MultiCoilFile",
     "FileLockedError",
     "open_hdf5",
@@ -402,6 +403,25 @@ def encoded_columns(header: Optional[bytes], width: int) -> Optional[tuple[int, 
     if not 0 <= left < right <= width:
         return None
     return left, right
+
+
+def encoded_region(data: MultiCoilFile) -> Optional[tuple]:
+    """``(left, right)``: the columns of ``data`` that were encoded, when fewer than all.
+
+    The header's phase-encode limits (:func:`mrimsm.data.fastmri_io.encoded_columns`); for
+    a fully sampled file also narrowed to the columns that hold data, so that all-zero edge
+    columns (zero padding a header does not state) are found too. ``None``: every column.
+    """
+    width = int(data.kspace.shape[-1])
+    left, right = encoded_columns(data.ismrmrd_header, width) or (0, width)
+    if data.mask is None or data.mask.all():
+        holds = np.zeros(width, dtype=bool)
+        for one in data.kspace:
+            holds |= (one != 0).any(axis=(0, 1))
+        filled = np.flatnonzero(holds)
+        if len(filled):
+            left, right = max(left, int(filled[0])), min(right, int(filled[-1]) + 1)
+    return None if (left, right) == (0, width) or left >= right else (left, right)
 
 
 def _xy(space, field: str, kind: type) -> Optional[list]:

@@ -52,7 +52,8 @@ def write_shard(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str
         arrays: ``y``, ``maps``, ``mask``, ``scale``, ``slice_index`` and optionally
             ``reference``, with the shapes and dtypes of the module doc.
         attrs: ``split``, ``source_file``, ``source_sha256``, ``params_hash``,
-            ``noise_measured``, ``noise_total`` (``format`` is added first).
+            ``noise_measured``, ``noise_total`` (``format`` is added first) and, for a
+            scan with zero-padded edge columns, ``encoded_columns`` ``[left, right]``.
     """
     n = arrays["y"].shape
     chunks = (1,) + tuple(n[1:])
@@ -69,6 +70,8 @@ def write_shard(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str
             f.attrs["format"] = FORMAT
             for key in ("split", "source_file", "source_sha256", "params_hash", "noise_measured", "noise_total"):
                 f.attrs[key] = attrs[key]
+            if attrs.get("encoded_columns") is not None:
+                f.attrs["encoded_columns"] = np.asarray(attrs["encoded_columns"], dtype=np.int64)
 
 
 def open_shard(path: Path) -> h5py.File:

@@ -53,6 +53,8 @@ __all__ = [
     "ssdu_split",
     "SubmaskSampler",
     "coverage_weights",
+    "mask_on_encoded_columns",
+    "encoded_acceleration",
     "EmpiricalMasks",
     "training_mask_family",
 ]
@@ -81,6 +83,42 @@ def fastmri_center_fraction(accel: float, width: Optional[int] = None, min_colum
     if width is not None and round(width * cf) < min_columns:
         cf = min_columns / width
     return cf
+
+
+def mask_on_encoded_columns(family: "MaskFamily", shape: Sequence[int], encoded: Optional[tuple],
+                            seed: Optional[int] = None) -> np.ndarray:
+    """``(W,)`` bool: a 1-D ``family``'s mask of an ``(H, W)`` scan whose columns outside
+    ``encoded = (left, right)`` are zero padding (never sampled).
+
+    The family draws its mask over the ``n = right - left`` encoded columns (so R and the
+    centre fraction count those only) and that mask is placed with its centre column
+    ``n // 2`` on the k-space centre ``W // 2``. When the padding is asymmetric, the part
+    that would fall on padded columns wraps round to the encoded columns at the other end
+    (a cyclic shift inside the encoded range: every drawn column lands on an encoded one,
+    so R is exact; an equispaced pattern has one irregular gap there).
+    ``encoded=None``: ``family(shape, seed)``.
+    """
+    if encoded is None:
+        return family(shape, seed=seed)
+    width = int(shape[-1])
+    left, right = int(encoded[0]), int(encoded[1])
+    if not 0 <= left < right <= width:
+        raise ValueError(f"encoded columns {left}..{right - 1} are not inside the {width} columns")
+    n = right - left
+    sub = np.asarray(family((int(shape[0]), n), seed=seed), dtype=bool).reshape(-1)
+    columns = left + (np.arange(n) + (width // 2 - n // 2) - left) % n
+    mask = np.zeros(width, dtype=bool)
+    mask[columns] = sub
+    return mask
+
+
+def encoded_acceleration(masks: np.ndarray, encoded: Optional[tuple] = None) -> list[float]:
+    """Per-mask achieved R of ``(S, W)`` bool column ``masks``: the encoded columns
+    (``encoded = (left, right)``, all when ``None``) over the columns kept."""
+    m = np.asarray(masks, dtype=bool)
+    if encoded is not None:
+        m = m[..., int(encoded[0]) : int(encoded[1])]
+    return [float(achieved_acceleration(one)) for one in m.reshape(-1, m.shape[-1])]
 
 
 def achieved_acceleration(mask: np.ndarray | torch.Tensor) -> float:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from mrimsm.data.fastmri_io import encoded_region
 from mrimsm.data.espirit import CALIB_ROWS, MIN_CALIB_COLUMNS  # noqa: F401 (re-exported by mrimsm.recon)
 from mrimsm.errors import MrimsmError
 from mrimsm.recon.progress import Progress, open_bar
@@ -187,27 +188,6 @@ def _padded_mask(width: int, encoded: tuple, accel: float, center_fraction: floa
     others = np.flatnonzero(inside & ~mask)
     mask[np.random.default_rng(seed).choice(others, size=total - num_low, replace=False)] = True
     return mask
-
-
-def encoded_region(data: "MultiCoilFile") -> Optional[tuple]:
-    """``(left, right)``: the columns of ``data`` that were encoded, when fewer than all.
-
-    The header's phase-encode limits (:func:`mrimsm.data.fastmri_io.encoded_columns`); for
-    a fully sampled file also narrowed to the columns that hold data, so that all-zero edge
-    columns (zero padding a header does not state) are found too. ``None``: every column.
-    """
-    from mrimsm.data.fastmri_io import encoded_columns
-
-    width = int(data.kspace.shape[-1])
-    left, right = encoded_columns(data.ismrmrd_header, width) or (0, width)
-    if data.mask is None or data.mask.all():
-        holds = np.zeros(width, dtype=bool)
-        for one in data.kspace:
-            holds |= (one != 0).any(axis=(0, 1))
-        filled = np.flatnonzero(holds)
-        if len(filled):
-            left, right = max(left, int(filled[0])), min(right, int(filled[-1]) + 1)
-    return None if (left, right) == (0, width) or left >= right else (left, right)
 
 
 def _volume_masks(data: "MultiCoilFile", accel: Optional[float], seed: int, center_fraction: Optional[float],

@@ -45,6 +45,8 @@ def collect_shards(results: list[dict], inv: Inventory, raw_dir: Path, opts: Pre
         shards.append({k: res[k] for k in _SHARD_FIELDS if k in res})
         if res.get("zero_slices"):
             shards[-1]["zero_slices"] = res["zero_slices"]
+        if res.get("encoded_columns"):  # zero-padded edge columns: R counts the others
+            shards[-1]["encoded_columns"] = res["encoded_columns"]
     if not shards:
         raise MrimsmError(f"no usable file in {raw_dir} ({len(inv.skipped)} skipped)")
     return shards

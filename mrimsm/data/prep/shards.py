@@ -10,7 +10,7 @@ from mrimsm.data.fastmri_io import FileLockedError
 from mrimsm.data.prep.volume import espirit_settings
 from mrimsm.data.shards import open_shard, shard_params_hash, write_shard
 from mrimsm.errors import MrimsmError
-from mrimsm.physics.masks import achieved_acceleration
+from mrimsm.physics.masks import encoded_acceleration
 
 if TYPE_CHECKING:
     from mrimsm.data.prep.plan import PrepTask
@@ -24,7 +24,7 @@ def write_volume_shard(path: Path, result: dict, task: PrepTask) -> None:
     write_shard(path, result, {
         "split": task.split, "source_file": task.name, "source_sha256": task.sha256,
         "params_hash": task.params_hash, "noise_measured": result["noise_measured"],
-        "noise_total": result["noise_total"],
+        "noise_total": result["noise_total"], "encoded_columns": result.get("encoded"),
     })
 
 
@@ -61,6 +61,7 @@ def summary_from_shard(task: PrepTask) -> dict:
     with open_shard(task.out_dir / task.shard_rel) as f:
         masks = f["mask"][()]
         noise = {k: float(f.attrs[k]) for k in ("noise_measured", "noise_total") if k in f.attrs}
+        encoded = tuple(int(c) for c in f.attrs["encoded_columns"]) if "encoded_columns" in f.attrs else None
         return {
             **noise,
             "name": task.name,
@@ -69,7 +70,8 @@ def summary_from_shard(task: PrepTask) -> dict:
             "num_slices": int(masks.shape[0]),
             "slices": [int(s) for s in f["slice_index"][()]],
             "scale": float(f["scale"][0]),
-            "achieved_acceleration": [float(achieved_acceleration(m)) for m in masks],
+            "achieved_acceleration": encoded_acceleration(masks, encoded),
+            "encoded_columns": None if encoded is None else list(encoded),
             "espirit": espirit_settings(masks, task.options),
             "resumed": True,
         }

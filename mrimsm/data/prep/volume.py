@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -16,9 +17,9 @@ from mrimsm.data.normalization import volume_peak
 from mrimsm.data.prep.options import PrepOptions, mask_family
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.fft import fft2c, ifft2c
-from mrimsm.physics.masks import seed_for
+from mrimsm.physics.masks import mask_on_encoded_columns, seed_for
 
-__all__ = ["prepare_training_volume", "to_target_kspace", "espirit_settings"]
+__all__ = ["prepare_training_volume", "to_target_kspace", "target_encoded_columns", "espirit_settings"]
 
 
 def _crop_or_pad(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -43,6 +44,25 @@ def to_target_kspace(kspace: np.ndarray, recon_size: Sequence[int], size: int) -
     w = min(int(recon_size[1]), kspace.shape[-1])
     img = crop_to_reconstruction(ifft2c(torch.from_numpy(np.ascontiguousarray(kspace, np.complex64))), (h, w))
     return fft2c(_crop_or_pad(img, size).contiguous()).numpy()
+
+
+def target_encoded_columns(encoded: Optional[tuple], raw_width: int, size: int) -> Optional[tuple]:
+    """The encoded columns ``(left, right)`` of a raw ``raw_width``-column scan, on the
+    ``size``-column grid of :func:`to_target_kspace`; ``None`` when every column is.
+
+    :func:`to_target_kspace` crops and pads in the image domain at the raw pixel size, so
+    target column ``j`` sits at raw k-space position ``W // 2 + (j - size // 2) * W / size``;
+    a target column counts as encoded when that position lies between the first and the last
+    encoded raw column. Approximate at the edges: the image crop spreads a little of the
+    encoded signal into the first target columns past them (the padded raw columns are
+    exact zeros, their target columns are not quite)."""
+    if encoded is None:
+        return None
+    ratio = size / float(raw_width)
+    lo = size // 2 + math.ceil((int(encoded[0]) - raw_width // 2) * ratio - 1e-9)
+    hi = size // 2 + math.floor((int(encoded[1]) - 1 - raw_width // 2) * ratio + 1e-9) + 1
+    lo, hi = max(0, lo), min(size, hi)
+    return None if (lo, hi) == (0, size) or lo >= hi else (int(lo), int(hi))
 
 
 def _coil_combine(kspace: np.ndarray, maps: Optional[np.ndarray] = None) -> np.ndarray:
@@ -109,6 +129,7 @@ def prepare_training_volume(
     opts: PrepOptions,
     reference: bool = False,
     progress: Optional[Callable[[int], None]] = None,
+    encoded: Optional[tuple] = None,
 ) -> dict:
     """Prepare the selected slices of one volume (steps 1-5 of :mod:`mrimsm.data.prep`).
 
@@ -120,12 +141,17 @@ def prepare_training_volume(
         opts: the run's options.
         reference: also return ``reference`` ``(S, size, size)`` complex64.
         progress: called with 1 per slice once its maps are done.
+        encoded: ``(left, right)``, the raw k-space columns that were encoded (the others
+            are zero padding, :func:`mrimsm.data.fastmri_io.encoded_region`), or ``None``.
+            The masks never sample the padded columns of the target grid
+            (:func:`target_encoded_columns`) and R counts the encoded ones only.
 
     Returns:
         dict of arrays: ``y`` ``(S, C, n, n)`` complex64, ``mask`` ``(S, n)`` bool,
         ``maps`` ``(S, C, n, n)`` complex64, ``scale`` ``(S,)`` float32 (one value),
         ``slice_index`` ``(S,)`` int32, optionally ``reference``; ``espirit`` (the
-        :func:`espirit_settings`); floats ``noise_measured`` (the raw k-space's own noise
+        :func:`espirit_settings`); ``encoded`` (the target grid's encoded columns, or
+        ``None``); floats ``noise_measured`` (the raw k-space's own noise
         std per real component, times ``scale``) and ``noise_total`` (with ``rho`` added
         in quadrature).
     """
@@ -136,7 +162,12 @@ def prepare_training_volume(
     # 2. each slice's seeded mask
     n = opts.size
     family = mask_family(opts)
-    masks = np.stack([family((n, n), seed=seed_for(name, int(s), opts.seed)) for s in slice_indices])
+    columns = target_encoded_columns(encoded, kspace.shape[-1], n)
+    try:
+        masks = np.stack([mask_on_encoded_columns(family, (n, n), columns, seed=seed_for(name, int(s), opts.seed))
+                          for s in slice_indices])
+    except ValueError as exc:  # e.g. too few encoded columns for the centre block
+        raise MrimsmError(f"{name}: {exc}") from None
     if shared_acs_width(masks) < MIN_CALIB_COLUMNS:
         raise MrimsmError(f"the masks of {name} share fewer than 3 fully sampled centre columns; ESPIRiT needs more")
     # 2b. coil compression (--coils), calibrated on each slice's acquired centre columns
@@ -163,6 +194,7 @@ def prepare_training_volume(
         "scale": np.full(len(slice_indices), scale, dtype=np.float32),
         "slice_index": np.asarray(slice_indices, dtype=np.int32),
         "espirit": esp,
+        "encoded": columns,
         "noise_measured": float(measured),
         "noise_total": float(np.hypot(measured, opts.noise_rho)),
     }

@@ -8,13 +8,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from mrimsm.data.fastmri_io import FileLockedError, read_multicoil
+from mrimsm.data.fastmri_io import FileLockedError, encoded_region, read_multicoil
 from mrimsm.data.prep import shards
 from mrimsm.data.prep.plan import PrepTask
 from mrimsm.data.prep.volume import prepare_training_volume
 from mrimsm.errors import Interrupted, MrimsmError
 from mrimsm.interrupt import check_interrupt
-from mrimsm.physics.masks import achieved_acceleration
+from mrimsm.physics.masks import encoded_acceleration
 from mrimsm.workers import process_map
 
 __all__ = ["run_task", "run_tasks"]
@@ -36,7 +36,7 @@ def run_task(task: PrepTask, progress: Optional[Callable[[int], None]] = None) -
     """Read one input volume, prepare it, write its shard. Returns a summary: ``name``,
     ``shard``, ``split`` and either ``error`` (``fatal`` for a locked file) or the
     manifest's shard fields (``num_slices``, ``slices``, ``zero_slices``, ``scale``,
-    ``achieved_acceleration``, ``espirit``, ``noise_measured``, ``noise_total``)."""
+    ``achieved_acceleration`` (over the encoded columns), ``encoded_columns``, ``espirit``, ``noise_measured``, ``noise_total``)."""
     opts = task.options
     summary: dict = {"name": task.name, "shard": task.shard_rel, "split": task.split}
     try:
@@ -47,6 +47,7 @@ def run_task(task: PrepTask, progress: Optional[Callable[[int], None]] = None) -
         res = prepare_training_volume(
             kspace, f.recon_size, slices, task.name, opts,
             reference=task.split == "val" and opts.keep_reference, progress=progress,
+            encoded=encoded_region(f),
         )
         shards.write_volume_shard(task.shard_path, res, task)
     except FileLockedError as exc:
@@ -60,7 +61,8 @@ def run_task(task: PrepTask, progress: Optional[Callable[[int], None]] = None) -
         slices=list(slices),
         zero_slices=zero,
         scale=float(res["scale"][0]),
-        achieved_acceleration=[float(achieved_acceleration(m)) for m in res["mask"]],
+        achieved_acceleration=encoded_acceleration(res["mask"], res["encoded"]),
+        encoded_columns=None if res["encoded"] is None else list(res["encoded"]),
         espirit=res["espirit"],
         noise_measured=res["noise_measured"],
         noise_total=res["noise_total"],
