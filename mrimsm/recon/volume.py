@@ -142,52 +142,25 @@ def _retrospective_masks(
     """``(S, W)`` bool: ``RandomCartesian(accel)`` drawn with ``seed_for(name, slice, seed)``.
 
     With ``encoded = (left, right)`` (zero-padded edge columns) the same rule runs on the
-    encoded columns only: ``round(n / R)`` of the ``n = right - left`` encoded columns are
-    kept, ``round(n * center_fraction)`` of them at the k-space centre (column ``W // 2``,
-    where fastMRI puts it however the padding is split), the rest drawn uniformly among the
-    other encoded columns; padded columns are never sampled.
+    encoded columns only (:func:`mrimsm.physics.masks.mask_on_encoded_columns`, prep-fastmri's
+    rule too): ``round(n / R)`` of the ``n = right - left`` encoded columns are kept,
+    ``round(n * center_fraction)`` of them at the k-space centre (column ``W // 2``, where
+    fastMRI puts it however the padding is split), the rest drawn uniformly among the other
+    encoded columns; padded columns are never sampled.
     """
-    from mrimsm.physics.masks import cartesian_family, fastmri_center_fraction, seed_for
+    from mrimsm.physics.masks import cartesian_family, fastmri_center_fraction, mask_on_encoded_columns, seed_for
 
     n_enc = width if encoded is None else int(encoded[1] - encoded[0])
     cf = (fastmri_center_fraction(accel, n_enc, MIN_CENTER_COLUMNS) if center_fraction is None
           else float(center_fraction))
     if not 0 < cf <= 1:
         raise MrimsmError(f"--center-fraction must be in (0, 1], got {center_fraction}")
-    if encoded is not None:
-        return np.stack([_padded_mask(width, encoded, accel, cf, seed_for(name, int(s), seed)) for s in slices])
     try:
         family = cartesian_family("random", accel, center_fraction=cf)
-        return np.stack([family((1, width), seed_for(name, int(s), seed)) for s in slices])
+        return np.stack([mask_on_encoded_columns(family, (1, width), encoded, seed_for(name, int(s), seed))
+                         for s in slices])
     except ValueError as exc:  # too much acceleration for the matrix once the centre is kept
         raise MrimsmError(str(exc)) from None
-
-
-def _padded_mask(width: int, encoded: tuple, accel: float, center_fraction: float, seed: int) -> np.ndarray:
-    """``(W,)`` bool: one random Cartesian mask over the encoded columns ``encoded[0]:encoded[1]``
-    (see :func:`_retrospective_masks`)."""
-    left, right = int(encoded[0]), int(encoded[1])
-    n_enc = right - left
-    num_low = max(1, int(round(n_enc * center_fraction)))
-    total = int(round(n_enc / accel))
-    if total < num_low:
-        raise MrimsmError(
-            f"acceleration {accel:g} keeps {total} of the {n_enc} encoded columns, fewer than the "
-            f"{num_low} center columns; lower --accel or the center fraction"
-        )
-    start = (width - num_low + 1) // 2
-    if start < left or start + num_low > right:
-        raise MrimsmError(
-            f"the {num_low} centre columns {start}..{start + num_low - 1} reach past the encoded "
-            f"columns {left}..{right - 1}; lower the center fraction"
-        )
-    mask = np.zeros(width, dtype=bool)
-    mask[start : start + num_low] = True
-    inside = np.zeros(width, dtype=bool)
-    inside[left:right] = True
-    others = np.flatnonzero(inside & ~mask)
-    mask[np.random.default_rng(seed).choice(others, size=total - num_low, replace=False)] = True
-    return mask
 
 
 def _volume_masks(data: "MultiCoilFile", accel: Optional[float], seed: int, center_fraction: Optional[float],
