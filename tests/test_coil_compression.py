@@ -142,6 +142,26 @@ def test_recon_cli_coils(tmp_path, capsys):
     assert not (tmp_path / "c0.h5").exists()
 
 
+def test_scans_with_many_coils_are_compressed_by_default(tmp_path):
+    """Above DEFAULT_ABOVE coils and without --coils, recon compresses to DEFAULT_VIRTUAL
+    virtual coils and says so; --coils C (the file's count) keeps them all; at or below the
+    threshold nothing changes."""
+    from mrimsm import recon
+    from mrimsm.data.coil_compression import DEFAULT_ABOVE, DEFAULT_VIRTUAL, default_coils
+
+    assert default_coils(DEFAULT_ABOVE) is None and default_coils(DEFAULT_ABOVE + 1) == DEFAULT_VIRTUAL
+    many = DEFAULT_ABOVE + 4
+    src = _sim(tmp_path / "many.h5", coils=many, slices=1)
+    vol = recon.prepare_volume(src, 4, 0)
+    assert vol.kspace.shape[1] == DEFAULT_VIRTUAL and vol.file_coils == many and vol.coils_default
+    assert recon.coils_note(vol) == (f"many.h5 has {many} coils: compressed to {DEFAULT_VIRTUAL} virtual coils, "
+                                     f"the default above {DEFAULT_ABOVE} coils (--coils {many} keeps them all)")
+    kept = recon.prepare_volume(src, 4, 0, coils=many)
+    assert kept.kspace.shape[1] == many and not kept.coils_default and kept.coil_energy_kept is None
+    few = recon.prepare_volume(_sim(tmp_path / "few.h5", coils=DEFAULT_ABOVE, slices=1), 4, 0)
+    assert few.kspace.shape[1] == DEFAULT_ABOVE and recon.coils_note(few) is None
+
+
 # -- prep-fastmri --coils --------------------------------------------------------------
 
 

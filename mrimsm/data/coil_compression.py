@@ -18,7 +18,24 @@ import numpy as np
 
 from mrimsm.errors import MrimsmError
 
-__all__ = ["calibration_columns", "compression_matrices", "compress_coils", "check_coils", "coils_note"]
+__all__ = ["calibration_columns", "compression_matrices", "compress_coils", "check_coils", "coils_note",
+           "default_coils", "DEFAULT_ABOVE", "DEFAULT_VIRTUAL"]
+
+#: ``recon`` compresses a scan with more than this many coils by default ...
+DEFAULT_ABOVE = 16
+#: ... to this many virtual coils. Measured (benchmarks/README.md, coil compression) on the
+#: real 32-coil radial brain at R = 4: 32 -> 12 kept 99.6 % of the centre's energy, the
+#: fastMRI-convention PSNR of zero-filled, SENSE, CS-L1 and MSM within 0.02 dB of no
+#: compression, and ESPIRiT 60x faster (0.83 vs 50 s per 256 x 256 slice). Scans with fewer
+#: coils are left alone: 13 -> 8 real coils cost up to 0.18 dB for a 1.25-2x speed-up.
+DEFAULT_VIRTUAL = 12
+
+
+def default_coils(num_coils: int) -> Optional[int]:
+    """The virtual coils ``recon`` compresses a ``num_coils``-coil scan to when ``--coils``
+    is not given: :data:`DEFAULT_VIRTUAL` above :data:`DEFAULT_ABOVE` coils, else ``None``
+    (no compression)."""
+    return DEFAULT_VIRTUAL if int(num_coils) > DEFAULT_ABOVE else None
 
 
 def check_coils(n: object, flag: str = "--coils") -> Optional[int]:
@@ -36,11 +53,16 @@ def check_coils(n: object, flag: str = "--coils") -> Optional[int]:
     return value
 
 
-def coils_note(n: Optional[int], num_coils: int, name: str = "", flag: str = "--coils") -> Optional[str]:
-    """The one-line note for an ``n`` that compresses nothing (``n >= num_coils``), else ``None``."""
+def coils_note(n: Optional[int], num_coils: int, name: str = "", flag: str = "--coils",
+               default: bool = False) -> Optional[str]:
+    """The one-line note for an ``n`` that compresses nothing (``n >= num_coils``), or for
+    the default compression (``default``: ``n`` from :func:`default_coils`), else ``None``."""
+    where = f"{name} has" if name else "the scan has"
+    if default and n is not None and n < num_coils:
+        return (f"{where} {num_coils} coils: compressed to {n} virtual coils, the default above "
+                f"{DEFAULT_ABOVE} coils ({flag} {num_coils} keeps them all)")
     if n is None or n < num_coils:
         return None
-    where = f"{name} has" if name else "the scan has"
     return f"{flag} {n}: {where} {num_coils} coils; no coil compression"
 
 

@@ -90,7 +90,9 @@ class PreparedVolume:
         slice_mm: the slice thickness in mm from the file's header (``reconSpace``
             field of view ``z`` over its matrix ``z``), or ``None``.
         file_coils: the file's number of coils (``kspace`` holds fewer after ``--coils``).
-        coils: the virtual coils asked for (``None``: no compression asked).
+        coils: the virtual coils asked for, or the default's
+            (:func:`mrimsm.data.coil_compression.default_coils`); ``None``: no compression.
+        coils_default: ``coils`` is the default's (no ``--coils`` given).
         coil_energy_kept: the smallest share, over slices, of the calibration energy the
             virtual coils keep (:func:`mrimsm.data.coil_compression.compression_matrices`),
             or ``None`` when nothing was compressed.
@@ -122,6 +124,7 @@ class PreparedVolume:
     slice_mm: Optional[float] = None
     file_coils: int = 0
     coils: Optional[int] = None
+    coils_default: bool = False
     coil_energy_kept: Optional[float] = None
     compress_seconds: float = 0.0
     single_coil: bool = False
@@ -267,11 +270,12 @@ def prepare_volume(
         progress: ``progress(desc, total)`` -> context manager with ``update(n)`` (e.g. tqdm).
         coils: compress the masked k-space to this many virtual coils before the coil maps
             (:func:`mrimsm.data.coil_compression.compress_coils`, calibrated per slice on
-            its acquired centre columns); ``None`` or at least the file's coils: no
-            compression (:func:`coils_note` says so).
+            its acquired centre columns); at least the file's coils: no compression
+            (:func:`coils_note` says so); ``None``: the default,
+            :func:`mrimsm.data.coil_compression.default_coils` (12 virtual coils above 16).
     """
     from mrimsm.baselines.classical import zero_filled
-    from mrimsm.data.coil_compression import check_coils, compress_coils
+    from mrimsm.data.coil_compression import check_coils, compress_coils, default_coils
     from mrimsm.data.fastmri_io import crop_to_reconstruction, read_multicoil, slice_thickness_from_header
     from mrimsm.data.noise import estimate_noise_std
 
@@ -294,7 +298,8 @@ def prepare_volume(
         )
 
     file_coils = int(kspace.shape[1])
-    energy = None
+    energy, coils_default = None, coils is None and default_coils(file_coils) is not None
+    coils = default_coils(file_coils) if coils is None else coils
     t0 = time.perf_counter()
     if coils is not None and coils < file_coils:
         shares: list = []
@@ -336,6 +341,7 @@ def prepare_volume(
         slice_mm=slice_thickness_from_header(data.ismrmrd_header),
         file_coils=file_coils,
         coils=coils,
+        coils_default=coils_default,
         coil_energy_kept=energy,
         compress_seconds=compress_seconds,
         single_coil=data.single_coil,
@@ -346,7 +352,7 @@ def prepare_volume(
 
 def coils_note(volume: "PreparedVolume") -> Optional[str]:
     """The one-line note for a ``--coils`` that compresses nothing (at least the file's
-    coils), else ``None``."""
+    coils) or for the default compression of a scan with many coils, else ``None``."""
     from mrimsm.data.coil_compression import coils_note as note
 
-    return note(volume.coils, volume.file_coils, volume.path.name)
+    return note(volume.coils, volume.file_coils, volume.path.name, default=volume.coils_default)
