@@ -55,6 +55,8 @@ def test_check_fails_on_a_changed_number(results, tmp_path, capsys):
 
 
 def test_cells_are_copied_as_written_and_pipes_escaped(results):
+    for path in results.iterdir():  # the extra table alone (the real README is near the length limit)
+        path.unlink()
     (results / "95_extra.md").write_text("## Extra\n\n{{ table extra }}\n")
     (results / "extra.csv").write_text("# date: 2026-12-03\n# command: x\na|b,c\n0.500,1.10\n")
     text = readme.render(results)
