@@ -371,7 +371,7 @@ def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, l
             "simulate": flag("--simulate"),
             "samples": [(["--samples", "abc"], "--samples"), (["--samples", "0"], "samples must be >= 1")],
             "steps": [(["--steps", "abc"], "--steps"), (["--steps", "0"], "steps must be >= 1")],
-            "w": [(["--w", "abc"], "--w"), (["--w", "1000000"], "w must be in [1, 1000]")],
+            "w": [(["--w", "abc"], "--w"), (["--w", "1000000"], "w must be an integer in [1, 1000]")],
             "eta": [(["--eta", "2"], "eta must be in [0, 1]"), (["--eta", "nan"], "--eta must be a finite number")],
             "t0": [(["--t0", "2"], "t0 must be in [0, 1]"), (["--t0", "inf"], "--t0 must be a finite number")],
             "init": [(["--init", "cs"], "'cs' is not one of 'none', 'baseline'")],

@@ -16,6 +16,8 @@ from mrimsm.data.fastmri_io import encoded_region
 from mrimsm.data.espirit import CALIB_ROWS, MIN_CALIB_COLUMNS  # noqa: F401 (re-exported by mrimsm.recon)
 from mrimsm.errors import MrimsmError
 from mrimsm.recon.progress import Progress, open_bar
+from mrimsm.settings import check_field
+from mrimsm.solver_settings import ReconSettings
 
 if TYPE_CHECKING:
     from mrimsm.data.fastmri_io import MultiCoilFile
@@ -155,9 +157,7 @@ def _retrospective_masks(
 
     n_enc = width if encoded is None else int(encoded[1] - encoded[0])
     cf = (fastmri_center_fraction(accel, n_enc, MIN_CENTER_COLUMNS) if center_fraction is None
-          else float(center_fraction))
-    if not 0 < cf <= 1:
-        raise MrimsmError(f"--center-fraction must be in (0, 1], got {center_fraction}")
+          else check_field(ReconSettings, "center_fraction", center_fraction, "--center-fraction"))
     try:
         family = cartesian_family("random", accel, center_fraction=cf)
         return np.stack([mask_on_encoded_columns(family, (1, width), encoded, seed_for(name, int(s), seed))
