@@ -1,28 +1,25 @@
 """``mrimsm restore``: box inpainting / 4x super-resolution of an image with a natural-image MSM prior.
 
-Thin layer over :func:`mrimsm.restore.restore_file`: typed options (their ranges are
-:class:`~mrimsm.diffusion.posterior.PosteriorSettings`' checks), shows tqdm
+Thin layer over :func:`mrimsm.restore.restore_file`: typed options (declared from the fields
+of :class:`~mrimsm.solver_settings.PosteriorSettings`, checked while parsing), shows tqdm
 progress over the reverse steps, prints the summary (and, with ``--simulate``,
 PSNR / SSIM against the clean image for MSM and the simple baseline).
 """
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .options import device_option, finite_option, seed_option, threads_option
+from mrimsm.solver_settings import RESTORE_INITS, PosteriorSettings
+
+from .options import choice_enum, device_option, finite_option, seed_option, setting_option, threads_option
 
 
-class Init(str, Enum):
-    """``--init``: where the chain starts, :data:`mrimsm.restore.RESTORE_INITS` (this module
-    does not import torch to read them; a test keeps the two equal)."""
-
-    NONE = "none"
-    BASELINE = "baseline"
+#: ``--init``: where the chain starts, :data:`mrimsm.solver_settings.RESTORE_INITS`
+Init = choice_enum("Init", PosteriorSettings, "init", RESTORE_INITS)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,14 +39,17 @@ def register(app: typer.Typer) -> None:
         simulate: bool = typer.Option(
             False, "--simulate", help="INPUT is clean: degrade it, restore it, print PSNR/SSIM vs the baseline."
         ),
-        samples: Optional[int] = typer.Option(
-            None, "--samples", "-k", help="Posterior samples (default 4; mean = output; > 1 also writes an uncertainty PNG)."
+        samples: Optional[int] = setting_option(
+            PosteriorSettings, "samples", "--samples", "-k",
+            help="Posterior samples (default 4; mean = output; > 1 also writes an uncertainty PNG).",
         ),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Reverse diffusion steps from t0 (default 50)."),
-        w: Optional[int] = typer.Option(None, "--w", help="Random masks per step (default 3)."),
-        eta: Optional[float] = finite_option(None, "--eta", help="DDIM eta in [0, 1] (default 1)."),
-        t0: Optional[float] = finite_option(
-            None, "--t0", help="Warm start: begin the chain at t0 * T from --init (default 0.4 inpaint-box, 0.2 sr4; 1 = from noise)."
+        steps: Optional[int] = setting_option(PosteriorSettings, "steps", "--steps",
+                                              help="Reverse diffusion steps from t0 (default 50)."),
+        w: Optional[int] = setting_option(PosteriorSettings, "w", "--w", help="Random masks per step (default 3)."),
+        eta: Optional[float] = setting_option(PosteriorSettings, "eta", "--eta", help="DDIM eta (default 1)."),
+        t0: Optional[float] = setting_option(
+            PosteriorSettings, "t0", "--t0",
+            help="Warm start: begin the chain at t0 * T from --init (default 0.4 inpaint-box, 0.2 sr4; 1 = from noise).",
         ),
         init: Optional[Init] = typer.Option(
             None, "--init", help="Initial image of the warm start: baseline (bicubic / mean fill) or none (t0 1)."
