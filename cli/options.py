@@ -19,7 +19,7 @@ import typer
 from mrimsm.limits import check_finite, check_seed, check_threads
 from mrimsm.settings import check_field, describe, field_annotation
 
-__all__ = ["threads_option", "seed_option", "device_option", "setting_option", "finite_option", "choice_enum"]
+__all__ = ["threads_option", "seed_option", "device_option", "setting_option", "finite_option", "field_choices", "choice_enum"]
 
 
 def threads_option(help: str = "torch CPU threads (1 is fastest on a busy shared CPU).") -> Any:
@@ -48,14 +48,14 @@ def setting_option(cls: type, name: str, *flags: str, help: str) -> Any:
                         help=f"{help} [{wanted}]" if wanted else help)
 
 
-def choice_enum(name: str, cls: type, field: str, only: Optional[Sequence[str]] = None) -> type[Enum]:
-    """A ``str`` Enum of the choices of field ``field`` of ``cls`` (its ``Literal``; ``only``:
-    those of them a command offers), for a Typer option that lists and checks them
-    (``--dc [operator|measurement|tweedie]``); each member's value is the choice."""
-    choices = typing.get_args(field_annotation(cls, field))
-    if only is not None:
-        assert set(only) <= set(choices), (only, choices)
-        choices = tuple(only)
+def field_choices(cls: type, name: str) -> tuple[str, ...]:
+    """The choices of field ``name`` of settings ``cls`` (its ``Literal``)."""
+    return typing.get_args(field_annotation(cls, name))
+
+
+def choice_enum(name: str, choices: Sequence[str]) -> type[Enum]:
+    """A ``str`` Enum of ``choices``, for a Typer option that lists and checks them while
+    parsing (``--dc [operator|measurement|tweedie]``); each member's value is the choice."""
     return Enum(name, {c.upper().replace("-", "_"): c for c in choices}, type=str)
 
 

@@ -25,12 +25,12 @@ import typer
 from mrimsm.limits import parse_accel
 from mrimsm.solver_settings import RECON_INITS, CSSettings, PosteriorSettings, ReconSettings, SenseSettings
 
-from .options import choice_enum, device_option, seed_option, setting_option, threads_option
+from .options import choice_enum, device_option, field_choices, seed_option, setting_option, threads_option
 
 #: the choices of --dc, --dc-schedule and --init, from PosteriorSettings' fields
-DC = choice_enum("DC", PosteriorSettings, "dc")
-DCSchedule = choice_enum("DCSchedule", PosteriorSettings, "dc_schedule")
-Init = choice_enum("Init", PosteriorSettings, "init", RECON_INITS)
+DC = choice_enum("DC", field_choices(PosteriorSettings, "dc"))
+DCSchedule = choice_enum("DCSchedule", field_choices(PosteriorSettings, "dc_schedule"))
+Init = choice_enum("Init", RECON_INITS)  # of the field's choices, those of MRI
 
 
 def _coils(n: Optional[int]) -> Optional[int]:

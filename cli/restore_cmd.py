@@ -13,13 +13,15 @@ from typing import Optional
 
 import typer
 
-from mrimsm.solver_settings import RESTORE_INITS, PosteriorSettings
+from mrimsm.solver_settings import RESTORE_INITS, RESTORE_TASKS, PosteriorSettings
 
 from .options import choice_enum, device_option, finite_option, seed_option, setting_option, threads_option
 
 
 #: ``--init``: where the chain starts, :data:`mrimsm.solver_settings.RESTORE_INITS`
-Init = choice_enum("Init", PosteriorSettings, "init", RESTORE_INITS)
+Init = choice_enum("Init", RESTORE_INITS)
+#: ``--task``: :data:`mrimsm.solver_settings.RESTORE_TASKS`
+Task = choice_enum("Task", RESTORE_TASKS)
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +34,7 @@ def register(app: typer.Typer) -> None:
                       "with --simulate a clean image."
         ),
         output: Path = typer.Option(..., "--output", "-o", help="Restored image (.png or .jpg)."),
-        task: str = typer.Option(..., "--task", "-t", help="inpaint-box | sr4 (checked by mrimsm.restore)."),
+        task: Task = typer.Option(..., "--task", "-t", help="Box inpainting or 4x super-resolution."),
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="Image MSM checkpoint or run directory (default: the shipped model)."
         ),
@@ -68,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
         from mrimsm.restore import format_report, image_settings, restore_file
 
-        settings = image_settings(task, steps=steps, w=w, eta=eta, samples=samples, t0=t0,
+        settings = image_settings(task.value, steps=steps, w=w, eta=eta, samples=samples, t0=t0,
                                   init=init.value if init is not None else None)
         bar = None  # made at the first step: a bad input stays one error line
 
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             report = restore_file(
-                input, output, task, checkpoint=checkpoint, simulate=simulate, settings=settings,
+                input, output, task.value, checkpoint=checkpoint, simulate=simulate, settings=settings,
                 noise=noise, seed=seed, device=torch_device, on_step=on_step,
             )
         finally:

@@ -46,7 +46,7 @@ from mrimsm.assets import asset_path
 from mrimsm.errors import MrimsmError
 from mrimsm.limits import MEMORY_SHARE, check_finite, check_seed
 from mrimsm.physics.operators import BoxMask, Downsample, Identity, LinearOperator
-from mrimsm.solver_settings import RESTORE_INITS, PosteriorSettings  # RESTORE_INITS: from noise, or the baseline image
+from mrimsm.solver_settings import RESTORE_INITS, RESTORE_TASKS, PosteriorSettings  # RESTORE_INITS: from noise, or the baseline image
 from mrimsm.utils import check_output, resolve_device
 
 __all__ = [
@@ -70,7 +70,7 @@ __all__ = [
     "format_report",
 ]
 
-TASKS = ("inpaint-box", "sr4")
+TASKS = RESTORE_TASKS
 SR_FACTOR = 4
 #: the shipped natural-image prior (``configs/ffhq_tiny.yaml`` on scikit-image photo crops)
 DEFAULT_IMAGE_CHECKPOINT = asset_path("default_images.pt")

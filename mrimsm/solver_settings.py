@@ -29,7 +29,7 @@ from mrimsm.limits import MAX_ITERATIONS, MAX_MASKS_PER_STEP
 from mrimsm.sections import Count, Seed
 from mrimsm.settings import SettingError, validate_dataclass
 
-__all__ = ["Iterations", "Weight", "RECON_INITS", "RESTORE_INITS", "SenseSettings", "CSSettings", "SSDUSettings",
+__all__ = ["Iterations", "Weight", "RECON_INITS", "RESTORE_INITS", "RESTORE_TASKS", "SenseSettings", "CSSettings", "SSDUSettings",
            "PosteriorSettings", "ReconSettings", "settings_from_options", "flag_of"]
 
 #: iterations of an iterative solver (CG, FISTA)
@@ -40,6 +40,8 @@ Weight = Annotated[float, Ge(0)]
 #: the initial images of an MRI warm start (recon's methods) and of restore's
 RECON_INITS = ("none", "sense", "cs", "zero-filled")
 RESTORE_INITS = ("none", "baseline")
+#: the tasks of ``restore``: a centred box blanked, or 4x average pooling
+RESTORE_TASKS = ("inpaint-box", "sr4")
 
 
 def flag_of(key: str) -> str:

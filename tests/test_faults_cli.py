@@ -408,7 +408,7 @@ def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, l
         "restore": (["restore", png, "-o", work / "r.png", "-t", "inpaint-box", "--device", "cpu"], {
             "input": [([missing / "i.png", "-o", work / "r.png", "-t", "sr4"], "missing")],
             "output": [(["-o", work / "r.txt"], "r.txt")],
-            "task": [(["-t", "denoise"], "unknown task 'denoise'")],
+            "task": [(["-t", "denoise"], "'denoise' is not one of 'inpaint-box', 'sr4'")],
             "checkpoint": [(["--checkpoint", missing / "c.pt"], "missing")],
             "simulate": flag("--simulate"),
             "samples": [(["--samples", "abc"], "--samples"), (["--samples", "0"], "samples must be >= 1")],
