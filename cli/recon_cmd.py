@@ -180,7 +180,8 @@ def register(app: typer.Typer) -> None:
             None, "--coils", metavar="N", callback=_coils,
             help="Compress the k-space to N virtual coils before the coil maps (PCA over coils of each "
             "slice's fully sampled centre columns); N >= the scan's coils compresses nothing (a note). "
-            "Default: no compression (8 of a real scan's 13 coils: 0.2 dB lower PSNR at most, 1.25-2x faster; README).",
+            "Default: none up to 16 coils (8 of a real scan's 13 coils: 0.2 dB lower PSNR at most, 1.25-2x faster; "
+            "README), 12 virtual coils above (a note; --coils C with the scan's C coils keeps them all).",
         ),
         batch_slices: Optional[int] = setting_option(
             ReconSettings, "batch_slices", "--batch-slices", help="Slices per network batch (memory vs. speed)."

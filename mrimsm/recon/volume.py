@@ -245,6 +245,24 @@ def accel_note(volume: "PreparedVolume", asked: Optional[float]) -> Optional[str
             f"--accel {asked:g} is ignored for it")
 
 
+def _compress(kspace: np.ndarray, mask: np.ndarray, coils: Optional[int]) -> tuple:
+    """``(kspace, coils, coils_default, energy kept, seconds)``: ``kspace (S, C, h, W)``
+    compressed to ``coils`` virtual coils (``None``: :func:`~mrimsm.data.coil_compression.default_coils`)
+    when fewer than ``C``; ``coils_default`` says the default chose it; ``energy``: the least
+    share of energy a slice kept, ``None`` without compression."""
+    from mrimsm.data.coil_compression import compress_coils, default_coils
+
+    file_coils = int(kspace.shape[1])
+    energy, coils_default = None, coils is None and default_coils(file_coils) is not None
+    coils = default_coils(file_coils) if coils is None else coils
+    t0 = time.perf_counter()
+    if coils is not None and coils < file_coils:
+        shares: list = []
+        kspace = compress_coils(kspace, mask, coils, kept=shares)
+        energy = float(shares[0].min())
+    return kspace, coils, coils_default, energy, time.perf_counter() - t0
+
+
 def prepare_volume(
     path: Union[str, os.PathLike],
     accel: Optional[float],
@@ -275,7 +293,7 @@ def prepare_volume(
             :func:`mrimsm.data.coil_compression.default_coils` (12 virtual coils above 16).
     """
     from mrimsm.baselines.classical import zero_filled
-    from mrimsm.data.coil_compression import check_coils, compress_coils, default_coils
+    from mrimsm.data.coil_compression import check_coils
     from mrimsm.data.fastmri_io import crop_to_reconstruction, read_multicoil, slice_thickness_from_header
     from mrimsm.data.noise import estimate_noise_std
 
@@ -298,14 +316,7 @@ def prepare_volume(
         )
 
     file_coils = int(kspace.shape[1])
-    energy, coils_default = None, coils is None and default_coils(file_coils) is not None
-    coils = default_coils(file_coils) if coils is None else coils
-    t0 = time.perf_counter()
-    if coils is not None and coils < file_coils:
-        shares: list = []
-        kspace = compress_coils(kspace, mask, coils, kept=shares)
-        energy = float(shares[0].min())
-    compress_seconds = time.perf_counter() - t0
+    kspace, coils, coils_default, energy, compress_seconds = _compress(kspace, mask, coils)
 
     t0 = time.perf_counter()
     if maps_fn is not None:
