@@ -4,7 +4,7 @@ scans, so that ``recon`` can write a calibrated ``error_bound`` beside ``uncerta
 Thin layer over :func:`mrimsm.recon.calibration.calibrate`; the file goes beside the
 checkpoint (``C.pt`` -> ``C.calibration.json``, where ``recon`` looks for it) unless
 ``-o`` says otherwise. Options are typed; ``--accel`` is checked as recon's
-(:func:`mrimsm.limits.parse_accel`), ``--samples`` by the posterior settings it overrides.
+(:func:`mrimsm.limits.parse_accel`), ``--samples`` by the field of :class:`~mrimsm.solver_settings.PosteriorSettings` it overrides.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import List, Optional
 import typer
 
 from mrimsm.limits import parse_accel
+from mrimsm.solver_settings import PosteriorSettings
 
-from .options import device_option, seed_option, threads_option
+from .options import device_option, seed_option, setting_option, threads_option
 
 
 def register(app: typer.Typer) -> None:
@@ -35,8 +36,8 @@ def register(app: typer.Typer) -> None:
             [4.0, 6.0], "--accel", "-R", metavar="R", callback=lambda values: [parse_accel(a) for a in values],
             help="Accelerations to calibrate (repeat; default 4 and 6).",
         ),
-        samples: Optional[int] = typer.Option(
-            None, "--samples", metavar="K", help="Posterior samples per slice (default: the solver settings').",
+        samples: Optional[int] = setting_option(
+            PosteriorSettings, "samples", "--samples", help="Posterior samples per slice (default: the solver settings').",
         ),
         settings: Optional[Path] = typer.Option(
             None, "--settings", metavar="YAML", help="Posterior settings file (the bound holds for these)."

@@ -10,14 +10,16 @@ which :func:`mrimsm.cli.main.main` prints on one line too.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import typing
+from enum import Enum
+from typing import Any, Callable, Optional, Sequence
 
 import typer
 
 from mrimsm.limits import check_finite, check_seed, check_threads
 from mrimsm.settings import check_field, describe, field_annotation
 
-__all__ = ["threads_option", "seed_option", "device_option", "setting_option", "finite_option"]
+__all__ = ["threads_option", "seed_option", "device_option", "setting_option", "finite_option", "field_choices", "choice_enum"]
 
 
 def threads_option(help: str = "torch CPU threads (1 is fastest on a busy shared CPU).") -> Any:
@@ -44,6 +46,17 @@ def setting_option(cls: type, name: str, *flags: str, help: str) -> Any:
     wanted = describe(field_annotation(cls, name)).removeprefix("in ")  # "[>= 1]", "[[0, 1]]"
     return typer.Option(None, *flags, callback=_unless_none(lambda v: check_field(cls, name, v, label)),
                         help=f"{help} [{wanted}]" if wanted else help)
+
+
+def field_choices(cls: type, name: str) -> tuple[str, ...]:
+    """The choices of field ``name`` of settings ``cls`` (its ``Literal``)."""
+    return typing.get_args(field_annotation(cls, name))
+
+
+def choice_enum(name: str, choices: Sequence[str]) -> type[Enum]:
+    """A ``str`` Enum of ``choices``, for a Typer option that lists and checks them while
+    parsing (``--dc [operator|measurement|tweedie]``); each member's value is the choice."""
+    return Enum(name, {c.upper().replace("-", "_"): c for c in choices}, type=str)
 
 
 def finite_option(default: Optional[float], *flags: str, help: str) -> Any:

@@ -5,9 +5,10 @@ Thin layer over :func:`mrimsm.recon.reconstruct_file` and
 :func:`mrimsm.recon.reconstruct_directory`: parses options into one
 :class:`mrimsm.recon.ReconOptions` that both take, shows tqdm progress,
 prints the metrics table (one file) or a line per file and a summary (directory).
-Numeric options are taken as text and parsed by :func:`mrimsm.recon.parse_options`,
-so a bad value is a one-line ``error:``. Library imports happen inside the command
-so ``mrimsm --help`` stays fast.
+Options are typed: each method's are declared from its settings in
+:mod:`mrimsm.solver_settings` (the field annotations give the ranges and choices, checked
+while the command line is parsed, so a bad value is a one-line ``error:``). Library
+imports happen inside the command so ``mrimsm --help`` stays fast.
 
 Under ``torchrun --nproc_per_node N`` a directory's files are split across the
 ranks (each on its own GPU when CUDA is present); a single input file is done by
@@ -20,6 +21,34 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from mrimsm.limits import parse_accel
+from mrimsm.solver_settings import RECON_INITS, CSSettings, PosteriorSettings, ReconSettings, SenseSettings
+
+from .options import choice_enum, device_option, field_choices, seed_option, setting_option, threads_option
+
+#: the choices of --dc, --dc-schedule and --init, from PosteriorSettings' fields
+DC = choice_enum("DC", field_choices(PosteriorSettings, "dc"))
+DCSchedule = choice_enum("DCSchedule", field_choices(PosteriorSettings, "dc_schedule"))
+Init = choice_enum("Init", RECON_INITS)  # of the field's choices, those of MRI
+
+
+def _coils(n: Optional[int]) -> Optional[int]:
+    """``--coils``: :func:`mrimsm.data.coil_compression.check_coils`, the rule prep's ``--coils`` shares."""
+    from mrimsm.data.coil_compression import check_coils
+
+    return check_coils(n)
+
+
+def _known_methods(names: Optional[List[str]]) -> Optional[List[str]]:
+    """``--method``: each a name in :data:`mrimsm.recon.methods.METHODS` (MrimsmError naming
+    the known ones otherwise); checked while parsing, against the table (open to additions)."""
+    if names:
+        from mrimsm.recon.methods import get_method
+
+        for name in names:
+            get_method(name)
+    return names
 
 
 def _progress(enabled: bool):
@@ -56,8 +85,8 @@ def register(app: typer.Typer) -> None:
             "sampled nor counted in R. Or a directory of them (its .h5 / .hdf5 files, any case; other files "
             "are skipped and counted).",
         ),
-        accel: Optional[str] = typer.Option(
-            None, "--accel", "-R", metavar="R",
+        accel: Optional[float] = typer.Option(
+            None, "--accel", "-R", metavar="R", callback=lambda v: None if v is None else parse_accel(v),
             help="Acceleration for retrospective undersampling of a fully sampled file (e.g. 4, 6, 8).",
         ),
         output: Optional[Path] = typer.Option(
@@ -70,21 +99,20 @@ def register(app: typer.Typer) -> None:
             "OUT.uncertainty.nii.gz / OUT.error_bound.nii.gz beside it when there are such maps, and OUT.json, the record.",
         ),
         method: Optional[List[str]] = typer.Option(
-            None, "--method", "-m", metavar="NAME",
-            help="zero-filled | sense | cs | msm | ssdu (repeat for several; default: msm).",
+            None, "--method", "-m", metavar="NAME", callback=_known_methods,
+            help="zero-filled | sense | cs | msm | ssdu (a name in the method table; repeat for several; default: msm).",
         ),
         png: Optional[Path] = typer.Option(None, "--png", help="Write per-slice PNG figures into this directory."),
-        seed: Optional[str] = typer.Option(
-            None, "--seed", metavar="INT", help="Base seed of the masks and of random methods (default 0)."
-        ),
-        center_fraction: Optional[str] = typer.Option(
-            None, "--center-fraction", metavar="F",
+        seed: int = seed_option("Base seed of the masks and of random methods."),
+        center_fraction: Optional[float] = setting_option(
+            ReconSettings, "center_fraction", "--center-fraction",
             help="Fully sampled centre fraction (default: fastMRI's, >= 8 columns).",
         ),
-        cs_lambda: Optional[str] = typer.Option(
-            None, "--cs-lambda", metavar="L", help="L1-wavelet weight for cs (images at max 1)."
+        cs_lambda: Optional[float] = setting_option(
+            CSSettings, "lamda", "--cs-lambda", help=f"L1-wavelet weight for cs (images at max 1; default {CSSettings.lamda:g})."
         ),
-        cs_iters: Optional[str] = typer.Option(None, "--cs-iters", metavar="N", help="FISTA iterations for cs."),
+        cs_iters: Optional[int] = setting_option(CSSettings, "iters", "--cs-iters",
+                                                 help=f"FISTA iterations for cs (default {CSSettings.iters})."),
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="MSM checkpoint (default: the shipped prior for the scan's size after the readout crop: 64 x 64, or each side 192-416)."
         ),
@@ -96,69 +124,70 @@ def register(app: typer.Typer) -> None:
             help="msm: posterior settings file, used instead of the prior's own (the 256 prior's: "
             "mrimsm/assets/default_msm256.recon.yaml); keys it lacks take the general defaults; flags below override it.",
         ),
-        steps: Optional[str] = typer.Option(
-            None, "--steps", metavar="N", help="msm: reverse diffusion steps from t0 (default 50; the 256 prior's 10)."
+        steps: Optional[int] = setting_option(
+            PosteriorSettings, "steps", "--steps", help="msm: reverse diffusion steps from t0 (default 50; the 256 prior's 10)."
         ),
-        w: Optional[str] = typer.Option(None, "--w", metavar="N", help="msm: masks per step (default 3; the 256 prior's 6)."),
-        eta: Optional[str] = typer.Option(None, "--eta", metavar="E", help="msm: DDIM stochasticity in [0, 1] (default 1.0)."),
-        dc_step: Optional[str] = typer.Option(
-            None, "--dc-step", metavar="G",
-            help="msm: data-consistency step in [0, 2] (1 = replace measured k-space by y).",
+        w: Optional[int] = setting_option(PosteriorSettings, "w", "--w",
+                                          help="msm: masks per step (default 3; the 256 prior's 6)."),
+        eta: Optional[float] = setting_option(PosteriorSettings, "eta", "--eta",
+                                              help="msm: DDIM stochasticity (default 1.0)."),
+        dc_step: Optional[float] = setting_option(
+            PosteriorSettings, "dc_step", "--dc-step",
+            help="msm: data-consistency step (1 = replace measured k-space by y).",
         ),
-        dc: Optional[str] = typer.Option(
-            None, "--dc", metavar="KIND",
+        dc: Optional[DC] = typer.Option(
+            None, "--dc",
             help="msm: data consistency: operator (CG on the image through the coils), tweedie "
             "(Gaussian conditioning with the network's Jacobian), measurement (replace / published rule).",
         ),
-        dc_lambda: Optional[str] = typer.Option(
-            None, "--dc-lambda", metavar="L", help="msm: prior weight of the operator solve (0 = projection)."
+        dc_lambda: Optional[float] = setting_option(
+            PosteriorSettings, "dc_lambda", "--dc-lambda", help="msm: prior weight of the operator solve (0 = projection)."
         ),
-        dc_schedule: Optional[str] = typer.Option(
-            None, "--dc-schedule", metavar="S",
+        dc_schedule: Optional[DCSchedule] = typer.Option(
+            None, "--dc-schedule",
             help="msm: fixed (lambda), sigma (lambda / sigma_t^2) or noise (lambda sigma_y^2 / sigma_t^2, "
             "sigma_y the scan's measured noise).",
         ),
-        dc_iters: Optional[str] = typer.Option(None, "--dc-iters", metavar="N", help="msm: CG iterations of the DC solve."),
-        dc_noise: Optional[str] = typer.Option(
-            None, "--dc-noise", metavar="S", help="msm: tweedie: the data's noise std (normalized units)."
+        dc_iters: Optional[int] = setting_option(PosteriorSettings, "dc_iters", "--dc-iters",
+                                                 help="msm: CG iterations of the DC solve."),
+        dc_noise: Optional[float] = setting_option(
+            PosteriorSettings, "dc_noise", "--dc-noise", help="msm: tweedie: the data's noise std (normalized units)."
         ),
-        t0: Optional[str] = typer.Option(
-            None, "--t0", metavar="F",
+        t0: Optional[float] = setting_option(
+            PosteriorSettings, "t0", "--t0",
             help="msm: warm start: begin the chain at t0 * T from the --init image (1 = from noise; 0 = the init image).",
         ),
-        init: Optional[str] = typer.Option(
-            None, "--init", metavar="NAME", help="msm: initial image of the warm start: sense, cs, zero-filled or none."
+        init: Optional[Init] = typer.Option(
+            None, "--init", help="msm: initial image of the warm start (none: from noise, t0 1)."
         ),
-        sense_lambda: Optional[str] = typer.Option(
-            None, "--sense-lambda", metavar="L", help="sense (and msm's sense init): Tikhonov weight (images at max 1)."
+        sense_lambda: Optional[float] = setting_option(
+            SenseSettings, "lamda", "--sense-lambda",
+            help=f"sense (and msm's sense init): Tikhonov weight (images at max 1; default {SenseSettings.lamda:g}).",
         ),
-        sense_iters: Optional[str] = typer.Option(None, "--sense-iters", metavar="N", help="sense: CG iterations."),
-        samples: Optional[str] = typer.Option(
-            None, "--samples", metavar="K",
+        sense_iters: Optional[int] = setting_option(SenseSettings, "iters", "--sense-iters",
+                                                    help=f"sense: CG iterations (default {SenseSettings.iters})."),
+        samples: Optional[int] = setting_option(
+            PosteriorSettings, "samples", "--samples",
             help="msm: posterior samples per slice (default 4); their mean is the reconstruction, their std the uncertainty map (K > 1).",
         ),
-        coverage: Optional[str] = typer.Option(
-            None, "--coverage", metavar="P",
-            help="msm: coverage of the calibrated error_bound written beside the uncertainty map, in "
-            "[0.5, 0.99] (default 0.9 when the checkpoint has a calibration, see mrimsm calibrate; "
+        coverage: Optional[float] = setting_option(
+            ReconSettings, "coverage", "--coverage",
+            help="msm: coverage of the calibrated error_bound written beside the uncertainty map "
+            "(default 0.9 when the checkpoint has a calibration, see mrimsm calibrate; "
             "given explicitly, a checkpoint without one is refused).",
         ),
-        coils: Optional[str] = typer.Option(
-            None, "--coils", metavar="N",
+        coils: Optional[int] = typer.Option(
+            None, "--coils", metavar="N", callback=_coils,
             help="Compress the k-space to N virtual coils before the coil maps (PCA over coils of each "
             "slice's fully sampled centre columns); N >= the scan's coils compresses nothing (a note). "
-            "Default: no compression (8 of a real scan's 13 coils: 0.2 dB lower PSNR at most, 1.25-2x faster; README).",
+            "Default: none up to 16 coils (8 of a real scan's 13 coils: 0.2 dB lower PSNR at most, 1.25-2x faster; "
+            "README), 12 virtual coils above (a note; --coils C with the scan's C coils keeps them all).",
         ),
-        batch_slices: Optional[str] = typer.Option(
-            None, "--batch-slices", metavar="N", help="Slices per network batch (memory vs. speed)."
+        batch_slices: Optional[int] = setting_option(
+            ReconSettings, "batch_slices", "--batch-slices", help="Slices per network batch (memory vs. speed)."
         ),
-        device: Optional[str] = typer.Option(
-            None, "--device", help="cpu, cuda or cuda:N for the learned methods (default: cuda if available)."
-        ),
-        threads: Optional[str] = typer.Option(
-            None, "--threads", metavar="N",
-            help="torch CPU threads (1 is fastest on a busy shared CPU; default: torch's choice).",
-        ),
+        device: Optional[str] = device_option("cpu, cuda or cuda:N for the learned methods (default: cuda if available)."),
+        threads: Optional[int] = threads_option("torch CPU threads (1 is fastest on a busy shared CPU; default: torch's choice)."),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace outputs mrimsm did not write (a file input's existing -o), and, "
             "for a directory input, redo every output, also those done before or made with other settings "
@@ -169,48 +198,42 @@ def register(app: typer.Typer) -> None:
         """Reconstruct INPUT (a file or a directory), write fastMRI-layout output, print PSNR / SSIM / NMSE."""
         from mrimsm import recon as lib
 
-        opts = lib.parse_options(
-            {
-                "seed": seed,
-                "center_fraction": center_fraction,
-                "cs_lambda": cs_lambda,
-                "cs_iters": cs_iters,
-                "checkpoint": checkpoint,
-                "ssdu_checkpoint": ssdu_checkpoint,
-                "settings": settings,
-                "steps": steps,
-                "w": w,
-                "eta": eta,
-                "dc_step": dc_step,
-                "dc": dc,
-                "dc_lambda": dc_lambda,
-                "dc_schedule": dc_schedule,
-                "dc_iters": dc_iters,
-                "dc_noise": dc_noise,
-                "t0": t0,
-                "init": init,
-                "sense_lambda": sense_lambda,
-                "sense_iters": sense_iters,
-                "samples": samples,
-                "coverage": coverage,
-                "batch_slices": batch_slices,
-                "device": device,
-            }
-        )
+        opts = {  # the method options, by the keys of mrimsm.solver_settings
+            "cs_lambda": cs_lambda,
+            "cs_iters": cs_iters,
+            "checkpoint": checkpoint,
+            "ssdu_checkpoint": ssdu_checkpoint,
+            "settings": settings,
+            "steps": steps,
+            "w": w,
+            "eta": eta,
+            "dc_step": dc_step,
+            "dc": None if dc is None else dc.value,
+            "dc_lambda": dc_lambda,
+            "dc_schedule": None if dc_schedule is None else dc_schedule.value,
+            "dc_iters": dc_iters,
+            "dc_noise": dc_noise,
+            "t0": t0,
+            "init": None if init is None else init.value,
+            "sense_lambda": sense_lambda,
+            "sense_iters": sense_iters,
+            "samples": samples,
+            "coverage": coverage,
+            "batch_slices": batch_slices,
+            "device": device,
+        }
         if threads is not None:
             from mrimsm.utils import set_threads
 
             set_threads(threads)
-        base_seed = opts.pop("seed")
-        cf = opts.pop("center_fraction")
         rank, world, _ = lib.rank_info()
         job = lib.ReconOptions(
             methods=method or None,
             accel=accel,
-            seed=0 if base_seed is None else base_seed,
+            seed=seed,
             options=opts,
             png_dir=png,
-            center_fraction=cf,
+            center_fraction=center_fraction,
             coils=coils,
             progress=_progress(not quiet and rank == 0),
         )

@@ -1,28 +1,27 @@
 """``mrimsm restore``: box inpainting / 4x super-resolution of an image with a natural-image MSM prior.
 
-Thin layer over :func:`mrimsm.restore.restore_file`: typed options (their ranges are
-:class:`~mrimsm.diffusion.posterior.PosteriorSettings`' checks), shows tqdm
+Thin layer over :func:`mrimsm.restore.restore_file`: typed options (declared from the fields
+of :class:`~mrimsm.solver_settings.PosteriorSettings`, checked while parsing), shows tqdm
 progress over the reverse steps, prints the summary (and, with ``--simulate``,
 PSNR / SSIM against the clean image for MSM and the simple baseline).
 """
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .options import device_option, finite_option, seed_option, threads_option
+from mrimsm.solver_settings import RESTORE_INITS, RESTORE_TASKS, PosteriorSettings
+
+from .options import choice_enum, device_option, finite_option, seed_option, setting_option, threads_option
 
 
-class Init(str, Enum):
-    """``--init``: where the chain starts, :data:`mrimsm.restore.RESTORE_INITS` (this module
-    does not import torch to read them; a test keeps the two equal)."""
-
-    NONE = "none"
-    BASELINE = "baseline"
+#: ``--init``: where the chain starts, :data:`mrimsm.solver_settings.RESTORE_INITS`
+Init = choice_enum("Init", RESTORE_INITS)
+#: ``--task``: :data:`mrimsm.solver_settings.RESTORE_TASKS`
+Task = choice_enum("Task", RESTORE_TASKS)
 
 
 def register(app: typer.Typer) -> None:
@@ -35,21 +34,24 @@ def register(app: typer.Typer) -> None:
                       "with --simulate a clean image."
         ),
         output: Path = typer.Option(..., "--output", "-o", help="Restored image (.png or .jpg)."),
-        task: str = typer.Option(..., "--task", "-t", help="inpaint-box | sr4 (checked by mrimsm.restore)."),
+        task: Task = typer.Option(..., "--task", "-t", help="Box inpainting or 4x super-resolution."),
         checkpoint: Optional[Path] = typer.Option(
             None, "--checkpoint", help="Image MSM checkpoint or run directory (default: the shipped model)."
         ),
         simulate: bool = typer.Option(
             False, "--simulate", help="INPUT is clean: degrade it, restore it, print PSNR/SSIM vs the baseline."
         ),
-        samples: Optional[int] = typer.Option(
-            None, "--samples", "-k", help="Posterior samples (default 4; mean = output; > 1 also writes an uncertainty PNG)."
+        samples: Optional[int] = setting_option(
+            PosteriorSettings, "samples", "--samples", "-k",
+            help="Posterior samples (default 4; mean = output; > 1 also writes an uncertainty PNG).",
         ),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Reverse diffusion steps from t0 (default 50)."),
-        w: Optional[int] = typer.Option(None, "--w", help="Random masks per step (default 3)."),
-        eta: Optional[float] = finite_option(None, "--eta", help="DDIM eta in [0, 1] (default 1)."),
-        t0: Optional[float] = finite_option(
-            None, "--t0", help="Warm start: begin the chain at t0 * T from --init (default 0.4 inpaint-box, 0.2 sr4; 1 = from noise)."
+        steps: Optional[int] = setting_option(PosteriorSettings, "steps", "--steps",
+                                              help="Reverse diffusion steps from t0 (default 50)."),
+        w: Optional[int] = setting_option(PosteriorSettings, "w", "--w", help="Random masks per step (default 3)."),
+        eta: Optional[float] = setting_option(PosteriorSettings, "eta", "--eta", help="DDIM eta (default 1)."),
+        t0: Optional[float] = setting_option(
+            PosteriorSettings, "t0", "--t0",
+            help="Warm start: begin the chain at t0 * T from --init (default 0.4 inpaint-box, 0.2 sr4; 1 = from noise).",
         ),
         init: Optional[Init] = typer.Option(
             None, "--init", help="Initial image of the warm start: baseline (bicubic / mean fill) or none (t0 1)."
@@ -68,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
         from mrimsm.restore import format_report, image_settings, restore_file
 
-        settings = image_settings(task, steps=steps, w=w, eta=eta, samples=samples, t0=t0,
+        settings = image_settings(task.value, steps=steps, w=w, eta=eta, samples=samples, t0=t0,
                                   init=init.value if init is not None else None)
         bar = None  # made at the first step: a bad input stays one error line
 
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             report = restore_file(
-                input, output, task, checkpoint=checkpoint, simulate=simulate, settings=settings,
+                input, output, task.value, checkpoint=checkpoint, simulate=simulate, settings=settings,
                 noise=noise, seed=seed, device=torch_device, on_step=on_step,
             )
         finally:

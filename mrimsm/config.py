@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -33,7 +32,7 @@ from mrimsm.data.training_data import default_cache_dir
 from mrimsm.errors import MrimsmError
 from mrimsm.methods import known_methods, training_method
 from mrimsm.sections import DataConfig, SampleConfig, SimulatedDataConfig, TrainConfig
-from mrimsm.settings import KeyProblem, SettingError, validate_dataclass
+from mrimsm.settings import KeyProblem, SettingError, validate_dataclass, yaml_loader
 
 __all__ = [
     "SimulatedDataConfig",
@@ -187,25 +186,17 @@ def config_from_dict(
     )
 
 
-#: ``2e-4``, ``-1E+3``: exponent floats without a dot, which YAML 1.1 leaves as strings
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-
-
 def load_config(path: str | os.PathLike, method: Optional[str] = None) -> Config:
     """Read and validate a YAML config file (see the module docstring)."""
     import yaml
 
-    class _Loader(yaml.SafeLoader):
-        """YAML 1.1 with ``2e-4`` read as a number (1.1's float needs a dot: ``2.0e-4``)."""
-
-    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
     path = Path(path)
     if path.is_dir():
         raise MrimsmError(f"config {str(path)!r} is a directory; give a YAML file (e.g. configs/tiny.yaml)")
     if not path.is_file():
         raise MrimsmError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
+        raw = yaml.load(path.read_text(), Loader=yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -46,6 +46,7 @@ from mrimsm.assets import asset_path
 from mrimsm.errors import MrimsmError
 from mrimsm.limits import MEMORY_SHARE, check_finite, check_seed
 from mrimsm.physics.operators import BoxMask, Downsample, Identity, LinearOperator
+from mrimsm.solver_settings import RESTORE_INITS, RESTORE_TASKS, PosteriorSettings  # RESTORE_INITS: from noise, or the baseline image
 from mrimsm.utils import check_output, resolve_device
 
 __all__ = [
@@ -69,7 +70,7 @@ __all__ = [
     "format_report",
 ]
 
-TASKS = ("inpaint-box", "sr4")
+TASKS = RESTORE_TASKS
 SR_FACTOR = 4
 #: the shipped natural-image prior (``configs/ffhq_tiny.yaml`` on scikit-image photo crops)
 DEFAULT_IMAGE_CHECKPOINT = asset_path("default_images.pt")
@@ -97,9 +98,8 @@ def image_settings(task: Optional[str] = None, **overrides):
     fill / bicubic) at :data:`RESTORE_T0`, 50 steps, ``w = 3``, ``eta = 1``, the mean of 4
     samples (600 network evaluations), the exact projection onto the observation after each
     aggregation (``dc: operator`` with ``lambda = 0``: for ``T = I`` the replacement / pooling
-    pseudo-inverse). Without a task: ``t0 = 0.3``. ``None`` overrides are ignored."""
-    from mrimsm.diffusion.posterior import PosteriorSettings
-
+    pseudo-inverse). Without a task: ``t0 = 0.3``. ``None`` overrides are ignored; the
+    others are checked by :meth:`PosteriorSettings.validate` (the fields' annotations)."""
     t0 = RESTORE_T0.get(task, 0.3) if task is not None else 0.3
     values = dict(steps=50, w=3, eta=1.0, samples=4, dc="operator", dc_lambda=0.0, t0=t0, init="baseline")
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -262,10 +262,6 @@ def check_memory(loaded, hw: tuple[int, int], batch: int, device, task: str = "i
         f"{MEMORY_SHARE:.0%} of the {free / gib:.1f} GiB free on {torch.device(device).type}; the largest that fits "
         f"is about {side} x {side}{hint}; crop or resize the image"
     )
-
-
-#: Where restore's chain starts: from noise (``none``) or from the task's baseline image.
-RESTORE_INITS = ("none", "baseline")
 
 
 def restore_observation(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from typing import Annotated, Any, Literal, Optional, Union
@@ -34,7 +35,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from mrimsm.errors import MrimsmError
 
 __all__ = ["SettingError", "KeyProblem", "check", "validate_dataclass", "check_field", "describe",
-           "field_annotation"]
+           "field_annotation", "yaml_loader"]
 
 #: strict types, unknown keys refused, NaN and infinities refused
 _CONFIG = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -116,6 +117,24 @@ def describe(annotation: Any) -> str:
     elif hi is not None:
         parts.insert(0, f"{'<' if hi_open else '<='} {_num(hi)}")
     return " and ".join(parts)
+
+
+#: ``2e-4``, ``-1E+3``: exponent floats without a dot, which YAML 1.1 leaves as strings
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+@functools.lru_cache(maxsize=None)
+def yaml_loader() -> type:
+    """The YAML loader of settings files (configs, solver settings): PyYAML's safe loader
+    with ``2e-4`` read as a number (YAML 1.1's float needs a dot: ``2.0e-4``), so that
+    such a value meets a float field's strict check as a float."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+    return Loader
 
 
 # -- dataclass -> pydantic model ---------------------------------------------------------------

@@ -138,7 +138,7 @@ def test_recon_cli_coils(tmp_path, capsys):
     assert "note: --coils 9: a.h5 has 8 coils; no coil compression" in capsys.readouterr().err
     assert main(["recon", "-R", "4", "-m", "zero-filled", str(src), "-o", str(tmp_path / "c0.h5"), "--coils", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: --coils must be an integer >= 1, got '0'"
+    assert err.strip() == "error: --coils must be an integer >= 1, got 0"  # --coils is an int option
     assert not (tmp_path / "c0.h5").exists()
 
 

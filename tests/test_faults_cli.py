@@ -315,7 +315,7 @@ def test_usage_errors_are_one_line(command, tmp_path, capsys, monkeypatch):
 
 
 #: the commands whose every option and argument is swept with bad values (:func:`_option_cases`)
-SWEPT = ("train", "sample", "restore", "calibrate", "convert")
+SWEPT = ("train", "sample", "recon", "restore", "calibrate", "convert")
 
 
 def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, list]]]:
@@ -335,6 +335,7 @@ def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, l
     missing = inputs / "missing"
     msm = ASSETS / "default_msm.pt"
     flag = lambda name: [([f"{name}=yes"], name)]  # noqa: E731
+    recon_with = lambda *args: [scan, "-R", "4", "-o", work / "o.h5", "--device", "cpu", "-q", *args]  # noqa: E731
     ints = lambda name, low, below: [([name, "abc"], name), ([name, str(below)], f"{name} must be {low}")]  # noqa: E731
     return {
         "train": (["train", cfg, "--out", work / "run"], {
@@ -363,15 +364,56 @@ def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, l
             "threads": ints("--threads", "an integer in [1, ", 0),
             "quiet": flag("--quiet"),
         }),
+        "recon": (["recon", *recon_with("-m", "zero-filled")], {
+            "input": [([missing / "s.h5", "-R", "4", "-o", work / "o.h5"], "missing")],
+            "accel": [(["-R", "six"], "--accel"), (["-R", "0.5"], "--accel must be a number >= 1"),
+                      (["-R", "nan"], "--accel must be a number >= 1")],
+            "output": [(["-o", taken], "taken.h5")],
+            "method": [(["-m", "nope"], "unknown method 'nope'")],
+            "png": [(["--png", taken], "taken.h5")],
+            "seed": ints("--seed", "an integer in [0, 4294967295]", -1),
+            "center_fraction": [(["--center-fraction", "0"], "--center-fraction must be in (0, 1]"),
+                                (["--center-fraction", "x"], "--center-fraction")],
+            "cs_lambda": [(["--cs-lambda", "-1"], "--cs-lambda must be >= 0"),
+                          (["--cs-lambda", "nan"], "--cs-lambda must be a finite number")],
+            "cs_iters": ints("--cs-iters", "an integer in [1, 100000]", 0),
+            "checkpoint": [(recon_with("-m", "msm", "--checkpoint", missing / "c.pt"), "missing")],
+            "ssdu_checkpoint": [(recon_with("-m", "ssdu", "--ssdu-checkpoint", missing / "s.pt"), "missing")],
+            "settings": [(recon_with("-m", "msm", "--settings", missing / "s.yaml"), "s.yaml")],
+            "steps": ints("--steps", ">= 1", 0),
+            "w": ints("--w", "an integer in [1, 1000]", 0),
+            "eta": [(["--eta", "2"], "--eta must be in [0, 1]"), (["--eta", "nan"], "--eta must be a finite number"),
+                    (["--eta", "x"], "--eta")],
+            "dc_step": [(["--dc-step", "3"], "--dc-step must be in [0, 2]"), (["--dc-step", "inf"], "--dc-step")],
+            "dc": [(["--dc", "gradient"], "'gradient' is not one of 'operator', 'measurement', 'tweedie'")],
+            "dc_lambda": [(["--dc-lambda", "-1"], "--dc-lambda must be >= 0"), (["--dc-lambda", "x"], "--dc-lambda")],
+            "dc_schedule": [(["--dc-schedule", "cosine"], "'cosine' is not one of 'fixed', 'sigma', 'noise'")],
+            "dc_iters": ints("--dc-iters", "an integer in [1, 100000]", 0),
+            "dc_noise": [(["--dc-noise", "-0.1"], "--dc-noise must be >= 0"), (["--dc-noise", "nan"], "--dc-noise")],
+            "t0": [(["--t0", "2"], "--t0 must be in [0, 1]"), (["--t0", "x"], "--t0"),
+                   (recon_with("-m", "msm", "--t0", "0.5", "--init", "none"), "needs an initial image")],
+            "init": [(["--init", "baseline"], "'baseline' is not one of 'none', 'sense', 'cs', 'zero-filled'")],
+            "sense_lambda": [(["--sense-lambda", "-1"], "--sense-lambda must be >= 0"),
+                             (["--sense-lambda", "inf"], "--sense-lambda must be a finite number")],
+            "sense_iters": ints("--sense-iters", "an integer in [1, 100000]", 0),
+            "samples": ints("--samples", ">= 1", 0),
+            "coverage": [(["--coverage", "0.3"], "--coverage must be in [0.5, 0.99]"), (["--coverage", "x"], "--coverage")],
+            "coils": ints("--coils", "an integer >= 1", 0),
+            "batch_slices": ints("--batch-slices", ">= 1", 0),
+            "device": [(["--device", "tpu"], "--device must be cpu, cuda or cuda:N")],
+            "threads": ints("--threads", "an integer in [1, ", 0),
+            "overwrite": flag("--overwrite"),
+            "quiet": flag("--quiet"),
+        }),
         "restore": (["restore", png, "-o", work / "r.png", "-t", "inpaint-box", "--device", "cpu"], {
             "input": [([missing / "i.png", "-o", work / "r.png", "-t", "sr4"], "missing")],
             "output": [(["-o", work / "r.txt"], "r.txt")],
-            "task": [(["-t", "denoise"], "unknown task 'denoise'")],
+            "task": [(["-t", "denoise"], "'denoise' is not one of 'inpaint-box', 'sr4'")],
             "checkpoint": [(["--checkpoint", missing / "c.pt"], "missing")],
             "simulate": flag("--simulate"),
             "samples": [(["--samples", "abc"], "--samples"), (["--samples", "0"], "samples must be >= 1")],
             "steps": [(["--steps", "abc"], "--steps"), (["--steps", "0"], "steps must be >= 1")],
-            "w": [(["--w", "abc"], "--w"), (["--w", "1000000"], "w must be in [1, 1000]")],
+            "w": [(["--w", "abc"], "--w"), (["--w", "1000000"], "w must be an integer in [1, 1000]")],
             "eta": [(["--eta", "2"], "eta must be in [0, 1]"), (["--eta", "nan"], "--eta must be a finite number")],
             "t0": [(["--t0", "2"], "t0 must be in [0, 1]"), (["--t0", "inf"], "--t0 must be a finite number")],
             "init": [(["--init", "cs"], "'cs' is not one of 'none', 'baseline'")],

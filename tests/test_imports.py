@@ -97,7 +97,7 @@ LAYERS: dict[str, int] = {
     "mrimsm.errors": 0, "mrimsm.assets": 1, "mrimsm.limits": 1, "mrimsm.interrupt": 1, "mrimsm.utils": 2,
     "mrimsm.distributed": 3, "mrimsm.workers": 3, "mrimsm.physics": 3, "mrimsm.metrics": 3, "mrimsm.uncertainty": 3, "mrimsm.checkpoint": 3,
     "mrimsm.models": 4, "mrimsm.data": 4,
-    "mrimsm.settings": 1, "mrimsm.sections": 2,
+    "mrimsm.settings": 1, "mrimsm.sections": 2, "mrimsm.solver_settings": 3,
     "mrimsm.trainmethod": 5,
     "mrimsm.diffusion": 6, "mrimsm.baselines": 6,
     "mrimsm.methods": 7, "mrimsm.config": 8, "mrimsm.inference": 9,

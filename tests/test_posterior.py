@@ -113,6 +113,19 @@ def test_settings_validation_and_yaml(tmp_path):
             load_posterior_settings(None, **bad)
 
 
+def test_settings_file_keys_have_the_fields_rules(tmp_path):
+    """A file's keys meet the same annotations as the flags; the message names the file only
+    for a key that came from it."""
+    p = tmp_path / "s.yaml"
+    p.write_text("posterior:\n  dc_lambda: 1e-4\n  init: cs\n")
+    assert (load_posterior_settings(p).dc_lambda, load_posterior_settings(p).init) == (1e-4, "cs")
+    with pytest.raises(MrimsmError, match=r"^steps must be >= 1, got 0$"):
+        load_posterior_settings(p, steps=0)
+    p.write_text("posterior:\n  steps: 2.5\n")
+    with pytest.raises(MrimsmError, match=r"s\.yaml: steps must be an integer, got 2\.5$"):
+        load_posterior_settings(p)
+
+
 def test_uncertainty_is_the_std_of_the_value_for_real_images():
     """Signed real images (natural images in [-1, 1]): the std of the value, not of |x|."""
     from mrimsm.diffusion.posterior import PosteriorSettings, posterior_sample

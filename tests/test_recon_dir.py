@@ -92,18 +92,28 @@ def tiny_msm(tmp_path_factory) -> Path:
 # -- option parsing ------------------------------------------------------------------
 
 
-def test_parse_options_numbers():
-    out = recon.parse_options({"steps": "50", "w": " 2", "eta": "0.5", "dc_step": "2", "cs_lambda": "1e-3",
-                               "seed": "7", "center_fraction": "0.25", "checkpoint": "x.pt", "samples": None})
-    assert out == {"steps": 50, "w": 2, "eta": 0.5, "dc_step": 2.0, "cs_lambda": 1e-3, "seed": 7,
-                   "center_fraction": 0.25, "checkpoint": "x.pt", "samples": None}
-    assert isinstance(out["steps"], int) and isinstance(out["eta"], float)
-    for key, bad in [("steps", "abc"), ("steps", "1.5"), ("w", "0"), ("samples", "-1"), ("seed", "-3"),
-                     ("cs_iters", ""), ("center_fraction", "0"), ("center_fraction", "1.5"), ("eta", "nan"),
-                     ("cs_lambda", "inf"), ("batch_slices", "0")]:
-        flag = recon.NUMERIC_OPTIONS[key][0]
+def test_option_values_are_checked_by_the_settings_fields():
+    """The library checks a direct caller's option values with the fields the flags are declared
+    from (mrimsm.solver_settings): typed values pass, bad ones are one line naming the flag."""
+    from mrimsm.recon.classical import CSRecon
+    from mrimsm.settings import check_field
+    from mrimsm.solver_settings import PosteriorSettings, ReconSettings
+
+    assert (CSRecon({"cs_lambda": 0, "cs_iters": 7}).lamda, CSRecon({"cs_iters": 7}).iters) == (0.0, 7)
+    assert check_field(PosteriorSettings, "dc_step", 2, "--dc-step") == 2.0
+    cases = [(PosteriorSettings, "steps", "abc"), (PosteriorSettings, "steps", 1.5), (PosteriorSettings, "w", 0),
+             (PosteriorSettings, "samples", -1), (ReconSettings, "seed", -3), (ReconSettings, "center_fraction", 0),
+             (ReconSettings, "center_fraction", 1.5), (PosteriorSettings, "eta", float("nan")),
+             (ReconSettings, "batch_slices", 0)]
+    for cls, key, bad in cases:
+        flag = "--" + key.replace("_", "-")
         with pytest.raises(MrimsmError, match=flag):
-            recon.parse_options({key: bad})
+            check_field(cls, key, bad, flag)
+    for options, flag in [({"cs_lambda": float("inf")}, "--cs-lambda"), ({"cs_iters": ""}, "--cs-iters")]:
+        with pytest.raises(MrimsmError, match=flag):
+            CSRecon(options)
+    with pytest.raises(MrimsmError, match="--batch-slices"):
+        recon.ReconOptions(options={"batch_slices": 0}).resolved()
 
 
 @pytest.mark.parametrize(

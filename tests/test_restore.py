@@ -235,7 +235,7 @@ def test_cli_sr4_upsamples_an_observation(tiny_ckpt, tmp_path, capsys):
         ("odd_size", "not divisible by 2"),
         ("same_output", "would overwrite the input"),
         ("bad_suffix", "must end in .png or .jpg"),
-        ("bad_task", "unknown task"),
+        ("bad_task", "'deblur' is not one of 'inpaint-box', 'sr4'"),  # --task is a choice
         ("missing", "does not exist"),
     ],
 )

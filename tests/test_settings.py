@@ -83,9 +83,53 @@ def test_describe():
     assert describe(int) == ""
 
 
-def test_restore_init_choices_are_the_library_ones():
-    """restore's --init choices (the CLI module cannot import torch to read them)."""
-    from mrimsm.cli.restore_cmd import Init
-    from mrimsm.restore import RESTORE_INITS
+def test_choice_options_are_the_settings_choices():
+    """recon's and restore's choice options list the PosteriorSettings field's choices (the CLI
+    modules declare them without importing torch): each init has one command, and none other."""
+    import typing
 
-    assert tuple(i.value for i in Init) == RESTORE_INITS
+    from mrimsm.cli import recon_cmd, restore_cmd
+    from mrimsm.settings import field_annotation
+    from mrimsm.solver_settings import PosteriorSettings
+
+    def choices(name):
+        return typing.get_args(field_annotation(PosteriorSettings, name))
+
+    assert tuple(m.value for m in recon_cmd.DC) == choices("dc")
+    assert tuple(m.value for m in recon_cmd.DCSchedule) == choices("dc_schedule")
+    recon_inits, restore_inits = ({m.value for m in e} for e in (recon_cmd.Init, restore_cmd.Init))
+    assert recon_inits | restore_inits == set(choices("init")) and recon_inits & restore_inits == {"none"}
+
+
+def test_solver_settings_from_options_name_the_flag():
+    from mrimsm.solver_settings import CSSettings, SenseSettings, settings_from_options
+
+    assert settings_from_options(SenseSettings, {"sense_iters": 3, "cs_iters": 0}) == SenseSettings(iters=3)
+    assert settings_from_options(CSSettings, {"cs_lambda": None}) == CSSettings()
+    with pytest.raises(MrimsmError, match=r"^--cs-iters must be an integer in \[1, 100000\], got 0$"):
+        settings_from_options(CSSettings, {"cs_iters": 0})
+    with pytest.raises(MrimsmError, match=r"^--sense-lambda must be a number, got '0.1'$"):
+        settings_from_options(SenseSettings, {"sense_lambda": "0.1"})
+
+
+def test_posterior_settings_validate_with_the_annotations():
+    from mrimsm.solver_settings import PosteriorSettings
+
+    checked = PosteriorSettings(dc_step=2, t0=1).validate()
+    assert (checked.dc_step, type(checked.dc_step), checked.t0) == (2.0, float, 1.0)
+    for bad, message in [(dict(w=0), "w must be an integer in [1, 1000], got 0"),
+                         (dict(dc="x"), "dc must be operator, measurement or tweedie, got 'x'"),
+                         (dict(steps=True), "steps must be an integer, got True"),
+                         (dict(init="none"), "t0 = 0.3 needs an initial image (init)")]:
+        with pytest.raises(MrimsmError) as info:
+            PosteriorSettings(**bad).validate()
+        assert str(info.value) == message
+
+
+def test_yaml_loader_reads_exponent_floats():
+    import yaml
+
+    from mrimsm.settings import yaml_loader
+
+    assert yaml.load("a: 1e-4\nb: 2.0e-3\nc: '1e-4'\nd: 3\n", Loader=yaml_loader()) == {
+        "a": 1e-4, "b": 2e-3, "c": "1e-4", "d": 3}

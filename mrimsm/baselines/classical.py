@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from mrimsm.physics.operators import MultiCoilMRI
+from mrimsm.solver_settings import CSSettings, SenseSettings
 
 __all__ = [
     "zero_filled", "sense", "cs_l1_wavelet", "DEFAULT_LAMBDA", "DEFAULT_ITERS", "SENSE_LAMBDA", "SENSE_ITERS",
@@ -47,11 +48,11 @@ __all__ = [
 #: at 64 (at 128: lamda in {3e-4, 1e-3, 3e-3} x {30, 50, 100, 200}). lamda = 1e-3 with 50 iterations was best in all four settings
 #: (PSNR 25.0 / 23.8 dB at 64 and 27.4 / 25.3 dB at 128 for R = 4 / 6, vs zero-filled
 #: 22.0 / 21.6 and 23.6 / 22.2).
-DEFAULT_LAMBDA = 1e-3
+DEFAULT_LAMBDA = CSSettings.lamda  # the value: mrimsm.solver_settings.CSSettings
 #: FISTA iterations. More is worse here: the fully converged L1 solution is 1.5 to 3 dB
 #: below the 50-iteration one at every lamda tried (early stopping acts as extra
 #: regularization at these accelerations), so the default stops at 50.
-DEFAULT_ITERS = 50
+DEFAULT_ITERS = CSSettings.iters
 
 
 def _as_tensor(x, dtype: torch.dtype) -> torch.Tensor:
@@ -89,8 +90,8 @@ def zero_filled(kspace, mask, maps) -> torch.Tensor:
 
 #: Tikhonov weight and CG iterations of :func:`sense` for images normalized to max |A^H y| ~ 1.
 #: Tuned like CS's on MNI training-range slices only (``benchmarks/sweep_solver.py --sense``).
-SENSE_LAMBDA = 0.01
-SENSE_ITERS = 10
+SENSE_LAMBDA = SenseSettings.lamda  # the values: mrimsm.solver_settings.SenseSettings
+SENSE_ITERS = SenseSettings.iters
 
 
 def sense(kspace, mask, maps, lamda: float = SENSE_LAMBDA, max_iter: int = SENSE_ITERS) -> torch.Tensor:

@@ -44,8 +44,6 @@ the operators carry the difference.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -60,9 +58,10 @@ from mrimsm.diffusion.consistency import (
 )
 from mrimsm.diffusion.shipped import SHIPPED_PRIORS
 from mrimsm.errors import MrimsmError
-from mrimsm.limits import MAX_ITERATIONS, MAX_MASKS_PER_STEP
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import LinearOperator, MaskedMeasurement
+from mrimsm.settings import SettingError, validate_dataclass, yaml_loader
+from mrimsm.solver_settings import PosteriorSettings
 
 __all__ = [
     "PosteriorSettings",
@@ -72,170 +71,54 @@ __all__ = [
     "default_checkpoint",
 ]
 
-PLACEMENTS = ("global", "local")
-DC_KINDS = ("operator", "measurement", "tweedie")
-DC_SCHEDULES = ("fixed", "sigma", "noise")
-INITS = ("none", "sense", "cs", "zero-filled", "baseline")
-
 #: The shipped 64 x 64 demonstration prior (the first of :data:`mrimsm.diffusion.shipped.SHIPPED_PRIORS`).
 DEFAULT_CHECKPOINT = SHIPPED_PRIORS[0].path
-
-
-@dataclass
-class PosteriorSettings:
-    """Solver settings. The defaults are the general CS-MRI settings, chosen on validation
-    slices of the 64 x 64 prior (``benchmarks/sweep_solver.py``, recorded in
-    ``CHANGELOG.md``, 2026-11-27; never the held-out test slices): ``recon`` uses them for the
-    64 x 64 prior and any ``--checkpoint`` model. A settings file (``--settings FILE``, or a
-    shipped prior's own, :mod:`mrimsm.diffusion.shipped`) replaces the keys it gives and
-    keeps these for the rest. The paper's setting is
-    ``steps=200, w=3, samples=5, dc="measurement", t0=1, init="none"``.
-
-    Attributes:
-        steps: reverse steps of the chain (from ``t0`` down to 0).
-        w: masks (network evaluations) per step (paper, inverse problems: 3).
-        eta: DDIM stochasticity (paper CS-MRI: 0.85).
-        samples: posterior samples per slice (mean = reconstruction, std = uncertainty).
-        dc: data consistency: ``operator`` (a solve on the image through the test
-            operator ``A = H T``, :func:`operator_consistency`) or ``measurement`` (the
-            step ``z - dc_step H^+ (H z - y)`` on the measurement, :func:`measurement_consistency`;
-            with ``dc_step = 2`` and ``placement = local`` the published code's rule) or
-            ``tweedie`` (Gaussian conditioning with the denoiser's own posterior covariance,
-            :func:`tweedie_consistency`: exact for Gaussian priors, costs ``dc_iters``
-            backward passes per step).
-        dc_lambda: weight of the prior term of the ``operator`` solve,
-            ``min ||A x - y||^2 + lambda_t ||x - T^H z0_hat||^2``; 0 is the projection onto
-            ``A x = y``.
-        dc_schedule: ``fixed`` (``lambda_t = dc_lambda``), ``sigma``
-            (``lambda_t = dc_lambda / sigma_t^2``: the Tweedie estimate is trusted more as
-            its noise level ``sigma_t`` falls) or ``noise`` (DiffPIR's
-            ``lambda_t = dc_lambda * sigma_y^2 / sigma_t^2`` with ``sigma_y`` the test
-            scan's own noise std, measured by ``recon`` (:mod:`mrimsm.data.noise`), else
-            ``dc_noise``; ``dc_lambda = 1`` at ``sigma_y = 0.01`` equals ``sigma`` with
-            ``dc_lambda = 1e-4``).
-        dc_iters: conjugate-gradient iterations of the ``operator`` and ``tweedie`` solves.
-        dc_noise: the test data's noise std per real component (normalized units) for
-            ``tweedie``, and for the ``noise`` schedule when no measured value is passed.
-        dc_step: step of the ``measurement`` rule (1 = replace measured entries by y).
-        placement: ``global`` (after aggregation, the paper's text) or ``local`` (on each
-            local estimate, the published code); ``measurement`` only.
-        t0: warm start: the chain starts at ``t0 * (T - 1)`` from the noised initial
-            image (1 = from pure noise, the paper; 0 returns the initial image).
-        init: the initial image of a warm start: ``none`` (t0 must be 1), ``sense``,
-            ``cs``, ``zero-filled`` (MRI), ``baseline`` (restore: bicubic / mean fill).
-        batch_slices: slices denoised together (memory vs. speed).
-    """
-
-    steps: int = 50
-    w: int = 3
-    eta: float = 1.0  # validation: 1.0 25.12, 0.85 25.01, 0.5 24.90 dB (the paper uses 0.85)
-    samples: int = 4
-    dc: str = "operator"  # the coils' parallel imaging; `measurement` (the published rule) lost 2.1 dB
-    dc_lambda: float = 1.0
-    # validation R = 4 / 6 at test noise 0.002: +0.16 / +0.32 dB (paper convention) over the
-    # sigma schedule (dc_lambda 1e-4 / sigma_t^2); at noise 0.01 within 0.03 dB
-    dc_schedule: str = "noise"
-    dc_iters: int = 10
-    dc_noise: float = 0.01
-    dc_step: float = 1.0
-    placement: str = "global"
-    t0: float = 0.3  # the chain starts at 0.3 T from the noised initial image (1: from noise, the paper)
-    init: str = "sense"
-    batch_slices: int = 4
-
-    def validate(self) -> "PosteriorSettings":
-        checks = [
-            (int(self.steps) >= 1, f"steps must be >= 1, got {self.steps}"),
-            (1 <= int(self.w) <= MAX_MASKS_PER_STEP, f"w must be in [1, {MAX_MASKS_PER_STEP}], got {self.w}"),
-            (int(self.samples) >= 1, f"samples must be >= 1, got {self.samples}"),
-            (0.0 <= float(self.eta) <= 1.0, f"eta must be in [0, 1], got {self.eta}"),
-            (self.dc in DC_KINDS, f"dc must be one of {', '.join(DC_KINDS)}, got {self.dc!r}"),
-            (math.isfinite(float(self.dc_lambda)) and float(self.dc_lambda) >= 0,
-             f"dc_lambda must be a number >= 0, got {self.dc_lambda}"),
-            (self.dc_schedule in DC_SCHEDULES,
-             f"dc_schedule must be one of {', '.join(DC_SCHEDULES)}, got {self.dc_schedule!r}"),
-            (1 <= int(self.dc_iters) <= MAX_ITERATIONS, f"dc_iters must be in [1, {MAX_ITERATIONS}], got {self.dc_iters}"),
-            (math.isfinite(float(self.dc_noise)) and float(self.dc_noise) >= 0,
-             f"dc_noise must be a number >= 0, got {self.dc_noise}"),
-            (0.0 <= float(self.dc_step) <= 2.0, f"dc_step must be in [0, 2], got {self.dc_step}"),
-            (self.placement in PLACEMENTS, f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"),
-            (self.dc == "measurement" or self.placement == "global",
-             "placement local works only with dc: measurement"),
-            (math.isfinite(float(self.t0)) and 0.0 <= float(self.t0) <= 1.0, f"t0 must be in [0, 1], got {self.t0}"),
-            (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
-            (self.init != "none" or float(self.t0) == 1.0, f"t0 = {self.t0} needs an initial image (init)"),
-            (int(self.batch_slices) >= 1, f"batch_slices must be >= 1, got {self.batch_slices}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MrimsmError(message)
-        return self
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations per slice, at most (a warm start from a step below ``steps``
-        runs ``t0 * (T - 1) + 1`` steps): ``samples * w * steps``, 0 for ``t0 = 0``."""
-        return int(self.samples) * int(self.w) * int(self.steps) if float(self.t0) > 0 else 0
-
-
-def _typed(key: Any, value: Any, where: str = "") -> Any:
-    """A setting's value as its field's type (int, float or str; an int-valued float
-    for an int, numeric text for a number); MrimsmError naming ``key`` otherwise. Unknown
-    keys pass unchanged (the loader names them all at once)."""
-    kind = {f.name: f.type for f in fields(PosteriorSettings)}.get(key)
-    kind = {"int": int, "float": float, "str": str}.get(kind, kind) if isinstance(kind, str) else kind
-    if kind not in (int, float, str):
-        return value
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise MrimsmError(f"{where}{key} must be a string, got {value!r}")
-    if isinstance(value, bool):
-        value = None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or (kind is int and not number.is_integer()):
-        what = "an integer" if kind is int else "a finite number"
-        raise MrimsmError(f"{where}{key} must be {what}, got {value!r}")
-    return int(number) if kind is int else number
 
 
 def load_posterior_settings(path: Optional[str | Path] = None, **overrides: Any) -> PosteriorSettings:
     """Settings from a YAML file (``posterior:`` section or top level), then overrides.
 
-    Unknown keys are an error; ``None`` overrides are ignored. Keys neither the file nor
-    the overrides give (all of them without a file) take :class:`PosteriorSettings`' defaults.
+    The file's keys and the overrides are checked against :class:`PosteriorSettings`' field
+    annotations (one-line MrimsmError naming the key, and the file for the file's keys);
+    ``None`` overrides are ignored. Keys neither the file nor the overrides give (all of them
+    without a file) take :class:`PosteriorSettings`' defaults.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        import yaml
+    values = {} if path is None else _read_settings_file(Path(path))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = validate_dataclass(PosteriorSettings, {**values, **given})
+    except SettingError as exc:
+        name = exc.key.split(".")[0].split("[")[0]
+        where = f"{path}: " if name in values and name not in given else ""
+        if exc.kind == "unknown":
+            known = ", ".join(sorted(exc.allowed))
+            raise MrimsmError(f"{where}unknown posterior setting {exc.key} (known: {known})") from None
+        raise MrimsmError(f"{where}{exc.key} {exc.message}") from None
+    return settings.validate()
 
-        p = Path(path)
-        if p.is_dir():
-            raise MrimsmError(f"settings file {p} is a directory; give a YAML file of solver settings "
-                              f"(e.g. a copy of mrimsm/assets/default_msm256.recon.yaml)")
-        if not p.exists():
-            raise MrimsmError(f"settings file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise MrimsmError(f"{p} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        except UnicodeDecodeError:
-            raise MrimsmError(f"{p}: not a text file") from None
-        except OSError as exc:
-            raise MrimsmError(f"cannot read settings file {p}: {exc.strerror or exc}") from None
-        data = data.get("posterior", data) if isinstance(data, dict) else None
-        if not isinstance(data, dict):
-            raise MrimsmError(f"{p}: expected a mapping of solver settings")
-        values.update({k: _typed(k, v, f"{p}: ") for k, v in data.items()})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(PosteriorSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MrimsmError(f"unknown posterior setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return PosteriorSettings(**values).validate()
+
+def _read_settings_file(p: Path) -> dict[str, Any]:
+    """The mapping of solver settings in YAML file ``p`` (its ``posterior:`` section, or the
+    top level); one-line MrimsmError for a missing, unreadable or malformed file."""
+    import yaml
+
+    if p.is_dir():
+        raise MrimsmError(f"settings file {p} is a directory; give a YAML file of solver settings "
+                          f"(e.g. a copy of mrimsm/assets/default_msm256.recon.yaml)")
+    if not p.exists():
+        raise MrimsmError(f"settings file {p} does not exist")
+    try:
+        data = yaml.load(p.read_text(), Loader=yaml_loader()) or {}
+    except yaml.YAMLError as exc:
+        raise MrimsmError(f"{p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise MrimsmError(f"{p}: not a text file") from None
+    except OSError as exc:
+        raise MrimsmError(f"cannot read settings file {p}: {exc.strerror or exc}") from None
+    data = data.get("posterior", data) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise MrimsmError(f"{p}: expected a mapping of solver settings")
+    return data
 
 
 def _step_progress(on_step: Optional[Callable[[int, int], None]]):
@@ -318,7 +201,7 @@ def posterior_sample(
     """
     from mrimsm.diffusion.sampler import msm_sample, sampling_timesteps
 
-    settings.validate()
+    settings = settings.validate()  # the same rules as the YAML and the flags, for direct callers
     b = y.shape[0]
     k = int(settings.samples)
     schedule = schedule if schedule is not None else getattr(denoiser, "schedule", None)

@@ -64,6 +64,8 @@ from mrimsm.diffusion.schedule import VPSchedule
 from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler
 from mrimsm.physics.operators import MaskedMeasurement
+from mrimsm.sections import SampleConfig
+from mrimsm.settings import check_field
 
 __all__ = ["msm_sample", "sampling_timesteps", "ddim_coefficients", "network_local_denoiser"]
 
@@ -152,12 +154,12 @@ def _as_generator(generator: Optional[torch.Generator | int]) -> torch.Generator
 
 
 def _check_arguments(num_samples: int, steps: int, w: int, eta: float) -> None:
-    """MrimsmError for sampler settings out of range."""
-    for name, value in (("w (masks per step)", w), ("steps", steps), ("num_samples", num_samples)):
-        if int(value) < 1:
-            raise MrimsmError(f"{name} must be >= 1, got {value}")
-    if not 0.0 <= float(eta) <= 1.0:
-        raise MrimsmError(f"eta must be in [0, 1], got {eta}")
+    """MrimsmError for sampler settings out of range: the rules of ``mrimsm sample``'s
+    options, :class:`~mrimsm.sections.SampleConfig`'s fields (for direct callers; the
+    commands have checked their settings before)."""
+    for label, name, value in (("w (masks per step)", "w", w), ("steps", "steps", steps),
+                               ("num_samples", "num", num_samples), ("eta", "eta", eta)):
+        check_field(SampleConfig, name, value, label)
 
 
 def _resolve(denoiser, op_full: MaskedMeasurement, schedule: Optional[VPSchedule],

@@ -23,7 +23,7 @@ model (including ``--checkpoint`` models trained on resized data or on prepared
 shards) reconstructs its training size only. Outside the range: a one-line
 :class:`~mrimsm.errors.MrimsmError`.
 
-Solver settings: :class:`~mrimsm.diffusion.posterior.PosteriorSettings`' defaults are the
+Solver settings: :class:`~mrimsm.solver_settings.PosteriorSettings`' defaults are the
 general ones (the 64 x 64 prior's, and any ``--checkpoint`` model's). A prior whose solver
 was chosen apart on validation slices names a YAML beside its checkpoint (``settings``: the
 256 prior's is ``mrimsm/assets/default_msm256.recon.yaml``) holding only the keys that differ
@@ -52,7 +52,7 @@ __all__ = ["ShippedPrior", "SHIPPED_PRIORS", "SHIPPED_SSDU", "ASSETS", "size_ran
 class ShippedPrior:
     """One shipped prior: ``file`` under ``mrimsm/assets``, the side range it serves, and
     ``settings``: its solver settings file under ``mrimsm/assets`` (``None``: the general
-    defaults of :class:`~mrimsm.diffusion.posterior.PosteriorSettings`)."""
+    defaults of :class:`~mrimsm.solver_settings.PosteriorSettings`)."""
 
     file: str
     trained: int

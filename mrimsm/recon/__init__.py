@@ -46,7 +46,7 @@ The package's modules, one job each:
 :mod:`mrimsm.recon.classical`     ``zero-filled``, ``sense`` and ``cs``: :class:`ZeroFilled`, ...
 :mod:`mrimsm.recon.msm`           ``msm``, :class:`MSMRecon` (the MSM prior, posterior sampling)
 :mod:`mrimsm.recon.ssdu`          ``ssdu``, :class:`SSDURecon` (the unrolled network)
-:mod:`mrimsm.recon.options`       parsing the command's options; :class:`ReconOptions`
+:mod:`mrimsm.recon.options`       :class:`ReconOptions` (the settings: :mod:`mrimsm.solver_settings`)
 :mod:`mrimsm.recon.progress`      progress-bar helpers
 :mod:`mrimsm.recon.volume`        readout crop, masks, coil maps, scale: :func:`prepare_volume`
 :mod:`mrimsm.recon.run`           one method over a volume's slices: :func:`run_method`
@@ -71,7 +71,7 @@ from mrimsm.recon.methods import (
     default_method,
     get_method,
 )
-from mrimsm.recon.options import NUMERIC_OPTIONS, ReconOptions, parse_accel, parse_number, parse_options
+from mrimsm.recon.options import ReconOptions, parse_accel
 from mrimsm.recon.progress import Progress
 from mrimsm.recon.volume import (
     CALIB_ROWS,
@@ -126,9 +126,6 @@ __all__ = [
     "ReconOptions",
     "ReconReport",
     "format_table",
-    "NUMERIC_OPTIONS",
-    "parse_number",
-    "parse_options",
     "list_inputs",
     "rank_info",
     "files_for_rank",

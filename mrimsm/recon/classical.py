@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping
 
 from mrimsm.baselines import classical
-from mrimsm.errors import MrimsmError
 from mrimsm.recon.methods import MethodBase, MethodOutput, SliceBatch
+from mrimsm.solver_settings import CSSettings, SenseSettings, settings_from_options
 
 __all__ = ["ZeroFilled", "SenseRecon", "CSRecon"]
 
@@ -25,29 +24,18 @@ class ZeroFilled(MethodBase):
         return MethodOutput(classical.zero_filled(batch.kspace, batch.mask, batch.maps))
 
 
-def _lambda_and_iters(options: Mapping[str, Any], name: str, lamda: float, iters: int) -> tuple[float, int]:
-    """``options[name + "_lambda"]`` and ``options[name + "_iters"]``, checked, with defaults."""
-    given_lambda, given_iters = options.get(f"{name}_lambda"), options.get(f"{name}_iters")
-    lamda = lamda if given_lambda is None else float(given_lambda)
-    iters = iters if given_iters is None else int(given_iters)
-    if not (math.isfinite(lamda) and lamda >= 0):
-        raise MrimsmError(f"--{name}-lambda must be a number >= 0, got {lamda}")
-    if iters < 1:
-        raise MrimsmError(f"--{name}-iters must be >= 1, got {iters}")
-    return lamda, iters
-
-
 class _Regularized(MethodBase):
-    """A method that runs ``solve(kspace, mask, maps, lamda=, max_iter=)`` with the options
-    ``<name>_lambda`` / ``<name>_iters`` (checked; defaults :attr:`default_lambda` /
-    :attr:`default_iters`)."""
+    """A method that runs ``solve(kspace, mask, maps, lamda=, max_iter=)`` with its
+    :attr:`settings_class` (``SenseSettings``, ``CSSettings``) built from the command's
+    options (:func:`~mrimsm.solver_settings.settings_from_options`: ``<name>_lambda`` /
+    ``<name>_iters``, checked by the fields' annotations, defaults where not given)."""
 
-    default_lambda: float
-    default_iters: int
+    settings_class: type
 
     def __init__(self, options: Mapping[str, Any]) -> None:
-        self.lamda, self.iters = _lambda_and_iters(options, self.name, self.default_lambda, self.default_iters)
-        self.settings = {"lambda": self.lamda, "iters": self.iters}
+        self.typed = settings_from_options(self.settings_class, options)
+        self.lamda, self.iters = self.typed.lamda, self.typed.iters
+        self.settings = {"lambda": self.lamda, "iters": self.iters}  # recorded in each output
 
     @staticmethod
     def solve(kspace: Any, mask: Any, maps: Any, lamda: float, max_iter: int) -> Any:
@@ -59,20 +47,18 @@ class _Regularized(MethodBase):
 
 
 class SenseRecon(_Regularized):
-    """CG-SENSE (Tikhonov); options ``sense_lambda``, ``sense_iters``."""
+    """CG-SENSE (Tikhonov); :class:`~mrimsm.solver_settings.SenseSettings` (``sense_lambda``, ``sense_iters``)."""
 
     name = "sense"
     batch_slices = 16
-    default_lambda = classical.SENSE_LAMBDA
-    default_iters = classical.SENSE_ITERS
+    settings_class = SenseSettings
     solve: Callable[..., Any] = staticmethod(classical.sense)
 
 
 class CSRecon(_Regularized):
-    """L1-wavelet CS (FISTA); options ``cs_lambda``, ``cs_iters``."""
+    """L1-wavelet CS (FISTA); :class:`~mrimsm.solver_settings.CSSettings` (``cs_lambda``, ``cs_iters``)."""
 
     name = "cs"
     batch_slices = 4
-    default_lambda = classical.DEFAULT_LAMBDA
-    default_iters = classical.DEFAULT_ITERS
+    settings_class = CSSettings
     solve: Callable[..., Any] = staticmethod(classical.cs_l1_wavelet)

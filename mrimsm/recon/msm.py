@@ -25,6 +25,7 @@ from mrimsm.errors import MrimsmError
 from mrimsm.physics.masks import SubmaskSampler, hash_seed
 from mrimsm.physics.operators import Identity, MultiCoilMRI
 from mrimsm.recon.methods import METHODS, MethodBase, MethodOutput, ReconMethod, SliceBatch
+from mrimsm.solver_settings import RECON_INITS
 from mrimsm.utils import resolve_device
 
 __all__ = ["MSMRecon"]
@@ -116,8 +117,8 @@ class MSMRecon(MethodBase):
         path = self._source(prior)
         if path not in self._chosen:
             st = load_posterior_settings(path, **self._overrides)
-            if st.init == "baseline":
-                raise MrimsmError("init 'baseline' is for restore; for MRI use sense, cs or zero-filled")
+            if st.init not in RECON_INITS:  # baseline: restore's
+                raise MrimsmError(f"init {st.init!r} is for restore; for MRI use {', '.join(RECON_INITS)}")
             # the warm start's initial image is that recon method's output
             self._chosen[path] = (st, None if st.init == "none" else METHODS[st.init].build(self.options))
         return self._chosen[path]

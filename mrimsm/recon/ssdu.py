@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from mrimsm.diffusion import shipped
 from mrimsm.errors import MrimsmError
 from mrimsm.inference import load_ssdu
 from mrimsm.recon.methods import MethodBase, MethodOutput, SliceBatch
+from mrimsm.solver_settings import SSDUSettings
 from mrimsm.utils import resolve_device
 
 __all__ = ["SSDURecon"]
 
 
-def _checkpoint_option(options: Mapping[str, Any]) -> Optional[Path]:
+def _settings(options: Mapping[str, Any]) -> SSDUSettings:
+    """:class:`~mrimsm.solver_settings.SSDUSettings` of the options: ``ssdu_checkpoint``, else
+    ``checkpoints["ssdu"]``."""
     path = options.get("ssdu_checkpoint") or (options.get("checkpoints") or {}).get("ssdu")
-    return Path(path) if path else None
+    return SSDUSettings(checkpoint=Path(path) if path else None)
 
 
 class SSDURecon(MethodBase):
@@ -35,7 +38,8 @@ class SSDURecon(MethodBase):
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.device = resolve_device(options.get("device"))
-        self.explicit = _checkpoint_option(options)
+        self.typed = _settings(options)
+        self.explicit = self.typed.checkpoint
         self._models: dict = {}  # checkpoint path -> loaded model
         if self.explicit is not None:
             self._model(self.explicit)  # a bad --ssdu-checkpoint fails before any work

@@ -16,6 +16,8 @@ from mrimsm.data.fastmri_io import encoded_region
 from mrimsm.data.espirit import CALIB_ROWS, MIN_CALIB_COLUMNS  # noqa: F401 (re-exported by mrimsm.recon)
 from mrimsm.errors import MrimsmError
 from mrimsm.recon.progress import Progress, open_bar
+from mrimsm.settings import check_field
+from mrimsm.solver_settings import ReconSettings
 
 if TYPE_CHECKING:
     from mrimsm.data.fastmri_io import MultiCoilFile
@@ -155,9 +157,7 @@ def _retrospective_masks(
 
     n_enc = width if encoded is None else int(encoded[1] - encoded[0])
     cf = (fastmri_center_fraction(accel, n_enc, MIN_CENTER_COLUMNS) if center_fraction is None
-          else float(center_fraction))
-    if not 0 < cf <= 1:
-        raise MrimsmError(f"--center-fraction must be in (0, 1], got {center_fraction}")
+          else check_field(ReconSettings, "center_fraction", center_fraction, "--center-fraction"))
     try:
         family = cartesian_family("random", accel, center_fraction=cf)
         return np.stack([mask_on_encoded_columns(family, (1, width), encoded, seed_for(name, int(s), seed))
@@ -245,6 +245,24 @@ def accel_note(volume: "PreparedVolume", asked: Optional[float]) -> Optional[str
             f"--accel {asked:g} is ignored for it")
 
 
+def _compress(kspace: np.ndarray, mask: np.ndarray, coils: Optional[int]) -> tuple:
+    """``(kspace, coils, coils_default, energy kept, seconds)``: ``kspace (S, C, h, W)``
+    compressed to ``coils`` virtual coils (``None``: :func:`~mrimsm.data.coil_compression.default_coils`)
+    when fewer than ``C``; ``coils_default`` says the default chose it; ``energy``: the least
+    share of energy a slice kept, ``None`` without compression."""
+    from mrimsm.data.coil_compression import compress_coils, default_coils
+
+    file_coils = int(kspace.shape[1])
+    energy, coils_default = None, coils is None and default_coils(file_coils) is not None
+    coils = default_coils(file_coils) if coils is None else coils
+    t0 = time.perf_counter()
+    if coils is not None and coils < file_coils:
+        shares: list = []
+        kspace = compress_coils(kspace, mask, coils, kept=shares)
+        energy = float(shares[0].min())
+    return kspace, coils, coils_default, energy, time.perf_counter() - t0
+
+
 def prepare_volume(
     path: Union[str, os.PathLike],
     accel: Optional[float],
@@ -275,7 +293,7 @@ def prepare_volume(
             :func:`mrimsm.data.coil_compression.default_coils` (12 virtual coils above 16).
     """
     from mrimsm.baselines.classical import zero_filled
-    from mrimsm.data.coil_compression import check_coils, compress_coils, default_coils
+    from mrimsm.data.coil_compression import check_coils
     from mrimsm.data.fastmri_io import crop_to_reconstruction, read_multicoil, slice_thickness_from_header
     from mrimsm.data.noise import estimate_noise_std
 
@@ -298,14 +316,7 @@ def prepare_volume(
         )
 
     file_coils = int(kspace.shape[1])
-    energy, coils_default = None, coils is None and default_coils(file_coils) is not None
-    coils = default_coils(file_coils) if coils is None else coils
-    t0 = time.perf_counter()
-    if coils is not None and coils < file_coils:
-        shares: list = []
-        kspace = compress_coils(kspace, mask, coils, kept=shares)
-        energy = float(shares[0].min())
-    compress_seconds = time.perf_counter() - t0
+    kspace, coils, coils_default, energy, compress_seconds = _compress(kspace, mask, coils)
 
     t0 = time.perf_counter()
     if maps_fn is not None:
