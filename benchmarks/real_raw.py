@@ -49,8 +49,7 @@ def default_file() -> Path:
 def run(path: Path, accels, methods, out: Path, msm_steps=None, samples=None) -> dict:
     from mrimsm import recon as lib
 
-    options = lib.parse_options({"steps": msm_steps, "samples": samples})
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: int(v) for k, v in {"steps": msm_steps, "samples": samples}.items() if v is not None}
     rows = []
     for r in accels:
         t0 = time.perf_counter()
@@ -150,8 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--file", type=Path, default=None, help="the converted file (default: made in the cache)")
     p.add_argument("--accel", type=float, nargs="+", default=[4.0, 6.0])
     p.add_argument("--methods", nargs="+", default=["zero-filled", "sense", "cs"])
-    p.add_argument("--msm-steps", default=None, help="MSM reverse steps (default: the prior's settings)")
-    p.add_argument("--samples", default=None, help="MSM posterior samples (default: the prior's settings)")
+    p.add_argument("--msm-steps", type=int, default=None, help="MSM reverse steps (default: the prior's settings)")
+    p.add_argument("--samples", type=int, default=None, help="MSM posterior samples (default: the prior's settings)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--merge", action="store_true", help="keep the rows of other methods in OUT/real_raw.json "
