@@ -46,7 +46,7 @@ test-all: $(STAMP)
 
 # benchmarks/README.md from the committed result files in benchmarks/results/ (no install needed)
 benchmarks-readme:
-	$(PYTHON) benchmarks/readme.py
+	$(PYTHON) -m benchmarks.readme
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

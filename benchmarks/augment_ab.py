@@ -10,21 +10,20 @@ hundreds of times, which is the same regime.
 
 Both priors are then scored on held-out MNI slices (never trained on) with
 
-* the denoiser check of ``prior256.py --check denoiser``: the relative error
+* the denoiser check of ``benchmarks.prior256 --check denoiser``: the relative error
   ``||A_S x0_hat - y||^2 / ||y||^2`` of the local clean estimate at several steps ``t``;
 * optionally (``--recon``) a posterior reconstruction at R = ``--accel`` with the
   64 x 64 prior's solver (``PosteriorSettings``' defaults, ``--recon-steps`` / ``--recon-samples``
   to make it cheaper), both PSNR conventions.
 
-    .venv/bin/python benchmarks/augment_ab.py --steps 1500 --shards 2 --recon --out results/augment
-    .venv/bin/python benchmarks/augment_ab.py --config configs/tiny.yaml --steps 20 --out /tmp/ab   # smoke test
+    .venv/bin/python -m benchmarks.augment_ab --steps 1500 --shards 2 --recon --out results/augment
+    .venv/bin/python -m benchmarks.augment_ab --config configs/tiny.yaml --steps 20 --out /tmp/ab   # smoke test
 
 Writes ``<out>/augment_ab.md`` and ``.csv``; the two run directories stay in ``<out>/runs``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -32,10 +31,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-from prior256 import denoiser_check  # noqa: E402
+from benchmarks import REPO, RESULTS_DIR
+from benchmarks.arguments import base_parser, run_main, setup_torch
+from benchmarks.data import simulated_volumes, write_heldout_files
+from benchmarks.prior256 import denoiser_check
+from benchmarks.progress import log_line
+from benchmarks.runs import Run, build_methods, evaluate
+from benchmarks.tables import find, header_lines, md_table, summarize, write_results
 
 
 def subset_root(source: Path, out: Path, shards: int) -> tuple[Path, list[str]]:
@@ -83,30 +87,26 @@ def train_arm(config: Path, flip: float, data: Path, run_dir: Path, steps: int, 
     if (run_dir / "last.pt").exists():
         cmd.append("--resume")
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(C.REPO)})
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     return time.perf_counter() - t0
 
 
-def main() -> int:
-    import torch
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=C.REPO / "configs" / "default_msm.yaml",
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = base_parser(__doc__, out=RESULTS_DIR / "augment", threads=1)
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "default_msm.yaml",
                     help="MSM config with data.simulated (default: the 64 x 64 prior's)")
     ap.add_argument("--flip", type=float, default=0.5, help="flip probability of the augmented arm")
     ap.add_argument("--shards", type=int, default=2, help="training shards in the subset (8 slices each)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--slices", type=int, default=6, help="held-out MNI slices (default 6)")
     ap.add_argument("--steps-t", type=int, nargs="+", default=[5, 20, 50, 100])
     ap.add_argument("--recon", action="store_true", help="also reconstruct the held-out slices with each prior")
     ap.add_argument("--accel", type=float, default=6.0)
     ap.add_argument("--recon-steps", type=int, default=None)
     ap.add_argument("--recon-samples", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "augment")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = ap.parse_args(argv)
+    setup_torch(args)
 
     def body() -> int:
         from mrimsm.config import load_config
@@ -131,7 +131,7 @@ def main() -> int:
             runs[label] = run_dir
         rows = []
         with tempfile.TemporaryDirectory(prefix="mrimsm-augment-") as work:
-            files = C.write_heldout_files(Path(work), args.slices, sim.size, sim.num_coils, sim.rho, seed=0) \
+            files = write_heldout_files(Path(work), args.slices, sim.size, sim.num_coils, sim.rho, seed=0) \
                 if sim.pixel == "fit" else None
             if files is None:
                 raise MrimsmError("this script simulates held-out slices with pixel: fit configs only")
@@ -139,15 +139,15 @@ def main() -> int:
                 (check,) = denoiser_check(run_dir / "last.pt", {"heldout": files}, args.steps_t, seed=0)
                 rows.append({"arm": label, "flip_prob": arms[label], "train_seconds": round(seconds[label], 1), **check})
             if args.recon:
-                runs_r = [C.Run(label, "msm", {"checkpoint": runs[label] / "last.pt", "steps": args.recon_steps,
+                runs_r = [Run(label, "msm", {"checkpoint": runs[label] / "last.pt", "steps": args.recon_steps,
                                                "samples": args.recon_samples}) for label in runs]
                 common = {"settings": None, "device": "cpu", "seed": 0}
-                built = C.build_methods(runs_r, common)
-                vols = {float(args.accel): C.simulated_volumes(files, float(args.accel), 0)}
-                summary = C.summarize(C.evaluate(vols, runs_r, built, common, None, C.log_line,
+                built = build_methods(runs_r, common)
+                vols = {float(args.accel): simulated_volumes(files, float(args.accel), 0)}
+                summary = summarize(evaluate(vols, runs_r, built, common, None, log_line,
                                                  keep=lambda r, k: False), runs_r)
                 for row in rows:
-                    s = C.find(summary, float(args.accel), row["arm"])
+                    s = find(summary, float(args.accel), row["arm"])
                     row.update({"psnr_paper": s["psnr_paper_mean"], "psnr_fastmri": s["psnr_fastmri_mean"],
                                 "ssim_paper": s["ssim_paper_mean"]})
         head = ["arm", "train s"] + [f"t = {t}" for t in args.steps_t]
@@ -156,17 +156,17 @@ def main() -> int:
             head += [f"R {args.accel:g} PSNR paper", "PSNR fastMRI", "SSIM paper"]
             for cells, r in zip(body_rows, rows):
                 cells += [f"{r['psnr_paper']:.2f}", f"{r['psnr_fastmri']:.2f}", f"{r['ssim_paper']:.3f}"]
-        lines = C.header_lines("Flip augmentation A/B", sys.argv, "cpu")
+        lines = header_lines("Flip augmentation A/B", sys.argv, "cpu")
         lines += [f"Config {args.config.name}; {args.steps} steps at batch {args.batch} from scratch, same seed, "
                   f"on {len(names)} training shards ({', '.join(names)}); held-out check on {args.slices} MNI "
                   f"slices ({sim.size} x {sim.size}, {sim.num_coils} coils, noise {sim.rho:g}). Denoiser columns: "
                   "relative error of the local clean estimate (lower is better).", "",
-                  C.md_table(head, body_rows), "",
+                  md_table(head, body_rows), "",
                   f"Total wall time {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
-        C.write_results(args.out, "augment_ab", "\n".join(lines), rows)
+        write_results(args.out, "augment_ab", "\n".join(lines), rows)
         return 0
 
-    C.run_main(body)
+    run_main(body)
     return 0
 
 

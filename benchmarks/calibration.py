@@ -21,8 +21,8 @@ Figures: a reliability diagram (nominal vs observed coverage of the bound) and |
 std (2-D histogram). ``--install`` writes the calibration beside the checkpoint (for the
 shipped priors: into ``mrimsm/assets/``), which ``recon`` then uses.
 
-    .venv/bin/python benchmarks/calibration.py --out results/calibration64
-    .venv/bin/python benchmarks/calibration.py --base samples=8 t0=0.5 --out results/cal64_t05
+    .venv/bin/python -m benchmarks.calibration --out results/calibration64
+    .venv/bin/python -m benchmarks.calibration --base samples=8 t0=0.5 --out results/cal64_t05
 """
 
 from __future__ import annotations
@@ -32,18 +32,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-import _common as C  # noqa: E402  (benchmarks/ is the script's directory)
+from benchmarks import RESULTS_DIR
+from benchmarks.arguments import ONE_THREAD_ON_CPU, base_parser, parse_value, run_main, setup_torch
+from benchmarks.data import HELDOUT_COILS, HELDOUT_NOISE, HELDOUT_SIZE, heldout_selection, read_references
+from benchmarks.figures import pyplot, save_figure
+from benchmarks.progress import bars, log_line
+from benchmarks.tables import header_lines, md_table, write_results
 
 
 def _selections(cal_slices: int, test_slices: int) -> tuple[list, list]:
     """``(calibration, test)`` as ``[(orientation, indices)]``; the test slices are
-    :func:`_common.heldout_selection`'s, the calibration ones the odd offsets beside them."""
+    :func:`benchmarks.data.heldout_selection`'s, the calibration ones the odd offsets beside them."""
     from mrimsm.data.simulate import ORIENTATIONS, mni_split_indices
 
-    test = C.heldout_selection(test_slices)
+    test = heldout_selection(test_slices)
     cal = []
     for k, o in enumerate(ORIENTATIONS):
         spare = [i for i in mni_split_indices(o, "heldout", step=1) if i not in mni_split_indices(o, "heldout", step=2)]
@@ -53,7 +59,7 @@ def _selections(cal_slices: int, test_slices: int) -> tuple[list, list]:
     return cal, test
 
 
-def _write(folder: Path, sel: list, args, noise: float, seed0: int) -> list[Path]:
+def _write(folder: Path, sel: list, args: argparse.Namespace, noise: float, seed0: int) -> list[Path]:
     from mrimsm.data.simulate import simulate_volume_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,13 +68,7 @@ def _write(folder: Path, sel: list, args, noise: float, seed0: int) -> list[Path
 
 
 def _figures(out: Path, stem: str, per_accel: dict) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mrimsm.utils import atomic_path
-
+    plt = pyplot()
     paths = []
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.plot([0.5, 1], [0.5, 1], color="0.6", lw=0.8, label="calibrated")
@@ -81,10 +81,7 @@ def _figures(out: Path, stem: str, per_accel: dict) -> list[Path]:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out / f"{stem}_reliability.png")
-    with atomic_path(paths[-1]) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / f"{stem}_reliability.png", dpi=120))
     fig, axes = plt.subplots(1, len(per_accel), figsize=(3.6 * len(per_accel), 3.4), squeeze=False)
     for ax, (accel, d) in zip(axes[0], per_accel.items()):
         e, s = d["e"], d["s"]
@@ -95,34 +92,27 @@ def _figures(out: Path, stem: str, per_accel: dict) -> list[Path]:
         ax.set_xlabel("posterior std")
         ax.set_ylabel("|error| (noise-free object)")
     fig.tight_layout()
-    paths.append(out / f"{stem}_error_vs_std.png")
-    with atomic_path(paths[-1]) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / f"{stem}_error_vs_std.png", dpi=120))
     return paths
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = base_parser(__doc__, out=RESULTS_DIR / "calibration", threads=None, threads_help=ONE_THREAD_ON_CPU,
+                     device="cpu", seed=0, quiet=True)
     ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0])
     ap.add_argument("--cal-slices", type=int, default=12, help="calibration slices (default 12)")
     ap.add_argument("--test-slices", type=int, default=12, help="test slices (default 12)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="MSM checkpoint (default: the shipped prior)")
     ap.add_argument("--settings", type=Path, default=None, help="posterior settings YAML (default: the prior's)")
     ap.add_argument("--base", nargs="*", default=[], help="setting overrides key=value (e.g. samples=8 t0=0.5)")
-    ap.add_argument("--size", type=int, default=C.HELDOUT_SIZE)
+    ap.add_argument("--size", type=int, default=HELDOUT_SIZE)
     ap.add_argument("--pixel", choices=["fit", "native"], default="fit")
-    ap.add_argument("--coils", type=int, default=C.HELDOUT_COILS)
-    ap.add_argument("--noise", type=float, default=C.HELDOUT_NOISE)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "calibration")
+    ap.add_argument("--coils", type=int, default=HELDOUT_COILS)
+    ap.add_argument("--noise", type=float, default=HELDOUT_NOISE)
     ap.add_argument("--install", action="store_true",
                     help="write the calibration beside the checkpoint (the shipped prior's: mrimsm/assets/)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args()
-    C.setup_torch(args)
+    args = ap.parse_args(argv)
+    setup_torch(args)
 
     def body() -> int:
         from mrimsm.diffusion import shipped
@@ -136,20 +126,20 @@ def main() -> int:
 
         t_start = time.perf_counter()
         options = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device,
-                   "seed": args.seed, **{k: C.parse_value(v) for k, v in (b.split("=", 1) for b in args.base)}}
+                   "seed": args.seed, **{k: parse_value(v) for k, v in (b.split("=", 1) for b in args.base)}}
         options = {k: v for k, v in options.items() if v is not None}
-        progress = C.tqdm_progress(args.quiet)
+        progress = bars(args.quiet)
         cal_sel, test_sel = _selections(args.cal_slices, args.test_slices)
         with tempfile.TemporaryDirectory(prefix="mrimsm-calib-") as work:
             w = Path(work)
             cal_files = _write(w / "cal", cal_sel, args, args.noise, 300)
-            clean_cal = C.read_references(_write(w / "cal_clean", cal_sel, args, 0.0, 300))
+            clean_cal = read_references(_write(w / "cal_clean", cal_sel, args, 0.0, 300))
             test_files = _write(w / "test", test_sel, args, args.noise, 0)
-            clean_test = C.read_references(_write(w / "test_clean", test_sel, args, 0.0, 0))
+            clean_test = read_references(_write(w / "test_clean", test_sel, args, 0.0, 0))
             cal = calibrate(cal_files, args.accels, options, seed=args.seed,
                             reference_for=lambda path, vol: clean_cal[path.name][list(vol.slices)],
                             reference_text="the noise-free object (RSS of the simulation without k-space noise)",
-                            progress=progress, on_volume=C.log_line)
+                            progress=progress, on_volume=log_line)
             checkpoint = Path(args.checkpoint) if args.checkpoint else Path(
                 shipped.choose_shipped_prior((args.size, args.size)).path)
             cal["calibration_slices"] = "; ".join(f"MNI152 {o} {idx}" for o, idx in cal_sel)
@@ -174,7 +164,7 @@ def main() -> int:
                         sups.append(sup)
                         slice_std.append(float(res.uncertainty[i][sup].mean()))
                         slice_nmse.append(float(np.sum(e[sup] ** 2) / np.sum(ref[i][sup] ** 2)))
-                    C.log_line(f"R {accel:g} test {f.name}: PSNR {np.mean(psnr[-len(ref):]):.2f} dB (paper)")
+                    log_line(f"R {accel:g} test {f.name}: PSNR {np.mean(psnr[-len(ref):]):.2f} dB (paper)")
                 err_abs, std_all, inside = np.abs(np.stack(errs)), np.stack(stds), np.stack(sups)
                 floors = [std_floor(s) for s in stds]
                 m = calibration_metrics(err_abs, std_all, inside)
@@ -201,13 +191,13 @@ def main() -> int:
                 })
         paths = _figures(args.out, "calibration", figs)
         settings = cal["settings"]
-        lines = C.header_lines("Calibration of the posterior std (split conformal)", sys.argv, args.device)
+        lines = header_lines("Calibration of the posterior std (split conformal)", sys.argv, args.device)
         lines += [
             f"Prior: {checkpoint.name}; solver: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".",
             f"Slices: {cal['simulation']}. Calibration: {cal['calibration_slices']} (odd offsets of the held-out "
             f"ranges). Test: " + "; ".join(f"MNI152 {o} {idx}" for o, idx in test_sel) + ".",
             "Errors against the noise-free object, inside the object (reference >= 10 % of its slice maximum).", "",
-            C.md_table(["R", "test slices", "PSNR dB (paper)", "Spearman |e|-std", "Pearson", "mean +- 2 std covers",
+            md_table(["R", "test slices", "PSNR dB (paper)", "Spearman |e|-std", "Pearson", "mean +- 2 std covers",
                         "80 % bound covers", "90 % bound covers", "95 % bound covers", "std / |e|",
                         "slice Spearman (mean std vs NMSE)", "90 % scale"],
                        [[f"{r['accel']:g}", str(r["test_slices"]), f"{r['psnr_paper']:.2f}", f"{r['spearman']:.3f}",
@@ -215,14 +205,14 @@ def main() -> int:
                          f"{r['bound90']:.1%}", f"{r['bound95']:.1%}", f"{r['std_over_error']:.2f}",
                          f"{r['slice_spearman']:.2f}", f"{r['scale90']:.2f}"] for r in rows]),
             "", f"Figures: {', '.join(p.name for p in paths)}. Total {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
-        C.write_results(args.out, "calibration", "\n".join(lines), rows, [])
+        write_results(args.out, "calibration", "\n".join(lines), rows, [])
         if args.install:
             target = write_calibration(cal, calibration_path(checkpoint))
-            C.log_line(f"installed {target}")
+            log_line(f"installed {target}")
         print("\n".join(lines))
         return 0
 
-    C.run_main(body)
+    run_main(body)
     return 0
 
 

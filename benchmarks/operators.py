@@ -7,7 +7,7 @@ columns are transformed along the readout, and the 2-D FFT path it replaced
 is timed beside it). Target: MultiCoilMRI within
 1.3x of the bare FFT. Usage::
 
-    .venv/bin/python benchmarks/operators.py [--coils 16] [--size 256] [--threads 2] [--repeat 30]
+    .venv/bin/python -m benchmarks.operators [--coils 16] [--size 256] [--threads 2] [--repeat 30]
 
 On a CPU shared with other jobs, wall-clock time mostly measures the
 scheduler: ``--clock process`` times the CPU time of this process instead
@@ -19,14 +19,17 @@ with ``MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000``.
 
 from __future__ import annotations
 
-import argparse
 import time
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from benchmarks.arguments import base_parser, setup_torch
 
-def _time(fn, repeat: int, clock=time.perf_counter) -> float:
+
+def _time(fn: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per call of ``fn``: the best of 3 rounds of ``repeat`` calls, after 3 warm-up calls."""
     for _ in range(3):
         fn()
     best = []
@@ -38,18 +41,16 @@ def _time(fn, repeat: int, clock=time.perf_counter) -> float:
     return min(best)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = base_parser(__doc__, threads=2, device="cpu")
     ap.add_argument("--coils", type=int, default=16)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="wall-clock time, or the CPU time of this process (shared CPUs)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     clock = time.process_time if args.clock == "process" else time.perf_counter
-    torch.set_num_threads(args.threads)
+    setup_torch(args)
 
     import sigpy as sp
     import sigpy.mri

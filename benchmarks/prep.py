@@ -1,9 +1,9 @@
 """prep-fastmri speed: slices per second at 256 x 256 with 16 coils, and ESPIRiT
 against sigpy's ``EspiritCalib`` and BART's ``ecalib`` on the same slices.
 
-    .venv/bin/python benchmarks/prep.py                   # 4 slices, all methods
-    .venv/bin/python benchmarks/prep.py --slices 8 --threads 1 --no-sigpy
-    .venv/bin/python benchmarks/prep.py --size 64 --coils 8      # the tiny training data
+    .venv/bin/python -m benchmarks.prep                   # 4 slices, all methods
+    .venv/bin/python -m benchmarks.prep --slices 8 --threads 1 --no-sigpy
+    .venv/bin/python -m benchmarks.prep --size 64 --coils 8      # the tiny training data
 
 Slices are simulated from held-out MNI152 slices (16 birdcage coils, noise 0.01,
 readout oversampled by 2, as fastMRI brain data). Timed per slice (median):
@@ -27,7 +27,6 @@ its eigenvalues differently, so the same ``-c 0.95`` crops more).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -35,8 +34,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
+
+from benchmarks.arguments import base_parser, setup_torch
 
 
 def write_cfl(stem: Path, arr: np.ndarray) -> None:
@@ -47,6 +49,7 @@ def write_cfl(stem: Path, arr: np.ndarray) -> None:
 
 
 def read_cfl(stem: Path) -> np.ndarray:
+    """An array from BART's ``.hdr`` / ``.cfl`` pair (trailing singleton dimensions dropped)."""
     dims = [int(d) for d in stem.with_suffix(".hdr").read_text().split("\n")[1].split()]
     while len(dims) > 1 and dims[-1] == 1:
         dims.pop()
@@ -77,7 +80,8 @@ def combined_psnr(kspace: np.ndarray, maps_a: np.ndarray, maps_b: np.ndarray) ->
     return psnr, float(both.sum() / max(in_a.sum(), 1))
 
 
-def timed(fn, reps: int) -> tuple[float, object]:
+def timed(fn: Callable[[], Any], reps: int) -> tuple[float, Any]:
+    """Median seconds of ``reps`` calls of ``fn``, and its last result."""
     times, out = [], None
     for _ in range(reps):
         t = time.perf_counter()
@@ -86,18 +90,14 @@ def timed(fn, reps: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list[str]] = None) -> None:
+    p = base_parser(__doc__, threads=2, threads_help="torch / BART threads (default %(default)s)")
     p.add_argument("--slices", type=int, default=4)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--coils", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2, help="torch / BART threads")
     p.add_argument("--no-sigpy", action="store_true", help="skip sigpy's EspiritCalib (slow)")
-    args = p.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    args = p.parse_args(argv)
+    setup_torch(args)
     from mrimsm.data import simulate as sm
     from mrimsm.data.espirit import estimate_maps
     from mrimsm.data.prep import PrepOptions, prepare_training_volume, to_target_kspace

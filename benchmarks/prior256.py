@@ -1,9 +1,9 @@
 """Held-out check of the 256 x 256 brain prior: zero-filled, CS-L1, SENSE
 (when registered) and MSM on the same slices, masks, coil maps and seeds, at R = 4 and 6.
 
-    .venv/bin/python benchmarks/prior256.py --checkpoint runs/default_msm256             # defaults
-    .venv/bin/python benchmarks/prior256.py --sizes 256 320 --dipy dipy-*.whl            # + individual anatomy
-    .venv/bin/python benchmarks/prior256.py --slices 1 --steps 4 --sizes 256 --out /tmp/p   # smoke test
+    .venv/bin/python -m benchmarks.prior256 --checkpoint runs/default_msm256             # defaults
+    .venv/bin/python -m benchmarks.prior256 --sizes 256 320 --dipy dipy-*.whl            # + individual anatomy
+    .venv/bin/python -m benchmarks.prior256 --slices 1 --steps 4 --sizes 256 --out /tmp/p   # smoke test
 
 Test sets (never trained on):
 
@@ -49,7 +49,7 @@ for another file) with optional ``--steps / --w / --samples`` overrides. Writes
 (fastMRI convention on the pixels where that reference exceeds 10 % of its max: its
 background is the RSS noise floor), and both conventions against the noise-free
 reference (the RSS image of the same simulation without k-space noise: the object
-itself, which only a simulation knows; `_common.truth_metrics` says why).
+itself, which only a simulation knows; `benchmarks.runs.truth_metrics` says why).
 """
 
 from __future__ import annotations
@@ -61,12 +61,17 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import REPO, RESULTS_DIR
+from benchmarks.arguments import base_parser, run_main, setup_torch
+from benchmarks.data import Volumes, heldout_selection, read_references, simulated_volumes
+from benchmarks.progress import bars, log_line
+from benchmarks.runs import Record, Run, build_methods, evaluate, truth_metrics
+from benchmarks.tables import METRIC_HEADER, conventions_note, cost_cells, header_lines, md_table, metric_cells, \
+    summarize, write_csv, write_results, write_text
 
 DIPY_MEMBER = "dipy/data/files/t1_coronal_slice.npy"
 DIPY_B0_MEMBER = "dipy/data/files/S0_10slices.nii.gz"
@@ -138,7 +143,7 @@ def dipy_b0_slices(source: Optional[Path]) -> Optional[np.ndarray]:
     return np.clip(np.stack(slices).astype(np.float32), 0.0, None)
 
 
-def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, list[Path]]:
+def write_sets(work: Path, args: argparse.Namespace, noise: Optional[float] = None) -> dict[str, list[Path]]:
     """``set name -> [fastMRI files]`` (one file per orientation for the MNI sets), with
     k-space noise ``noise`` (default ``args.noise``). The same seeds give the same coil
     phases, so ``noise = 0`` writes the noise-free twins of the noisy files."""
@@ -155,7 +160,7 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
         sets[name] = [
             simulate_volume_file(d / f"heldout_{o}.h5", o, idx, size, args.coils, noise, True,
                                  seed=k, pixel="native", **kw)
-            for k, (o, idx) in enumerate(C.heldout_selection(args.slices))
+            for k, (o, idx) in enumerate(heldout_selection(args.slices))
         ]
 
     for size in args.sizes:
@@ -190,7 +195,7 @@ def write_sets(work: Path, args, noise: Optional[float] = None) -> dict[str, lis
     return sets
 
 
-def foreground_psnr(records, vols: dict, level: float = FOREGROUND_LEVEL) -> dict:
+def foreground_psnr(records: Sequence[Record], vols: Volumes, level: float = FOREGROUND_LEVEL) -> dict:
     """``(accel, label) -> mean over volumes`` of the fastMRI-convention PSNR (peak: the
     reference volume's max) on the foreground only: pixels where the reference exceeds
     ``level`` times its volume max. The simulated references are RSS images of noisy
@@ -210,7 +215,8 @@ def foreground_psnr(records, vols: dict, level: float = FOREGROUND_LEVEL) -> dic
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def denoiser_check(checkpoint, sets: dict, ts, seed: int = 0) -> list[dict]:
+def denoiser_check(checkpoint: Optional[Path], sets: dict[str, list[Path]], ts: Sequence[int],
+                   seed: int = 0) -> list[dict]:
     """Relative error of the local clean estimate per set and step (module docstring);
     ``checkpoint`` ``None``: the shipped 256 x 256 prior."""
     import torch
@@ -246,10 +252,8 @@ def denoiser_check(checkpoint, sets: dict, ts, seed: int = 0) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    import torch
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = base_parser(__doc__, out=RESULTS_DIR, threads=1, device="cpu", seed=0, quiet=True)
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="MSM checkpoint or run directory (default: the shipped prior chosen by size)")
     ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0])
@@ -274,16 +278,11 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=None, help="override the settings' samples")
     ap.add_argument("--coils", type=int, default=8)
     ap.add_argument("--noise", type=float, default=0.01)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
-    ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--check", choices=["recon", "denoiser"], default="recon")
     ap.add_argument("--steps-t", type=int, nargs="+", default=[5, 20, 50, 100, 200, 300],
                     help="--check denoiser: diffusion steps t")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = ap.parse_args(argv)
+    setup_torch(args)
 
     def body() -> int:
         from mrimsm.recon import available_methods
@@ -294,10 +293,10 @@ def main() -> int:
                 rows = denoiser_check(args.checkpoint, write_sets(Path(work), args), args.steps_t, args.seed)
             head = ["set", "slices", "step"] + [f"t = {t}" for t in args.steps_t]
             body = [[r["set"], r["slices"], r["step"]] + [f"{r[f't{t}']:.4f}" for t in args.steps_t] for r in rows]
-            text = "\n".join(C.header_lines("256 x 256 prior: held-out denoiser check", sys.argv, args.device)
+            text = "\n".join(header_lines("256 x 256 prior: held-out denoiser check", sys.argv, args.device)
                              + ["Relative error ||A_S x0_hat - y||^2 / ||y||^2 (lower is better).", "",
-                                C.md_table(head, body), ""])
-            C.write_results(args.out, "prior256_denoiser", text, rows)
+                                md_table(head, body), ""])
+            write_results(args.out, "prior256_denoiser", text, rows)
             return 0
         skipped = [m for m in args.methods if m not in available_methods()]
         runs = []
@@ -305,26 +304,26 @@ def main() -> int:
             if m in skipped:
                 continue
             opts = {"steps": args.steps, "w": args.w, "samples": args.samples} if m == "msm" else {}
-            runs.append(C.Run(LABELS[m], m, opts))
+            runs.append(Run(LABELS[m], m, opts))
         from mrimsm.diffusion.posterior import load_posterior_settings
         from mrimsm.diffusion.shipped import SHIPPED_PRIORS
 
         settings_file = args.settings or SHIPPED_PRIORS[1].settings_path
         shown = Path(settings_file).resolve()
-        shown = shown.relative_to(C.REPO) if shown.is_relative_to(C.REPO) else shown
+        shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
         common = {"checkpoint": args.checkpoint, "settings": settings_file, "device": args.device, "seed": args.seed,
                   "ssdu_checkpoint": args.ssdu_checkpoint}
         st = load_posterior_settings(settings_file, steps=args.steps, w=args.w, samples=args.samples)
-        built = C.build_methods(runs, common)
-        progress = C.tqdm_progress(args.quiet)
-        lines = C.header_lines("256 x 256 prior: held-out check", sys.argv, args.device)
+        built = build_methods(runs, common)
+        progress = bars(args.quiet)
+        lines = header_lines("256 x 256 prior: held-out check", sys.argv, args.device)
         lines += [f"MSM: {args.checkpoint or 'the shipped prior chosen by size'}; posterior settings "
                   f"{shown}: {st.steps} steps, w {st.w}, {st.samples} sample(s), start {st.init} at t0 "
                   f"{st.t0:g} ({st.nfe} NFE per slice). {args.coils} simulated coils, noise {args.noise:g}; "
                   f"RandomCartesian masks seeded per file and slice (seed {args.seed})."]
         if skipped:
             lines.append(f"Not registered here, skipped: {', '.join(skipped)}.")
-        lines += ["", C.conventions_note("a volume is one orientation's slices, or the one dipy slice"), ""]
+        lines += ["", conventions_note("a volume is one orientation's slices, or the one dipy slice"), ""]
         all_rows = []
         with tempfile.TemporaryDirectory(prefix="mrimsm-prior256-") as work:
             sets = write_sets(Path(work), args)
@@ -332,11 +331,11 @@ def main() -> int:
             if "dipy" not in sets and not args.sets:
                 lines += ["(no dipy slice found: pass --dipy; that set is skipped)", ""]
             for name, files in sets.items():
-                vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
-                records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda r, k: True)
-                rows = C.summarize(records, runs)
+                vols = {float(a): simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
+                records = evaluate(vols, runs, built, common, progress, log_line, keep=lambda r, k: True)
+                rows = summarize(records, runs)
                 fg = foreground_psnr(records, vols)
-                truth = C.truth_metrics(records, C.read_references(twins[name]))
+                truth = truth_metrics(records, read_references(twins[name]))
                 for r in rows:
                     r["psnr_foreground"] = fg.get((r["accel"], r["label"]))
                     r.update(truth.get((r["accel"], r["label"]), {}))
@@ -346,25 +345,25 @@ def main() -> int:
                 height, width = vols[float(args.accels[0])][0].kspace.shape[-2:]
                 lines += [f"## {name}: {rows[0]['slices']} slices, {height} x {width}"
                           + (f"; models: {'; '.join(models)}" if models else ""), ""]
-                lines.append(C.md_table(["R", "method", *C.METRIC_HEADER, "PSNR dB (foreground)",
+                lines.append(md_table(["R", "method", *METRIC_HEADER, "PSNR dB (foreground)",
                                          "noise-free ref: PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)",
                                          "s/slice", "NFE/slice"],
-                                        [[f"{r['accel']:g}", r["label"], *C.metric_cells(r),
+                                        [[f"{r['accel']:g}", r["label"], *metric_cells(r),
                                           f"{r['psnr_foreground']:.2f}", f"{r['psnr_clean_paper']:.2f}",
                                           f"{r['ssim_clean_paper']:.4f}", f"{r['psnr_clean_fastmri']:.2f}",
-                                          *C.cost_cells(r)] for r in rows]))
+                                          *cost_cells(r)] for r in rows]))
                 lines.append("")
                 all_rows += [{"set": name, **r} for r in rows]
                 # the sets done so far, in case a later set fails (a full run takes about 20 minutes)
-                C.write_text(args.out / "prior256.partial.md", "\n".join(lines))
-                C.write_csv(args.out / "prior256.partial.csv", all_rows)
+                write_text(args.out / "prior256.partial.md", "\n".join(lines))
+                write_csv(args.out / "prior256.partial.csv", all_rows)
         lines += [f"Total wall time {(time.perf_counter() - t0) / 60:.1f} min.", ""]
-        C.write_results(args.out, "prior256", "\n".join(lines), all_rows)
+        write_results(args.out, "prior256", "\n".join(lines), all_rows)
         for stem in ("prior256.partial.md", "prior256.partial.csv"):
             (args.out / stem).unlink(missing_ok=True)
         return 0
 
-    C.run_main(body)
+    run_main(body)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Generate ``benchmarks/README.md`` from the committed result files in ``benchmarks/results/``.
 
-    python benchmarks/readme.py            # (re)write benchmarks/README.md
-    python benchmarks/readme.py --check    # exit 1 when benchmarks/README.md is not what this writes
+    python -m benchmarks.readme            # (re)write benchmarks/README.md
+    python -m benchmarks.readme --check    # exit 1 when benchmarks/README.md is not what this writes
     make benchmarks-readme                 # the same as the first
 
 ``benchmarks/results/`` holds, per README section, a markdown template ``NN_name.md`` (the
@@ -20,13 +20,15 @@ commit all three. Superseded tables go to ``CHANGELOG.md``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
+from benchmarks.arguments import base_parser
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -142,8 +144,8 @@ def render(results: Path = RESULTS) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Generate benchmarks/README.md from benchmarks/results/.")
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = base_parser("Generate benchmarks/README.md from benchmarks/results/.")
     ap.add_argument("--results", type=Path, default=RESULTS, help="templates and csv files (default benchmarks/results)")
     ap.add_argument("--out", type=Path, default=README, help="the README to write or check (default benchmarks/README.md)")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
         if current != text:
-            print(f"{args.out} is not what benchmarks/readme.py generates; run `make benchmarks-readme`", file=sys.stderr)
+            print(f"{args.out} is not what `python -m benchmarks.readme` writes; run `make benchmarks-readme`", file=sys.stderr)
             return 1
         return 0
     args.out.write_text(text, encoding="utf-8")

@@ -1,52 +1,50 @@
 """``mrimsm recon`` on real raw k-space: the pyqmri VFA brain (13 coils, fully sampled
 Cartesian 224 x 224, ten flip angles as ten slices; ``data_scripts/real_raw.py``).
 
-    python benchmarks/real_raw.py [--file F] [--accel 4 6] [--methods zero-filled sense cs ssdu msm]
-                                  [--msm-steps 5] [--samples 4] [--threads 1] [--out results/real_raw]
+    python -m benchmarks.real_raw [--file F] [--accel 4 6] [--methods zero-filled sense cs ssdu msm]
+                                    [--msm-steps 5] [--samples 4] [--threads 1] [--out results/real_raw]
 
 Each R is one ``mrimsm recon --accel R FILE -m ...`` (:func:`mrimsm.recon.reconstruct_file`:
 the same retrospective masks, ESPIRiT maps and seeds for every method; the RSS of the fully
 sampled coil images is the reference). Without ``--file`` the file is made first in
 ``$MRIMSM_CACHE/real_raw`` (the archive is fetched on demand). Writes ``OUT/real_raw.json``
 (every number), ``OUT/real_raw.md`` (the table) and ``OUT/real_raw.csv`` (the same table as
-``benchmarks/results/real_raw.csv``, from which ``benchmarks/readme.py`` writes benchmarks/README.md).
+``benchmarks/results/real_raw.csv``, from which ``python -m benchmarks.readme`` writes benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import importlib.util
 import json
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "results" / "real_raw"
+from benchmarks import RESULTS_DIR
+from benchmarks.arguments import base_parser
+from benchmarks.data import data_script
+from benchmarks.readme import format_table
+
+DEFAULT_OUT = RESULTS_DIR / "real_raw"
 NAMES = {"zero-filled": "zero-filled", "sense": "CG-SENSE", "cs": "CS-L1", "ssdu": "SSDU", "msm": "MSM"}
-
-
-def _data_script():
-    spec = importlib.util.spec_from_file_location("real_raw_script", REPO / "data_scripts" / "real_raw.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def default_file() -> Path:
     """The converted file in ``$MRIMSM_CACHE/real_raw``, made when missing."""
     from mrimsm.data.training_data import default_cache_dir
 
-    script = _data_script()
+    script = data_script("real_raw")
     path = default_cache_dir() / "real_raw" / script.OUTPUT_NAME
     if not path.is_file():
         script.build(path.parent)
     return path
 
 
-def run(path: Path, accels, methods, out: Path, msm_steps=None, samples=None) -> dict:
+def run(path: Path, accels: Sequence[float], methods: Sequence[str], out: Path, msm_steps: Optional[int] = None,
+        samples: Optional[int] = None) -> dict:
+    """One ``reconstruct_file`` per R into ``out/R<r>``; the record of every number."""
     from mrimsm import recon as lib
 
     options = {k: int(v) for k, v in {"steps": msm_steps, "samples": samples}.items() if v is not None}
@@ -87,8 +85,9 @@ def merge(old: dict, new: dict) -> dict:
 
 
 def _command(run: dict) -> str:
+    """The command line of one run of the record."""
     opts = run["options"]
-    return " ".join(["python benchmarks/real_raw.py", "--accel", *(f"{a:g}" for a in run["accels"]),
+    return " ".join(["python -m benchmarks.real_raw", "--accel", *(f"{a:g}" for a in run["accels"]),
                      "--methods", *run["methods"],
                      *([f"--msm-steps {opts['steps']}"] if "steps" in opts else []),
                      *([f"--samples {opts['samples']}"] if "samples" in opts else [])])
@@ -136,23 +135,19 @@ def markdown(record: dict) -> str:
 
 
 def readme_csv(record: dict) -> str:
-    """The same table as ``benchmarks/results/real_raw.csv`` (the file benchmarks/readme.py reads)."""
-    from readme import format_table  # benchmarks/readme.py, beside this script
-
+    """The same table as ``benchmarks/results/real_raw.csv`` (the file ``benchmarks.readme`` reads)."""
     rows, _ = table(record)
     provenance = {"date": record["created"][:10], "command": "; then ".join(_commands(record)), "setup": SETUP}
     return format_table(provenance, HEADER, rows)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list[str]] = None) -> int:
+    p = base_parser(__doc__, out=DEFAULT_OUT, threads=1)
     p.add_argument("--file", type=Path, default=None, help="the converted file (default: made in the cache)")
     p.add_argument("--accel", type=float, nargs="+", default=[4.0, 6.0])
     p.add_argument("--methods", nargs="+", default=["zero-filled", "sense", "cs"])
     p.add_argument("--msm-steps", type=int, default=None, help="MSM reverse steps (default: the prior's settings)")
     p.add_argument("--samples", type=int, default=None, help="MSM posterior samples (default: the prior's settings)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--merge", action="store_true", help="keep the rows of other methods in OUT/real_raw.json "
                                                          "(run slow methods apart with their own options)")
     args = p.parse_args(argv)

@@ -2,11 +2,11 @@
 slices at R = 4 and R = 6, with the paper's ablations (data consistency, start of the chain,
 w = 1 vs 3, the main steps vs ``--ablation-steps``) and the number of posterior samples averaged.
 
-    .venv/bin/python benchmarks/recon.py                                  # defaults (< 30 min on 2 CPU cores)
-    .venv/bin/python benchmarks/recon.py --checkpoint runs/default_msm    # another MSM model
-    .venv/bin/python benchmarks/recon.py --slices 24 --ablation-accels 4 6 --device cuda   # everything
-    .venv/bin/python benchmarks/recon.py --ablations none                                 # no ablations
-    .venv/bin/python benchmarks/recon.py --slices 1 --steps 4 --ablation-steps 2 --out /tmp/r   # smoke test
+    .venv/bin/python -m benchmarks.recon                                  # defaults (< 30 min on 2 CPU cores)
+    .venv/bin/python -m benchmarks.recon --checkpoint runs/default_msm    # another MSM model
+    .venv/bin/python -m benchmarks.recon --slices 24 --ablation-accels 4 6 --device cuda   # everything
+    .venv/bin/python -m benchmarks.recon --ablations none                                 # no ablations
+    .venv/bin/python -m benchmarks.recon --slices 1 --steps 4 --ablation-steps 2 --out /tmp/r   # smoke test
 
 Defaults: 3 held-out slices (one per orientation; ``--slices`` up to 24), R = 4 and 6,
 the shipped MSM model with the general solver settings (``PosteriorSettings``' defaults:
@@ -14,20 +14,23 @@ the shipped MSM model with the general solver settings (``PosteriorSettings``' d
 (``--ablation-accels``): about 18 minutes on this 2-core CPU with one thread.
 Writes ``results/recon.md`` (tables), ``results/recon.csv`` (one row per method and R:
 mean and std of every metric in both conventions, seconds and network evaluations per
-slice) and ``results/recon_slices.csv`` (every slice). See ``benchmarks/_common.py`` for
-the data and the metric conventions.
+slice) and ``results/recon_slices.csv`` (every slice). The data: :mod:`benchmarks.data`; the
+metric conventions: :mod:`benchmarks.runs`. The pipeline is :mod:`benchmarks.runner`'s, as
+``benchmarks.csmri``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
-from pathlib import Path
+from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import RESULTS_DIR
+from benchmarks.arguments import AUTO, ONE_THREAD_ON_CPU, add_heldout_arguments, base_parser, run_main, setup_torch
+from benchmarks.runner import Outcome, run_heldout
+from benchmarks.runs import Run
+from benchmarks.tables import METRIC_HEADER, checkpoint_line, conventions_note, cost_cells, find, header_lines, \
+    md_table, metric_cells, pm
 
 #: The targets, PSNR differences in dB (paper convention): MSM at least CS-L1 + 1 dB and
 #: SENSE + 1 dB (and, from the first issue, zero-filled + 4 dB).
@@ -45,14 +48,14 @@ DC_ABLATIONS = (
 )
 
 
-def plan_runs(args, main_steps: int, main_w: int, main_samples: int = 1) -> list:
+def plan_runs(args: argparse.Namespace, main_steps: int, main_w: int, main_samples: int = 1) -> list[Run]:
     """The rows: the chosen main methods, then the ablations (MSM variants, only when
     MSM itself is run; a value equal to the main setting is the main row)."""
     runs = []
     names = {"zero-filled": "zero-filled", "sense": "SENSE", "cs": "CS-L1", "msm": "MSM"}
     for m in args.methods:
         opts = {"steps": main_steps, "w": main_w, "samples": main_samples} if m == "msm" else {}
-        runs.append(C.Run(names[m], m, opts))
+        runs.append(Run(names[m], m, opts))
     if "msm" not in args.methods:  # an ablation is read against the main MSM row
         return runs
     ab_accels = tuple(float(a) for a in args.ablation_accels)
@@ -60,33 +63,34 @@ def plan_runs(args, main_steps: int, main_w: int, main_samples: int = 1) -> list
     if "w" in args.ablations:
         for w in dict.fromkeys(args.ablation_w):
             if w != main_w:
-                runs.append(C.Run(f"MSM w={w}", "msm", {"steps": main_steps, "w": w, "samples": ab_k},
+                runs.append(Run(f"MSM w={w}", "msm", {"steps": main_steps, "w": w, "samples": ab_k},
                                   "w", ab_accels))
     if "steps" in args.ablations:
         for st in dict.fromkeys(args.ablation_steps):
             if st != main_steps:
-                runs.append(C.Run(f"MSM {st} steps", "msm", {"steps": st, "w": main_w, "samples": ab_k},
+                runs.append(Run(f"MSM {st} steps", "msm", {"steps": st, "w": main_w, "samples": ab_k},
                                   "steps", ab_accels))
     if "dc" in args.ablations:
         for label, dc in DC_ABLATIONS:
-            runs.append(C.Run(f"MSM dc {label}", "msm", {"steps": main_steps, "w": main_w, "samples": ab_k,
+            runs.append(Run(f"MSM dc {label}", "msm", {"steps": main_steps, "w": main_w, "samples": ab_k,
                                                          **dc}, "dc", ab_accels))
     if "start" in args.ablations:
         for spec in dict.fromkeys(args.ablation_starts):
             init, _, t0 = spec.partition(":")
-            runs.append(C.Run(f"MSM start {init} t0={float(t0):g}", "msm",
+            runs.append(Run(f"MSM start {init} t0={float(t0):g}", "msm",
                               {"steps": main_steps, "w": main_w, "samples": ab_k, "init": init,
                                "t0": float(t0)}, "start", ab_accels))
     if "samples" in args.ablations:
         for k in dict.fromkeys(args.ablation_samples):
             if k != main_samples:
-                runs.append(C.Run(f"MSM mean of {k}", "msm", {"steps": main_steps, "w": main_w, "samples": k},
+                runs.append(Run(f"MSM mean of {k}", "msm", {"steps": main_steps, "w": main_w, "samples": k},
                                   "samples", ab_accels))
     return runs
 
 
-def target_line(rows: list, accel: float) -> str:
-    msm, cs, sense, zf = (C.find(rows, accel, lab) for lab in ("MSM", "CS-L1", "SENSE", "zero-filled"))
+def target_line(rows: list[dict], accel: float) -> str:
+    """MSM's margins over CS-L1, SENSE and zero-filled at ``accel`` against the targets."""
+    msm, cs, sense, zf = (find(rows, accel, lab) for lab in ("MSM", "CS-L1", "SENSE", "zero-filled"))
     if msm is None or (cs is None and zf is None and sense is None):
         return ""
     parts = []
@@ -101,7 +105,8 @@ def target_line(rows: list, accel: float) -> str:
     return "Targets (paper-convention PSNR): " + "; ".join(parts) + "."
 
 
-def ablation_table(rows: list, accel: float, group: str, main_label: str) -> str:
+def ablation_table(rows: list[dict], accel: float, group: str, main_label: str) -> str:
+    """The rows of ablation ``group`` at ``accel`` beside the main row ("" with fewer than 2)."""
     picked = [r for r in rows if r["accel"] == accel and (r["group"] == group or r["label"] == main_label)]
     if len(picked) < 2:
         return ""
@@ -113,28 +118,31 @@ def ablation_table(rows: list, accel: float, group: str, main_label: str) -> str
 
     picked.sort(key=order)
     body = [
-        [r["label"], r.get("steps", "-"), r.get("w", "-"), r.get("samples", "-"), C.pm(r, "psnr_paper", 2), C.pm(r, "ssim_paper", 4),
-         C.pm(r, "psnr_fastmri", 2), C.pm(r, "ssim_fastmri", 4), *C.cost_cells(r)]
+        [r["label"], r.get("steps", "-"), r.get("w", "-"), r.get("samples", "-"), pm(r, "psnr_paper", 2), pm(r, "ssim_paper", 4),
+         pm(r, "psnr_fastmri", 2), pm(r, "ssim_fastmri", 4), *cost_cells(r)]
         for r in picked
     ]
     header = ["setting", "steps", "w", "samples", "PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)", "SSIM (fastMRI)",
               "s/slice", "NFE/slice"]
-    return C.md_table(header, body)
+    return md_table(header, body)
 
 
-def render(args, rows: list, runs: list, data_text: str, model_text: str, seconds: float) -> str:
-    lines = C.header_lines("MSM reconstruction benchmark", sys.argv, args.device)
-    lines += [f"Data: {data_text}", "", model_text + ".", "", C.conventions_note(
+def render(args: argparse.Namespace, runs: list[Run], outcome: Outcome) -> str:
+    """``recon.md``: a table per R with the targets, then the ablation tables."""
+    rows = outcome.rows
+    model_text = checkpoint_line("msm", args.checkpoint) if any(r.method == "msm" for r in runs) else "No MSM run"
+    lines = header_lines("MSM reconstruction benchmark", sys.argv, args.device)
+    lines += [f"Data: {outcome.data_text}", "", model_text + ".", "", conventions_note(
         "here a volume is one orientation's slices" if args.data is None else "one per source volume"), ""]
     main = [r.label for r in runs if r.group == "main"]
     for accel in dict.fromkeys(r["accel"] for r in rows):
-        here = [C.find(rows, accel, lab) for lab in main]
+        here = [find(rows, accel, lab) for lab in main]
         here = [r for r in here if r is not None]
         if not here:
             continue
         lines += [f"## R = {accel:g} (achieved {here[0]['achieved_accel']:.2f}, {here[0]['slices']} slices)", ""]
-        lines.append(C.md_table(["method", *C.METRIC_HEADER, "s/slice", "NFE/slice"],
-                                [[r["label"], *C.metric_cells(r), *C.cost_cells(r)] for r in here]))
+        lines.append(md_table(["method", *METRIC_HEADER, "s/slice", "NFE/slice"],
+                              [[r["label"], *metric_cells(r), *cost_cells(r)] for r in here]))
         t = target_line(rows, accel)
         lines += ["", t, ""] if t else [""]
     for group, title in (("dc", "data consistency"), ("start", "start of the chain"), ("w", "masks per step w"),
@@ -143,13 +151,15 @@ def render(args, rows: list, runs: list, data_text: str, model_text: str, second
             table = ablation_table(rows, accel, group, "MSM")
             if table:
                 lines += [f"## Ablation: {title}, R = {accel:g}", "", table, ""]
-    lines += [f"Total wall time {seconds / 60:.1f} min.", ""]
+    lines += [f"Total wall time {outcome.seconds / 60:.1f} min.", ""]
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_arguments(ap)
+def parser() -> argparse.ArgumentParser:
+    """The command line: the held-out options, the methods and the ablations."""
+    ap = base_parser(__doc__, out=RESULTS_DIR, threads=None, threads_help=ONE_THREAD_ON_CPU, device=AUTO, seed=0,
+                     quiet=True)
+    add_heldout_arguments(ap)
     ap.add_argument("--methods", nargs="+", default=["zero-filled", "sense", "cs", "msm"],
                     choices=["zero-filled", "sense", "cs", "msm"])
     ap.add_argument("--samples", type=int, default=None,
@@ -167,31 +177,23 @@ def main() -> int:
                     help="posterior samples averaged, beside the main setting (default 1; ablation 'samples')")
     ap.add_argument("--ablation-steps", type=int, nargs="+", default=[100, 50],
                     help="step counts beside the main one (default 100 50)")
-    args = ap.parse_args()
-    C.setup_torch(args)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    setup_torch(args)
 
     def body() -> int:
         from mrimsm.diffusion.posterior import load_posterior_settings
 
-        t0 = time.perf_counter()
         settings = load_posterior_settings(args.settings, steps=args.steps, w=args.w, samples=args.samples)
         runs = plan_runs(args, settings.steps, settings.w, settings.samples)
         common = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device, "seed": args.seed}
-        built = C.build_methods(runs, common)  # checkpoints and options fail here, before any work
-        progress = C.tqdm_progress(args.quiet)
-        with tempfile.TemporaryDirectory(prefix="mrimsm-bench-") as work:
-            vols, data_text = C.load_volumes(args, Path(work), progress)
-            nfe = C.estimate_nfe(runs, {a: sum(len(v.slices) for v in vs) for a, vs in vols.items()},
-                                 settings.steps, settings.w, settings.samples)
-            C.log_line(f"{len(runs)} runs x {len(vols)} accelerations; MSM network evaluations in total: {nfe}")
-            records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda run, k: False)
-        rows = C.summarize(records, runs)
-        model = C.checkpoint_line("msm", args.checkpoint) if any(r.method == "msm" for r in runs) else "No MSM run"
-        text = render(args, rows, runs, data_text, model, time.perf_counter() - t0)
-        C.write_results(args.out, "recon", text, rows, C.slice_rows(records))
-        return 0
+        return run_heldout(args, runs, common, settings, lambda outcome: render(args, runs, outcome), stem="recon",
+                           unit="runs")
 
-    C.run_main(body)
+    run_main(body)
     return 0
 
 

@@ -1,9 +1,9 @@
 """Benchmark: box inpainting and 4x super-resolution of held-out natural images
 with the MSM image prior, against the simple baselines (mean fill, bicubic).
 
-    .venv/bin/python benchmarks/restore.py                                  # shipped tiny prior
-    .venv/bin/python benchmarks/restore.py --checkpoint runs/default_images --limit 8
-    .venv/bin/python benchmarks/restore.py --data /data/ffhq128/heldout --checkpoint runs/ffhq
+    .venv/bin/python -m benchmarks.restore                                  # shipped tiny prior
+    .venv/bin/python -m benchmarks.restore --checkpoint runs/default_images --limit 8
+    .venv/bin/python -m benchmarks.restore --data /data/ffhq128/heldout --checkpoint runs/ffhq
 
 Defaults: the held-out crops of the scikit-image photograph folder
 (``data_scripts/make_image_folder.py data/images``, built if missing), the shipped
@@ -20,12 +20,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import REPO, RESULTS_DIR
+from benchmarks.arguments import base_parser, parse_value, run_main
+from benchmarks.data import data_script
+from benchmarks.progress import log_line
+from benchmarks.tables import header_lines, md_table, write_results
 
-import _common as C  # noqa: E402
-
-DEFAULT_DATA = C.REPO / "data" / "images"
+DEFAULT_DATA = REPO / "data" / "images"
 #: (label, posterior settings): the paper's setting from noise, and the default (warm start
 #: from the baseline image, mean of 4 samples; mrimsm.restore.image_settings)
 DEFAULT_SETTINGS = (
@@ -36,25 +39,21 @@ DEFAULT_SETTINGS = (
 
 def parse_setting(text: str) -> tuple[str, dict]:
     """``"steps=50 t0=0.3 init=baseline"`` -> (label, settings dict)."""
-    return text, {key: C.parse_value(value) for key, _, value in (item.partition("=") for item in text.split())}
+    return text, {key: parse_value(value) for key, _, value in (item.partition("=") for item in text.split())}
 
 
-def _heldout(args) -> Path:
+def _heldout(args: argparse.Namespace) -> Path:
+    """The folder of held-out images: ``--data``, else the default one (built when missing)."""
     if args.data is not None:
         return Path(args.data)
     folder = DEFAULT_DATA / "heldout"
     if not folder.is_dir():
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("make_image_folder", C.REPO / "data_scripts" / "make_image_folder.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mod.main([str(DEFAULT_DATA)])
+        data_script("make_image_folder").main([str(DEFAULT_DATA)])
     return folder
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = base_parser(__doc__, out=RESULTS_DIR, threads=1, seed=0, quiet="no log line per task and setting")
     ap.add_argument("--data", help="folder of held-out PNG/JPEG images (default: data/images/heldout)")
     ap.add_argument("--checkpoint", help="image MSM checkpoint (default: the shipped default_images.pt)")
     ap.add_argument("--tasks", nargs="+", default=["inpaint-box", "sr4"], choices=["inpaint-box", "sr4"])
@@ -62,11 +61,7 @@ def main() -> int:
     ap.add_argument("--noise", type=float, default=0.01, help="observation noise std (images in [-1, 1])")
     ap.add_argument("--setting", action="append", default=None, metavar='"KEY=V KEY=V"',
                     help="a solver setting over the defaults (repeatable), e.g. --setting \"steps=50 t0=0.3\"")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=C.RESULTS_DIR)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     def body() -> int:
         import torch
@@ -98,14 +93,14 @@ def main() -> int:
                 }
                 rows.append(row)
                 if not args.quiet:
-                    C.log_line(f"{task:<12} {label:<26} MSM {m['psnr']:6.2f} dB  {base} {b['psnr']:6.2f} dB  ({n} images)")
+                    log_line(f"{task:<12} {label:<26} MSM {m['psnr']:6.2f} dB  {base} {b['psnr']:6.2f} dB  ({n} images)")
         seconds = time.perf_counter() - t_start
         step = int(loaded.step)
-        lines = C.header_lines("Natural-image restoration", sys.argv, "cpu") + [
+        lines = header_lines("Natural-image restoration", sys.argv, "cpu") + [
             f"Model: `{ckpt}` (step {step}, {loaded.meta['image_shape'][0]} x {loaded.meta['image_shape'][1]}); "
             f"data: `{folder}`; observation noise {args.noise}; total {seconds / 60:.1f} min.",
             "",
-            C.md_table(
+            md_table(
                 ["task", "setting", "images", "MSM PSNR / SSIM", "baseline", "baseline PSNR / SSIM", "MSM - baseline (dB)",
                  "s / image", "NFE / image"],
                 [[r["task"], r["setting"], r["images"], f"{r['msm_psnr']:.2f} / {r['msm_ssim']:.3f}", r["baseline"],
@@ -114,10 +109,10 @@ def main() -> int:
             ),
             "",
         ]
-        C.write_results(args.out, "restore", "\n".join(lines), rows)
+        write_results(args.out, "restore", "\n".join(lines), rows)
         return 0
 
-    C.run_main(body)
+    run_main(body)
     return 0
 
 

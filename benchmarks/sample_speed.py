@@ -4,37 +4,34 @@ Uses a trained checkpoint when given (``--ckpt runs/tiny``), else a freshly
 initialised denoiser of the config's size (the cost does not depend on the
 weights). The network cost dominates: ``steps * w`` evaluations per sample.
 
-    .venv/bin/python benchmarks/sample_speed.py                          # tiny config, CPU
-    .venv/bin/python benchmarks/sample_speed.py --config configs/fastmri_r4.yaml --device cuda
-    .venv/bin/python benchmarks/sample_speed.py --ckpt runs/tiny --batch 4 --threads 1
+    .venv/bin/python -m benchmarks.sample_speed                          # tiny config, CPU
+    .venv/bin/python -m benchmarks.sample_speed --config configs/fastmri_r4.yaml --device cuda
+    .venv/bin/python -m benchmarks.sample_speed --ckpt runs/tiny --batch 4 --threads 1
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import REPO
+from benchmarks.arguments import AUTO, base_parser, setup_torch
 
 
-def _fresh(config: Path, coils: int, device: str):
+def _fresh(config: Path, coils: int, device: str) -> "LoadedMSM":
     """A LoadedMSM-like object from a config, with random weights."""
-    import importlib.util
-
     from mrimsm.config import load_config
-    from mrimsm.inference import LoadedMSM
     from mrimsm.diffusion.denoiser import build_denoiser
+    from mrimsm.inference import LoadedMSM
 
-    spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
-    ts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ts)
+    from benchmarks.train_speed import synthetic_batch
 
     cfg = load_config(config)
     size = cfg.data.simulated.size if cfg.data.simulated is not None else 256
-    batch = ts.synthetic_batch(1, size, coils, 0.0)
+    batch = synthetic_batch(1, size, coils, 0.0)
     center = max(1, round(20 * size / 256))
     den = build_denoiser(cfg.to_dict(), 2, (size, size)).to(device).eval()
     meta = {
@@ -48,19 +45,16 @@ def _fresh(config: Path, coils: int, device: str):
     return LoadedMSM(den, cfg.to_dict(), meta, 0, str(config))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = base_parser(__doc__, threads=None, threads_help="torch CPU threads (default: torch's own)", device=AUTO)
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint or run directory")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "tiny.yaml")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--w", type=int, action="append", help="masks per step (default: 1 and 3)")
     ap.add_argument("--batch", type=int, default=1, help="samples drawn together")
     ap.add_argument("--coils", type=int, default=8)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = ap.parse_args(argv)
+    setup_torch(args, cpu_default=None)
 
     from mrimsm.inference import generate, load_msm
 

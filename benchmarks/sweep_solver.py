@@ -11,9 +11,9 @@ fields (``dc``, ``dc_lambda``, ``dc_schedule``, ``t0``, ``init``, ``steps``, ``w
 one value each). ``--sense`` sweeps the SENSE baseline's Tikhonov weight and iterations
 instead; ``--baselines`` adds zero-filled, SENSE and CS-L1 rows for reference.
 
-    .venv/bin/python benchmarks/sweep_solver.py --accels 6 --base steps=50 samples=1 \\
+    .venv/bin/python -m benchmarks.sweep_solver --accels 6 --base steps=50 samples=1 \\
         --grid dc=operator,measurement dc_lambda=0,0.01 --out results/sweep
-    .venv/bin/python benchmarks/sweep_solver.py --sense --accels 4 6
+    .venv/bin/python -m benchmarks.sweep_solver --sense --accels 4 6
 
 Writes ``<out>/sweep.md`` and ``sweep.csv`` (one row per setting and R; both PSNR
 conventions, SSIM, seconds and network evaluations per slice).
@@ -21,15 +21,21 @@ conventions, SSIM, seconds and network evaluations per slice).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from benchmarks import RESULTS_DIR
+from benchmarks.arguments import AUTO, ONE_THREAD_ON_CPU, add_heldout_arguments, base_parser, parse_value, run_main, \
+    setup_torch
+from benchmarks.data import read_references, simulated_volumes
+from benchmarks.progress import bars, log_line
+from benchmarks.runs import Run, build_methods, evaluate, truth_metrics
+from benchmarks.tables import METRIC_HEADER, conventions_note, cost_cells, header_lines, md_table, metric_cells, \
+    slice_rows, summarize, write_results
 
 #: Validation slices per orientation: never trained on (odd offsets of the training ranges).
 VALIDATION = {"axial": [41, 111], "coronal": [71, 161], "sagittal": [45, 121]}
@@ -51,23 +57,25 @@ def validation_selection(num_slices: int) -> list[tuple[str, list[int]]]:
     return [(o, [i for oo, i in order if oo == o]) for o in VALIDATION if any(oo == o for oo, _ in order)]
 
 
-def parse_grid(items) -> list[dict]:
+def parse_grid(items: Optional[Iterable[str]]) -> list[dict[str, Any]]:
     """``["a=1,2", "b=x"]`` -> ``[{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]``."""
     keys, values = [], []
     for item in items or []:
         key, _, vals = item.partition("=")
         keys.append(key.strip())
-        values.append([C.parse_value(v) for v in vals.split(",")])
+        values.append([parse_value(v) for v in vals.split(",")])
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)] if keys else [{}]
 
 
 def label_of(opts: dict) -> str:
+    """A row's label: ``"key=value key=value"``, or ``"default"``."""
     return " ".join(f"{k}={v}" for k, v in opts.items()) or "default"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_arguments(ap)
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = base_parser(__doc__, out=RESULTS_DIR / "sweep", threads=None, threads_help=ONE_THREAD_ON_CPU, device=AUTO,
+                     seed=0, quiet=True)
+    add_heldout_arguments(ap)
     ap.add_argument("--base", nargs="*", default=[], help="fixed settings key=value")
     ap.add_argument("--grid", nargs="*", default=[], help="swept settings key=v1,v2,...")
     ap.add_argument("--sense", action="store_true", help="sweep SENSE's sense_lambda / sense_iters instead")
@@ -75,9 +83,8 @@ def main() -> int:
     ap.add_argument("--pixel", choices=("fit", "native"), default="fit",
                     help="slice pixels: fit (resampled to --size, the 64 x 64 prior's data) or native "
                          "(1 mm, zero-padded to --size: the 256 x 256 prior's data)")
-    ap.set_defaults(out=C.RESULTS_DIR / "sweep")
-    args = ap.parse_args()
-    C.setup_torch(args)
+    args = ap.parse_args(argv)
+    setup_torch(args)
 
     def body() -> int:
         from mrimsm.data.simulate import simulate_volume_file
@@ -86,14 +93,14 @@ def main() -> int:
         base = parse_grid(args.base)[0]
         if args.sense:
             grid = parse_grid(args.grid or ["sense_lambda=0,0.001,0.003,0.01,0.03,0.1", "sense_iters=5,10,20,50"])
-            runs = [C.Run(label_of(g), "sense", {**base, **g}) for g in grid]
+            runs = [Run(label_of(g), "sense", {**base, **g}) for g in grid]
         else:
-            runs = [C.Run(label_of(g), "msm", {**base, **g}) for g in parse_grid(args.grid)]
+            runs = [Run(label_of(g), "msm", {**base, **g}) for g in parse_grid(args.grid)]
         if args.baselines:
-            runs = [C.Run(n, m, {}) for n, m in (("zero-filled", "zero-filled"), ("SENSE", "sense"), ("CS-L1", "cs"))] + runs
+            runs = [Run(n, m, {}) for n, m in (("zero-filled", "zero-filled"), ("SENSE", "sense"), ("CS-L1", "cs"))] + runs
         common = {"checkpoint": args.checkpoint, "settings": args.settings, "device": args.device, "seed": args.seed}
-        built = C.build_methods(runs, common)
-        progress = C.tqdm_progress(args.quiet)
+        built = build_methods(runs, common)
+        progress = bars(args.quiet)
         with tempfile.TemporaryDirectory(prefix="mrimsm-sweep-") as work:
             sel = validation_selection(args.slices)
 
@@ -103,29 +110,29 @@ def main() -> int:
                                              seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
 
             files, twins = simulate(Path(work), args.noise), simulate(Path(work) / "noise_free", 0.0)
-            vols = {float(a): C.simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
-            records = C.evaluate(vols, runs, built, common, progress, C.log_line, keep=lambda run, k: True)
-            clean = C.read_references(twins)
-        rows = C.summarize(records, runs)
-        truth = C.truth_metrics(records, clean)
+            vols = {float(a): simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
+            records = evaluate(vols, runs, built, common, progress, log_line, keep=lambda run, k: True)
+            clean = read_references(twins)
+        rows = summarize(records, runs)
+        truth = truth_metrics(records, clean)
         for r in rows:
             r.update(truth[(r["accel"], r["label"])])
-        lines = C.header_lines("Posterior solver sweep on validation slices", sys.argv, args.device)
+        lines = header_lines("Posterior solver sweep on validation slices", sys.argv, args.device)
         lines += [f"Validation slices (trained on by no shipped model, not the held-out test set): "
                   f"{'; '.join(f'{o} {i}' for o, i in sel)}, {args.size} x {args.size} ({args.pixel} pixels), {args.coils} coils, "
-                  f"noise {args.noise:g}. Base: {label_of(base)}.", "", C.conventions_note("one per orientation"), ""]
+                  f"noise {args.noise:g}. Base: {label_of(base)}.", "", conventions_note("one per orientation"), ""]
         for accel in dict.fromkeys(r["accel"] for r in rows):
             here = sorted((r for r in rows if r["accel"] == accel), key=lambda r: -r["psnr_paper_mean"])
-            lines += [f"## R = {accel:g}", "", C.md_table(
-                ["setting", *C.METRIC_HEADER, "noise-free ref: PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)",
+            lines += [f"## R = {accel:g}", "", md_table(
+                ["setting", *METRIC_HEADER, "noise-free ref: PSNR dB (paper)", "SSIM (paper)", "PSNR dB (fastMRI)",
                  "s/slice", "NFE/slice"],
-                [[r["label"], *C.metric_cells(r), f"{r['psnr_clean_paper']:.2f}", f"{r['ssim_clean_paper']:.4f}",
-                  f"{r['psnr_clean_fastmri']:.2f}", *C.cost_cells(r)] for r in here]), ""]
+                [[r["label"], *metric_cells(r), f"{r['psnr_clean_paper']:.2f}", f"{r['ssim_clean_paper']:.4f}",
+                  f"{r['psnr_clean_fastmri']:.2f}", *cost_cells(r)] for r in here]), ""]
         lines += [f"Total wall time {(time.perf_counter() - t0) / 60:.1f} min.", ""]
-        C.write_results(args.out, "sweep", "\n".join(lines), rows, C.slice_rows(records))
+        write_results(args.out, "sweep", "\n".join(lines), rows, slice_rows(records))
         return 0
 
-    C.run_main(body)
+    run_main(body)
     return 0
 
 

@@ -12,10 +12,10 @@ conjugate gradients, the network, forward operator). bf16 sampling uses the
 denoiser's ``inference_dtype`` (the network alone in bf16; the physics stays
 complex64); bf16 training autocasts the loss as ``mrimsm.train`` does.
 
-    .venv/bin/python benchmarks/train_speed.py                       # the 64 and 256 default priors, CPU
-    .venv/bin/python benchmarks/train_speed.py --device cuda --batch 64
-    .venv/bin/python benchmarks/train_speed.py --config configs/tiny.yaml --steps 5 --threads 1 --clock process
-    .venv/bin/python benchmarks/train_speed.py --compile              # also torch.compile'd rows
+    .venv/bin/python -m benchmarks.train_speed                       # the 64 and 256 default priors, CPU
+    .venv/bin/python -m benchmarks.train_speed --device cuda --batch 64
+    .venv/bin/python -m benchmarks.train_speed --config configs/tiny.yaml --steps 5 --threads 1 --clock process
+    .venv/bin/python -m benchmarks.train_speed --compile              # also torch.compile'd rows
 
 ``--clock process`` divides by this process's CPU time instead of wall time: on
 a CPU shared with other jobs, wall time mostly measures the scheduler (the
@@ -24,15 +24,15 @@ ratios fp32 / bf16 stay meaningful; the absolute figure is per busy core-set).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import REPO
+from benchmarks.arguments import AUTO, base_parser, setup_torch
 DEFAULT_CONFIGS = ("configs/default_msm.yaml", "configs/default_msm256.yaml")
 
 
@@ -57,7 +57,8 @@ def synthetic_batch(batch: int, size: int, coils: int, rho: float, seed: int = 0
     return {"y": y, "mask": mask, "maps": maps, "index": torch.arange(batch)}
 
 
-def _setup(config: Path, coils: int, batch: Optional[int], device: str):
+def _setup(config: Path, coils: int, batch: Optional[int], device: str) -> tuple[Any, Any, torch.nn.Module, dict, int, int]:
+    """``(config, training method, model on device, batch on device, image size, batch size)``."""
     from mrimsm.config import load_config
     from mrimsm.methods import training_method as get_method
 
@@ -74,7 +75,8 @@ def _setup(config: Path, coils: int, batch: Optional[int], device: str):
     return cfg, method, model, dev_batch, size, bs
 
 
-def _clock(kind: str, device: str):
+def _clock(kind: str, device: str) -> Callable[[], float]:
+    """The clock to time with: process CPU time, or wall time (after a CUDA sync)."""
     if kind == "process":
         return time.process_time
     if device.startswith("cuda"):
@@ -161,24 +163,21 @@ def bench_sample(config: Path, calls: int, device: str, coils: int, batch: int, 
             "precision": precision + (" + compile" if compile_ else ""), "nfe_per_s": calls * bs / dt}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = base_parser(__doc__, threads=None, threads_help="torch CPU threads (default: torch's own)", device=AUTO)
     ap.add_argument("--config", type=Path, action="append", help=f"config(s) (default: {', '.join(DEFAULT_CONFIGS)})")
     ap.add_argument("--steps", type=int, default=None, help="timed training steps (default 10; 3 at 256 on CPU)")
     ap.add_argument("--calls", type=int, default=None, help="timed sampling calls (default 10; 3 at 256 on CPU)")
     ap.add_argument("--precision", action="append", choices=("fp32", "bf16"), help="default: both")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--coils", type=int, default=8)
     ap.add_argument("--batch", type=int, default=None, help="training batch (default: train.batch_size)")
     ap.add_argument("--sample-batch", type=int, action="append", help="images per sampling call (default 1 and 4)")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--clock", choices=("wall", "process"), default="wall")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd backbones")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--no-sample", action="store_true")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = ap.parse_args(argv)
+    setup_torch(args, cpu_default=None)
     configs = args.config or [REPO / c for c in DEFAULT_CONFIGS if (REPO / c).is_file()]
     precisions = args.precision or ["fp32", "bf16"]
     variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if args.compile else [])

@@ -1,26 +1,15 @@
-"""benchmarks/README.md is generated from benchmarks/results/ (benchmarks/readme.py) and stays in sync."""
+"""benchmarks/README.md is generated from benchmarks/results/ (``python -m benchmarks.readme``) and stays in sync."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import readme
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("benchmarks_readme", ROOT / "benchmarks" / "readme.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-readme = _generator()
 
 
 def test_readme_is_what_the_generator_writes():
@@ -91,11 +80,8 @@ def test_unused_and_missing_tables_are_refused(results):
         readme.render(results)
 
 
-def test_real_raw_writes_the_table_the_generator_reads(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("real_raw_bench", ROOT / "benchmarks" / "real_raw.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_real_raw_writes_the_table_the_generator_reads(tmp_path):
+    from benchmarks import real_raw as script
     record = {
         "created": "2026-12-03T06:00:00", "accels": [4.0], "methods": ["zero-filled", "cs"], "options": {},
         "rows": [
@@ -107,7 +93,7 @@ def test_real_raw_writes_the_table_the_generator_reads(monkeypatch, tmp_path):
         ],
     }
     assert script.markdown(record) == (
-        "`python benchmarks/real_raw.py --accel 4 --methods zero-filled cs` (2026-12-03; pyqmri VFA brain, "
+        "`python -m benchmarks.real_raw --accel 4 --methods zero-filled cs` (2026-12-03; pyqmri VFA brain, "
         "13 coils, 224 x 224, 10 flip angles as 10 slices; reference: RSS of the fully sampled coil images)\n\n"
         "| R | method | PSNR fastMRI | SSIM fastMRI | PSNR paper | SSIM paper | s/slice |\n"
         "|---|---|---|---|---|---|---|\n"
@@ -123,5 +109,5 @@ def test_real_raw_writes_the_table_the_generator_reads(monkeypatch, tmp_path):
     assert table.rows == [["4 (4.00)", "zero-filled", "26.88", "-", "24.21", "0.5072", "0.15"],
                           ["4 (4.00)", "CS-L1", "30.89", "0.6030", "29.20", "0.6031", "3.26"]]
     assert table.provenance["date"] == "2026-12-03"
-    assert table.provenance["command"] == "python benchmarks/real_raw.py --accel 4 --methods zero-filled cs"
+    assert table.provenance["command"] == "python -m benchmarks.real_raw --accel 4 --methods zero-filled cs"
     assert table.provenance["setup"] == committed.provenance["setup"]

@@ -3,7 +3,7 @@ numeric options, msm option pass-through; and the benchmark scripts' shared code
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -343,60 +343,51 @@ def test_two_processes_split_a_directory(tmp_path):
     assert _files(out) == [Path(f"f{i}.h5") for i in range(3)]
 
 
-# -- benchmarks/_common.py and the scripts ----------------------------------------------------
+# -- the benchmarks package and its scripts ----------------------------------------------------
 
 
 def _load_script(name: str):
-    """A module of benchmarks/ (the scripts import ``_common`` from their own directory)."""
-    bench_dir = str(REPO / "benchmarks")
-    if bench_dir not in sys.path:
-        sys.path.insert(0, bench_dir)
-    if name == "_common":
-        return importlib.import_module("_common")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The module ``benchmarks.<name>`` (the repository root is on the path)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_heldout_selection_is_held_out_and_spread():
     from mrimsm.data.simulate import mni_split_indices
 
-    common = _load_script("_common")
-    sel = common.heldout_selection(5)
+    data = _load_script("data")
+    sel = data.heldout_selection(5)
     assert [o for o, _ in sel] == ["axial", "coronal", "sagittal"]
     assert [len(i) for _, i in sel] == [2, 2, 1]
     for o, idx in sel:
         held = mni_split_indices(o, "heldout", step=2)
         assert set(idx) <= set(held) and not set(idx) & set(mni_split_indices(o, "train", step=1))
         assert len(set(idx)) == len(idx)
-    assert common.heldout_selection(5) == sel
+    assert data.heldout_selection(5) == sel
     with pytest.raises(MrimsmError, match="--slices"):
-        common.heldout_selection(0)
+        data.heldout_selection(0)
 
 
 def test_prepared_volumes_keep_or_subsample_the_acquired_lines(prepared_measurements):
     from mrimsm.data.datasets import MeasurementDataset
     from mrimsm.data.espirit import acs_width
 
-    common = _load_script("_common")
+    data = _load_script("data")
     ds = MeasurementDataset(prepared_measurements, "val")
-    (v4,) = common.prepared_volumes(prepared_measurements, 4.0, 0, 10)
+    (v4,) = data.prepared_volumes(prepared_measurements, 4.0, 0, 10)
     np.testing.assert_array_equal(v4.mask, ds.masks)
     assert v4.reference.shape == (len(ds), 64, 64) and v4.reference.dtype == np.float32
-    (v8,) = common.prepared_volumes(prepared_measurements, 8.0, 0, 10)
+    (v8,) = data.prepared_volumes(prepared_measurements, 8.0, 0, 10)
     assert np.all(v8.mask <= v4.mask) and v8.mask.sum() < v4.mask.sum()  # a subset of the acquisition
     assert all(acs_width(a) == acs_width(b) for a, b in zip(v8.mask, v4.mask))  # centre kept
     assert np.all(v8.kspace[..., ~v8.mask[0]][0] == 0)
-    (again,) = common.prepared_volumes(prepared_measurements, 8.0, 0, 10)
+    (again,) = data.prepared_volumes(prepared_measurements, 8.0, 0, 10)
     np.testing.assert_array_equal(again.mask, v8.mask)
     with pytest.raises(MrimsmError, match="R = 2"):
-        common.prepared_volumes(prepared_measurements, 2.0, 0, 10)
+        data.prepared_volumes(prepared_measurements, 2.0, 0, 10)
 
 
 def test_recon_benchmark_smoke(tmp_path, monkeypatch, capsys, tiny_msm):
-    """benchmarks/recon.py end to end on one 32 x 32 slice with a tiny model and few steps."""
+    """``python -m benchmarks.recon`` end to end on one 32 x 32 slice with a tiny model and few steps."""
     bench = _load_script("recon")
     monkeypatch.setattr(sys, "argv", [
         str(REPO / "benchmarks" / "recon.py"), "--slices", "1", "--size", "32", "--coils", "4", "--steps", "2",
@@ -424,7 +415,7 @@ def test_recon_benchmark_smoke(tmp_path, monkeypatch, capsys, tiny_msm):
 
 
 def test_csmri_benchmark_smoke_and_bad_checkpoint(tmp_path, monkeypatch, capsys, tiny_msm):
-    """benchmarks/csmri.py on one slice without SSDU (table, CSV, figure), and a missing
+    """``python -m benchmarks.csmri`` on one slice without SSDU (table, CSV, figure), and a missing
     checkpoint is a one-line error before any work."""
     bench = _load_script("csmri")
     base = [str(REPO / "benchmarks" / "csmri.py"), "--slices", "1", "--size", "32", "--coils", "4",
@@ -454,7 +445,7 @@ def test_noise_free_twin_and_truth_metrics(tmp_path):
     from mrimsm.data.simulate import mni_split_indices, simulate_volume_file
     from mrimsm.metrics import per_slice_metrics, volume_metrics
 
-    common = _load_script("_common")
+    data, runs = _load_script("data"), _load_script("runs")
     idx = mni_split_indices("axial", "heldout", step=2)[:2]
     (tmp_path / "clean").mkdir()
     noisy = simulate_volume_file(tmp_path / "v.h5", "axial", idx, 32, 4, 0.01, True, seed=3)
@@ -462,11 +453,11 @@ def test_noise_free_twin_and_truth_metrics(tmp_path):
     with h5py.File(noisy) as a, h5py.File(twin) as b:
         diff = a["kspace"][()] - b["kspace"][()]
     assert abs(float(np.std(diff.real)) - 0.01) < 0.001 and abs(float(np.std(diff.imag)) - 0.01) < 0.001
-    clean = common.read_references([twin])
+    clean = data.read_references([twin])
     assert clean["v.h5"].shape == (2, 32, 32) and clean["v.h5"].dtype == np.float32
     x = clean["v.h5"] + np.float32(0.01) * np.random.default_rng(0).standard_normal((2, 32, 32)).astype(np.float32)
     rec = SimpleNamespace(accel=4.0, label="m", volume="v.h5", slices=[0, 1], result=SimpleNamespace(reconstruction=x))
-    got = common.truth_metrics([rec], clean)[(4.0, "m")]
+    got = runs.truth_metrics([rec], clean)[(4.0, "m")]
     assert got["psnr_clean_fastmri"] == pytest.approx(volume_metrics(clean["v.h5"], x)["psnr"])
     assert got["psnr_clean_paper"] == pytest.approx(float(per_slice_metrics(clean["v.h5"], x)["psnr"].mean()))
     assert got["psnr_clean_paper"] > 25 and 0 < got["ssim_clean_paper"] <= 1
