@@ -89,7 +89,7 @@ def zero_filled(kspace, mask, maps) -> torch.Tensor:
 
 
 #: Tikhonov weight and CG iterations of :func:`sense` for images normalized to max |A^H y| ~ 1.
-#: Tuned like CS's on MNI training-range slices only (``benchmarks/sweep_solver.py --sense``).
+#: Tuned like CS's on MNI training-range slices only (``python -m benchmarks.sweep_solver --sense``).
 SENSE_LAMBDA = SenseSettings.lamda  # the values: mrimsm.solver_settings.SenseSettings
 SENSE_ITERS = SenseSettings.iters
 
