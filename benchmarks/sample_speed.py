@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from benchmarks import REPO
 from benchmarks.arguments import AUTO, base_parser, setup_torch
+
+if TYPE_CHECKING:
+    from mrimsm.inference import LoadedMSM
 
 
 def _fresh(config: Path, coils: int, device: str) -> "LoadedMSM":
