@@ -24,16 +24,14 @@ method, error maps and the MSM uncertainty, one slice per R).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from benchmarks import RESULTS_DIR
 from benchmarks.arguments import AUTO, ONE_THREAD_ON_CPU, add_heldout_arguments, base_parser, run_main, setup_torch
-from benchmarks.runner import Outcome, run_heldout
+from benchmarks.runner import Outcome, accel_tables, report_head, run_heldout
 from benchmarks.runs import Run
-from benchmarks.tables import METRIC_HEADER, checkpoint_line, conventions_note, cost_cells, find, header_lines, \
-    md_table, metric_cells
+from benchmarks.tables import checkpoint_line, find
 
 #: The paper's PSNR (dB, fastMRI brain AXT2 at 256 x 256, per-slice [0, 1] convention).
 PAPER_PSNR = {
@@ -56,7 +54,7 @@ def plan_runs(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def margin_line(rows: list[dict], accel: float) -> str:
+def margin_line(rows: Sequence[dict], accel: float) -> str:
     """MSM's PSNR margin over SSDU at ``accel`` beside the paper's ("" without both rows)."""
     msm, ssdu = find(rows, accel, "MSM"), find(rows, accel, "SSDU")
     if msm is None or ssdu is None:
@@ -71,22 +69,12 @@ def margin_line(rows: list[dict], accel: float) -> str:
 
 def render(args: argparse.Namespace, runs: list[Run], outcome: Outcome) -> str:
     """``csmri.md``: a table per R, the margins, the figure's caption."""
-    rows, figure = outcome.rows, outcome.figure
-    model_lines = [checkpoint_line(k, p) for k, p in (("msm", args.checkpoint), ("ssdu", args.ssdu_checkpoint))
-                   if k in args.methods]
-    lines = header_lines("CS-MRI benchmark: zero-filled, SENSE, CS-L1, SSDU, MSM", sys.argv, args.device)
-    lines += [f"Data: {outcome.data_text}", ""] + [m + "." for m in model_lines] + ["", conventions_note(
-        "here a volume is one orientation's slices" if args.data is None else "one per source volume"), ""]
-    labels = [r.label for r in runs]
-    for accel in dict.fromkeys(r["accel"] for r in rows):
-        here = [r for r in (find(rows, accel, lab) for lab in labels) if r is not None]
-        lines += [f"## R = {accel:g} (achieved {here[0]['achieved_accel']:.2f}, {here[0]['slices']} slices)", ""]
-        lines.append(md_table(["method", *METRIC_HEADER, "s/slice", "NFE/slice"],
-                              [[r["label"], *metric_cells(r), *cost_cells(r)] for r in here]))
-        m = margin_line(rows, accel)
-        lines += ["", m, ""] if m else [""]
-    if figure is not None:
-        lines += [f"Figure: `{figure.name}` (first slice; top: reference and reconstructions with their PSNR, "
+    models = [checkpoint_line(k, p) for k, p in (("msm", args.checkpoint), ("ssdu", args.ssdu_checkpoint))
+              if k in args.methods]
+    lines = report_head(args, "CS-MRI benchmark: zero-filled, SENSE, CS-L1, SSDU, MSM", outcome, models)
+    lines += accel_tables(outcome.rows, [r.label for r in runs], margin_line)
+    if outcome.figure is not None:
+        lines += [f"Figure: `{outcome.figure.name}` (first slice; top: reference and reconstructions with their PSNR, "
                   "bottom: |error| at a quarter of the reference's maximum, and the MSM posterior std).", ""]
     lines += [f"Total wall time {outcome.seconds / 60:.1f} min.", ""]
     return "\n".join(lines)

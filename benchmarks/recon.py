@@ -22,15 +22,13 @@ metric conventions: :mod:`benchmarks.runs`. The pipeline is :mod:`benchmarks.run
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 from benchmarks import RESULTS_DIR
 from benchmarks.arguments import AUTO, ONE_THREAD_ON_CPU, add_heldout_arguments, base_parser, run_main, setup_torch
-from benchmarks.runner import Outcome, run_heldout
+from benchmarks.runner import Outcome, accel_tables, report_head, run_heldout
 from benchmarks.runs import Run
-from benchmarks.tables import METRIC_HEADER, checkpoint_line, conventions_note, cost_cells, find, header_lines, \
-    md_table, metric_cells, pm
+from benchmarks.tables import checkpoint_line, cost_cells, find, md_table, pm
 
 #: The targets, PSNR differences in dB (paper convention): MSM at least CS-L1 + 1 dB and
 #: SENSE + 1 dB (and, from the first issue, zero-filled + 4 dB).
@@ -88,7 +86,7 @@ def plan_runs(args: argparse.Namespace, main_steps: int, main_w: int, main_sampl
     return runs
 
 
-def target_line(rows: list[dict], accel: float) -> str:
+def target_line(rows: Sequence[dict], accel: float) -> str:
     """MSM's margins over CS-L1, SENSE and zero-filled at ``accel`` against the targets."""
     msm, cs, sense, zf = (find(rows, accel, lab) for lab in ("MSM", "CS-L1", "SENSE", "zero-filled"))
     if msm is None or (cs is None and zf is None and sense is None):
@@ -130,21 +128,9 @@ def ablation_table(rows: list[dict], accel: float, group: str, main_label: str) 
 def render(args: argparse.Namespace, runs: list[Run], outcome: Outcome) -> str:
     """``recon.md``: a table per R with the targets, then the ablation tables."""
     rows = outcome.rows
-    model_text = checkpoint_line("msm", args.checkpoint) if any(r.method == "msm" for r in runs) else "No MSM run"
-    lines = header_lines("MSM reconstruction benchmark", sys.argv, args.device)
-    lines += [f"Data: {outcome.data_text}", "", model_text + ".", "", conventions_note(
-        "here a volume is one orientation's slices" if args.data is None else "one per source volume"), ""]
-    main = [r.label for r in runs if r.group == "main"]
-    for accel in dict.fromkeys(r["accel"] for r in rows):
-        here = [find(rows, accel, lab) for lab in main]
-        here = [r for r in here if r is not None]
-        if not here:
-            continue
-        lines += [f"## R = {accel:g} (achieved {here[0]['achieved_accel']:.2f}, {here[0]['slices']} slices)", ""]
-        lines.append(md_table(["method", *METRIC_HEADER, "s/slice", "NFE/slice"],
-                              [[r["label"], *metric_cells(r), *cost_cells(r)] for r in here]))
-        t = target_line(rows, accel)
-        lines += ["", t, ""] if t else [""]
+    model = checkpoint_line("msm", args.checkpoint) if any(r.method == "msm" for r in runs) else "No MSM run"
+    lines = report_head(args, "MSM reconstruction benchmark", outcome, [model])
+    lines += accel_tables(rows, [r.label for r in runs if r.group == "main"], target_line)
     for group, title in (("dc", "data consistency"), ("start", "start of the chain"), ("w", "masks per step w"),
                          ("steps", "reverse steps"), ("samples", "posterior samples averaged")):
         for accel in dict.fromkeys(r["accel"] for r in rows if r["group"] == group):

@@ -2,7 +2,8 @@
 -> records -> ``<stem>.csv`` / ``<stem>_slices.csv`` / ``<stem>.md`` (and ``<stem>.png``).
 
 A front end plans its runs (:class:`benchmarks.runs.Run`) and renders the markdown from
-the :class:`Outcome`; :func:`run_heldout` does the rest: builds every method first (a bad
+the :class:`Outcome` (with :func:`report_head` and :func:`accel_tables`); :func:`run_heldout`
+does the rest: builds every method first (a bad
 checkpoint or option fails before any work), loads the volumes of ``args``
 (:func:`benchmarks.data.load_volumes`: the simulated held-out slices or a prepared
 directory's validation shards), runs every method on them, summarizes and writes.
@@ -11,6 +12,7 @@ directory's validation shards), runs every method on them, summarizes and writes
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ from benchmarks.data import load_volumes
 from benchmarks.figures import comparison_figure
 from benchmarks.progress import bars, log_line
 from benchmarks.runs import Record, Run, build_methods, estimate_nfe, evaluate
-from benchmarks.tables import slice_rows, summarize, write_results
+from benchmarks.tables import METRIC_HEADER, conventions_note, cost_cells, find, header_lines, md_table, metric_cells, \
+    slice_rows, summarize, write_results
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,27 @@ def run_heldout(
     text = render(Outcome(rows, records, data_text, png, time.perf_counter() - t0))
     write_results(args.out, stem, text, rows, slice_rows(records), extra=[png])
     return 0
+
+
+def report_head(args: argparse.Namespace, title: str, outcome: Outcome, model_lines: Sequence[str]) -> list[str]:
+    """The markdown lines above the tables: title, command, machine, data, models, conventions."""
+    lines = header_lines(title, sys.argv, args.device)
+    lines += [f"Data: {outcome.data_text}", ""] + [m + "." for m in model_lines] + ["", conventions_note(
+        "here a volume is one orientation's slices" if args.data is None else "one per source volume"), ""]
+    return lines
+
+
+def accel_tables(rows: Sequence[dict], labels: Sequence[str], verdict: Callable[[Sequence[dict], float], str]) -> list[str]:
+    """Per acceleration a table of the ``labels`` rows (both conventions, cost) and the
+    line ``verdict(rows, accel)`` below it (none when it is empty)."""
+    lines: list[str] = []
+    for accel in dict.fromkeys(r["accel"] for r in rows):
+        here = [r for r in (find(rows, accel, lab) for lab in labels) if r is not None]
+        if not here:
+            continue
+        lines += [f"## R = {accel:g} (achieved {here[0]['achieved_accel']:.2f}, {here[0]['slices']} slices)", ""]
+        lines.append(md_table(["method", *METRIC_HEADER, "s/slice", "NFE/slice"],
+                              [[r["label"], *metric_cells(r), *cost_cells(r)] for r in here]))
+        line = verdict(rows, accel)
+        lines += ["", line, ""] if line else [""]
+    return lines
