@@ -116,3 +116,30 @@ def test_base_parser_adds_only_what_a_script_asks_for():
     assert not hasattr(args, "device") and not hasattr(args, "quiet")
     args = base_parser("doc", device="cpu", quiet=True).parse_args(["--quiet", "--device", "cuda"])
     assert args.quiet and args.device == "cuda" and not hasattr(args, "out")
+
+
+#: The shared modules (the rest of benchmarks/ are scripts).
+SHARED = ("data", "runs", "tables", "figures", "arguments", "progress", "runner")
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_shared_functions_have_docstrings_and_annotations(name):
+    tree = ast.parse((BENCH / f"{name}.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            assert ast.get_docstring(node), f"benchmarks/{name}.py: {node.name} has no docstring"
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            assert node.returns is not None and all(a.annotation is not None for a in args), \
+                f"benchmarks/{name}.py: {node.name} lacks type hints"
+
+
+def test_the_package_code_never_imports_benchmarks():
+    """benchmarks/ sits above the CLI: mrimsm/ and cli/ import nothing of it."""
+    bad = []
+    for top in ("mrimsm", "cli"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert not bad, bad
