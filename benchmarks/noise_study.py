@@ -4,7 +4,7 @@ noisy loss (``diffusion.rho: null``: SURE where sigma_t > rho, the pseudo-clean 
 below), and an **oracle**: the same network and budget on fully sampled, noise-free k-space
 (R = 1, rho = 0), the paper's "oracle diffusion" upper bound.
 
-    .venv/bin/python benchmarks/noise_study.py --steps 400 --out results/noise_study
+    .venv/bin/python -m benchmarks.noise_study --steps 400 --out results/noise_study
 
 Every run trains with ``mrimsm train`` into ``--runs`` (default ``runs/noise_study/<label>``),
 resumed from its last state when the command is run again (a larger ``--steps`` continues
@@ -37,7 +37,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import REPO, RESULTS_DIR
+from benchmarks.arguments import base_parser, setup_torch
+from benchmarks.figures import pyplot, save_figure
+
 BASE_CONFIG = REPO / "configs" / "default_msm.yaml"
 
 
@@ -235,11 +238,7 @@ def write_outputs(rows: list[dict], out: Path, argv: Sequence[str], args: argpar
 def _figure(rows: list[dict], path: Path) -> None:
     """PSNR (paper, noise-free object) against the training rho, one line per loss, the oracle
     and CS-L1 as horizontal lines; a panel per R and test noise."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = sorted({(r["accel"], r["test_noise"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     for ax, (accel, noise) in zip(axes[0], panels):
@@ -258,14 +257,11 @@ def _figure(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("PSNR dB (paper, noise-free object)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = base_parser(__doc__, out=RESULTS_DIR / "noise_study", threads=1, seed=0)
     ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.01, 0.03, 0.1], help="training data noise levels")
     ap.add_argument("--no-oracle", action="store_true", help="leave the oracle prior out")
     ap.add_argument("--steps", type=int, default=400, help="training steps per prior (default 400)")
@@ -280,9 +276,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--coils", type=int, default=8)
     ap.add_argument("--msm-steps", type=int, default=20, help="MSM reverse steps in the evaluation")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "mrimsm" / "noise_study")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "noise_study")
     args = ap.parse_args(argv)
     settings = study_settings(args.rhos, oracle=not args.no_oracle)
     if not args.eval_only:
@@ -293,11 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if missing:
         print(f"error: not trained yet: {', '.join(missing)}", file=sys.stderr)
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
+    setup_torch(args)
     rows = evaluate(settings, args.runs, args)
-    write_outputs(rows, args.out, ["benchmarks/noise_study.py", *(argv if argv is not None else sys.argv[1:])], args)
+    write_outputs(rows, args.out, ["-m", "benchmarks.noise_study", *(argv if argv is not None else sys.argv[1:])], args)
     print(f"wrote {args.out / 'noise_study.md'}, noise_study.csv and noise_study.png", file=sys.stderr)
     return 0
 

@@ -1,27 +1,13 @@
-"""benchmarks/noise_study.py: the study's settings and the configs it trains (valid configs
+"""benchmarks.noise_study: the study's settings and the configs it trains (valid configs
 whose data noise, acceleration and loss are the setting's)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location("benchmarks_noise_study", ROOT / "benchmarks" / "noise_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _study()
+from benchmarks import noise_study as study
 
 
 def test_settings_cover_both_losses_at_every_noise_and_the_oracle():
