@@ -66,7 +66,7 @@ class SenseSettings:
     """CG-SENSE with Tikhonov regularization (:func:`mrimsm.baselines.classical.sense`), for
     images normalized to max ``|A^H y|`` about 1: ``lamda`` (``--sense-lambda``) and ``iters``
     CG iterations (``--sense-iters``); defaults tuned on MNI training-range slices only
-    (``benchmarks/sweep_solver.py --sense``)."""
+    (``python -m benchmarks.sweep_solver --sense``)."""
 
     OPTIONS: ClassVar[dict] = {"lamda": "sense_lambda", "iters": "sense_iters"}
     lamda: Weight = 0.01
@@ -113,7 +113,7 @@ class PosteriorSettings:
     """Solver settings of MSM posterior sampling (:func:`mrimsm.diffusion.posterior.posterior_sample`).
 
     The defaults are the general CS-MRI settings, chosen on validation slices of the 64 x 64
-    prior (``benchmarks/sweep_solver.py``, recorded in ``CHANGELOG.md``, 2026-11-27; never the
+    prior (``python -m benchmarks.sweep_solver``, recorded in ``CHANGELOG.md``, 2026-11-27; never the
     held-out test slices): ``recon`` uses them for the 64 x 64 prior and any ``--checkpoint``
     model. A settings file (``--settings FILE``, or a shipped prior's own,
     :mod:`mrimsm.diffusion.shipped`) replaces the keys it gives and keeps these for the rest;
