@@ -4,7 +4,7 @@ noisy loss (``diffusion.rho: null``: SURE where sigma_t > rho, the pseudo-clean 
 below), and an **oracle**: the same network and budget on fully sampled, noise-free k-space
 (R = 1, rho = 0), the paper's "oracle diffusion" upper bound.
 
-    .venv/bin/python -m benchmarks.noise_study --steps 400 --out results/noise_study
+    .venv/bin/python -m benchmarks.noise_study --steps 900 --out results/noise_study
 
 Every run trains with ``mrimsm train`` into ``--runs`` (default ``runs/noise_study/<label>``),
 resumed from its last state when the command is run again (a larger ``--steps`` continues
@@ -200,7 +200,8 @@ def evaluate(settings: Sequence[Setting], runs: Path, args: argparse.Namespace) 
 
 
 def write_outputs(rows: list[dict], out: Path, argv: Sequence[str], args: argparse.Namespace) -> None:
-    """``noise_study.csv`` (rows), ``noise_study.md`` (a table per test noise) and ``noise_study.png``."""
+    """``noise_study.csv`` (rows), ``noise_study_readme.csv`` (:func:`readme_table`, for
+    ``benchmarks/results/``), ``noise_study.md`` (a table per test noise) and ``noise_study.png``."""
     import csv
 
     out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +212,9 @@ def write_outputs(rows: list[dict], out: Path, argv: Sequence[str], args: argpar
         w.writeheader()
         w.writerows(rows)
     tmp.replace(out / "noise_study.csv")
+    tmp = out / ".noise_study_readme.csv.tmp"
+    tmp.write_text(readme_table(rows, f"python {' '.join(argv)}", args))
+    tmp.replace(out / "noise_study_readme.csv")
     lines = ["# MSM noise study (64 x 64)", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python {' '.join(argv)}`.", "",
              f"Priors: {args.channels} base channels, the steps shown, batch 8; evaluation: {args.slices} held-out "
@@ -233,6 +237,26 @@ def write_outputs(rows: list[dict], out: Path, argv: Sequence[str], args: argpar
     tmp.write_text("\n".join(lines))
     tmp.replace(out / "noise_study.md")
     _figure(rows, out / "noise_study.png")
+
+
+def readme_table(rows: list[dict], command: str, args: argparse.Namespace) -> str:
+    """The study as one result file in :func:`benchmarks.readme.format_table`'s format: a row
+    per prior (and CS-L1), a column per R and test noise, cells ``PSNR paper / fastMRI``."""
+    from benchmarks.readme import format_table
+
+    panels = sorted({(r["accel"], r["test_noise"]) for r in rows})
+    header = ["prior", "steps"] + [f"R {a:g}, noise {n:g}" for a, n in panels]
+    body = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        mine = {(r["accel"], r["test_noise"]): r for r in rows if r["label"] == label}
+        first = next(iter(mine.values()))
+        body.append([label, str(first["steps"])] + [
+            f"{mine[p]['psnr_paper']:.2f} / {mine[p]['psnr_fastmri']:.2f}" if p in mine else "-" for p in panels])
+    setup = (f"64 x 64 priors, {args.channels} base channels, batch 8, the noisy loss = diffusion.rho null; evaluation "
+             f"on {3 * args.slices} held-out MNI slices, {args.coils} coils, MSM {args.msm_steps} steps x 1 sample; "
+             "PSNR paper / fastMRI (dB) against the noise-free object")
+    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
+                        header, body)
 
 
 def _figure(rows: list[dict], path: Path) -> None:

@@ -39,3 +39,20 @@ def test_trained_steps_reads_the_log(tmp_path):
     (run / "last.pt").write_bytes(b"x")
     (run / "log.jsonl").write_text("\n".join(json.dumps({"step": k}) for k in (20, 40, 60)) + "\nnot json\n")
     assert study.trained_steps(run) == 60
+
+
+def test_readme_table_is_a_result_file_the_generator_reads(tmp_path):
+    import argparse
+
+    from benchmarks.readme import read_table
+
+    rows = [{"label": lab, "steps": st, "accel": a, "test_noise": n, "psnr_paper": 20.0 + a, "psnr_fastmri": 25.0 + n}
+            for lab, st in (("CS-L1", ""), ("rho 0, noiseless loss", 900)) for a in (4.0, 6.0) for n in (0.002, 0.01)]
+    args = argparse.Namespace(channels=16, slices=2, coils=8, msm_steps=20)
+    (tmp_path / "t.csv").write_text(study.readme_table(rows, "python -m benchmarks.noise_study", args))
+    table = read_table(tmp_path / "t.csv")
+    assert table.header == ["prior", "steps", "R 4, noise 0.002", "R 4, noise 0.01", "R 6, noise 0.002",
+                            "R 6, noise 0.01"]
+    assert table.rows[1] == ["rho 0, noiseless loss", "900", "24.00 / 25.00", "24.00 / 25.01", "26.00 / 25.00",
+                             "26.00 / 25.01"]
+    assert {"date", "command", "setup"} <= table.provenance.keys()
