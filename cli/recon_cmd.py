@@ -196,7 +196,14 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Reconstruct INPUT (a file or a directory), write fastMRI-layout output, print PSNR / SSIM / NMSE."""
+        from tqdm import tqdm
+
         from mrimsm import recon as lib
+
+        # tqdm makes its class-wide write lock on first use; made there, inside a write, a
+        # Ctrl-C / SIGTERM landing in the lock's constructor left no lock, and tqdm's cleanup
+        # then hid the interrupt behind an AttributeError traceback. Made now, before any work.
+        tqdm.get_lock()
 
         opts = {  # the method options, by the keys of mrimsm.solver_settings
             "cs_lambda": cs_lambda,
