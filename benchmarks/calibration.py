@@ -16,10 +16,13 @@ without k-space noise. "Inside the object": :func:`mrimsm.uncertainty.object_sup
 
 Per acceleration it reports, on the test slices: pixel Spearman and Pearson correlation of
 |error| with std; coverage of ``mean +- 2 std``; coverage of the calibrated bound at 80, 90
-and 95 %; std / |error|; the slice-level Spearman correlation of mean std with NMSE; PSNR.
-Figures: a reliability diagram (nominal vs observed coverage of the bound) and |error| vs
-std (2-D histogram). ``--install`` writes the calibration beside the checkpoint (for the
-shipped priors: into ``mrimsm/assets/``), which ``recon`` then uses.
+and 95 %; std / |error|; the slice-level Spearman correlation of mean std with NMSE; PSNR;
+and where the two sit: the share of the squared error and of the variance on the object's
+edges (:func:`edge_share`; a std that predicts the error puts as much of its mass there).
+Figures: a reliability diagram (nominal vs observed coverage of the bound), |error| vs
+std (2-D histogram), and the maps of the first test slices (object, |error|, std).
+``--install`` writes the calibration beside the checkpoint (for the shipped priors: into
+``mrimsm/assets/``), which ``recon`` then uses.
 
     .venv/bin/python -m benchmarks.calibration --out results/calibration64
     .venv/bin/python -m benchmarks.calibration --base samples=8 t0=0.5 --out results/cal64_t05
@@ -67,6 +70,47 @@ def _write(folder: Path, sel: list, args: argparse.Namespace, noise: float, seed
                                  pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
 
 
+#: Edge pixels: the top fraction of the reference's gradient magnitude inside the object.
+EDGE_FRACTION = 0.2
+
+
+def edge_pixels(reference: np.ndarray, support: np.ndarray, fraction: float = EDGE_FRACTION) -> np.ndarray:
+    """``(H, W)`` bool: the ``fraction`` of ``support``'s pixels where the ``(H, W)`` real
+    ``reference`` changes most (central-difference gradient magnitude; ties in raster order)."""
+    gy, gx = np.gradient(np.asarray(reference, dtype=np.float64))
+    grad = np.hypot(gy, gx)
+    where = np.flatnonzero(support)
+    keep = where[np.argsort(-grad.ravel()[where], kind="stable")[: int(round(fraction * where.size))]]
+    out = np.zeros(support.shape, dtype=bool)
+    out.ravel()[keep] = True
+    return out
+
+
+def edge_share(values: np.ndarray, reference: np.ndarray, support: np.ndarray,
+               fraction: float = EDGE_FRACTION) -> float:
+    """The share of ``sum(values**2)`` over ``support`` that falls on its edge pixels
+    (:func:`edge_pixels`); a map spread evenly over the object gives about ``fraction``."""
+    v2 = np.asarray(values, dtype=np.float64) ** 2
+    total = float(v2[support].sum())
+    return float(v2[edge_pixels(reference, support, fraction)].sum() / total) if total > 0 else 0.0
+
+
+def _maps_figure(out: Path, stem: str, accel: float, refs: list, errs: list, stds: list) -> Path:
+    plt = pyplot()
+    n = min(3, len(refs))
+    fig, axes = plt.subplots(n, 3, figsize=(7.2, 2.4 * n), squeeze=False)
+    for row, ref, e, s in zip(axes, refs, errs, stds):
+        top = float(np.quantile(np.abs(e), 0.99))
+        for ax, img, title, kw in ((row[0], ref, "noise-free object", {"cmap": "gray"}),
+                                   (row[1], np.abs(e), "|error|", {"cmap": "magma", "vmin": 0, "vmax": top}),
+                                   (row[2], s, "posterior std", {"cmap": "magma", "vmin": 0, "vmax": top})):
+            ax.imshow(img, **kw)
+            ax.set_title(f"{title}, R = {accel:g}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, out / f"{stem}_maps.png", dpi=110)
+
+
 def _figures(out: Path, stem: str, per_accel: dict) -> list[Path]:
     plt = pyplot()
     paths = []
@@ -93,6 +137,8 @@ def _figures(out: Path, stem: str, per_accel: dict) -> list[Path]:
         ax.set_ylabel("|error| (noise-free object)")
     fig.tight_layout()
     paths.append(save_figure(fig, out / f"{stem}_error_vs_std.png", dpi=120))
+    first = next(iter(per_accel.items()))
+    paths.append(_maps_figure(out, stem, first[0], *first[1]["maps"]))
     return paths
 
 
@@ -150,7 +196,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows, figs = [], {}
             for entry in cal["entries"]:
                 accel = entry["accel"]
-                errs, stds, sups, slice_std, slice_nmse, psnr = [], [], [], [], [], []
+                errs, stds, sups, refs, slice_std, slice_nmse, psnr = [], [], [], [], [], [], []
                 for f in test_files:
                     vol = prepare_volume(f, accel, args.seed, progress=progress)
                     res = run_method(vol, "msm", options, progress, method=method)
@@ -162,6 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         errs.append(e)
                         stds.append(res.uncertainty[i])
                         sups.append(sup)
+                        refs.append(ref[i])
                         slice_std.append(float(res.uncertainty[i][sup].mean()))
                         slice_nmse.append(float(np.sum(e[sup] ** 2) / np.sum(ref[i][sup] ** 2)))
                     log_line(f"R {accel:g} test {f.name}: PSNR {np.mean(psnr[-len(ref):]):.2f} dB (paper)")
@@ -179,7 +226,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 e_all = np.concatenate([np.abs(e[s_]) for e, s_ in zip(errs, sups)])
                 s_all = np.concatenate([s[s_] for s, s_ in zip(stds, sups)])
                 figs[accel] = {"levels": list(LEVELS), "observed": observed, "gaussian": gaussian,
-                               "e": e_all, "s": s_all, "spearman": m.spearman}
+                               "e": e_all, "s": s_all, "spearman": m.spearman, "maps": (refs, errs, stds)}
                 rows.append({
                     "accel": accel, "test_slices": len(errs), "cal_slices": entry["slices"],
                     "psnr_paper": float(np.mean(psnr)), "spearman": m.spearman, "pearson": m.pearson,
@@ -188,6 +235,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "scale90": entry["levels"]["0.90"],
                     "slice_spearman": float(spearmanr(slice_std, slice_nmse).statistic),
                     "cal_spearman": entry["metrics"]["spearman"],
+                    "edge_share_error": float(np.mean([edge_share(e, r, s_) for e, r, s_ in zip(errs, refs, sups)])),
+                    "edge_share_variance": float(np.mean([edge_share(s, r, s_) for s, r, s_ in
+                                                          zip(stds, refs, sups)])),
                 })
         paths = _figures(args.out, "calibration", figs)
         settings = cal["settings"]
@@ -196,14 +246,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"Prior: {checkpoint.name}; solver: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".",
             f"Slices: {cal['simulation']}. Calibration: {cal['calibration_slices']} (odd offsets of the held-out "
             f"ranges). Test: " + "; ".join(f"MNI152 {o} {idx}" for o, idx in test_sel) + ".",
-            "Errors against the noise-free object, inside the object (reference >= 10 % of its slice maximum).", "",
+            "Errors against the noise-free object, inside the object (reference >= 10 % of its slice maximum). "
+            f"Edges: the {EDGE_FRACTION:.0%} of object pixels where the object's gradient is largest.", "",
             md_table(["R", "test slices", "PSNR dB (paper)", "Spearman |e|-std", "Pearson", "mean +- 2 std covers",
                         "80 % bound covers", "90 % bound covers", "95 % bound covers", "std / |e|",
-                        "slice Spearman (mean std vs NMSE)", "90 % scale"],
+                        "slice Spearman (mean std vs NMSE)", "90 % scale", "edge share of error^2",
+                        "edge share of std^2"],
                        [[f"{r['accel']:g}", str(r["test_slices"]), f"{r['psnr_paper']:.2f}", f"{r['spearman']:.3f}",
                          f"{r['pearson']:.3f}", f"{r['coverage_2std']:.1%}", f"{r['bound80']:.1%}",
                          f"{r['bound90']:.1%}", f"{r['bound95']:.1%}", f"{r['std_over_error']:.2f}",
-                         f"{r['slice_spearman']:.2f}", f"{r['scale90']:.2f}"] for r in rows]),
+                         f"{r['slice_spearman']:.2f}", f"{r['scale90']:.2f}", f"{r['edge_share_error']:.1%}",
+                         f"{r['edge_share_variance']:.1%}"] for r in rows]),
             "", f"Figures: {', '.join(p.name for p in paths)}. Total {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
         write_results(args.out, "calibration", "\n".join(lines), rows, [])
         if args.install:
