@@ -106,6 +106,14 @@ def trained_steps(run_dir: Path) -> int:
     return step
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was saved at (the log can run up to ``log_every`` steps ahead
+    of the last checkpoint when a run was stopped)."""
+    from mrimsm.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(path)["step"])
+
+
 def train_round_robin(settings: Sequence[Setting], runs: Path, steps: int, chunk: int, channels: int,
                       seed: int, threads: int) -> None:
     """Train every setting to ``steps``, ``chunk`` steps at a time in turn (resumable)."""
@@ -186,7 +194,7 @@ def evaluate(settings: Sequence[Setting], runs: Path, args: argparse.Namespace) 
                     secs.append(res.seconds_per_slice)
                 row = {"label": label, "data_rho": "" if s is None else s.data_rho,
                        "loss": "" if s is None else s.loss, "train_accel": "" if s is None else s.accel,
-                       "steps": "" if s is None else trained_steps(runs / run_name(s)),
+                       "steps": "" if s is None else checkpoint_step(runs / run_name(s) / "last.pt"),
                        "accel": float(accel), "test_noise": float(noise),
                        "psnr_paper": float(np.mean(psnr)), "ssim_paper": float(np.mean(ssim)),
                        "psnr_fastmri": float(np.mean(fast)), "seconds_per_slice": float(np.mean(secs))}
