@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from benchmarks import REPO, RESULTS_DIR
 from benchmarks.arguments import base_parser, setup_torch
@@ -141,66 +140,46 @@ def train_round_robin(settings: Sequence[Setting], runs: Path, steps: int, chunk
 
 # -- evaluation ------------------------------------------------------------------------------
 
-ORIENTATIONS = ("axial", "coronal", "sagittal")
-
-
-def heldout_files(work: Path, noise: float, slices_per_orientation: int, size: int, coils: int) -> list[Path]:
-    """One simulated file per orientation of held-out MNI slices at test ``noise`` (the same
-    coil maps and phases at every noise, so noise 0 is each file's noise-free twin)."""
-    from mrimsm.data.simulate import mni_split_indices, simulate_volume_file
-
-    out = []
-    for k, orient in enumerate(ORIENTATIONS):
-        idx = mni_split_indices(orient, "heldout", step=2)
-        pick = [idx[int(i)] for i in np.linspace(0, len(idx) - 1, slices_per_orientation + 2)[1:-1]]
-        path = work / f"noise_{noise:g}" / f"heldout_{orient}.h5"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            simulate_volume_file(path, orient, pick, size, coils, noise, True, seed=100 + k)
-        out.append(path)
-    return out
-
 
 def evaluate(settings: Sequence[Setting], runs: Path, args: argparse.Namespace) -> list[dict]:
     """Rows ``{label, setting fields, steps, accel, test_noise, psnr/ssim paper, psnr fastMRI}``
-    against the noise-free object, for every prior and CS-L1."""
-    import h5py
+    against the noise-free object, for every prior and CS-L1.
 
-    from mrimsm.metrics import per_slice_metrics, volume_metrics
-    from mrimsm.recon import prepare_volume, run_method
+    The held-out MNI slices are :func:`benchmarks.data.write_heldout_files`' (``3 *
+    --slices`` of them, the same seeds at every test noise, so the files at noise 0 are the
+    noise-free twins); every prior reconstructs the same volumes, masks and maps."""
+    from benchmarks.data import read_references, simulated_volumes, write_heldout_files
+    from benchmarks.progress import log_line
+    from benchmarks.runs import Run, build_methods, evaluate as run_all, truth_metrics
+    from benchmarks.tables import summarize
 
-    clean = heldout_files(args.work, 0.0, args.slices, 64, args.coils)
-    truth = {}
-    for f in clean:
-        with h5py.File(f, "r") as h:
-            truth[f.name] = np.asarray(h["reconstruction_rss"][()], dtype=np.float32)
+    count = 3 * args.slices
+
+    def files_at(noise: float) -> list[Path]:
+        return write_heldout_files(args.work / "heldout" / f"noise_{noise:g}", count, size=64, coils=args.coils,
+                                   noise=noise)
+
+    clean = read_references(files_at(0.0))
+    by_label = {s.label: s for s in settings}
+    entries = [Run("CS-L1", "cs")] + [
+        Run(s.label, "msm", {"checkpoint": str(runs / run_name(s) / "last.pt"), "steps": args.msm_steps, "samples": 1})
+        for s in settings]
+    common = {"seed": args.seed, "device": "cpu"}
+    built = build_methods(entries, common)
+    steps = {s.label: checkpoint_step(runs / run_name(s) / "last.pt") for s in settings}
     rows = []
     for noise in args.noise:
-        files = heldout_files(args.work, noise, args.slices, 64, args.coils)
-        for accel in args.accels:
-            vols = [prepare_volume(f, accel, args.seed) for f in files]
-            entries = [("CS-L1", "cs", {}, None)]
-            entries += [(s.label, "msm", {"checkpoint": str(runs / run_name(s) / "last.pt"), "steps": args.msm_steps,
-                                          "samples": 1}, s) for s in settings]
-            for label, method, options, s in entries:
-                psnr, ssim, fast, secs = [], [], [], []
-                for vol in vols:
-                    res = run_method(vol, method, {"seed": args.seed, "device": "cpu", **options})
-                    ref = truth[vol.path.name][list(vol.slices)]
-                    paper = per_slice_metrics(ref, res.reconstruction)
-                    psnr += list(paper["psnr"])
-                    ssim += list(paper["ssim"])
-                    fast.append(volume_metrics(ref, res.reconstruction)["psnr"])
-                    secs.append(res.seconds_per_slice)
-                row = {"label": label, "data_rho": "" if s is None else s.data_rho,
-                       "loss": "" if s is None else s.loss, "train_accel": "" if s is None else s.accel,
-                       "steps": "" if s is None else checkpoint_step(runs / run_name(s) / "last.pt"),
-                       "accel": float(accel), "test_noise": float(noise),
-                       "psnr_paper": float(np.mean(psnr)), "ssim_paper": float(np.mean(ssim)),
-                       "psnr_fastmri": float(np.mean(fast)), "seconds_per_slice": float(np.mean(secs))}
-                rows.append(row)
-                print(f"R={accel:g} noise={noise:g} {label:<28} PSNR {row['psnr_paper']:.2f} dB (paper) "
-                      f"{row['psnr_fastmri']:.2f} dB (fastMRI) SSIM {row['ssim_paper']:.4f}", file=sys.stderr, flush=True)
+        files = files_at(noise)
+        vols = {float(a): simulated_volumes(files, float(a), args.seed) for a in args.accels}
+        records = run_all(vols, entries, built, common, None, log_line, keep=lambda run, k: True)
+        truth = truth_metrics(records, clean)
+        for r in summarize(records, entries):
+            s, t = by_label.get(r["label"]), truth[(r["accel"], r["label"])]
+            rows.append({"label": r["label"], "data_rho": "" if s is None else s.data_rho,
+                         "loss": "" if s is None else s.loss, "train_accel": "" if s is None else s.accel,
+                         "steps": "" if s is None else steps[s.label], "accel": r["accel"], "test_noise": float(noise),
+                         "psnr_paper": t["psnr_clean_paper"], "ssim_paper": t["ssim_clean_paper"],
+                         "psnr_fastmri": t["psnr_clean_fastmri"], "seconds_per_slice": r["seconds_per_slice"]})
     return rows
 
 
@@ -208,23 +187,14 @@ def evaluate(settings: Sequence[Setting], runs: Path, args: argparse.Namespace) 
 
 
 def write_outputs(rows: list[dict], out: Path, argv: Sequence[str], args: argparse.Namespace) -> None:
-    """``noise_study.csv`` (rows), ``noise_study_readme.csv`` (:func:`readme_table`, for
-    ``benchmarks/results/``), ``noise_study.md`` (a table per test noise) and ``noise_study.png``."""
-    import csv
+    """``noise_study.csv`` (rows) and ``noise_study.md`` (a table per test noise), by
+    :func:`benchmarks.tables.write_results`; ``noise_study_readme.csv`` (:func:`readme_table`,
+    for ``benchmarks/results/``) and ``noise_study.png``."""
+    from benchmarks.tables import write_results, write_text
 
-    out.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
-    tmp = out / ".noise_study.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out / "noise_study.csv")
-    tmp = out / ".noise_study_readme.csv.tmp"
-    tmp.write_text(readme_table(rows, f"python {' '.join(argv)}", args))
-    tmp.replace(out / "noise_study_readme.csv")
+    command = f"python {' '.join(argv)}"
     lines = ["# MSM noise study (64 x 64)", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python {' '.join(argv)}`.", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`.", "",
              f"Priors: {args.channels} base channels, the steps shown, batch 8; evaluation: {args.slices} held-out "
              f"MNI slices per orientation, {args.coils} coils, MSM {args.msm_steps} steps x 1 sample; PSNR / SSIM "
              "against the noise-free object (paper: per slice, min-max normalized; fastMRI: per volume).", ""]
@@ -241,9 +211,8 @@ def write_outputs(rows: list[dict], out: Path, argv: Sequence[str], args: argpar
                                                        f"{r['ssim_paper']:.4f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    tmp = out / ".noise_study.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out / "noise_study.md")
+    write_results(out, "noise_study", "\n".join(lines), rows)
+    write_text(out / "noise_study_readme.csv", readme_table(rows, command, args))
     _figure(rows, out / "noise_study.png")
 
 
