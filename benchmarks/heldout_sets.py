@@ -36,7 +36,7 @@ from benchmarks.arguments import ONE_THREAD_ON_CPU, base_parser, run_main, setup
 from benchmarks.data import read_references, simulated_volumes, write_heldout_files
 from benchmarks.progress import bars, log_line
 from benchmarks.runs import Run, build_methods, evaluate, truth_metrics
-from benchmarks.tables import conventions_note, header_lines, md_table, summarize, write_results
+from benchmarks.tables import conventions_note, header_lines, md_table, summarize, write_results, write_text
 
 BRAINS_SETS = ("heldout_subject", "heldout_contrast", "knee")
 DIPY_SETS = ("dipy", "dipyb0")
@@ -220,10 +220,42 @@ def main(argv: Optional[list[str]] = None) -> int:
                           f"{r['ssim_fastmri_mean']:.4f}", f"{r['seconds_per_slice']:.2f}"] for r in here]), ""]
         lines += [f"Total wall time {(time.perf_counter() - t0) / 60:.1f} min.", ""]
         write_results(args.out, "heldout_sets", "\n".join(lines), all_rows)
+        write_text(args.out / "heldout_sets_readme.csv",
+                   readme_table(all_rows, "python -m benchmarks.heldout_sets " + " ".join(
+                       sys.argv[1:] if argv is None else argv), args.size))
         return 0
 
     run_main(body)
     return 0
+
+
+#: The methods of the README table, in its cells' order.
+README_METHODS = ("CS-L1", "SSDU", "MSM")
+
+
+def readme_table(rows: list[dict], command: str, size: int) -> str:
+    """The sweep as one result file for ``benchmarks/results/`` (:func:`benchmarks.readme.format_table`):
+    a row per set, a column per R and test noise, cells ``CS-L1 / SSDU / MSM`` PSNR (paper
+    convention, dB) against the noise-free object ("-" for a method not run)."""
+    from benchmarks.readme import format_table
+
+    def num(x) -> float:
+        return float(x)
+
+    panels = sorted({(num(r["accel"]), num(r["noise"])) for r in rows})
+    header = ["set", "slices"] + [f"R {a:g}, noise {n:g}" for a, n in panels]
+    body = []
+    for name in dict.fromkeys(r["set"] for r in rows):
+        mine = [r for r in rows if r["set"] == name]
+        cells = [name, str(mine[0]["slices"])]
+        for a, n in panels:
+            got = {r["label"]: num(r["psnr_clean_paper"]) for r in mine if (num(r["accel"]), num(r["noise"])) == (a, n)}
+            cells.append(" / ".join(f"{got[m]:.2f}" if m in got else "-" for m in README_METHODS))
+        body.append(cells)
+    setup = (f"{size} x {size}, {COILS} coils, every method at its defaults (shipped priors); cells CS-L1 / SSDU / "
+             "MSM, PSNR dB (paper convention) against the noise-free object")
+    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
+                        header, body)
 
 
 def argv_names_sets(argv: Optional[list[str]]) -> bool:

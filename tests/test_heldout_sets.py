@@ -62,6 +62,12 @@ def test_mni_set_at_noise_zero_matches_its_noise_free_twin(tmp_path):
             assert float(r["psnr_clean_paper"]) == pytest.approx(float(r["psnr_paper_mean"]), abs=1e-6)
     zf = {float(r["noise"]): float(r["psnr_clean_paper"]) for r in rows if r["label"] == "zero-filled"}
     assert zf[0.0] > zf[0.01]  # the test noise costs PSNR against the noise-free object
+    from benchmarks.readme import read_table
+
+    table = read_table(out / "heldout_sets_readme.csv")
+    assert table.header == ["set", "slices", "R 4, noise 0", "R 4, noise 0.01"]
+    cs = {float(r["noise"]): float(r["psnr_clean_paper"]) for r in rows if r["label"] == "CS-L1"}
+    assert table.rows == [["mni", "2", f"{cs[0.0]:.2f} / - / -", f"{cs[0.01]:.2f} / - / -"]]
 
 
 def test_dipy_sets_skip_with_a_note_or_fail_when_asked(tmp_path, monkeypatch, capsys):
