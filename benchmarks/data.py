@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
@@ -204,8 +205,13 @@ def load_volumes(args: argparse.Namespace, work_dir: Path, progress: Optional[Pr
 
 def data_script(name: str) -> ModuleType:
     """``data_scripts/<name>.py`` loaded as a module (data_scripts/ is a folder of scripts,
-    not a package)."""
+    not a package), registered in ``sys.modules`` (its dataclasses look their module up there)."""
     spec = importlib.util.spec_from_file_location(f"data_scripts_{name}", REPO / "data_scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
     return module
