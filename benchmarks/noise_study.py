@@ -13,8 +13,10 @@ every run at nearly the same step. Then each prior reconstructs held-out MNI152 
 (never trained on) at R = 4 and 6 and at test noise 0.002 and 0.01, with the same masks,
 maps and seeds for every prior; PSNR / SSIM are taken against the **noise-free object**
 (the same simulation without noise: its RSS image). CS-L1 on the same volumes is the
-classical reference row. Writes ``noise_study.md``, ``noise_study.csv`` (one row per prior,
-R and test noise) and ``noise_study.png`` into ``--out``.
+classical reference row. Each row records the step of the checkpoint evaluated (an
+interrupted study leaves the priors at different steps). Writes ``noise_study.md``,
+``noise_study.csv`` (one row per prior, R and test noise), ``noise_study_readme.csv`` (the
+table for ``benchmarks/results/``) and ``noise_study.png`` into ``--out``.
 
 Approximate by design: a small network (``--channels``, default 16) and a short budget, so
 absolute numbers sit below the shipped prior's; the comparison is between losses and noise
@@ -33,12 +35,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
-
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from benchmarks import REPO, RESULTS_DIR
 from benchmarks.arguments import base_parser, setup_torch
 from benchmarks.figures import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from benchmarks.runs import Record, Run
 
 BASE_CONFIG = REPO / "configs" / "default_msm.yaml"
 
@@ -151,7 +155,6 @@ def evaluate(settings: Sequence[Setting], runs: Path, args: argparse.Namespace) 
     from benchmarks.data import read_references, simulated_volumes, write_heldout_files
     from benchmarks.progress import log_line
     from benchmarks.runs import Run, build_methods, evaluate as run_all, truth_metrics
-    from benchmarks.tables import summarize
 
     count = 3 * args.slices
 
@@ -160,7 +163,6 @@ def evaluate(settings: Sequence[Setting], runs: Path, args: argparse.Namespace) 
                                    noise=noise)
 
     clean = read_references(files_at(0.0))
-    by_label = {s.label: s for s in settings}
     entries = [Run("CS-L1", "cs")] + [
         Run(s.label, "msm", {"checkpoint": str(runs / run_name(s) / "last.pt"), "steps": args.msm_steps, "samples": 1})
         for s in settings]
@@ -172,14 +174,27 @@ def evaluate(settings: Sequence[Setting], runs: Path, args: argparse.Namespace) 
         files = files_at(noise)
         vols = {float(a): simulated_volumes(files, float(a), args.seed) for a in args.accels}
         records = run_all(vols, entries, built, common, None, log_line, keep=lambda run, k: True)
-        truth = truth_metrics(records, clean)
-        for r in summarize(records, entries):
-            s, t = by_label.get(r["label"]), truth[(r["accel"], r["label"])]
-            rows.append({"label": r["label"], "data_rho": "" if s is None else s.data_rho,
-                         "loss": "" if s is None else s.loss, "train_accel": "" if s is None else s.accel,
-                         "steps": "" if s is None else steps[s.label], "accel": r["accel"], "test_noise": float(noise),
-                         "psnr_paper": t["psnr_clean_paper"], "ssim_paper": t["ssim_clean_paper"],
-                         "psnr_fastmri": t["psnr_clean_fastmri"], "seconds_per_slice": r["seconds_per_slice"]})
+        rows += study_rows(records, entries, truth_metrics(records, clean), settings, steps, float(noise))
+    return rows
+
+
+def study_rows(records: Sequence["Record"], entries: Sequence["Run"], truth: Mapping[tuple[float, str], dict],
+               settings: Sequence[Setting], steps: Mapping[str, int], noise: float) -> list[dict]:
+    """The study's rows at test ``noise`` from :func:`benchmarks.runs.evaluate`'s ``records``:
+    one per (R, run) of :func:`benchmarks.tables.summarize`, with the prior's setting and
+    trained ``steps`` (``label -> step``; empty for CS-L1) and the metrics against the
+    noise-free object (``truth``: :func:`benchmarks.runs.truth_metrics` of the records)."""
+    from benchmarks.tables import summarize
+
+    by_label = {s.label: s for s in settings}
+    rows = []
+    for r in summarize(records, entries):
+        s, t = by_label.get(r["label"]), truth[(r["accel"], r["label"])]
+        rows.append({"label": r["label"], "data_rho": "" if s is None else s.data_rho,
+                     "loss": "" if s is None else s.loss, "train_accel": "" if s is None else s.accel,
+                     "steps": "" if s is None else steps[s.label], "accel": r["accel"], "test_noise": noise,
+                     "psnr_paper": t["psnr_clean_paper"], "ssim_paper": t["ssim_clean_paper"],
+                     "psnr_fastmri": t["psnr_clean_fastmri"], "seconds_per_slice": r["seconds_per_slice"]})
     return rows
 
 

@@ -80,3 +80,41 @@ def test_a_tiny_study_trains_resumes_and_evaluates_against_the_noise_free_object
     assert all(float(r["psnr_paper"]) < cs for r in rows[1:])  # 4 steps of a 4-channel prior lose to CS-L1
     for name in ("noise_study.md", "noise_study_readme.csv", "noise_study.png"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_study_rows_carry_the_step_and_the_metrics_against_the_noise_free_object():
+    """Each row has its prior's setting and trained step, and PSNR / SSIM against the
+    noise-free references, not against the noisy file's own RSS reference."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarks.runs import Record, Run, truth_metrics
+    from mrimsm.metrics import per_slice_metrics, volume_metrics
+
+    rng = np.random.default_rng(0)
+    clean = rng.random((2, 16, 16)).astype(np.float32)
+    noisy_ref = clean + 0.1 * rng.standard_normal(clean.shape).astype(np.float32)
+    settings = study.study_settings([0.01])
+    entries = [Run("CS-L1", "cs")] + [Run(s.label, "msm") for s in settings]
+    records = []
+    for k, run in enumerate(entries):
+        x = clean + 0.03 * (k + 1) * rng.standard_normal(clean.shape).astype(np.float32)
+        records.append(Record(accel=6.0, label=run.label, method=run.method, group="main", volume="v.h5",
+                              slices=[0, 1], paper=per_slice_metrics(noisy_ref, x),
+                              fastmri=volume_metrics(noisy_ref, x), seconds_per_slice=0.5, nfe_per_slice=0.0,
+                              achieved_accel=6.0, info={}, result=SimpleNamespace(reconstruction=x)))
+    steps = {s.label: 100 + k for k, s in enumerate(settings)}
+    truth = truth_metrics(records, {"v.h5": clean})
+    rows = study.study_rows(records, entries, truth, settings, steps, 0.002)
+    assert [r["label"] for r in rows] == [e.label for e in entries]
+    assert [r["steps"] for r in rows] == ["", 100, 101, 102]
+    assert [(r["data_rho"], r["loss"], r["train_accel"]) for r in rows] == [
+        ("", "", ""), (0.01, "noiseless", 4.0), (0.01, "noisy", 4.0), (0.0, "noiseless", 1.0)]
+    for row, rec in zip(rows, records):
+        x = rec.result.reconstruction
+        assert row["accel"] == 6.0 and row["test_noise"] == 0.002
+        assert row["psnr_paper"] == pytest.approx(float(per_slice_metrics(clean, x)["psnr"].mean()))
+        assert row["ssim_paper"] == pytest.approx(float(per_slice_metrics(clean, x)["ssim"].mean()))
+        assert row["psnr_fastmri"] == pytest.approx(volume_metrics(clean, x)["psnr"])
+        assert abs(row["psnr_paper"] - float(rec.paper["psnr"].mean())) > 0.1  # not the noisy reference's
