@@ -17,6 +17,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+
+# A test run started in the background (`make test &`, nohup) inherits an ignored SIGINT, and
+# so would every command the interrupt tests start and then signal: Python keeps SIGINT
+# ignored when it starts with it ignored. Give this process a handler again; a child gets
+# the default disposition at exec and installs its own, as it does from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Kinds the factory can write. The first three are valid files.
 FAKE_KINDS = (
