@@ -214,16 +214,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                   "as `mrimsm recon` draws them.",
                   "", conventions_note("one per file"), ""]
         all_rows = []
+        cap = args.work / f"size_{args.size}" / f"slices_{args.slices}"
+        references = {s: read_references(capped_files(clean[s], args.slices, cap / "noise_0" / s)) for s in sets}
         for noise in args.noise:
             noisy = set_files(args.work, noise, sets, args.size, args.files, dipy)
             for s in sets:
-                cap = args.work / f"size_{args.size}" / f"slices_{args.slices}"
                 files = capped_files(noisy[s], args.slices, cap / f"noise_{noise:g}" / s)
-                twins = capped_files(clean[s], args.slices, cap / "noise_0" / s)
                 vols = {float(a): simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
                 records = evaluate(vols, runs, built, common, progress, log_line, keep=lambda run, k: True)
                 rows = summarize(records, runs)
-                truth = truth_metrics(records, read_references(twins))
+                truth = truth_metrics(records, references[s])
                 for r in rows:
                     r.update(truth[(r["accel"], r["label"])], set=s, noise=noise)
                 all_rows += rows
@@ -260,17 +260,15 @@ def readme_table(rows: list[dict], command: str, size: int) -> str:
     convention, dB) against the noise-free object ("-" for a method not run)."""
     from benchmarks.readme import format_table
 
-    def num(x) -> float:
-        return float(x)
-
-    panels = sorted({(num(r["accel"]), num(r["noise"])) for r in rows})
+    panels = sorted({(float(r["accel"]), float(r["noise"])) for r in rows})
     header = ["set", "slices"] + [f"R {a:g}, noise {n:g}" for a, n in panels]
     body = []
     for name in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == name]
         cells = [name, str(mine[0]["slices"])]
         for a, n in panels:
-            got = {r["label"]: num(r["psnr_clean_paper"]) for r in mine if (num(r["accel"]), num(r["noise"])) == (a, n)}
+            got = {r["label"]: float(r["psnr_clean_paper"]) for r in mine
+                   if (float(r["accel"]), float(r["noise"])) == (a, n)}
             cells.append(" / ".join(f"{got[m]:.2f}" if m in got else "-" for m in README_METHODS))
         body.append(cells)
     setup = (f"{size} x {size}, {COILS} coils, every method at its defaults (shipped priors); cells CS-L1 / SSDU / "
