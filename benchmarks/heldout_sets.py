@@ -89,8 +89,10 @@ def dipy_images(dipy: Optional[Path], sets: list) -> dict:
     return found
 
 
-def _write_dipy(root: Path, noise: float, size: int, images: dict) -> None:
-    """``root/<set>/<set>.h5`` for each dipy set of ``images`` (:func:`dipy_images`)."""
+def write_dipy(root: Path, noise: float, size: int, images: dict, coils: int = COILS) -> None:
+    """``root/<set>/<set>.h5`` for each dipy set of ``images`` (:func:`dipy_images`), with
+    ``coils`` coils at test ``noise`` (kept when present; seeds fixed per set, so the files at
+    noise 0 are the noise-free twins)."""
     from mrimsm.data.simulate import simulate_images_file
 
     fit_image = data_script("brains").fit_image if images else None
@@ -101,7 +103,7 @@ def _write_dipy(root: Path, noise: float, size: int, images: dict) -> None:
         acquisition, source, seed = DIPY_FILES[name]
         path.parent.mkdir(parents=True, exist_ok=True)
         fitted = [im for im in (fit_image(sl, size) for sl in stack) if im is not None]
-        simulate_images_file(path, fitted, {"acquisition": acquisition, "simulated_from": source}, COILS, noise,
+        simulate_images_file(path, fitted, {"acquisition": acquisition, "simulated_from": source}, coils, noise,
                              True, seed, pixel_mm=DIPY_FOV_MM / size)
 
 
@@ -111,7 +113,7 @@ def set_files(work: Path, noise: float, sets: list, size: int, files: int, dipy:
     root = _raw(work / f"size_{size}", noise, sets, size)
     if "mni" in sets:
         _write_mni(root / "mni", noise, size)
-    _write_dipy(root, noise, size, {s: dipy[s] for s in sets if s in dipy})
+    write_dipy(root, noise, size, {s: dipy[s] for s in sets if s in dipy})
     return {s: sorted((root / s).glob("*.h5"))[: (files if s in BRAINS_SETS else None)] for s in sets}
 
 
@@ -178,6 +180,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="where the simulated files are written and reused, a folder per --size "
                     "(default ~/.cache/mrimsm/heldout_sets)")
     args = ap.parse_args(argv)
+    if args.files < 1:
+        ap.error(f"--files must be >= 1, got {args.files}")
     if args.slices is not None and args.slices < 1:
         ap.error(f"--slices must be >= 1, got {args.slices}")
     setup_torch(args)

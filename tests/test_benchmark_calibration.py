@@ -31,3 +31,39 @@ def test_edge_share_tells_edge_errors_from_uniform_ones():
     assert edge_share(on_edges, ref, sup) > 0.9
     assert edge_share(np.zeros_like(ref), ref, sup) == 0.0
     assert 0 < EDGE_FRACTION < 1
+
+
+def test_neighbour_spearman_is_high_for_errors_of_a_local_size_and_zero_for_uniform_noise():
+    from benchmarks.calibration import neighbour_error_spearman
+
+    rng = np.random.default_rng(1)
+    sup = np.ones((64, 64), dtype=bool)
+    uniform = [rng.normal(size=(64, 64)) for _ in range(3)]
+    assert abs(neighbour_error_spearman(uniform, [sup] * 3)) < 0.05
+    scale = np.where(np.arange(64)[None, :] < 32, 10.0, 0.5) * np.ones((64, 64))  # large errors on one half
+    local = [scale * rng.normal(size=(64, 64)) for _ in range(3)]
+    assert neighbour_error_spearman(local, [sup] * 3) > 0.4
+    # the pixel's own error is left out: a single spike has no neighbours that know it
+    spike = np.zeros((64, 64))
+    spike[32, 32] = 1.0
+    assert neighbour_error_spearman([spike + 1e-6 * rng.normal(size=(64, 64))], [sup]) < 0.05
+
+
+def test_benchmark_refusals_are_one_line(tmp_path, capsys):
+    import pytest
+
+    from benchmarks.calibration import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--install", "--calibration", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "cannot go with --calibration" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--test-sets", "dipy", "--dipy", str(tmp_path / "absent.whl"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error:") and "absent.whl" in err and len(err.splitlines()) == 1
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        main(["--calibration", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "not a usable calibration" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -37,7 +37,7 @@ from mrimsm.errors import MrimsmError
 
 __all__ = [
     "CALIBRATION_FORMAT", "DEFAULT_COVERAGE", "SETTINGS_KEYS", "BoundChoice", "calibration_path",
-    "load_calibration", "choose_bound", "error_bound_for", "calibrate", "write_calibration",
+    "load_calibration", "read_calibration", "choose_bound", "error_bound_for", "calibrate", "write_calibration",
 ]
 
 CALIBRATION_FORMAT = "mrimsm-calibration/1"
@@ -87,8 +87,13 @@ def load_calibration(checkpoint: Union[str, os.PathLike]) -> Optional[dict]:
     """The calibration beside ``checkpoint``, checked; ``None`` when there is none.
     MrimsmError (one line) for a file that exists but is not a calibration."""
     path = calibration_path(checkpoint)
-    if not path.is_file():
-        return None
+    return read_calibration(path) if path.is_file() else None
+
+
+def read_calibration(path: Union[str, os.PathLike]) -> dict:
+    """The calibration file at ``path``, checked. MrimsmError (one line) when it cannot be
+    read or is not a calibration."""
+    path = Path(path)
     try:
         cal = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
