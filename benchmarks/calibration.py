@@ -10,7 +10,8 @@ Slices (MNI152 T1, simulated as the held-out set of ``recon.py``: ``--coils`` co
   split-conformal guarantee needs) and a calibration here is on the optimistic side of
   what a user's own calibration scans give;
 * **test**: the held-out slices of ``recon.py`` / ``csmri.py`` (even offsets), and with
-  ``--test-sets`` the real dipy T1 slice and b0 EPI slices of :mod:`benchmarks.heldout_sets`
+  ``--test-sets`` the validation slices of ``sweep_solver.py`` (odd offsets of the training
+  ranges, at most 6), the real dipy T1 slice and b0 EPI slices of :mod:`benchmarks.heldout_sets`
   (simulated here with ``--coils`` coils), at each ``--test-noise``: another subject, another
   contrast and another noise than the calibration's, so these rows measure how a calibration
   transfers rather than what split conformal guarantees. ``--calibration FILE`` tests an
@@ -177,9 +178,10 @@ def _figures(out: Path, stem: str, curves: list, primary: dict) -> list[Path]:
     return paths
 
 
-#: Test sets: the MNI152 held-out slices of recon.py, and the dipy sets of heldout_sets.py.
-TEST_SETS = ("mni", "dipy", "dipyb0")
-SET_NAMES = {"mni": "MNI152", "dipy": "dipy T1", "dipyb0": "dipy b0"}
+#: Test sets: the MNI152 held-out slices of recon.py, the MNI152 validation slices of
+#: sweep_solver.py, and the dipy sets of heldout_sets.py.
+TEST_SETS = ("mni", "val", "dipy", "dipyb0")
+SET_NAMES = {"mni": "MNI152", "val": "MNI152 validation", "dipy": "dipy T1", "dipyb0": "dipy b0"}
 
 
 def _dipy_test(root: Path, args: argparse.Namespace, noise: float, images: dict) -> dict:
@@ -193,19 +195,24 @@ def _dipy_test(root: Path, args: argparse.Namespace, noise: float, images: dict)
             for name in images}
 
 
+def _mni_sets(args: argparse.Namespace, test_sel: list) -> dict:
+    """``set -> [(orientation, indices)]`` of the MNI152 test sets in ``args.test_sets``."""
+    from benchmarks.data import validation_selection
+
+    chosen = {"mni": lambda: test_sel, "val": lambda: validation_selection(min(args.test_slices, 6))}
+    return {k: make() for k, make in chosen.items() if k in args.test_sets}
+
+
 def _test_sets(w: Path, args: argparse.Namespace, test_sel: list, dipy: dict) -> dict:
     """``noise -> set -> (files, {file name: noise-free reference})`` for ``args.test_noise``
     and ``args.test_sets`` (the noise-free twins share the files' seeds)."""
+    mni = _mni_sets(args, test_sel)
     sets: dict = {}
-    clean = {}
-    if "mni" in args.test_sets:
-        clean["mni"] = read_references(_write(w / "test_clean", test_sel, args, 0.0, 0))
+    clean = {k: read_references(_write(w / f"{k}_clean", sel, args, 0.0, 0)) for k, sel in mni.items()}
     if dipy:
         clean.update({k: read_references(v) for k, v in _dipy_test(w, args, 0.0, dipy).items()})
     for noise in args.test_noise:
-        files = {}
-        if "mni" in args.test_sets:
-            files["mni"] = _write(w / f"test_{noise:g}", test_sel, args, noise, 0)
+        files = {k: _write(w / f"{k}_{noise:g}", sel, args, noise, 0) for k, sel in mni.items()}
         files.update(_dipy_test(w, args, noise, dipy) if dipy else {})
         sets[noise] = {name: (files[name], clean[name]) for name in args.test_sets}
     return sets
@@ -228,7 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="test noise levels (default: --noise); a calibration holds for its own noise, so the "
                     "others measure how it transfers")
     ap.add_argument("--test-sets", nargs="+", choices=TEST_SETS, default=["mni"],
-                    help="test sets (default mni; dipy, dipyb0 need --dipy or an installed dipy)")
+                    help="test sets (default mni; val: MNI152 validation slices, at most 6; dipy, dipyb0 need "
+                    "--dipy or an installed dipy)")
     ap.add_argument("--dipy", type=Path, default=None,
                     help="the dipy wheel (pip download dipy --no-deps) for the dipy test sets")
     ap.add_argument("--dipy-slices", type=int, default=None,
@@ -266,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         options = {k: v for k, v in options.items() if v is not None}
         progress = bars(args.quiet)
         cal_sel, test_sel = _selections(args.cal_slices, args.test_slices)
-        wanted_dipy = [s for s in args.test_sets if s != "mni"]
+        wanted_dipy = [s for s in args.test_sets if s in ("dipy", "dipyb0")]
         dipy = dipy_images(args.dipy, wanted_dipy) if wanted_dipy else {}
         if missing := [s for s in wanted_dipy if s not in dipy]:
             raise MrimsmError(f"--test-sets {' '.join(missing)} needs --dipy (the dipy wheel: pip download dipy "
@@ -359,9 +367,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         })
         paths = _figures(args.out, "calibration", curves, primary)
         settings = cal["settings"]
-        described = {"mni": "MNI152 " + "; ".join(f"{o} {idx}" for o, idx in test_sel),
+        described = {k: f"{SET_NAMES[k]} " + "; ".join(f"{o} {idx}" for o, idx in sel)
+                     for k, sel in _mni_sets(args, test_sel).items()}
+        described.update({
                      "dipy": "the dipy T1 coronal slice", "dipyb0": "the dipy b0 EPI slices"
-                     + (f" ({args.dipy_slices} of 10)" if args.dipy_slices else "")}
+                     + (f" ({args.dipy_slices} of 10)" if args.dipy_slices else "")})
         lines = header_lines("Calibration of the posterior std (split conformal)", sys.argv, args.device)
         lines += [
             f"Prior: {checkpoint.name}; solver: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".",

@@ -66,6 +66,26 @@ def heldout_selection(num_slices: int) -> list[tuple[str, list[int]]]:
     return out
 
 
+#: Validation slices per orientation: never trained on (odd offsets of the training ranges).
+VALIDATION = {"axial": [41, 111], "coronal": [71, 161], "sagittal": [45, 121]}
+
+
+def validation_selection(num_slices: int) -> list[tuple[str, list[int]]]:
+    """``num_slices`` validation slices dealt round-robin over the orientations."""
+    from mrimsm.data.simulate import mni_split_indices
+    from mrimsm.errors import MrimsmError
+
+    for o, idx in VALIDATION.items():  # guard: never a training or held-out slice
+        trained = set(mni_split_indices(o, "train", step=2)) | set(mni_split_indices(o, "heldout", step=1))
+        if trained & set(idx):
+            raise MrimsmError(f"validation slices {sorted(trained & set(idx))} ({o}) are used elsewhere")
+    most = sum(len(v) for v in VALIDATION.values())
+    if not 1 <= num_slices <= most:
+        raise MrimsmError(f"--slices must be in 1..{most}, got {num_slices}")
+    order = [(o, i) for j in range(2) for o, idx in VALIDATION.items() for i in idx[j : j + 1]][:num_slices]
+    return [(o, [i for oo, i in order if oo == o]) for o in VALIDATION if any(oo == o for oo, _ in order)]
+
+
 def write_heldout_files(
     out_dir: Path,
     num_slices: int,

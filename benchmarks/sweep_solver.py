@@ -31,31 +31,11 @@ from typing import Any, Iterable, Optional
 from benchmarks import RESULTS_DIR
 from benchmarks.arguments import AUTO, ONE_THREAD_ON_CPU, add_heldout_arguments, base_parser, parse_value, run_main, \
     setup_torch
-from benchmarks.data import read_references, simulated_volumes
+from benchmarks.data import read_references, simulated_volumes, validation_selection
 from benchmarks.progress import bars, log_line
 from benchmarks.runs import Run, build_methods, evaluate, truth_metrics
 from benchmarks.tables import METRIC_HEADER, conventions_note, cost_cells, header_lines, md_table, metric_cells, \
     slice_rows, summarize, write_results
-
-#: Validation slices per orientation: never trained on (odd offsets of the training ranges).
-VALIDATION = {"axial": [41, 111], "coronal": [71, 161], "sagittal": [45, 121]}
-
-
-def validation_selection(num_slices: int) -> list[tuple[str, list[int]]]:
-    """``num_slices`` validation slices dealt round-robin over the orientations."""
-    from mrimsm.data.simulate import mni_split_indices
-    from mrimsm.errors import MrimsmError
-
-    for o, idx in VALIDATION.items():  # guard: never a training or held-out slice
-        trained = set(mni_split_indices(o, "train", step=2)) | set(mni_split_indices(o, "heldout", step=1))
-        if trained & set(idx):
-            raise MrimsmError(f"validation slices {sorted(trained & set(idx))} ({o}) are used elsewhere")
-    most = sum(len(v) for v in VALIDATION.values())
-    if not 1 <= num_slices <= most:
-        raise MrimsmError(f"--slices must be in 1..{most}, got {num_slices}")
-    order = [(o, i) for j in range(2) for o, idx in VALIDATION.items() for i in idx[j : j + 1]][:num_slices]
-    return [(o, [i for oo, i in order if oo == o]) for o in VALIDATION if any(oo == o for oo, _ in order)]
-
 
 def parse_grid(items: Optional[Iterable[str]]) -> list[dict[str, Any]]:
     """``["a=1,2", "b=x"]`` -> ``[{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]``."""
