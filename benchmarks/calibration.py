@@ -56,7 +56,7 @@ from benchmarks.arguments import ONE_THREAD_ON_CPU, base_parser, parse_value, ru
 from benchmarks.data import HELDOUT_COILS, HELDOUT_NOISE, HELDOUT_SIZE, heldout_selection, read_references
 from benchmarks.figures import pyplot, save_figure
 from benchmarks.progress import bars, log_line
-from benchmarks.tables import header_lines, md_table, write_results
+from benchmarks.tables import header_lines, md_table, write_results, write_text
 
 
 def _selections(cal_slices: int, test_slices: int) -> tuple[list, list]:
@@ -216,6 +216,32 @@ def _test_sets(w: Path, args: argparse.Namespace, test_sel: list, dipy: dict) ->
         files.update(_dipy_test(w, args, noise, dipy) if dipy else {})
         sets[noise] = {name: (files[name], clean[name]) for name in args.test_sets}
     return sets
+
+
+#: The README table's columns: (header, row key, format).
+README_COLUMNS = (("90 % bound covers", "bound90", "{:.1%}"), ("mean +- 2 std covers", "coverage_2std", "{:.1%}"),
+                  ("Spearman |e|-std", "spearman", "{:.3f}"), ("neighbour Spearman", "neighbour_spearman", "{:.3f}"),
+                  ("slice Spearman", "slice_spearman", "{:.2f}"), ("PSNR dB (paper)", "psnr_paper", "{:.2f}"))
+
+
+def readme_table(rows: list[dict], prior: str, command: str, setup: str) -> str:
+    """The run as a result file for ``benchmarks/results/`` (:func:`benchmarks.readme.format_table`):
+    a row per test set and noise, each cell ``R a / R b / ...`` over the accelerations run ("-":
+    not run, or a slice Spearman of 3 slices or fewer)."""
+    from benchmarks.readme import format_table
+
+    accels = sorted({float(r["accel"]) for r in rows})
+    header = ["prior", "set", "test noise", "slices"] + [
+        f"{h} (R {' / '.join(f'{x:g}' for x in accels)})" for h, _, _ in README_COLUMNS]
+    body = []
+    for key in dict.fromkeys((r["set"], float(r["noise"])) for r in rows):
+        mine = {float(r["accel"]): r for r in rows if (r["set"], float(r["noise"])) == key}
+        cells = [prior, SET_NAMES[key[0]], f"{key[1]:g}", str(next(iter(mine.values()))["test_slices"])]
+        cells += [" / ".join(fmt.format(float(mine[x][k])) if x in mine and np.isfinite(float(mine[x][k])) else "-"
+                             for x in accels) for _, k, fmt in README_COLUMNS]
+        body.append(cells)
+    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
+                        header, body)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -382,9 +408,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"Edges: the {EDGE_FRACTION:.0%} of object pixels where the object's gradient is largest. "
             "Neighbour Spearman: |e| against the RMS error of its 5 x 5 neighbours (the pixel left out), "
             "about the best a smooth map can do.", "",
-            md_table(["set", "test noise", "R", "test slices", "PSNR dB (paper)", "Spearman |e|-std",
+            md_table(["set", "test noise", "R", "test slices", "PSNR dB (paper)", "Spearman \\|e\\|-std",
                       "neighbour Spearman", "Pearson", "mean +- 2 std covers", "80 % bound covers",
-                      "90 % bound covers", "95 % bound covers", "std / |e|", "slice Spearman (mean std vs NMSE)",
+                      "90 % bound covers", "95 % bound covers", "std / \\|e\\|", "slice Spearman (mean std vs NMSE)",
                       "90 % scale", "edge share of error^2", "edge share of std^2"],
                      [[SET_NAMES[r["set"]], f"{r['noise']:g}", f"{r['accel']:g}", str(r["test_slices"]),
                        f"{r['psnr_paper']:.2f}", f"{r['spearman']:.3f}", f"{r['neighbour_spearman']:.3f}",
@@ -394,6 +420,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                        f"{r['edge_share_variance']:.1%}"] for r in rows]),
             "", f"Figures: {', '.join(p.name for p in paths)}. Total {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
         write_results(args.out, "calibration", "\n".join(lines), rows, [])
+        write_text(args.out / "calibration_readme.csv", readme_table(
+            rows, checkpoint.name, "python -m benchmarks.calibration " + " ".join(sys.argv[1:]),
+            f"{args.size} x {args.size} ({args.pixel}), {args.coils} coils; calibration {cal_text}, noise "
+            f"{args.noise:g}; errors against the noise-free object, inside the object"))
         if args.install:
             target = write_calibration(cal, calibration_path(checkpoint))
             log_line(f"installed {target}")
