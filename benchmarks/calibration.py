@@ -218,6 +218,20 @@ def _test_sets(w: Path, args: argparse.Namespace, test_sel: list, dipy: dict) ->
     return sets
 
 
+def pooled_slice_line(slice_rows: list[dict]) -> str:
+    """One line: the Spearman correlation of mean std with NMSE over the slices of every test
+    set together, per test noise and R (the per-set value needs more than 3 slices)."""
+    from scipy.stats import spearmanr
+
+    parts = []
+    for key in dict.fromkeys((float(r["noise"]), float(r["accel"])) for r in slice_rows):
+        mine = [r for r in slice_rows if (float(r["noise"]), float(r["accel"])) == key]
+        if len(mine) > 3:
+            rho = spearmanr([float(r["mean_std"]) for r in mine], [float(r["nmse"]) for r in mine]).statistic
+            parts.append(f"noise {key[0]:g}, R {key[1]:g}: {rho:.2f} ({len(mine)} slices)")
+    return ("Slice Spearman (mean std vs NMSE) over all test sets: " + "; ".join(parts) + ".") if parts else ""
+
+
 #: The README table's columns: (header, row key, format).
 README_COLUMNS = (("90 % bound covers", "bound90", "{:.1%}"), ("mean +- 2 std covers", "coverage_2std", "{:.1%}"),
                   ("Spearman |e|-std", "spearman", "{:.3f}"), ("neighbour Spearman", "neighbour_spearman", "{:.3f}"),
@@ -334,7 +348,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             write_calibration(cal, args.out / "calibration.json")
             method = get_method("msm").build(options)
-            rows, curves, primary = [], [], {}
+            rows, curves, primary, slice_rows = [], [], {}, []
             for noise, sets in tests.items():
                 for set_name, (test_files, clean_test) in sets.items():
                     first = not rows or (noise == rows[0]["noise"] and set_name == rows[0]["set"])
@@ -355,6 +369,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 refs.append(ref[i])
                                 slice_std.append(float(res.uncertainty[i][sup].mean()))
                                 slice_nmse.append(float(np.sum(e[sup] ** 2) / np.sum(ref[i][sup] ** 2)))
+                                slice_rows.append({"set": set_name, "noise": noise, "accel": accel, "file": f.name,
+                                                   "slice": int(vol.slices[i]), "psnr_paper": psnr[len(psnr) - len(ref) + i],
+                                                   "mean_std": slice_std[-1], "nmse": slice_nmse[-1]})
                             log_line(f"{SET_NAMES[set_name]} noise {noise:g} R {accel:g} test {f.name}: "
                                      f"PSNR {np.mean(psnr[-len(ref):]):.2f} dB (paper)")
                         err_abs, std_all, inside = np.abs(np.stack(errs)), np.stack(stds), np.stack(sups)
@@ -418,8 +435,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                        f"{r['bound90']:.1%}", f"{r['bound95']:.1%}", f"{r['std_over_error']:.2f}",
                        f"{r['slice_spearman']:.2f}", f"{r['scale90']:.2f}", f"{r['edge_share_error']:.1%}",
                        f"{r['edge_share_variance']:.1%}"] for r in rows]),
+            "", pooled_slice_line(slice_rows),
             "", f"Figures: {', '.join(p.name for p in paths)}. Total {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
-        write_results(args.out, "calibration", "\n".join(lines), rows, [])
+        write_results(args.out, "calibration", "\n".join(lines), rows, slice_rows)
         write_text(args.out / "calibration_readme.csv", readme_table(
             rows, checkpoint.name, "python -m benchmarks.calibration " + " ".join(sys.argv[1:]),
             f"{args.size} x {args.size} ({args.pixel}), {args.coils} coils; calibration {cal_text}, noise "
