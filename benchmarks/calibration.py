@@ -149,7 +149,7 @@ def _figures(out: Path, stem: str, curves: list, primary: dict) -> list[Path]:
     and for ``primary`` (``R -> pooled |e|, std, maps``) the |error| vs std histograms and maps."""
     plt = pyplot()
     paths = []
-    fig, ax = plt.subplots(figsize=(4.4, 3.8))
+    fig, ax = plt.subplots(figsize=(4.4 + (3.2 if len(curves) > 4 else 0), 3.8))
     ax.plot([0.5, 1], [0.5, 1], color="0.6", lw=0.8, label="calibrated")
     for label, levels, observed, gaussian in curves:
         line, = ax.plot(levels, observed, marker=".", lw=1, label=f"bound, {label}")
@@ -159,7 +159,10 @@ def _figures(out: Path, stem: str, curves: list, primary: dict) -> list[Path]:
     ax.set_ylabel("observed (test pixels in the object)")
     ax.set_xlim(0.5, 1)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=5 if len(curves) > 4 else 7)
+    if len(curves) > 4:  # beside the plot, where it hides no curve
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(save_figure(fig, out / f"{stem}_reliability.png", dpi=120))
     fig, axes = plt.subplots(1, len(primary), figsize=(3.6 * len(primary), 3.4), squeeze=False)
