@@ -235,27 +235,28 @@ def pooled_slice_line(slice_rows: list[dict]) -> str:
     return ("Slice Spearman (mean std vs NMSE) over all test sets: " + "; ".join(parts) + ".") if parts else ""
 
 
-#: The README table's columns: (header, row key, format).
-README_COLUMNS = (("90 % bound covers", "bound90", "{:.1%}"), ("mean +- 2 std covers", "coverage_2std", "{:.1%}"),
-                  ("Spearman |e|-std", "spearman", "{:.3f}"), ("neighbour Spearman", "neighbour_spearman", "{:.3f}"),
-                  ("slice Spearman", "slice_spearman", "{:.2f}"), ("PSNR dB (paper)", "psnr_paper", "{:.2f}"))
+#: The README table's metrics: (header, row key, format).
+README_COLUMNS = (("90 % bound covers", "bound90", "{:.1%}"), ("Spearman |e|-std", "spearman", "{:.3f}"),
+                  ("neighbour Spearman", "neighbour_spearman", "{:.2f}"))
 
 
 def readme_table(rows: list[dict], prior: str, command: str, setup: str) -> str:
     """The run as a result file for ``benchmarks/results/`` (:func:`benchmarks.readme.format_table`):
-    a row per test set and noise, each cell ``R a / R b / ...`` over the accelerations run ("-":
-    not run, or a slice Spearman of 3 slices or fewer)."""
+    a row per test set, a column per metric and test noise, each cell ``R a / R b / ...`` over
+    the accelerations run ("-": not run)."""
     from benchmarks.readme import format_table
 
     accels = sorted({float(r["accel"]) for r in rows})
-    header = ["prior", "set", "test noise", "slices"] + [
-        f"{h} (R {' / '.join(f'{x:g}' for x in accels)})" for h, _, _ in README_COLUMNS]
+    noises = sorted({float(r["noise"]) for r in rows})
+    pair = " / ".join(f"{x:g}" for x in accels)
+    header = ["prior", "set", "slices"] + [f"{h}, noise {n:g} (R {pair})" for h, _, _ in README_COLUMNS for n in noises]
     body = []
-    for key in dict.fromkeys((r["set"], float(r["noise"])) for r in rows):
-        mine = {float(r["accel"]): r for r in rows if (r["set"], float(r["noise"])) == key}
-        cells = [prior, SET_NAMES[key[0]], f"{key[1]:g}", str(next(iter(mine.values()))["test_slices"])]
-        cells += [" / ".join(fmt.format(float(mine[x][k])) if x in mine and np.isfinite(float(mine[x][k])) else "-"
-                             for x in accels) for _, k, fmt in README_COLUMNS]
+    for name in dict.fromkeys(r["set"] for r in rows):
+        mine = {(float(r["noise"]), float(r["accel"])): r for r in rows if r["set"] == name}
+        cells = [prior, SET_NAMES[name], str(next(iter(mine.values()))["test_slices"])]
+        for _, key, fmt in README_COLUMNS:
+            for n in noises:
+                cells.append(" / ".join(fmt.format(float(mine[n, x][key])) if (n, x) in mine else "-" for x in accels))
         body.append(cells)
     return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
                         header, body)
