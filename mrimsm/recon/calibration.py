@@ -37,7 +37,7 @@ from mrimsm.errors import MrimsmError
 
 __all__ = [
     "CALIBRATION_FORMAT", "DEFAULT_COVERAGE", "SETTINGS_KEYS", "BoundChoice", "calibration_path",
-    "load_calibration", "read_calibration", "choose_bound", "error_bound_for", "calibrate", "write_calibration",
+    "load_calibration", "read_calibration", "solver_settings", "settings_differ", "choose_bound", "error_bound_for", "calibrate", "write_calibration",
 ]
 
 CALIBRATION_FORMAT = "mrimsm-calibration/1"
@@ -121,7 +121,8 @@ class BoundChoice:
     reason: Optional[str] = None
 
 
-def _settings_differ(cal: Mapping, settings: Mapping) -> list[str]:
+def settings_differ(cal: Mapping, settings: Mapping) -> list[str]:
+    """``"key old -> new"`` for each solver setting where ``settings`` differ from the calibration's."""
     saved = cal.get("settings", {})
     return [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in SETTINGS_KEYS
             if k in saved and k in settings and saved[k] != settings[k]]
@@ -143,7 +144,7 @@ def choose_bound(checkpoint: Union[str, os.PathLike], accel: Optional[float], ac
         return BoundChoice(None, path=path, reason=f"{Path(checkpoint).name} has no calibration ({path.name}; {cmd})")
     if cal["checkpoint"].get("sha256") != file_sha256(checkpoint):
         return BoundChoice(None, path=path, reason=f"{path.name} was made for another checkpoint ({cmd})")
-    differ = _settings_differ(cal, settings)
+    differ = settings_differ(cal, settings)
     if differ:
         return BoundChoice(None, path=path, reason=f"{path.name} holds for other solver settings ({', '.join(differ)})")
     entries = cal["entries"]
@@ -218,7 +219,7 @@ def attach_error_bound(volume: Any, result: Any, coverage: Optional[float]) -> N
     }
 
 
-def _settings_of(info: Mapping[str, Any]) -> dict:
+def solver_settings(info: Mapping[str, Any]) -> dict:
     """The :data:`SETTINGS_KEYS` a reconstruction's info reports."""
     return {k: info[k] for k in SETTINGS_KEYS if k in info}
 
@@ -284,7 +285,7 @@ def calibrate(
             elif used is not None and Path(used).resolve() != Path(checkpoint).resolve():
                 raise MrimsmError(f"{f}: its size gets the shipped prior {Path(used).name}, not {Path(checkpoint).name}; "
                                   "calibrate scans of one size (or pass --checkpoint)")
-            settings = _settings_of(result.info)
+            settings = solver_settings(result.info)
             ref = np.asarray(ref, dtype=np.float32)
             for i in range(len(ref)):
                 errors.append(result.reconstruction[i] - ref[i])
