@@ -2,6 +2,8 @@
 
     python -m benchmarks.readme            # (re)write benchmarks/README.md
     python -m benchmarks.readme --check    # exit 1 when benchmarks/README.md is not what this writes
+    python -m benchmarks.readme --join results/NAME.csv run_a/x.csv run_b/x.csv [--setup TEXT]
+                                           # one result file from several runs' (same header)
     make benchmarks-readme                 # the same as the first
 
 ``benchmarks/results/`` holds, per README section, a markdown template ``NN_name.md`` (the
@@ -92,6 +94,26 @@ def format_table(provenance: dict[str, str], header: list[str], rows: list[list[
     return out.getvalue()
 
 
+def join_tables(paths: list[Path], setup: Optional[str] = None) -> str:
+    """One result file from several runs' result files with the same header: their rows in
+    order, the newest date, their commands (each once, in order) joined by ``; ``, and
+    ``setup`` (default: their setups, each once, joined by ``; ``)."""
+    tables = [read_table(Path(p)) for p in paths]
+    if not tables:
+        raise ReadmeError("nothing to join")
+    for t in tables[1:]:
+        if t.header != tables[0].header:
+            raise ReadmeError(f"{t.name}: its header differs from {tables[0].name}'s")
+    if any("source" in t.provenance for t in tables):
+        raise ReadmeError("only measured tables (with '# date:' and '# command:') are joined")
+    provenance = {"date": max(t.provenance["date"] for t in tables),
+                  "command": "; ".join(dict.fromkeys(t.provenance["command"] for t in tables))}
+    setups = [t.provenance["setup"] for t in tables if "setup" in t.provenance]
+    if setup or setups:
+        provenance["setup"] = setup or "; ".join(dict.fromkeys(setups))
+    return format_table(provenance, tables[0].header, [row for t in tables for row in t.rows])
+
+
 def _cell(text: str) -> str:
     return text.strip().replace("|", "\\|")
 
@@ -149,7 +171,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="templates and csv files (default benchmarks/results)")
     ap.add_argument("--out", type=Path, default=README, help="the README to write or check (default benchmarks/README.md)")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
+    ap.add_argument("--join", nargs="+", type=Path, metavar=("OUT", "IN"),
+                    help="write OUT (a result csv) joined from the IN result files (join_tables), and nothing else")
+    ap.add_argument("--setup", default=None, help="with --join: the joined file's setup line")
     args = ap.parse_args(argv)
+    if args.join is not None:
+        return _join(args.join, args.setup)
     try:
         text = render(args.results)
     except (ReadmeError, OSError, csv.Error) as exc:
@@ -163,6 +190,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out} ({text.count(chr(10))} lines)")
+    return 0
+
+
+def _join(paths: list[Path], setup: Optional[str]) -> int:
+    if len(paths) < 2:
+        print("error: --join needs OUT and at least one IN file", file=sys.stderr)
+        return 2
+    out, inputs = paths[0], paths[1:]
+    if out in inputs:
+        print(f"error: {out} is also an input; write the join to another file", file=sys.stderr)
+        return 2
+    try:
+        text = join_tables(inputs, setup)
+    except (ReadmeError, OSError, csv.Error) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {out} ({len(text.splitlines())} lines from {len(inputs)} files)")
     return 0
 
 

@@ -39,6 +39,10 @@ def register(app: typer.Typer) -> None:
         samples: Optional[int] = setting_option(
             PosteriorSettings, "samples", "--samples", help="Posterior samples per slice (default: the solver settings').",
         ),
+        bootstrap: Optional[float] = setting_option(
+            PosteriorSettings, "bootstrap", "--bootstrap",
+            help="Share of the acquired lines each sample leaves out (recon --bootstrap; default: the solver settings').",
+        ),
         settings: Optional[Path] = typer.Option(
             None, "--settings", metavar="YAML", help="Posterior settings file (the bound holds for these)."
         ),
@@ -63,7 +67,7 @@ def register(app: typer.Typer) -> None:
         from mrimsm.utils import set_threads
 
         set_threads(threads)
-        opts = {"samples": samples, "checkpoint": checkpoint, "settings": settings, "device": device}
+        opts = {"samples": samples, "bootstrap": bootstrap, "checkpoint": checkpoint, "settings": settings, "device": device}
         files: list[Path] = []
         for p in scans:
             if p.is_dir():

@@ -170,6 +170,12 @@ def register(app: typer.Typer) -> None:
             PosteriorSettings, "samples", "--samples",
             help="msm: posterior samples per slice (default 4); their mean is the reconstruction, their std the uncertainty map (K > 1).",
         ),
+        bootstrap: Optional[float] = setting_option(
+            PosteriorSettings, "bootstrap", "--bootstrap",
+            help="msm: share of the acquired lines outside the centre each sample leaves out of its data "
+            "consistency (a k-space bootstrap: the uncertainty map then also shows where the result depends "
+            "on which lines were acquired; default 0: every sample uses all lines).",
+        ),
         coverage: Optional[float] = setting_option(
             ReconSettings, "coverage", "--coverage",
             help="msm: coverage of the calibrated error_bound written beside the uncertainty map "
@@ -225,6 +231,7 @@ def register(app: typer.Typer) -> None:
             "sense_lambda": sense_lambda,
             "sense_iters": sense_iters,
             "samples": samples,
+            "bootstrap": bootstrap,
             "coverage": coverage,
             "batch_slices": batch_slices,
             "device": device,

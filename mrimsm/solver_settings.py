@@ -153,6 +153,13 @@ class PosteriorSettings:
             ``cs``, ``zero-filled`` (MRI, :data:`RECON_INITS`), ``baseline`` (restore:
             bicubic / mean fill).
         batch_slices: slices denoised together (memory vs. speed).
+        bootstrap: share of the acquired k-space lines (pixels for a 2-D mask) outside the
+            fully sampled centre that each sample leaves out of its data consistency, a
+            different random share per sample (a k-space bootstrap,
+            :func:`mrimsm.physics.masks.bootstrap_masks`): the samples then also differ
+            where the reconstruction depends on which data was acquired, not only where the
+            prior is unsure; 0 (default): every sample uses all the data. The mean of the
+            samples uses less data per sample, so it costs some PSNR (benchmarks/calibration.py).
     """
 
     steps: Count = 50
@@ -171,6 +178,7 @@ class PosteriorSettings:
     t0: Annotated[float, Interval(ge=0, le=1)] = 0.3  # the chain starts at 0.3 T from the noised initial image (1: from noise, the paper)
     init: Literal[RECON_INITS + RESTORE_INITS[1:]] = "sense"
     batch_slices: Count = 4
+    bootstrap: Annotated[float, Interval(ge=0, le=0.9)] = 0.0
 
     def validate(self) -> "PosteriorSettings":
         """These settings checked against the field annotations, then across keys; the checked

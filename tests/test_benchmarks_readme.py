@@ -111,3 +111,23 @@ def test_real_raw_writes_the_table_the_generator_reads(tmp_path):
     assert table.provenance["date"] == "2026-12-03"
     assert table.provenance["command"] == "python -m benchmarks.real_raw --accel 4 --methods zero-filled cs"
     assert table.provenance["setup"] == committed.provenance["setup"]
+
+
+def test_join_writes_one_result_file_from_several_runs(tmp_path, capsys):
+    a = tmp_path / "a.csv"
+    b = tmp_path / "b.csv"
+    a.write_text("# date: 2026-12-01\n# command: run a\n# setup: s1\nprior,x\np64,1\n")
+    b.write_text("# date: 2026-12-03\n# command: run b\n# setup: s1\nprior,x\np256,2\np256,3\n")
+    out = tmp_path / "joined.csv"
+    assert readme.main(["--join", str(out), str(a), str(b)]) == 0
+    joined = readme.read_table(out)
+    assert joined.provenance == {"date": "2026-12-03", "command": "run a; run b", "setup": "s1"}
+    assert joined.header == ["prior", "x"] and joined.rows == [["p64", "1"], ["p256", "2"], ["p256", "3"]]
+    assert readme.main(["--join", str(out), str(a), str(b), "--setup", "both"]) == 0
+    assert readme.read_table(out).provenance["setup"] == "both"
+    b.write_text("# date: 2026-12-03\n# command: run b\nprior,y\np256,2\n")
+    capsys.readouterr()
+    assert readme.main(["--join", str(out), str(a), str(b)]) == 2
+    assert "header differs" in capsys.readouterr().err
+    assert readme.main(["--join", str(a), str(a)]) == 2  # never overwrite an input
+    assert readme.main(["--join", str(out)]) == 2

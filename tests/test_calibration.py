@@ -129,3 +129,13 @@ def test_calibrate_refuses_bad_input(tmp_path, capsys):
     rc = main(["calibrate", str(own), "--checkpoint", str(PRIOR), "-o", str(own)])
     _one_error(rc, capsys, "exists")
     assert not (tmp_path / "c.json").exists()
+
+
+def test_a_calibration_from_before_the_bootstrap_key_holds_for_bootstrap_zero_only():
+    from mrimsm.recon.calibration import settings_differ
+
+    old = {"settings": {"steps": 50, "samples": 4, "t0": 0.3}}  # written before `bootstrap` existed
+    assert settings_differ(old, {"steps": 50, "samples": 4, "t0": 0.3, "bootstrap": 0.0}) == []
+    assert settings_differ(old, {"steps": 50, "samples": 4, "t0": 0.3, "bootstrap": 0.3}) == ["bootstrap 0.0 -> 0.3"]
+    new = {"settings": {"steps": 50, "bootstrap": 0.3}}
+    assert settings_differ(new, {"steps": 50, "bootstrap": 0.3}) == []

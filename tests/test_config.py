@@ -234,3 +234,21 @@ def test_round_trip_and_replace():
     changed = cfg.replace(**{"train.max_steps": 7, "data.root": "d", "data.simulated": None})
     assert changed.train.max_steps == 7 and changed.data.root == "d" and changed.data.simulated is None
     assert cfg.train.max_steps != 7  # the original is untouched
+
+
+def test_the_noisy_256_config_is_the_shipped_one_but_for_the_loss():
+    """configs/default_msm256_noisy.yaml fine-tunes the shipped 256 state: same data,
+    network and denoiser (so it resumes), only ``diffusion.rho`` follows the data."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    base = flat(load_config(REPO / "configs" / "default_msm256.yaml").to_dict())
+    noisy = flat(load_config(REPO / "configs" / "default_msm256_noisy.yaml").to_dict())
+    differ = {k for k in base.keys() | noisy.keys() if base.get(k) != noisy.get(k)} - {"source"}
+    assert differ == {"diffusion.rho"}
+    assert base["diffusion.rho"] == 0.0 and noisy["diffusion.rho"] is None
+    assert noisy["data.simulated.rho"] == 0.01  # the noise the noisy loss then trains at

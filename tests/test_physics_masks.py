@@ -137,3 +137,37 @@ def test_the_shared_rules_of_masks_and_seeds():
     assert seed_for("a.h5", 3, 7) == hash_seed("7:a.h5:3")
     assert hash_seed("1,2,3") == 1373727370  # the first 4 bytes of its SHA-256, little-endian
     assert [is_acceleration(x) for x in (1, 4.5, 0.99, float("nan"), float("inf"))] == [True, True, False, False, False]
+
+
+def test_bootstrap_masks_leave_out_a_share_of_the_lines_outside_the_centre():
+    from mrimsm.physics.masks import bootstrap_masks, central_run
+
+    cols = np.stack([RandomCartesian(4, 0.125)((64, 64), s) for s in range(3)])
+    mask = column_mask_tensor(cols)  # (3, 1, 1, 64)
+    subs = bootstrap_masks(mask, 0.25, 4, seed=5)
+    assert len(subs) == 4 and all(s.shape == mask.shape and s.dtype == mask.dtype for s in subs)
+    for i in range(3):
+        centre = central_run(cols[i])
+        assert centre.stop - centre.start == 8
+        outside = int(cols[i].sum()) - 8
+        for s in subs:
+            kept = s[i, 0, 0].numpy() > 0
+            assert not (kept & ~cols[i]).any()  # a subset of the acquired lines
+            assert kept[centre].all()  # the calibration block always stays
+            assert int(cols[i].sum() - kept.sum()) == round(0.25 * outside)
+    assert not torch.equal(subs[0], subs[1])  # each sample its own subset
+    again = bootstrap_masks(mask, 0.25, 4, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(subs, again))  # same seed, same subsets
+    assert all(torch.equal(s, mask) for s in bootstrap_masks(mask, 0.0, 2, seed=5))
+    with pytest.raises(ValueError, match="share"):
+        bootstrap_masks(mask, 1.0, 1, seed=0)
+
+
+def test_bootstrap_masks_of_a_2d_mask_leave_out_pixels():
+    from mrimsm.physics.masks import bootstrap_masks
+
+    mask = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    for s in bootstrap_masks(mask, 0.5, 3, seed=1):
+        assert (s <= mask).all()
+        for i in range(2):
+            assert int(mask[i].sum() - s[i].sum()) == round(0.5 * int(mask[i].sum()))

@@ -353,3 +353,44 @@ def test_the_spread_of_the_samples_is_the_true_posterior_std():
     assert collapsed.mean() < 0.6, collapsed
     over = _posterior_std_ratio(PosteriorSettings(**{**common, "steps": 40}, **COLD), n, kappa=0.3)
     assert over.mean() > 1.25, over
+
+
+def test_bootstrap_samples_each_fit_their_own_subset_of_the_data():
+    """``bootstrap``: sample k's data consistency sees only its own subset of the acquired
+    lines (with ``dc_lambda = 0`` it is the projection onto that subset's data), so the
+    samples fit those lines and not the ones they left out; same seed, same samples."""
+    from mrimsm.diffusion.sampler import _as_generator
+    from mrimsm.physics.masks import bootstrap_masks
+
+    den = _tiny_denoiser()
+    op, x, _, _ = _problem(2)
+    mask = column_mask_tensor(np.stack([RandomCartesian(2, 0.25)((16, 16), s) for s in range(2)]))
+    op = op.with_mask(mask)
+    y = op(x)
+    sampler = SubmaskSampler(PaperCartesian(4, 4), (16, 16))
+    s = PosteriorSettings(steps=4, w=1, eta=1.0, samples=3, dc_lambda=0.0, dc_schedule="fixed", dc_iters=40,
+                          bootstrap=0.5, **COLD)
+    steps_seen = []
+    mean, std, samples = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=4,
+                                          on_step=lambda done, total: steps_seen.append((done, total)))
+    assert samples.shape == (3, 2, 16, 16) and std.max() > 0
+    assert len(steps_seen) % 3 == 0 and steps_seen[-1] == (len(steps_seen), len(steps_seen))  # all 3 chains
+    seed = int(torch.randint(0, 2**62, (1,), generator=_as_generator(4)))
+    subsets = bootstrap_masks(mask, 0.5, 3, seed)
+    for k in range(3):
+        left_out = mask - subsets[k]
+        assert left_out.sum() > 0
+        fit_kept = _residual(op.with_mask(subsets[k]), samples[k], y * subsets[k])
+        fit_left_out = _residual(op.with_mask(left_out), samples[k], y * left_out)
+        assert fit_kept < 1e-2 < fit_left_out, (k, fit_kept, fit_left_out)
+    again = posterior_sample(den, op.with_mask(None), Identity(mask), y, sampler, s, generator=4)[2]
+    assert torch.equal(samples, again)
+
+
+def test_bootstrap_needs_a_masked_test_operator():
+    den = _tiny_denoiser()
+    sampler = SubmaskSampler(PaperCartesian(4, 4), (16, 16))
+    y = torch.randn(1, 2, 8, 8)
+    s = PosteriorSettings(steps=2, w=1, samples=2, bootstrap=0.2, **COLD)
+    with pytest.raises(MrimsmError, match="bootstrap needs a masked test operator"):
+        posterior_sample(den, Identity(), Downsample(2), y, sampler, s, generator=0, image_shape=(2, 16, 16))

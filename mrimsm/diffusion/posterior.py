@@ -217,23 +217,51 @@ def posterior_sample(
             return _summarize(samples)
         start = (op_full.with_mask(None).full_forward(x_init), round(float(settings.t0) * (schedule.num_steps - 1)))
     chain = sampling_timesteps(schedule, int(settings.steps), None if start is None else start[1])
-    images = msm_sample(
-        denoiser,
-        op_full,
-        mask_sampler,
-        num_samples=k * b,
-        steps=int(settings.steps),
-        w=int(settings.w),
-        eta=float(settings.eta),
-        generator=generator,
-        consistency=data_consistency(settings, op_full, H, y, schedule, chain, noise_std),
-        progress=_step_progress(on_step),
-        image_shape=image_shape,
-        schedule=schedule,
-        start=start,
-        chain=chain,
-    )
-    return _summarize(images.reshape(k, b, *images.shape[1:]))
+
+    def run(count: int, H_run: LinearOperator, y_run: torch.Tensor, gen, progress) -> torch.Tensor:
+        return msm_sample(
+            denoiser,
+            op_full,
+            mask_sampler,
+            num_samples=count * b,
+            steps=int(settings.steps),
+            w=int(settings.w),
+            eta=float(settings.eta),
+            generator=gen,
+            consistency=data_consistency(settings, op_full, H_run, y_run, schedule, chain, noise_std),
+            progress=progress,
+            image_shape=image_shape,
+            schedule=schedule,
+            start=start,
+            chain=chain,
+        )
+
+    if float(settings.bootstrap) == 0.0:
+        images = run(k, H, y, generator, _step_progress(on_step))
+        return _summarize(images.reshape(k, b, *images.shape[1:]))
+    return _summarize(torch.stack(_bootstrap_samples(run, H, y, settings, k, generator, on_step, len(chain))))
+
+
+def _bootstrap_samples(run: Callable, H: LinearOperator, y: torch.Tensor, settings: PosteriorSettings, k: int,
+                       generator, on_step: Optional[Callable[[int, int], None]], steps: int) -> list[torch.Tensor]:
+    """The ``k`` samples of ``settings.bootstrap > 0``, one chain each through its own
+    subset of the acquired data (:func:`mrimsm.physics.masks.bootstrap_masks`), each
+    ``(B, *image)``; ``on_step`` counts the steps of all ``k`` chains."""
+    from mrimsm.diffusion.sampler import _as_generator
+    from mrimsm.physics.masks import bootstrap_masks
+
+    mask = getattr(H, "mask", None)
+    if not isinstance(H, MaskedMeasurement) or mask is None:
+        raise MrimsmError("bootstrap needs a masked test operator (a k-space or pixel mask)")
+    gen = _as_generator(generator)
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    samples = []
+    for i, sub in enumerate(bootstrap_masks(mask, float(settings.bootstrap), k, seed)):
+        done = i * steps
+        progress = _step_progress(None if on_step is None else
+                                  (lambda d, _t, done=done: on_step(done + d, k * steps)))
+        samples.append(run(1, H.with_mask(sub), y * sub, gen, progress))
+    return samples
 
 
 def _summarize(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

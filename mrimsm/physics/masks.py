@@ -45,6 +45,8 @@ __all__ = [
     "BoxPattern",
     "SuperResolutionPattern",
     "achieved_acceleration",
+    "bootstrap_masks",
+    "central_run",
     "cartesian_family",
     "column_mask_tensor",
     "seed_for",
@@ -388,6 +390,64 @@ def ssdu_split(
     lam = lam.reshape(shape)
     theta = m & ~lam
     return theta, lam
+
+
+def central_run(mask: np.ndarray) -> slice:
+    """The run of kept coordinates through the centre ``n // 2`` of a ``(n,)`` mask (the
+    fully sampled calibration block of a Cartesian column mask); empty if the centre is
+    not kept."""
+    m = np.asarray(mask).astype(bool).ravel()
+    c = m.size // 2
+    if not m[c]:
+        return slice(c, c)
+    lo, hi = c, c
+    while lo > 0 and m[lo - 1]:
+        lo -= 1
+    while hi < m.size - 1 and m[hi + 1]:
+        hi += 1
+    return slice(lo, hi + 1)
+
+
+def bootstrap_masks(mask: torch.Tensor, share: float, count: int, seed: int) -> list[torch.Tensor]:
+    """``count`` random subsets of an acquisition mask, each without ``share`` of the
+    kept coordinates outside the fully sampled centre (a k-space bootstrap).
+
+    Args:
+        mask: ``(B, ..., h, W)`` 0/1 float mask, the same over the middle axes (coils);
+            ``h == 1`` is a column mask (whole columns are left out; its central
+            calibration run, :func:`central_run`, is always kept), else a 2-D mask
+            (single coordinates; all are candidates).
+        share: fraction of the kept coordinates outside the centre to leave out, in
+            ``[0, 1)``, drawn uniformly without replacement (rounded to a whole count).
+        count: subsets to draw.
+        seed: RNG seed (the same seed, the same subsets).
+
+    Returns:
+        ``count`` masks of ``mask``'s shape, dtype and device; each a subset of ``mask``.
+    """
+    if not 0 <= share < 1:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    if share == 0:
+        return [mask.clone() for _ in range(count)]
+    rng = np.random.default_rng(seed)
+    m = mask.detach().cpu().numpy() > 0.5
+    h, w = m.shape[-2:]
+    out = [m.copy() for _ in range(count)]
+    for i in range(m.shape[0]):
+        plane = m[i].reshape(-1, h, w)[0]
+        flat = (plane[0] if h == 1 else plane).ravel()
+        candidates = flat.copy()
+        if h == 1:
+            candidates[central_run(flat)] = False
+        candidates = np.flatnonzero(candidates)
+        n_out = int(round(share * candidates.size))
+        for k in range(count):
+            left_out = rng.choice(candidates, size=n_out, replace=False)
+            keep = flat.copy()
+            keep[left_out] = False
+            keep = keep.reshape(1, w) if h == 1 else keep.reshape(h, w)
+            out[k][i] = np.broadcast_to(keep, m.shape[1:])
+    return [torch.from_numpy(o.astype(np.float32)).to(device=mask.device, dtype=mask.dtype) for o in out]
 
 
 # -- MSM sub-masks ------------------------------------------------------------

@@ -46,7 +46,12 @@ CALIBRATION_FORMAT = "mrimsm-calibration/1"
 DEFAULT_COVERAGE = 0.9
 
 #: The solver settings a calibration holds for (those that change the samples' spread).
-SETTINGS_KEYS = ("steps", "w", "samples", "eta", "dc", "dc_schedule", "dc_lambda", "dc_iters", "init", "t0")
+SETTINGS_KEYS = ("steps", "w", "samples", "eta", "dc", "dc_schedule", "dc_lambda", "dc_iters", "init", "t0",
+                 "bootstrap")
+
+#: The value of a key of :data:`SETTINGS_KEYS` that a calibration written before the key
+#: existed was made with.
+SETTINGS_BEFORE_KEY = {"bootstrap": 0.0}
 
 #: Two accelerations are the same family when they differ by less than this.
 ACCEL_TOLERANCE = 1e-3
@@ -123,7 +128,7 @@ class BoundChoice:
 
 def settings_differ(cal: Mapping, settings: Mapping) -> list[str]:
     """``"key old -> new"`` for each solver setting where ``settings`` differ from the calibration's."""
-    saved = cal.get("settings", {})
+    saved = {**SETTINGS_BEFORE_KEY, **cal.get("settings", {})}
     return [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in SETTINGS_KEYS
             if k in saved and k in settings and saved[k] != settings[k]]
 

@@ -172,7 +172,8 @@ class MSMRecon(MethodBase):
             shipped.pixel_note(loaded.config, batch.pixel_mm),
             _noise_note(batch.noise_std, _training_noise(loaded), st),
             f"solver {self._settings_label(prior)}: {st.steps} steps, w {st.w}, {st.samples} samples, "
-            f"start {st.init if st.init == 'none' else f'{st.init} at t0 {st.t0:g}'}") if part)
+            f"start {st.init if st.init == 'none' else f'{st.init} at t0 {st.t0:g}'}"
+            + (f", bootstrap {st.bootstrap:g}" if st.bootstrap else "")) if part)
         return MethodOutput(
             images=mean.detach().cpu().to(torch.complex64),
             uncertainty=std.detach().cpu() if st.samples > 1 else None,
