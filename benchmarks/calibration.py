@@ -206,10 +206,10 @@ def _mni_sets(args: argparse.Namespace, test_sel: list) -> dict:
     return {k: make() for k, make in chosen.items() if k in args.test_sets}
 
 
-def _test_sets(w: Path, args: argparse.Namespace, test_sel: list, dipy: dict) -> dict:
+def _test_sets(w: Path, args: argparse.Namespace, mni: dict, dipy: dict) -> dict:
     """``noise -> set -> (files, {file name: noise-free reference})`` for ``args.test_noise``
-    and ``args.test_sets`` (the noise-free twins share the files' seeds)."""
-    mni = _mni_sets(args, test_sel)
+    and ``args.test_sets`` (``mni``: :func:`_mni_sets`; the noise-free twins share the files'
+    seeds)."""
     sets: dict = {}
     clean = {k: read_references(_write(w / f"{k}_clean", sel, args, 0.0, 0)) for k, sel in mni.items()}
     if dipy:
@@ -348,7 +348,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 cal["calibration_slices"] = "; ".join(f"MNI152 {o} {idx}" for o, idx in cal_sel)
                 cal["simulation"] = f"{args.size} x {args.size} ({args.pixel}), {args.coils} coils, noise {args.noise:g}"
                 cal_text = f"{cal['calibration_slices']} (odd offsets of the held-out ranges)"
-            tests = _test_sets(w, args, test_sel, dipy)
+            mni = _mni_sets(args, test_sel)
+            tests = _test_sets(w, args, mni, dipy)
             args.out.mkdir(parents=True, exist_ok=True)
             write_calibration(cal, args.out / "calibration.json")
             method = get_method("msm").build(options)
@@ -419,7 +420,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             log_line(f"note: the calibration holds for other solver settings ({', '.join(differ)}); its bound "
                      "coverage here measures that mismatch")
         described = {k: f"{SET_NAMES[k]} " + "; ".join(f"{o} {idx}" for o, idx in sel)
-                     for k, sel in _mni_sets(args, test_sel).items()}
+                     for k, sel in mni.items()}
         described.update({
                      "dipy": "the dipy T1 coronal slice", "dipyb0": "the dipy b0 EPI slices"
                      + (f" ({args.dipy_slices} of 10)" if args.dipy_slices else "")})

@@ -236,9 +236,14 @@ def test_round_trip_and_replace():
     assert cfg.train.max_steps != 7  # the original is untouched
 
 
-def test_the_noisy_256_config_is_the_shipped_one_but_for_the_loss():
-    """configs/default_msm256_noisy.yaml fine-tunes the shipped 256 state: same data,
-    network and denoiser (so it resumes), only ``diffusion.rho`` follows the data."""
+@pytest.mark.parametrize("shipped, noisy, also", [
+    ("default_msm256.yaml", "default_msm256_noisy.yaml", set()),
+    ("default_msm.yaml", "default_msm_noisy.yaml", {"train.lr"}),
+])
+def test_the_noisy_configs_are_the_shipped_ones_but_for_the_loss(shipped, noisy, also):
+    """The noisy-loss twins fine-tune the shipped states: same data, network and denoiser
+    (so they resume), ``diffusion.rho`` follows the data (and the 64 one fine-tunes at a
+    lower learning rate)."""
 
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
@@ -246,9 +251,9 @@ def test_the_noisy_256_config_is_the_shipped_one_but_for_the_loss():
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    base = flat(load_config(REPO / "configs" / "default_msm256.yaml").to_dict())
-    noisy = flat(load_config(REPO / "configs" / "default_msm256_noisy.yaml").to_dict())
-    differ = {k for k in base.keys() | noisy.keys() if base.get(k) != noisy.get(k)} - {"source"}
-    assert differ == {"diffusion.rho"}
-    assert base["diffusion.rho"] == 0.0 and noisy["diffusion.rho"] is None
-    assert noisy["data.simulated.rho"] == 0.01  # the noise the noisy loss then trains at
+    base = flat(load_config(REPO / "configs" / shipped).to_dict())
+    twin = flat(load_config(REPO / "configs" / noisy).to_dict())
+    differ = {k for k in base.keys() | twin.keys() if base.get(k) != twin.get(k)} - {"source"}
+    assert differ == {"diffusion.rho"} | also
+    assert base["diffusion.rho"] == 0.0 and twin["diffusion.rho"] is None
+    assert twin["data.simulated.rho"] == 0.01  # the noise the noisy loss then trains at
