@@ -447,8 +447,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             "", pooled_slice_line(slice_rows),
             "", f"Figures: {', '.join(p.name for p in paths)}. Total {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
         write_results(args.out, "calibration", "\n".join(lines), rows, slice_rows)
+        # the shipped priors by their size, as the README table names them; others by file name
+        prior = str(args.size) if not args.checkpoint else checkpoint.name
         write_text(args.out / "calibration_readme.csv", readme_table(
-            rows, checkpoint.name, "python -m benchmarks.calibration " + " ".join(sys.argv[1:]),
+            rows, prior, "python -m benchmarks.calibration " + " ".join(sys.argv[1:]),
             f"{args.size} x {args.size} ({args.pixel}), {args.coils} coils; calibration {cal_text}, noise "
             f"{args.noise:g}; errors against the noise-free object, inside the object"))
         if args.install:
