@@ -96,7 +96,7 @@ def format_table(provenance: dict[str, str], header: list[str], rows: list[list[
 
 def join_tables(paths: list[Path], setup: Optional[str] = None) -> str:
     """One result file from several runs' result files with the same header: their rows in
-    order, the newest date, their commands (each once, in order) joined by ``; ``, and
+    order, their dates and their commands (each once, in order) joined by ``; ``, and
     ``setup`` (default: their setups, each once, joined by ``; ``)."""
     tables = [read_table(Path(p)) for p in paths]
     if not tables:
@@ -106,7 +106,7 @@ def join_tables(paths: list[Path], setup: Optional[str] = None) -> str:
             raise ReadmeError(f"{t.name}: its header differs from {tables[0].name}'s")
     if any("source" in t.provenance for t in tables):
         raise ReadmeError("only measured tables (with '# date:' and '# command:') are joined")
-    provenance = {"date": max(t.provenance["date"] for t in tables),
+    provenance = {"date": "; ".join(dict.fromkeys(t.provenance["date"] for t in tables)),
                   "command": "; ".join(dict.fromkeys(t.provenance["command"] for t in tables))}
     setups = [t.provenance["setup"] for t in tables if "setup" in t.provenance]
     if setup or setups:

@@ -121,7 +121,7 @@ def test_join_writes_one_result_file_from_several_runs(tmp_path, capsys):
     out = tmp_path / "joined.csv"
     assert readme.main(["--join", str(out), str(a), str(b)]) == 0
     joined = readme.read_table(out)
-    assert joined.provenance == {"date": "2026-12-03", "command": "run a; run b", "setup": "s1"}
+    assert joined.provenance == {"date": "2026-12-01; 2026-12-03", "command": "run a; run b", "setup": "s1"}
     assert joined.header == ["prior", "x"] and joined.rows == [["p64", "1"], ["p256", "2"], ["p256", "3"]]
     assert readme.main(["--join", str(out), str(a), str(b), "--setup", "both"]) == 0
     assert readme.read_table(out).provenance["setup"] == "both"
