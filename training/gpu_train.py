@@ -60,6 +60,9 @@ if str(REPO) not in sys.path:
 
 #: packages the training path needs that the GPU machine's image lacks (KINDS.md's list)
 BUNDLE_PACKAGES = ("sigpy", "nibabel")
+#: members of those pure-Python wheels left out of the bundle (test suites and their data:
+#: 7 of nibabel's 17 MB; without them the tree and the bundle fit the 64 MiB carry)
+BUNDLE_STRIP = {"nibabel": ("nibabel/tests/", "nibabel/*/tests/*")}
 #: compiled packages the image lacks too (found on the first H100 run, 2026-11-27: sigpy
 #: imports pywt at import time), fetched as CPython 3.12 manylinux wheels and stripped of
 #: their test suites and sample data so the bundle stays inside the 64 MiB carry
@@ -89,6 +92,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         if any(wheels.glob(f"{name}-{version}-*.whl")):
             continue
         _download_wheel(wheels, f"{name}=={version}", "--implementation", "py")
+        for whl in wheels.glob(f"{name}-{version}-*.whl"):
+            _strip_wheel(whl, BUNDLE_STRIP.get(name, ()))
     for name, drop in BUNDLE_BINARY.items():
         if any(wheels.glob(f"{name}-*-cp312-*.whl")):
             continue
