@@ -129,6 +129,10 @@ def test_strip_wheel_drops_members_and_their_record_lines(tmp_path):
                      "pkg-1.0.dist-info/RECORD"}
     assert "tests" not in kept_record and "big.npz" not in kept_record and "pkg/data/__init__.py" in kept_record
     assert not whl.with_name(whl.name + ".tmp").exists()
+    stripped = whl.read_bytes()
+    gt._strip_wheel(whl, ("pkg/tests/", "pkg/data/*.npz"))  # again: nothing left to drop
+    gt._strip_wheel(whl, ())
+    assert whl.read_bytes() == stripped
 
 
 def test_split_file_parts(tmp_path):

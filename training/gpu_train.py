@@ -89,10 +89,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     wheels.mkdir(parents=True, exist_ok=True)
     for name in BUNDLE_PACKAGES:
         version = md.version(name)
-        if any(wheels.glob(f"{name}-{version}-*.whl")):
-            continue
-        _download_wheel(wheels, f"{name}=={version}", "--implementation", "py")
-        for whl in wheels.glob(f"{name}-{version}-*.whl"):
+        if not any(wheels.glob(f"{name}-{version}-*.whl")):
+            _download_wheel(wheels, f"{name}=={version}", "--implementation", "py")
+        for whl in wheels.glob(f"{name}-{version}-*.whl"):  # also a wheel an older bundle kept whole
             _strip_wheel(whl, BUNDLE_STRIP.get(name, ()))
     for name, drop in BUNDLE_BINARY.items():
         if any(wheels.glob(f"{name}-*-cp312-*.whl")):
@@ -126,13 +125,16 @@ def _download_wheel(wheels: Path, requirement: str, *target: str) -> None:
 def _strip_wheel(whl: Path, drop: tuple) -> None:
     """Rewrite ``whl`` without the members matching ``drop`` (folder prefixes ending in
     ``/`` or glob patterns) and their RECORD lines (pip installs what the archive holds).
-    Atomic."""
+    Atomic; a wheel with no such member is not rewritten."""
     import fnmatch
     import zipfile
 
     def dropped(name: str) -> bool:
         return any(name.startswith(d) if d.endswith("/") else fnmatch.fnmatch(name, d) for d in drop)
 
+    with zipfile.ZipFile(whl) as src:
+        if not any(dropped(name) for name in src.namelist()):
+            return  # nothing to drop (or stripped before): the wheel stays as it is
     tmp = whl.with_name(whl.name + ".tmp")
     with zipfile.ZipFile(whl) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
