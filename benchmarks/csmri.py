@@ -17,13 +17,16 @@ prepared directory (``mrimsm prep-fastmri``; they keep a ``reference``) instead.
 Writes ``results/csmri.md`` (a table per R: PSNR / SSIM / NMSE mean ± std in the paper's
 and fastMRI's conventions, seconds and network evaluations per slice, MSM against SSDU
 beside the paper's margins), ``results/csmri.csv`` (the same numbers),
-``results/csmri_slices.csv`` (every slice) and ``results/csmri.png`` (reference, each
+``results/csmri_slices.csv`` (every slice), ``results/csmri_readme.csv`` (the README's
+table, :func:`readme_table`: copy it to ``benchmarks/results/csmri.csv``) and ``results/csmri.png`` (reference, each
 method, error maps and the MSM uncertainty, one slice per R).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -80,6 +83,41 @@ def render(args: argparse.Namespace, runs: list[Run], outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
+def readme_table(rows: Sequence[dict], labels: Sequence[str], command: str, setup: str) -> str:
+    """The run as a result file for ``benchmarks/results/`` (:func:`benchmarks.readme.format_table`):
+    a row per method (``labels`` order), PSNR dB in the paper and fastMRI conventions per
+    R (achieved R in brackets), network evaluations per slice ("-" for none)."""
+    from benchmarks.readme import format_table
+
+    accels = list(dict.fromkeys(r["accel"] for r in rows))
+    header = ["method"]
+    for accel in accels:
+        achieved = next(r["achieved_accel"] for r in rows if r["accel"] == accel)
+        head = f"R = {accel:g} ({achieved:.2f})"
+        header += [f"{head}: PSNR paper", f"{head}: PSNR fastMRI"]
+    header.append("NFE/slice")
+    body = []
+    for label in labels:
+        mine = [find(rows, accel, label) for accel in accels]
+        if all(r is None for r in mine):
+            continue
+        cells = [label]
+        for r in mine:
+            cells += ["-", "-"] if r is None else [f"{r['psnr_paper_mean']:.2f}", f"{r['psnr_fastmri_mean']:.2f}"]
+        nfe = max(float(r["nfe_per_slice"]) for r in mine if r is not None)
+        cells.append(f"{nfe:.0f}" if nfe > 0 else "-")
+        body.append(cells)
+    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
+                        header, body)
+
+
+def readme_setup(args: argparse.Namespace, outcome: Outcome) -> str:
+    """The provenance line of :func:`readme_table`: the models and the data."""
+    models = [checkpoint_line(k, p) for k, p in (("msm", args.checkpoint), ("ssdu", args.ssdu_checkpoint))
+              if k in args.methods]
+    return "; ".join(models + [outcome.data_text.rstrip("."), "PSNR dB"])
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: the held-out options, the methods and the SSDU model."""
     ap = base_parser(__doc__, out=RESULTS_DIR, threads=None, threads_help=ONE_THREAD_ON_CPU, device=AUTO, seed=0,
@@ -103,8 +141,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         common = {"checkpoint": args.checkpoint, "ssdu_checkpoint": args.ssdu_checkpoint, "settings": args.settings,
                   "device": args.device, "seed": args.seed}
         settings = load_posterior_settings(args.settings, steps=args.steps, w=args.w, samples=args.samples)
+        command = "python -m benchmarks.csmri " + " ".join(sys.argv[1:] if argv is None else argv)
         return run_heldout(args, runs, common, settings, lambda outcome: render(args, runs, outcome), stem="csmri",
-                           figure=True, uncertainty_label="MSM")
+                           figure=True, uncertainty_label="MSM",
+                           readme=lambda outcome: readme_table(outcome.rows, [r.label for r in runs], command.strip(),
+                                                               readme_setup(args, outcome)))
 
     run_main(body)
     return 0

@@ -24,7 +24,7 @@ from benchmarks.figures import comparison_figure
 from benchmarks.progress import bars, log_line
 from benchmarks.runs import Record, Run, build_methods, estimate_nfe, evaluate
 from benchmarks.tables import METRIC_HEADER, conventions_note, cost_cells, find, header_lines, md_table, metric_cells, \
-    slice_rows, summarize, write_results
+    slice_rows, summarize, write_results, write_text
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ def run_heldout(
     unit: str = "methods",
     figure: bool = False,
     uncertainty_label: Optional[str] = None,
+    readme: Optional[Callable[[Outcome], str]] = None,
 ) -> int:
     """Run ``runs`` on the volumes of ``args`` and write ``args.out / <stem>.*``.
 
@@ -73,6 +74,8 @@ def run_heldout(
         unit: what the first log line counts (``"methods"`` or ``"runs"``).
         figure: also write ``<stem>.png`` (:func:`benchmarks.figures.comparison_figure` of
             the first volume, with ``uncertainty_label``'s uncertainty map).
+        readme: also write ``<stem>_readme.csv``, the result file for
+            ``benchmarks/results/`` that ``readme(outcome)`` returns.
     """
     t0 = time.perf_counter()
     built = build_methods(runs, common)  # checkpoints and options fail here, before any work
@@ -89,8 +92,9 @@ def run_heldout(
             png = comparison_figure(args.out / f"{stem}.png", vols, records, [r.label for r in runs],
                                     uncertainty_label=uncertainty_label)
     rows = summarize(records, runs)
-    text = render(Outcome(rows, records, data_text, png, time.perf_counter() - t0))
-    write_results(args.out, stem, text, rows, slice_rows(records), extra=[png])
+    outcome = Outcome(rows, records, data_text, png, time.perf_counter() - t0)
+    readme_csv = None if readme is None else write_text(args.out / f"{stem}_readme.csv", readme(outcome))
+    write_results(args.out, stem, render(outcome), rows, slice_rows(records), extra=[png, readme_csv])
     return 0
 
 

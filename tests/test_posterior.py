@@ -359,7 +359,7 @@ def test_bootstrap_samples_each_fit_their_own_subset_of_the_data():
     """``bootstrap``: sample k's data consistency sees only its own subset of the acquired
     lines (with ``dc_lambda = 0`` it is the projection onto that subset's data), so the
     samples fit those lines and not the ones they left out; same seed, same samples."""
-    from mrimsm.diffusion.sampler import _as_generator
+    from mrimsm.diffusion.sampler import as_generator
     from mrimsm.physics.masks import bootstrap_masks
 
     den = _tiny_denoiser()
@@ -375,7 +375,7 @@ def test_bootstrap_samples_each_fit_their_own_subset_of_the_data():
                                           on_step=lambda done, total: steps_seen.append((done, total)))
     assert samples.shape == (3, 2, 16, 16) and std.max() > 0
     assert len(steps_seen) % 3 == 0 and steps_seen[-1] == (len(steps_seen), len(steps_seen))  # all 3 chains
-    seed = int(torch.randint(0, 2**62, (1,), generator=_as_generator(4)))
+    seed = int(torch.randint(0, 2**62, (1,), generator=as_generator(4)))
     subsets = bootstrap_masks(mask, 0.5, 3, seed)
     for k in range(3):
         left_out = mask - subsets[k]

@@ -428,6 +428,15 @@ def test_csmri_benchmark_smoke_and_bad_checkpoint(tmp_path, monkeypatch, capsys,
     assert (tmp_path / "csmri.png").stat().st_size > 1000
     text = (tmp_path / "csmri.md").read_text()
     assert "| MSM |" in text and "| zero-filled |" in text and "R = 4" in text
+    from benchmarks.readme import read_table
+
+    table = read_table(tmp_path / "csmri_readme.csv")  # the README's result file, as the generator reads it
+    assert table.header[0] == "method" and table.header[1].startswith("R = 4 (") and table.header[-1] == "NFE/slice"
+    assert [r[0] for r in table.rows] == ["zero-filled", "MSM"]
+    assert table.rows[0][-1] == "-" and int(table.rows[1][-1]) > 0
+    md_psnr = next(line for line in text.splitlines() if line.startswith("| MSM |")).split("|")[2]
+    assert table.rows[1][1] == md_psnr.split()[0]  # the markdown table's paper PSNR, same rounding
+    assert "MSM model:" in table.provenance["setup"] and "--accels 4" in table.provenance["command"]
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", base + ["--methods", "msm", "--checkpoint", str(tmp_path / "none.pt")])
     with pytest.raises(SystemExit) as exc:

@@ -247,13 +247,13 @@ def _bootstrap_samples(run: Callable, H: LinearOperator, y: torch.Tensor, settin
     """The ``k`` samples of ``settings.bootstrap > 0``, one chain each through its own
     subset of the acquired data (:func:`mrimsm.physics.masks.bootstrap_masks`), each
     ``(B, *image)``; ``on_step`` counts the steps of all ``k`` chains."""
-    from mrimsm.diffusion.sampler import _as_generator
+    from mrimsm.diffusion.sampler import as_generator
     from mrimsm.physics.masks import bootstrap_masks
 
     mask = getattr(H, "mask", None)
     if not isinstance(H, MaskedMeasurement) or mask is None:
         raise MrimsmError("bootstrap needs a masked test operator (a k-space or pixel mask)")
-    gen = _as_generator(generator)
+    gen = as_generator(generator)
     seed = int(torch.randint(0, 2**62, (1,), generator=gen))
     samples = []
     for i, sub in enumerate(bootstrap_masks(mask, float(settings.bootstrap), k, seed)):

@@ -142,7 +142,9 @@ def _infer_device(op: MaskedMeasurement, denoiser) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_generator(generator: Optional[torch.Generator | int]) -> torch.Generator:
+def as_generator(generator: Optional[torch.Generator | int]) -> torch.Generator:
+    """``generator`` itself, a CPU generator seeded with the integer ``generator``, or
+    (``None``) one seeded from the OS: the seed argument of the samplers."""
     if isinstance(generator, torch.Generator):
         return generator
     g = torch.Generator()
@@ -259,7 +261,7 @@ def msm_sample(
     schedule, local_denoise, image_shape = _resolve(denoiser, op_full, schedule, local_denoise, image_shape)
     op_full = op_full.with_mask(None)
     device = _infer_device(op_full, denoiser)
-    g = _as_generator(generator)
+    g = as_generator(generator)
     np_rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     # measurement layout: (B, *meas) from T applied to a zero image; state (K, B, *meas)
     z_like = op_full.full_forward(torch.zeros((1, *image_shape), device=device))
