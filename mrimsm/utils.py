@@ -11,7 +11,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -161,6 +161,17 @@ def file_sha256(path: str | os.PathLike) -> str:
                 h.update(block)
         _SHA256[key] = h.hexdigest()
     return _SHA256[key]
+
+
+def flatten_mapping(d: Any, prefix: str = "") -> dict:
+    """Nested mappings as one dict with dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``);
+    a value that is not a mapping is kept under ``prefix``."""
+    if not isinstance(d, Mapping):
+        return {prefix: d}
+    out: dict = {}
+    for k, v in d.items():
+        out.update(flatten_mapping(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def seed_everything(seed: int) -> None:

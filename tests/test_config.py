@@ -244,12 +244,7 @@ def test_the_noisy_configs_are_the_shipped_ones_but_for_the_loss(shipped, noisy,
     """The noisy-loss twins fine-tune the shipped states: same data, network and denoiser
     (so they resume), ``diffusion.rho`` follows the data (and the 64 one fine-tunes at a
     lower learning rate)."""
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
+    from mrimsm.utils import flatten_mapping as flat
 
     base = flat(load_config(REPO / "configs" / shipped).to_dict())
     twin = flat(load_config(REPO / "configs" / noisy).to_dict())

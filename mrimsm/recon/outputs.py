@@ -16,7 +16,7 @@ from mrimsm.errors import MrimsmError
 from mrimsm.recon.methods import ReconMethod
 from mrimsm.recon.run import MethodResult
 from mrimsm.recon.volume import PreparedVolume
-from mrimsm.utils import check_output, file_sha256, printable, same_file
+from mrimsm.utils import check_output, file_sha256, flatten_mapping, printable, same_file
 
 def option_input_files(options: Optional[Mapping[str, Any]]) -> list[Path]:
     """The files a command reads that its options name: every checkpoint option
@@ -298,17 +298,8 @@ def _comparable(record: Mapping[str, Any]) -> dict:
     return out
 
 
-def _flatten(d: Any, prefix: str = "") -> dict:
-    if not isinstance(d, Mapping):
-        return {prefix: d}
-    out: dict = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_mapping(old), flatten_mapping(new)
     return [f"{k} {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
