@@ -289,9 +289,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="test this calibration file (e.g. an installed one) instead of calibrating on new slices")
     ap.add_argument("--install", action="store_true",
                     help="write the calibration beside the checkpoint (the shipped prior's: mrimsm/assets/)")
+    ap.add_argument("--add", action="store_true",
+                    help="with --install: add the --accels to the installed calibration (same checkpoint, settings, "
+                         "slices and simulation; their entries are replaced, the others kept) instead of replacing it")
     args = ap.parse_args(argv)
     if args.install and args.calibration is not None:
         ap.error("--install writes a new calibration; it cannot go with --calibration")
+    if args.add and not args.install:
+        ap.error("--add goes with --install")
     for flag in ("cal_slices", "test_slices", "dipy_slices"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -306,7 +311,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from mrimsm.metrics import per_slice_metrics
         from mrimsm.recon import prepare_volume, run_method
         from mrimsm.recon.calibration import BoundChoice, calibrate, calibration_path, error_bound_for, \
-            read_calibration, settings_differ, solver_settings, write_calibration
+            merge_calibration, read_calibration, settings_differ, solver_settings, write_calibration
         from mrimsm.recon.methods import get_method
         from mrimsm.uncertainty import LEVELS, calibration_metrics, object_support, std_floor
         from mrimsm.utils import file_sha256
@@ -325,6 +330,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                               "--no-deps) or an installed dipy")
         checkpoint = Path(args.checkpoint) if args.checkpoint else Path(
             shipped.choose_shipped_prior((args.size, args.size)).path)
+        installed = None
+        if args.add and calibration_path(checkpoint).is_file():  # checked before the work, merged after it
+            installed = read_calibration(calibration_path(checkpoint))
+            if installed["checkpoint"].get("sha256") != file_sha256(checkpoint):
+                raise MrimsmError(f"--add: {calibration_path(checkpoint)} is the calibration of another checkpoint")
         with tempfile.TemporaryDirectory(prefix="mrimsm-calib-") as work:
             w = Path(work)
             if args.calibration is not None:
@@ -454,6 +464,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{args.size} x {args.size} ({args.pixel}), {args.coils} coils; calibration {cal_text}, noise "
             f"{args.noise:g}; errors against the noise-free object, inside the object"))
         if args.install:
+            if installed is not None:
+                cal = merge_calibration(installed, cal)  # a refusal leaves calibration.json in --out
             target = write_calibration(cal, calibration_path(checkpoint))
             log_line(f"installed {target}")
         print("\n".join(lines))

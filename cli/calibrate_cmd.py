@@ -3,7 +3,8 @@ scans, so that ``recon`` can write a calibrated ``error_bound`` beside ``uncerta
 
 Thin layer over :func:`mrimsm.recon.calibration.calibrate`; the file goes beside the
 checkpoint (``C.pt`` -> ``C.calibration.json``, where ``recon`` looks for it) unless
-``-o`` says otherwise. Options are typed; ``--accel`` is checked as recon's
+``-o`` says otherwise; ``--add`` adds accelerations to an existing file
+(:func:`~mrimsm.recon.calibration.merge_calibration`). Options are typed; ``--accel`` is checked as recon's
 (:func:`mrimsm.limits.parse_accel`), ``--samples`` by the field of :class:`~mrimsm.solver_settings.PosteriorSettings` it overrides.
 """
 
@@ -53,14 +54,19 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = device_option(),
         threads: Optional[int] = threads_option(),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing calibration file."),
+        add: bool = typer.Option(
+            False, "--add", help="Add these accelerations to an existing calibration file of the same checkpoint "
+            "and solver settings (their entries are replaced, the others kept).",
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Calibrate a prior's uncertainty maps on fully sampled scans (errors against each scan's
         reconstruction_rss), for recon's error_bound."""
         from mrimsm.errors import MrimsmError
-        from mrimsm.recon.calibration import calibrate as make, calibration_path, write_calibration
+        from mrimsm.recon.calibration import calibrate as make, calibration_path, merge_calibration, \
+            read_calibration, write_calibration
         from mrimsm.recon.directory import list_inputs
-        from mrimsm.utils import check_output
+        from mrimsm.utils import check_output, file_sha256
 
         from .recon_cmd import _echo_line, _progress
 
@@ -81,12 +87,25 @@ def register(app: typer.Typer) -> None:
         if output is None and checkpoint is None:
             raise MrimsmError("give --checkpoint (or -o): a shipped prior's calibration lives in the package")
         target = output if output is not None else calibration_path(checkpoint)
-        if target.exists() and not overwrite:
-            raise MrimsmError(f"{target} exists; pass --overwrite to replace it")
+        if add and overwrite:
+            raise MrimsmError("--add keeps the file's other entries and --overwrite replaces it: give one of them")
+        if target.exists() and not (overwrite or add):
+            raise MrimsmError(f"{target} exists; pass --overwrite to replace it or --add to add to it")
         check_output(target, kind="file", inputs=[*files, *(x for x in (checkpoint, settings) if x)])
+        old = read_calibration(target) if add and target.exists() else None  # unusable: refused before any work
+        if old is not None and checkpoint is not None and old["checkpoint"].get("sha256") != file_sha256(checkpoint):
+            raise MrimsmError(f"cannot add to {target}: it is the calibration of another checkpoint "
+                              f"({old['checkpoint'].get('file')})")
         cal = make(files, accel, {k: v for k, v in opts.items() if v is not None},
                    seed=seed, progress=_progress(not quiet),
                    on_volume=None if quiet else _echo_line)
+        if old is not None:
+            try:
+                cal = merge_calibration(old, cal)
+            except MrimsmError as exc:  # keep the work: beside the file, which is left as it was
+                aside = write_calibration(cal, target.with_name(target.name[:-5] + ".new.json"
+                                                                if target.name.endswith(".json") else target.name + ".new"))
+                raise MrimsmError(f"cannot add to {target}: {exc}; the new calibration is in {aside}") from None
         write_calibration(cal, target)
         for e in cal["entries"]:
             m = e["metrics"]

@@ -131,6 +131,56 @@ def test_calibrate_refuses_bad_input(tmp_path, capsys):
     assert not (tmp_path / "c.json").exists()
 
 
+def test_calibrate_add_keeps_the_other_accelerations(calibrated, tmp_path, capsys):
+    """``--add`` puts a new acceleration beside the file's others; for other solver settings
+    or another checkpoint it refuses and leaves the file as it was (the new work aside)."""
+    d, source = calibrated
+    ckpt = tmp_path / "prior.pt"
+    shutil.copy(source, ckpt)
+    shutil.copy(calibration_path(source), calibration_path(ckpt))
+    before = calibration_path(ckpt).read_text()
+    r4 = load_calibration(ckpt)["entries"][0]
+    scans = [make_sample_file(tmp_path / "cal.h5", num_slices=2, seed=12)]
+    base = ["calibrate", *map(str, scans), "--checkpoint", str(ckpt), "--settings", str(d / "fast.yaml"), "-q",
+            "--threads", "1"]
+    _one_error(main(base + ["-R", "6"]), capsys, "exists", "--add")
+    _one_error(main(base + ["-R", "6", "--add", "--overwrite"]), capsys, "give one of them")
+    assert main(base + ["-R", "6", "--add"]) == 0, capsys.readouterr().err
+    cal = load_calibration(ckpt)
+    assert [e["accel"] for e in cal["entries"]] == [4.0, 6.0] and cal["entries"][0] == r4
+    assert cal["entries"][1]["files"] == ["cal.h5"]
+    assert choose_bound(ckpt, 6, 6.0, cal["settings"], 0.9).scale == cal["entries"][1]["levels"]["0.90"]
+    merged = calibration_path(ckpt).read_text()
+    _one_error(main(base + ["-R", "8", "--add", "--samples", "3"]), capsys, "cannot add to", "samples 2 -> 3",
+               "prior.calibration.new.json")
+    assert calibration_path(ckpt).read_text() == merged != before
+    assert [e["accel"] for e in json.loads((tmp_path / "prior.calibration.new.json").read_text())["entries"]] == [8.0]
+    with open(ckpt, "ab") as f:  # now another checkpoint: refused before any work
+        f.write(b"\0")
+    _one_error(main(base + ["-R", "8", "--add"]), capsys, "cannot add to", "another checkpoint")
+    assert calibration_path(ckpt).read_text() == merged
+
+
+def test_merge_calibration_replaces_the_entries_it_recalibrates():
+    from mrimsm.errors import MrimsmError
+    from mrimsm.recon.calibration import merge_calibration
+
+    def cal(*accels, sha="a", samples=4, seed=0):
+        return {"checkpoint": {"sha256": sha}, "settings": {"samples": samples}, "seed": seed,
+                "entries": [{"accel": a, "tag": (sha, samples, seed, a)} for a in accels]}
+
+    old, new = cal(6.0, 4.0), cal(8.0, 6.0, seed=0)
+    new["entries"][1]["tag"] = "new 6"
+    merged = merge_calibration(old, new)
+    assert [(e["accel"], e["tag"]) for e in merged["entries"]] == [(4.0, ("a", 4, 0, 4.0)), (6.0, "new 6"),
+                                                                  (8.0, ("a", 4, 0, 8.0))]
+    assert old["entries"][0]["accel"] == 6.0 and len(new["entries"]) == 2  # inputs untouched
+    for other, what in ((cal(8.0, sha="b"), "another checkpoint"), (cal(8.0, samples=8), "samples 4 -> 8"),
+                        (cal(8.0, seed=1), "seed differs")):
+        with pytest.raises(MrimsmError, match=what):
+            merge_calibration(old, other)
+
+
 def test_a_calibration_from_before_the_bootstrap_key_holds_for_bootstrap_zero_only():
     from mrimsm.recon.calibration import settings_differ
 

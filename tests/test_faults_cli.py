@@ -440,6 +440,8 @@ def _option_cases(inputs: Path, work: Path) -> dict[str, tuple[list, dict[str, l
             "device": [(["--device", "tpu"], "--device must be cpu, cuda or cuda:N")],
             "threads": ints("--threads", "an integer in [1, ", 0),
             "overwrite": flag("--overwrite"),
+            "add": flag("--add") + [(["-o", taken, "--add"], "cannot read the calibration"),
+                                    (["--add", "--overwrite"], "give one of them")],
             "quiet": flag("--quiet"),
         }),
         "convert": (["convert", twix, "-o", work / "c.h5"], {

@@ -38,6 +38,7 @@ from mrimsm.errors import MrimsmError
 __all__ = [
     "CALIBRATION_FORMAT", "DEFAULT_COVERAGE", "SETTINGS_KEYS", "BoundChoice", "calibration_path",
     "load_calibration", "read_calibration", "solver_settings", "settings_differ", "choose_bound", "error_bound_for", "calibrate", "write_calibration",
+    "merge_calibration",
 ]
 
 CALIBRATION_FORMAT = "mrimsm-calibration/1"
@@ -322,6 +323,32 @@ def calibrate(
         "floor": "slice",
         "entries": entries,
     }
+
+
+#: Top-level keys two calibrations must agree on to be merged (when both have them): what
+#: their bounds mean (reference, support, floor) and how their slices were drawn.
+MERGE_KEYS = ("reference", "support", "floor", "seed", "simulation", "calibration_slices")
+
+
+def merge_calibration(old: Mapping, new: Mapping) -> dict:
+    """``new`` with the entries of ``old`` for the accelerations ``new`` does not calibrate
+    (sorted by acceleration): adding an acceleration to an existing calibration.
+
+    MrimsmError (one line) unless both hold for the same checkpoint (SHA-256), the same
+    solver settings and the same :data:`MERGE_KEYS`: a file's bounds then all mean one thing.
+    """
+    old_sha, new_sha = old.get("checkpoint", {}).get("sha256"), new.get("checkpoint", {}).get("sha256")
+    if old_sha != new_sha:
+        raise MrimsmError(f"it is the calibration of another checkpoint ({old.get('checkpoint', {}).get('file')}, "
+                          f"sha256 {str(old_sha)[:12]}, not {str(new_sha)[:12]})")
+    if differ := settings_differ(old, new.get("settings", {})) + settings_differ(new, old.get("settings", {})):
+        raise MrimsmError(f"it holds for other solver settings ({'; '.join(dict.fromkeys(differ))})")
+    for key in MERGE_KEYS:
+        if key in old and key in new and old[key] != new[key]:
+            raise MrimsmError(f"its {key} differs ({old[key]!r} -> {new[key]!r})")
+    mine = [float(e["accel"]) for e in new["entries"]]
+    kept = [e for e in old["entries"] if all(abs(float(e["accel"]) - a) >= ACCEL_TOLERANCE for a in mine)]
+    return {**new, "entries": sorted([*kept, *new["entries"]], key=lambda e: float(e["accel"]))}
 
 
 def write_calibration(cal: dict, path: Union[str, os.PathLike]) -> Path:
