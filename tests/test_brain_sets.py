@@ -433,6 +433,7 @@ def test_real_sources_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("name, twin", [("default_msm_brains.yaml", "default_msm.yaml"),
+                                        ("default_msm_brains_finetune.yaml", "default_msm_noisy.yaml"),
                                         ("tiny_brains.yaml", "tiny.yaml"),
                                         ("default_ssdu_brains.yaml", "default_ssdu.yaml")])
 def test_brain_configs_load_and_match_their_twins(name, twin):
