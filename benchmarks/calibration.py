@@ -244,7 +244,7 @@ def readme_table(rows: list[dict], prior: str, command: str, setup: str) -> str:
     """The run as a result file for ``benchmarks/results/`` (:func:`benchmarks.readme.format_table`):
     a row per test set, a column per metric and test noise, each cell ``R a / R b / ...`` over
     the accelerations run ("-": not run)."""
-    from benchmarks.readme import format_table
+    from benchmarks.readme import measured_table
 
     accels = sorted({float(r["accel"]) for r in rows})
     noises = sorted({float(r["noise"]) for r in rows})
@@ -258,8 +258,7 @@ def readme_table(rows: list[dict], prior: str, command: str, setup: str) -> str:
             for n in noises:
                 cells.append(" / ".join(fmt.format(float(mine[n, x][key])) if (n, x) in mine else "-" for x in accels))
         body.append(cells)
-    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
-                        header, body)
+    return measured_table(command, setup, header, body)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -311,10 +310,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         from mrimsm.metrics import per_slice_metrics
         from mrimsm.recon import prepare_volume, run_method
         from mrimsm.recon.calibration import BoundChoice, calibrate, calibration_path, error_bound_for, \
-            merge_calibration, read_calibration, settings_differ, solver_settings, write_calibration
+            made_for, merge_calibration, read_calibration, settings_differ, solver_settings, write_calibration
         from mrimsm.recon.methods import get_method
         from mrimsm.uncertainty import LEVELS, calibration_metrics, object_support, std_floor
-        from mrimsm.utils import file_sha256
         from scipy.stats import norm, spearmanr
 
         t_start = time.perf_counter()
@@ -333,13 +331,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         installed = None
         if args.add and calibration_path(checkpoint).is_file():  # checked before the work, merged after it
             installed = read_calibration(calibration_path(checkpoint))
-            if installed["checkpoint"].get("sha256") != file_sha256(checkpoint):
+            if not made_for(installed, checkpoint):
                 raise MrimsmError(f"--add: {calibration_path(checkpoint)} is the calibration of another checkpoint")
         with tempfile.TemporaryDirectory(prefix="mrimsm-calib-") as work:
             w = Path(work)
             if args.calibration is not None:
                 cal = read_calibration(args.calibration)
-                if cal["checkpoint"].get("sha256") != file_sha256(checkpoint):
+                if not made_for(cal, checkpoint):
                     raise MrimsmError(f"{args.calibration} is the calibration of {cal['checkpoint'].get('file')}, "
                                       f"not of {checkpoint.name}")
                 have = [e["accel"] for e in cal["entries"]]
@@ -465,7 +463,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{args.noise:g}; errors against the noise-free object, inside the object"))
         if args.install:
             if installed is not None:
-                cal = merge_calibration(installed, cal)  # a refusal leaves calibration.json in --out
+                try:
+                    cal = merge_calibration(installed, cal)
+                except MrimsmError as exc:  # the file is left as it was; the work is in --out
+                    raise MrimsmError(f"--add: cannot add to {calibration_path(checkpoint)}: {exc}; the new "
+                                      f"calibration is in {args.out / 'calibration.json'}") from None
             target = write_calibration(cal, calibration_path(checkpoint))
             log_line(f"installed {target}")
         print("\n".join(lines))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -87,7 +86,7 @@ def readme_table(rows: Sequence[dict], labels: Sequence[str], command: str, setu
     """The run as a result file for ``benchmarks/results/`` (:func:`benchmarks.readme.format_table`):
     a row per method (``labels`` order), PSNR dB in the paper and fastMRI conventions per
     R (achieved R in brackets), network evaluations per slice ("-" for none)."""
-    from benchmarks.readme import format_table
+    from benchmarks.readme import measured_table
 
     accels = list(dict.fromkeys(r["accel"] for r in rows))
     header = ["method"]
@@ -107,8 +106,7 @@ def readme_table(rows: Sequence[dict], labels: Sequence[str], command: str, setu
         nfe = max(float(r["nfe_per_slice"]) for r in mine if r is not None)
         cells.append(f"{nfe:.0f}" if nfe > 0 else "-")
         body.append(cells)
-    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
-                        header, body)
+    return measured_table(command, setup, header, body)
 
 
 def readme_setup(args: argparse.Namespace, outcome: Outcome) -> str:

@@ -262,7 +262,7 @@ def readme_table(rows: list[dict], command: str, size: int) -> str:
     """The sweep as one result file for ``benchmarks/results/`` (:func:`benchmarks.readme.format_table`):
     a row per set, a column per R and test noise, cells ``CS-L1 / SSDU / MSM`` PSNR (paper
     convention, dB) against the noise-free object ("-" for a method not run)."""
-    from benchmarks.readme import format_table
+    from benchmarks.readme import measured_table
 
     panels = sorted({(float(r["accel"]), float(r["noise"])) for r in rows})
     header = ["set", "slices"] + [f"R {a:g}, noise {n:g}" for a, n in panels]
@@ -277,8 +277,7 @@ def readme_table(rows: list[dict], command: str, size: int) -> str:
         body.append(cells)
     setup = (f"{size} x {size}, {COILS} coils, every method at its defaults (shipped priors); cells CS-L1 / SSDU / "
              "MSM, PSNR dB (paper convention) against the noise-free object")
-    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
-                        header, body)
+    return measured_table(command, setup, header, body)
 
 
 if __name__ == "__main__":

@@ -234,7 +234,7 @@ def write_outputs(rows: list[dict], out: Path, argv: Sequence[str], args: argpar
 def readme_table(rows: list[dict], command: str, args: argparse.Namespace) -> str:
     """The study as one result file in :func:`benchmarks.readme.format_table`'s format: a row
     per prior (and CS-L1), a column per R and test noise, cells ``PSNR paper / fastMRI``."""
-    from benchmarks.readme import format_table
+    from benchmarks.readme import measured_table
 
     panels = sorted({(r["accel"], r["test_noise"]) for r in rows})
     header = ["prior", "steps"] + [f"R {a:g}, noise {n:g}" for a, n in panels]
@@ -247,8 +247,7 @@ def readme_table(rows: list[dict], command: str, args: argparse.Namespace) -> st
     setup = (f"64 x 64 priors, {args.channels} base channels, batch 8, the noisy loss = diffusion.rho null; evaluation "
              f"on {3 * args.slices} held-out MNI slices, {args.coils} coils, MSM {args.msm_steps} steps x 1 sample; "
              "PSNR paper / fastMRI (dB) against the noise-free object")
-    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
-                        header, body)
+    return measured_table(command, setup, header, body)
 
 
 def _figure(rows: list[dict], path: Path) -> None:

@@ -26,6 +26,7 @@ import csv
 import io
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -92,6 +93,13 @@ def format_table(provenance: dict[str, str], header: list[str], rows: list[list[
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue()
+
+
+def measured_table(command: str, setup: str, header: list[str], rows: list[list[str]]) -> str:
+    """:func:`format_table` of a run measured now: provenance today's date (UTC), ``command``
+    and ``setup`` (the result file a benchmark script writes for ``benchmarks/results/``)."""
+    return format_table({"date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, "setup": setup},
+                        header, rows)
 
 
 def join_tables(paths: list[Path], setup: Optional[str] = None) -> str:

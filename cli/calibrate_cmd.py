@@ -63,10 +63,10 @@ def register(app: typer.Typer) -> None:
         """Calibrate a prior's uncertainty maps on fully sampled scans (errors against each scan's
         reconstruction_rss), for recon's error_bound."""
         from mrimsm.errors import MrimsmError
-        from mrimsm.recon.calibration import calibrate as make, calibration_path, merge_calibration, \
-            read_calibration, write_calibration
+        from mrimsm.recon.calibration import calibrate as make, calibration_path, made_for, \
+            merge_calibration, read_calibration, write_calibration
         from mrimsm.recon.directory import list_inputs
-        from mrimsm.utils import check_output, file_sha256
+        from mrimsm.utils import check_output
 
         from .recon_cmd import _echo_line, _progress
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
             raise MrimsmError(f"{target} exists; pass --overwrite to replace it or --add to add to it")
         check_output(target, kind="file", inputs=[*files, *(x for x in (checkpoint, settings) if x)])
         old = read_calibration(target) if add and target.exists() else None  # unusable: refused before any work
-        if old is not None and checkpoint is not None and old["checkpoint"].get("sha256") != file_sha256(checkpoint):
+        if old is not None and checkpoint is not None and not made_for(old, checkpoint):
             raise MrimsmError(f"cannot add to {target}: it is the calibration of another checkpoint "
                               f"({old['checkpoint'].get('file')})")
         cal = make(files, accel, {k: v for k, v in opts.items() if v is not None},

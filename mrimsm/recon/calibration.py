@@ -38,7 +38,7 @@ from mrimsm.errors import MrimsmError
 __all__ = [
     "CALIBRATION_FORMAT", "DEFAULT_COVERAGE", "SETTINGS_KEYS", "BoundChoice", "calibration_path",
     "load_calibration", "read_calibration", "solver_settings", "settings_differ", "choose_bound", "error_bound_for", "calibrate", "write_calibration",
-    "merge_calibration",
+    "merge_calibration", "made_for",
 ]
 
 CALIBRATION_FORMAT = "mrimsm-calibration/1"
@@ -127,6 +127,13 @@ class BoundChoice:
     reason: Optional[str] = None
 
 
+def made_for(cal: Mapping, checkpoint: Union[str, os.PathLike]) -> bool:
+    """Whether the calibration ``cal`` was made for the checkpoint file ``checkpoint`` (its SHA-256)."""
+    from mrimsm.utils import file_sha256
+
+    return cal.get("checkpoint", {}).get("sha256") == file_sha256(checkpoint)
+
+
 def settings_differ(cal: Mapping, settings: Mapping) -> list[str]:
     """``"key old -> new"`` for each solver setting where ``settings`` differ from the calibration's."""
     saved = {**SETTINGS_BEFORE_KEY, **cal.get("settings", {})}
@@ -141,14 +148,12 @@ def choose_bound(checkpoint: Union[str, os.PathLike], accel: Optional[float], ac
     ``settings`` gets at ``coverage``; a :class:`BoundChoice` with ``reason`` when none fits
     (no calibration, another checkpoint, other settings, an uncalibrated acceleration, a
     coverage above the stored levels)."""
-    from mrimsm.utils import file_sha256
-
     path = calibration_path(checkpoint)
     cal = load_calibration(checkpoint)
     cmd = f"mrimsm calibrate --checkpoint {checkpoint} SCANS..."
     if cal is None:
         return BoundChoice(None, path=path, reason=f"{Path(checkpoint).name} has no calibration ({path.name}; {cmd})")
-    if cal["checkpoint"].get("sha256") != file_sha256(checkpoint):
+    if not made_for(cal, checkpoint):
         return BoundChoice(None, path=path, reason=f"{path.name} was made for another checkpoint ({cmd})")
     differ = settings_differ(cal, settings)
     if differ:
