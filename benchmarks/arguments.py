@@ -71,16 +71,17 @@ def base_parser(
     return ap
 
 
-def add_heldout_arguments(ap: argparse.ArgumentParser) -> None:
-    """The evaluation options of the held-out pipeline: accelerations, slices (simulated or
-    a prepared directory's), the MSM model and its solver settings."""
+def add_heldout_arguments(ap: argparse.ArgumentParser, data: bool = True) -> None:
+    """The evaluation options of the held-out pipeline: accelerations, slices (simulated or,
+    with ``data``, a prepared directory's), the MSM model and its solver settings."""
     from benchmarks.data import HELDOUT_COILS, HELDOUT_NOISE, HELDOUT_SIZE
 
     ap.add_argument("--accels", type=float, nargs="+", default=[4.0, 6.0], help="accelerations (default 4 6)")
     ap.add_argument("--slices", type=int, default=3, help="evaluation slices (default 3: one per orientation)")
-    ap.add_argument("--data", type=Path, default=None,
-                    help="prepared directory (mrimsm prep-fastmri) whose val shards are used instead of the "
-                    "simulated held-out slices")
+    if data:
+        ap.add_argument("--data", type=Path, default=None,
+                        help="prepared directory (mrimsm prep-fastmri) whose val shards are used instead of the "
+                        "simulated held-out slices")
     ap.add_argument("--checkpoint", type=Path, default=None, help="MSM checkpoint (default: the shipped model)")
     ap.add_argument("--settings", type=Path, default=None,
                     help="posterior settings YAML (default: the prior's own, or PosteriorSettings' defaults)")

@@ -52,10 +52,16 @@ COILS = 8
 MNI_SLICES = 8
 
 
-def _raw(work: Path, noise: float, sets: list, size: int) -> Path:
-    """``work/noise_<noise>``: the brains.py sets of ``sets`` at this test noise (made if absent)."""
+#: The sets of ``data_scripts/brains.py`` that its files serve: the held-out ones and the
+#: validation set (``benchmarks.sweep_solver --val-set brains``).
+BRAINS_SCRIPT_SETS = BRAINS_SETS + ("val",)
+
+
+def brains_raw(work: Path, noise: float, sets: list, size: int) -> Path:
+    """``work/noise_<noise>``: the brains.py sets of ``sets`` (:data:`BRAINS_SCRIPT_SETS`) at this
+    test noise, 8 coils (made if absent)."""
     out = work / f"noise_{noise:g}"
-    wanted = [s for s in sets if s in BRAINS_SETS]
+    wanted = [s for s in sets if s in BRAINS_SCRIPT_SETS]
     if wanted and not all((out / s).is_dir() for s in wanted):
         cmd = [sys.executable, str(REPO / "data_scripts" / "brains.py"), str(out), "--size", str(size),
                "--noise", f"{noise:g}", "--sets", ",".join(wanted)]
@@ -110,7 +116,7 @@ def write_dipy(root: Path, noise: float, size: int, images: dict, coils: int = C
 def set_files(work: Path, noise: float, sets: list, size: int, files: int, dipy: dict) -> dict:
     """``set -> [fastMRI files]`` at test ``noise`` (written into ``work/size_<size>/noise_<noise>``
     if absent); ``dipy``: the images of the dipy sets (:func:`dipy_images`)."""
-    root = _raw(work / f"size_{size}", noise, sets, size)
+    root = brains_raw(work / f"size_{size}", noise, sets, size)
     if "mni" in sets:
         _write_mni(root / "mni", noise, size)
     write_dipy(root, noise, size, {s: dipy[s] for s in sets if s in dipy})

@@ -1,9 +1,18 @@
-"""Choose the posterior solver's defaults on VALIDATION slices (never the held-out test slices).
+"""Choose the posterior solver's defaults, and compare checkpoints, on VALIDATION slices
+(never the held-out test slices).
 
-Validation slices: MNI152 slices of the training ranges that the shipped priors never saw
-(the odd offsets: the training sets take every other slice from the start of each range,
-so these are 1 mm neighbours of training slices, not held-out anatomy). The held-out
-evaluation slices of ``recon.py`` / ``csmri.py`` are not touched here.
+Validation slices (``--val-set``):
+
+* ``mni`` (default): MNI152 slices of the training ranges that the shipped priors never saw
+  (the odd offsets: the training sets take every other slice from the start of each range,
+  so these are 1 mm neighbours of training slices, not held-out anatomy);
+* ``brains``: the ``val`` set of ``data_scripts/brains.py``: 23 slices of the individual
+  pycortex S1 head, 1 mm neighbours of the brain training set's slices (8 coils, the
+  ``fit`` pixels of the 64 x 64 prior; written once into ``--work`` and reused, the noise-free
+  twins beside them). ``--slices N`` keeps N of them, evenly spread.
+
+The held-out evaluation slices of ``recon.py`` / ``csmri.py`` / ``heldout_sets.py`` are not
+touched here.
 
 Each ``--grid`` entry is ``key=v1,v2,...`` over :class:`mrimsm.diffusion.posterior.PosteriorSettings`
 fields (``dc``, ``dc_lambda``, ``dc_schedule``, ``t0``, ``init``, ``steps``, ``w``, ``samples``,
@@ -31,7 +40,7 @@ from typing import Any, Iterable, Optional
 from benchmarks import RESULTS_DIR
 from benchmarks.arguments import AUTO, ONE_THREAD_ON_CPU, add_heldout_arguments, base_parser, parse_value, run_main, \
     setup_torch
-from benchmarks.data import read_references, simulated_volumes, validation_selection
+from benchmarks.data import HELDOUT_COILS, read_references, simulated_volumes, validation_selection
 from benchmarks.progress import bars, log_line
 from benchmarks.runs import Run, build_methods, evaluate, truth_metrics
 from benchmarks.tables import METRIC_HEADER, conventions_note, cost_cells, header_lines, md_table, metric_cells, \
@@ -52,10 +61,41 @@ def label_of(opts: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in opts.items()) or "default"
 
 
+#: Coils of brains.py's files (its default; the held-out sets' too).
+BRAINS_COILS = 8
+
+
+def _count(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as h:
+        return int(h["kspace"].shape[0])
+
+
+def brains_validation(work: Path, size: int, noise: float, slices: int) -> tuple[list[Path], list[Path]]:
+    """``(files, noise-free twins)``: ``slices`` of the brains.py ``val`` set at test ``noise``,
+    evenly spread (:func:`benchmarks.heldout_sets.capped_files`), written into ``work/size_<size>``
+    when absent."""
+    from benchmarks.heldout_sets import brains_raw, capped_files
+
+    root, cap = work / f"size_{size}", work / f"size_{size}" / f"slices_{slices}"
+    picked = []
+    for n in (noise, 0.0):
+        raw = sorted((brains_raw(root, n, ["val"], size) / "val").glob("*.h5"))
+        picked.append(capped_files(raw, slices, cap / f"noise_{n:g}" / "val"))
+    return picked[0], picked[1]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = base_parser(__doc__, out=RESULTS_DIR / "sweep", threads=None, threads_help=ONE_THREAD_ON_CPU, device=AUTO,
                      seed=0, quiet=True)
-    add_heldout_arguments(ap)
+    add_heldout_arguments(ap, data=False)
+    ap.add_argument("--val-set", choices=("mni", "brains"), default="mni",
+                    help="validation slices: mni (the MNI152 template's, default) or brains (the individual "
+                    "pycortex head of data_scripts/brains.py's val set)")
+    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "mrimsm" / "heldout_sets",
+                    help="--val-set brains: where its files are written and reused (default "
+                    "~/.cache/mrimsm/heldout_sets, shared with heldout_sets.py)")
     ap.add_argument("--base", nargs="*", default=[], help="fixed settings key=value")
     ap.add_argument("--grid", nargs="*", default=[], help="swept settings key=v1,v2,...")
     ap.add_argument("--sense", action="store_true", help="sweep SENSE's sense_lambda / sense_iters instead")
@@ -64,6 +104,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="slice pixels: fit (resampled to --size, the 64 x 64 prior's data) or native "
                          "(1 mm, zero-padded to --size: the 256 x 256 prior's data)")
     args = ap.parse_args(argv)
+    if args.val_set == "brains" and (args.pixel != "fit" or args.coils != HELDOUT_COILS):
+        ap.error("--val-set brains has brains.py's own slices: 8 coils, fit pixels (leave --coils and --pixel out)")
     setup_torch(args)
 
     def body() -> int:
@@ -82,14 +124,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         built = build_methods(runs, common)
         progress = bars(args.quiet)
         with tempfile.TemporaryDirectory(prefix="mrimsm-sweep-") as work:
-            sel = validation_selection(args.slices)
+            if args.val_set == "brains":
+                files, twins = brains_validation(args.work, args.size, args.noise, args.slices)
+                coils, where = BRAINS_COILS, f"the {sum(_count(f) for f in files)} slices of {', '.join(f.name for f in files)}"
+            else:
+                sel = validation_selection(args.slices)
 
-            def simulate(folder: Path, noise: float) -> list[Path]:  # the same seeds: noise 0 gives the noise-free twins
-                folder.mkdir(exist_ok=True)
-                return [simulate_volume_file(folder / f"val_{o}.h5", o, idx, args.size, args.coils, noise, True,
-                                             seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
+                def simulate(folder: Path, noise: float) -> list[Path]:  # the same seeds: noise 0 gives the noise-free twins
+                    folder.mkdir(exist_ok=True)
+                    return [simulate_volume_file(folder / f"val_{o}.h5", o, idx, args.size, args.coils, noise, True,
+                                                 seed=100 + k, pixel=args.pixel) for k, (o, idx) in enumerate(sel)]
 
-            files, twins = simulate(Path(work), args.noise), simulate(Path(work) / "noise_free", 0.0)
+                files, twins = simulate(Path(work), args.noise), simulate(Path(work) / "noise_free", 0.0)
+                coils, where = args.coils, "; ".join(f"{o} {i}" for o, i in sel)
             vols = {float(a): simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
             records = evaluate(vols, runs, built, common, progress, log_line, keep=lambda run, k: True)
             clean = read_references(twins)
@@ -98,8 +145,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for r in rows:
             r.update(truth[(r["accel"], r["label"])])
         lines = header_lines("Posterior solver sweep on validation slices", sys.argv, args.device)
-        lines += [f"Validation slices (trained on by no shipped model, not the held-out test set): "
-                  f"{'; '.join(f'{o} {i}' for o, i in sel)}, {args.size} x {args.size} ({args.pixel} pixels), {args.coils} coils, "
+        lines += [f"Validation slices ({args.val_set}; trained on by no shipped model, not the held-out test set): "
+                  f"{where}, {args.size} x {args.size} ({args.pixel} pixels), {coils} coils, "
                   f"noise {args.noise:g}. Base: {label_of(base)}.", "", conventions_note("one per orientation"), ""]
         for accel in dict.fromkeys(r["accel"] for r in rows):
             here = sorted((r for r in rows if r["accel"] == accel), key=lambda r: -r["psnr_paper_mean"])

