@@ -27,6 +27,7 @@ at every noise level), so that a sweep of every set and noise level fits on a CP
 
     .venv/bin/python -m benchmarks.heldout_sets --noise 0.002 0.01 --out results/heldout_sets
     .venv/bin/python -m benchmarks.heldout_sets --msm runs/msm64_brains --label brains --noise 0.01
+    .venv/bin/python -m benchmarks.heldout_sets --msm --ssdu shipped runs/ssdu64_brains --noise 0.01
 """
 
 from __future__ import annotations
@@ -180,7 +181,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--msm", nargs="*", default=["shipped"],
                     help="MSM checkpoints to compare ('shipped': the shipped prior, the default); none: no MSM row")
     ap.add_argument("--label", nargs="*", default=None, help="a row label per --msm checkpoint")
-    ap.add_argument("--ssdu", action="store_true", help="add the shipped SSDU")
+    ap.add_argument("--ssdu", nargs="*", default=None,
+                    help="add SSDU: the shipped model (no value), or these checkpoints ('shipped' among them: "
+                    "the shipped one), a row each")
     ap.add_argument("--size", type=int, default=64, help="image side of every simulated set (default 64)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "mrimsm" / "heldout_sets",
                     help="where the simulated files are written and reused, a folder per --size "
@@ -198,8 +201,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         labels = args.label or [("MSM" if p is None else f"MSM {p.name}") for p in ckpts]
         runs = [Run("zero-filled", "zero-filled"), Run("SENSE", "sense"), Run("CS-L1", "cs")]
         runs += [Run(lab, "msm", {} if p is None else {"checkpoint": str(p)}) for lab, p in zip(labels, ckpts)]
-        if args.ssdu:
-            runs.append(Run("SSDU", "ssdu"))
+        for p in ([] if args.ssdu is None else args.ssdu or ["shipped"]):
+            runs.append(Run("SSDU", "ssdu") if p == "shipped" else Run(f"SSDU {p}", "ssdu", {"ssdu_checkpoint": p}))
+        labels = [r.label for r in runs]
+        if len(set(labels)) < len(labels):
+            from mrimsm.errors import MrimsmError
+
+            raise MrimsmError(f"two rows would share a label ({', '.join(sorted({x for x in labels if labels.count(x) > 1}))}): "
+                              "give each --msm checkpoint its own --label, each --ssdu checkpoint once")
         common = {"device": args.device, "seed": args.seed}
         built = build_methods(runs, common)
         progress = bars(args.quiet)

@@ -152,3 +152,18 @@ def test_a_dipy_set_not_found_is_left_out_with_a_note_by_default(tmp_path, monke
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --sets dipyb0 needs --dipy")
     code, _ = _run(tmp_path, "--noise", "0.01", "--dipy", str(tmp_path / "nothing.whl"), "--sets", "dipy")
     assert code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --dipy ")
+
+
+def test_ssdu_checkpoints_side_by_side(tmp_path):
+    """``--ssdu shipped CKPT``: a row each, the checkpoint's own weights (the 256 model on 64 x 64
+    slices differs from the 64 one that ``shipped`` picks)."""
+    from mrimsm.assets import asset_path
+
+    other = str(asset_path("default_ssdu256.pt"))
+    code, out = _run(tmp_path, "--sets", "mni", "--noise", "0.01", "--slices", "1", "--size", "64",
+                     "--ssdu", "shipped", other)
+    assert code in (0, None)
+    got = {r["label"]: float(r["psnr_clean_paper"]) for r in _rows(out / "heldout_sets.csv")}
+    assert {"SSDU", f"SSDU {other}"} <= set(got) and got["SSDU"] != pytest.approx(got[f"SSDU {other}"], abs=1e-3)
+    code, _ = _run(tmp_path, "--sets", "mni", "--noise", "0.01", "--slices", "1", "--ssdu", other, other)
+    assert code == 2  # the same checkpoint twice: one line, no run
