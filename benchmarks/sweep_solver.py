@@ -61,17 +61,6 @@ def label_of(opts: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in opts.items()) or "default"
 
 
-#: Coils of brains.py's files (its default; the held-out sets' too).
-BRAINS_COILS = 8
-
-
-def _count(path: Path) -> int:
-    import h5py
-
-    with h5py.File(path, "r") as h:
-        return int(h["kspace"].shape[0])
-
-
 def brains_validation(work: Path, size: int, noise: float, slices: int) -> tuple[list[Path], list[Path]]:
     """``(files, noise-free twins)``: ``slices`` of the brains.py ``val`` set at test ``noise``,
     evenly spread (:func:`benchmarks.heldout_sets.capped_files`), written into ``work/size_<size>``
@@ -125,8 +114,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         progress = bars(args.quiet)
         with tempfile.TemporaryDirectory(prefix="mrimsm-sweep-") as work:
             if args.val_set == "brains":
+                from benchmarks.heldout_sets import COILS as coils
+
                 files, twins = brains_validation(args.work, args.size, args.noise, args.slices)
-                coils, where = BRAINS_COILS, f"the {sum(_count(f) for f in files)} slices of {', '.join(f.name for f in files)}"
+                where = None  # the slice count comes with the volumes below
             else:
                 sel = validation_selection(args.slices)
 
@@ -138,6 +129,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 files, twins = simulate(Path(work), args.noise), simulate(Path(work) / "noise_free", 0.0)
                 coils, where = args.coils, "; ".join(f"{o} {i}" for o, i in sel)
             vols = {float(a): simulated_volumes(files, float(a), args.seed, progress) for a in args.accels}
+            if where is None:
+                count = sum(len(v.slices) for v in next(iter(vols.values())))
+                where = f"the {count} slices of {', '.join(f.name for f in files)}"
             records = evaluate(vols, runs, built, common, progress, log_line, keep=lambda run, k: True)
             clean = read_references(twins)
         rows = summarize(records, runs)
