@@ -420,13 +420,30 @@ def test_msm_noisy_loss_runs_with_bf16_autocast(tmp_path):
     assert all(np.isfinite(v) for _, v in res.losses)
 
 
-def test_cpu_bf16_autocast_follows_the_config():
+def test_cpu_bf16_autocast_follows_the_config(monkeypatch):
+    from mrimsm import train as train_module
     from mrimsm.train import _amp_dtype
 
     cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
     assert _amp_dtype(msm_config(), cpu) is None  # default: fp32 on CPU
     assert _amp_dtype(msm_config(cpu_bf16=True), cpu) == torch.bfloat16
     assert _amp_dtype(msm_config(cpu_bf16=True, amp=False), cpu) == torch.bfloat16  # amp is CUDA's switch
+
+
+def test_cpu_bf16_falls_back_to_fp32_without_fast_kernels(tmp_path, monkeypatch):
+    # an AVX2-only CPU emulates bf16 convolutions (tens of times slower than fp32): train in
+    # fp32 and say so, instead of a silent 40x slowdown
+    from mrimsm import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
+    assert train_module._amp_dtype(msm_config(cpu_bf16=True), torch.device("cpu")) is None
+    said = []
+    train(msm_config(cpu_bf16=True, max_steps=1), tmp_path / "r", echo=said.append)
+    assert any("no fast bf16 kernels" in m and "fp32" in m for m in said)
+    said.clear()
+    train(msm_config(max_steps=1), tmp_path / "q", echo=said.append)  # fp32 by config: no note
+    assert said and not any("no fast bf16 kernels" in m for m in said)
 
 
 def test_training_with_flips_runs_and_differs(tmp_path):
