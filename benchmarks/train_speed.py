@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from benchmarks import REPO
-from benchmarks.arguments import AUTO, base_parser, setup_torch
+from benchmarks.arguments import AUTO, base_parser, run_main, setup_torch
 DEFAULT_CONFIGS = ("configs/default_msm.yaml", "configs/default_msm256.yaml")
 
 
@@ -57,15 +57,28 @@ def synthetic_batch(batch: int, size: int, coils: int, rho: float, seed: int = 0
     return {"y": y, "mask": mask, "maps": maps, "index": torch.arange(batch)}
 
 
+def _data_size_and_noise(cfg: Any) -> tuple[int, float]:
+    """Image size and training noise of ``cfg``'s data: the simulation settings, or a
+    prepared set's manifest (``data.root``; its measured noise, what ``diffusion.rho: null``
+    trains with). A prepared set that is not there is one error line."""
+    from mrimsm.data.datasets import read_manifest
+    from mrimsm.data.training_data import data_noise
+
+    if cfg.data.simulated is not None:
+        return cfg.data.simulated.size, cfg.data.simulated.rho
+    manifest = read_manifest(Path(cfg.data.root).expanduser(), hint="prepare it first (the config's header says how)")
+    return int(manifest["size"]), data_noise(manifest) or 0.0
+
+
 def _setup(config: Path, coils: int, batch: Optional[int], device: str) -> tuple[Any, Any, torch.nn.Module, dict, int, int]:
     """``(config, training method, model on device, batch on device, image size, batch size)``."""
     from mrimsm.config import load_config
     from mrimsm.methods import training_method as get_method
 
     cfg = load_config(config)
-    size = cfg.data.simulated.size if cfg.data.simulated is not None else 256
+    size, data_rho = _data_size_and_noise(cfg)
     bs = batch or cfg.train.batch_size
-    rho = cfg.diffusion.rho if cfg.diffusion.rho is not None else cfg.data.simulated.rho
+    rho = cfg.diffusion.rho if cfg.diffusion.rho is not None else data_rho
     data = synthetic_batch(bs, size, coils, rho)
     example = {k: v[0] for k, v in data.items()}
     method = get_method(cfg.method)(cfg, {"example": example, "rho": rho})
@@ -210,4 +223,4 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(lambda: main() or 0)
