@@ -17,6 +17,11 @@ The runs come from ``mrimsm train configs/default_msm_noisy.yaml --out runs/defa
 ``mrimsm train --method ssdu configs/default_ssdu.yaml --out runs/default_ssdu`` and
 ``mrimsm train configs/ffhq_tiny.yaml --data data/images/train --out runs/default_images``
 (each resumable with ``--resume``).
+
+``--in-progress RUN_DIR`` keeps a run that is not shipped (yet) resumable across sessions:
+its compact state goes to ``training/in_progress/<run name>_last.pt`` and nothing else is
+written (``mkdir -p RUN_DIR && cp training/in_progress/NAME_last.pt RUN_DIR/last.pt`` and
+``mrimsm train CONFIG --out RUN_DIR --resume`` continue it).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from mrimsm.utils import atomic_path
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "mrimsm" / "assets"
 TRAINING = REPO / "training"
+#: resumable states of runs that continue across sessions but are not shipped (training/README.md)
+IN_PROGRESS = TRAINING / "in_progress"
 
 #: name -> (config file, float16 weights, data.root written into the shipped config)
 MODELS = {
@@ -59,10 +66,22 @@ def ship(name: str, run: Path, keep_state: bool = True) -> Path:
         if src.is_file():
             _copy(src, ASSETS / f"{name}.{suffix}")
     if keep_state and (run / "last.pt").is_file():
-        state = compact_training_state(run / "last.pt", TRAINING / f"{name}_last.pt")
-        if state.stat().st_size > MAX_STATE_BYTES:
-            compact_training_state(run / "last.pt", state, optimizer="drop")
+        keep_state_of(run, TRAINING / f"{name}_last.pt")
+        (IN_PROGRESS / f"{run.resolve().name}_last.pt").unlink(missing_ok=True)  # shipped: no longer in progress
     return dst
+
+
+def keep_state_of(run: Path, dst: Path) -> Path:
+    """``run/last.pt`` as a compact resumable state at ``dst``: bf16 AdamW moments, or
+    none (re-warmed on resume) when that would exceed :data:`MAX_STATE_BYTES`."""
+    state = compact_training_state(run / "last.pt", dst)
+    if state.stat().st_size > MAX_STATE_BYTES:
+        compact_training_state(run / "last.pt", state, optimizer="drop")
+    if state.stat().st_size > MAX_STATE_BYTES:
+        state.unlink()
+        raise SystemExit(f"error: {run / 'last.pt'} stays over {MAX_STATE_BYTES / 2**20:.0f} MiB even without "
+                         "optimizer moments; not kept")
+    return state
 
 
 def main() -> None:
@@ -73,7 +92,15 @@ def main() -> None:
     ap.add_argument("--msm256", type=Path, help="256 x 256 MSM run directory (configs/default_msm256.yaml)")
     ap.add_argument("--ssdu256", type=Path, help="256 x 256 SSDU run directory (configs/default_ssdu256.yaml)")
     ap.add_argument("--no-state", action="store_true", help="do not copy the resumable states to training/")
+    ap.add_argument("--in-progress", type=Path, action="append", default=[], metavar="RUN_DIR",
+                    help="keep only this unshipped run's resumable state, as training/in_progress/"
+                         "<run name>_last.pt (repeatable; nothing is shipped for it)")
     args = ap.parse_args()
+    for run in args.in_progress:
+        if not (run / "last.pt").is_file():
+            raise SystemExit(f"error: no last.pt in {run}")
+        state = keep_state_of(run, IN_PROGRESS / f"{run.resolve().name}_last.pt")
+        print(f"kept {state} ({state.stat().st_size / 1e6:.1f} MB)")
     for name, run in (("default_msm", args.msm), ("default_ssdu", args.ssdu), ("default_images", args.images),
                       ("default_msm256", args.msm256), ("default_ssdu256", args.ssdu256)):
         if run is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,20 @@ def test_bundle_wheels_for_another_python_are_skipped():
     assert fits(f"cryptography-44.0-cp{major}{minor}-abi3-manylinux_2_28_x86_64.whl")
     assert not fits(f"cryptography-44.0-cp{major}{minor + 1}-abi3-manylinux_2_28_x86_64.whl")
     assert not fits(f"numpy-2.0-cp{major}{minor - 1}-cp{major}{minor - 1}-manylinux_2_28_x86_64.whl")
+
+
+def test_check_names_the_in_progress_states_as_what_to_move_aside(tmp_path, capsys):
+    gt = _recipe()
+    repo = tmp_path / "repo"
+    (repo / "training" / "in_progress").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    state = repo / "training" / "in_progress" / "run_last.pt"
+    with open(state, "wb") as f:
+        f.truncate(65 * 2**20)  # sparse: counts 65 MiB, writes nothing
+    subprocess.run(["git", "-C", str(repo), "add", "training"], check=True)
+    assert gt.main(["check", "--repo", str(repo)]) == 1
+    out = capsys.readouterr().out
+    assert "TOO LARGE" in out and "mv training/in_progress /tmp/in_progress" in out
+    shutil.move(str(repo / "training" / "in_progress"), str(tmp_path / "aside"))  # what the advice says
+    assert gt.main(["check", "--repo", str(repo)]) == 0
+    assert "in_progress" not in capsys.readouterr().out

@@ -148,6 +148,11 @@ def _strip_wheel(whl: Path, drop: tuple) -> None:
     tmp.replace(whl)
 
 
+#: unshipped resumable states (data_scripts/ship_default_models.py --in-progress): not needed on
+#: the device, and over the carry with them
+IN_PROGRESS = "training/in_progress"
+
+
 def travelling_bytes(repo: Path, carry: list) -> dict:
     """Bytes the run tool sends: tracked files, untracked files git does not ignore,
     and the carried paths."""
@@ -173,6 +178,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     ok = sizes["total"] <= limit
     print(f"working tree {sizes['tree'] / 2**20:.1f} MiB + carried {sizes['carry'] / 2**20:.1f} MiB = "
           f"{sizes['total'] / 2**20:.1f} MiB of 64 MiB: {'fits' if ok else 'TOO LARGE, the run tool refuses the call'}")
+    aside = Path(args.repo) / IN_PROGRESS
+    if not ok and aside.is_dir() and any(aside.iterdir()):
+        print(f"the unshipped states in {IN_PROGRESS}/ are not needed on the device: move them aside for the "
+              f"call (mv {IN_PROGRESS} /tmp/in_progress) and back after it (mv /tmp/in_progress {IN_PROGRESS})")
     return 0 if ok else 1
 
 
