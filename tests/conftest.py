@@ -50,6 +50,20 @@ FAKE_KINDS = (
 )
 
 
+
+def load_script(relative_path: str, name: str):
+    """A repository script that is not a package module (``data_scripts/``, ``training/``),
+    imported as module ``name`` (registered in ``sys.modules``: dataclasses look their module
+    up while a class is made)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 def _simulated_volume(num_slices: int, size: int, num_coils: int, oversample: bool, noise_std: float, seed: int):
     from mrimsm.data.simulate import mni_slices, mni_split_indices, simulate_multicoil
 

@@ -21,16 +21,13 @@ import numpy as np
 import pytest
 
 from mrimsm.errors import MrimsmError
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("brains_script", REPO / "data_scripts" / "brains.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("data_scripts/brains.py", "brains_script")
 
 
 brains = _load_script()

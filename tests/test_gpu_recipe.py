@@ -18,15 +18,13 @@ import yaml
 from mrimsm.checkpoint import load_checkpoint
 from mrimsm.config import load_config
 from mrimsm.train import train
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("gpu_train", REPO / "training" / "gpu_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("training/gpu_train.py", "gpu_train")
 
 
 def _small_config(tmp_path: Path, **data) -> Path:

@@ -3,8 +3,6 @@ training method, the tiny photograph folder, and train/sample through the CLI.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch
 from PIL import Image
 
 from mrimsm.errors import MrimsmError
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,11 +175,7 @@ def test_reexported_from_datasets():
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("make_image_folder", REPO / "data_scripts" / "make_image_folder.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_image_folder"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("data_scripts/make_image_folder.py", "make_image_folder")
 
 
 def test_make_image_folder_is_deterministic_and_holds_out_photos(tmp_path):

@@ -3,7 +3,6 @@ resumable state under ``training/in_progress/``, which ``mrimsm train --resume``
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -13,15 +12,13 @@ import yaml
 
 from mrimsm.checkpoint import load_checkpoint
 from mrimsm.cli.main import main
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _ship_script():
-    spec = importlib.util.spec_from_file_location("ship_default_models", REPO / "data_scripts" / "ship_default_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("data_scripts/ship_default_models.py", "ship_default_models")
 
 
 def _config(tmp_path) -> Path:

@@ -4,24 +4,19 @@ archive (skipped when it is absent)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mrimsm.data.fastmri_io import coil_images, read_multicoil
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("real_radial_script", REPO / "data_scripts" / "real_radial.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("data_scripts/real_radial.py", "real_radial_script")
 
 
 real_radial = _load_script()

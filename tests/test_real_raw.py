@@ -4,9 +4,7 @@ converts the real cached archive (skipped when it is absent)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
 import tarfile
 from pathlib import Path
 
@@ -15,16 +13,13 @@ import numpy as np
 import pytest
 
 from mrimsm.data.fastmri_io import coil_images, read_multicoil, rss
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("real_raw_script", REPO / "data_scripts" / "real_raw.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("data_scripts/real_raw.py", "real_raw_script")
 
 
 real_raw = _load_script()

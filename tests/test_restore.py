@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from mrimsm.errors import MrimsmError
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -301,17 +302,12 @@ def test_shipped_prior_denoises_heldout_crops(tmp_path):
     """The shipped model learned something: on crops of the held-out photographs, seen through
     p = 0.4 pixel masks at noise sigma_t, its clean estimate on the kept pixels is far better
     than the noisy input (an untrained or badly trained denoiser, c_skip * input, is not)."""
-    import importlib.util
-    import sys
 
     from mrimsm.data.images import center_crop_resize, read_image, to_model_range
     from mrimsm.inference import load_msm
     from mrimsm.restore import default_image_checkpoint
 
-    spec = importlib.util.spec_from_file_location("make_image_folder", REPO / "data_scripts" / "make_image_folder.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_image_folder"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_script("data_scripts/make_image_folder.py", "make_image_folder")
     mod.make_image_folder(tmp_path, size=32, num_train=0, num_heldout=8, seed=0)
     files = sorted((tmp_path / "heldout").glob("*.png"))
     x = torch.stack([torch.from_numpy(to_model_range(center_crop_resize(read_image(f), 32))) for f in files])
