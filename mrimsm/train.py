@@ -556,8 +556,6 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype, al
     last = run_dir / LAST_NAME
     # every check first (data, model, checkpoint, batch size, preview examples), then the first write
     run = _build(cfg, method_cls, info, amp_dtype)
-    if info.device.type == "cpu" and cfg.train.cpu_bf16 and run.amp is None:
-        say("train.cpu_bf16: this CPU has no fast bf16 kernels (no AVX-512 or AMX); training in fp32")
     start = _resume(run, cfg, run_dir, info, say, allow_data_change) if resume else 0
     dataset, collate = run.bundle.dataset, run.bundle.collate
     sampler = StepBatchSampler(len(dataset), tc.batch_size, tc.seed, info.rank, info.world_size, start, tc.max_steps)
@@ -565,6 +563,8 @@ def _train(cfg, run_dir, method_cls, info, resume, progress, echo, amp_dtype, al
     if tc.sample_every and info.is_main:
         preview_batch = _to_device(collate([dataset[i] for i in range(min(cfg.sample.preview_num, len(dataset)))]), dev)
     if info.is_main and start < tc.max_steps:  # a no-op resume leaves the run as it is
+        if dev.type == "cpu" and tc.cpu_bf16 and run.amp is None:  # after every check: bad input stays one line
+            say("note: train.cpu_bf16: this CPU has no fast bf16 kernels (no AVX-512 or AMX); training in fp32")
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(run_dir / "config.yaml", cfg)
         _truncate_log(run_dir / "log.jsonl", start)
