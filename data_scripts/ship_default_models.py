@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 
 from mrimsm.checkpoint import compact_training_state, export_for_inference
+from mrimsm.errors import MrimsmError
 from mrimsm.utils import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,15 +74,20 @@ def ship(name: str, run: Path, keep_state: bool = True) -> Path:
 
 def keep_state_of(run: Path, dst: Path) -> Path:
     """``run/last.pt`` as a compact resumable state at ``dst``: bf16 AdamW moments, or
-    none (re-warmed on resume) when that would exceed :data:`MAX_STATE_BYTES`."""
-    state = compact_training_state(run / "last.pt", dst)
-    if state.stat().st_size > MAX_STATE_BYTES:
-        compact_training_state(run / "last.pt", state, optimizer="drop")
-    if state.stat().st_size > MAX_STATE_BYTES:
-        state.unlink()
-        raise SystemExit(f"error: {run / 'last.pt'} stays over {MAX_STATE_BYTES / 2**20:.0f} MiB even without "
-                         "optimizer moments; not kept")
-    return state
+    none (re-warmed on resume) when that would exceed :data:`MAX_STATE_BYTES`. It is
+    written beside ``dst`` and renamed over it only once it fits, so a refused state
+    leaves the earlier ``dst`` as it was."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        compact_training_state(run / "last.pt", tmp)
+        if tmp.stat().st_size > MAX_STATE_BYTES:
+            compact_training_state(run / "last.pt", tmp, optimizer="drop")
+        if tmp.stat().st_size > MAX_STATE_BYTES:
+            raise SystemExit(f"error: {run / 'last.pt'} stays over {MAX_STATE_BYTES / 2**20:.0f} MiB even without "
+                             "optimizer moments; not kept")
+        return tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -110,4 +116,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MrimsmError as exc:  # a run directory whose last.pt is not a resumable training state, ...
+        raise SystemExit(f"error: {exc}") from None

@@ -63,3 +63,32 @@ def test_a_run_without_a_state_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no last.pt in"):
         ship.main()
     assert not (tmp_path / "kept").exists()
+
+
+def test_a_refused_state_leaves_the_kept_one_as_it_was(prepared_measurements, tmp_path, monkeypatch):
+    ship = _ship_script()
+    run = tmp_path / "runs" / "ssdu_brains"
+    args = ["train", _config(tmp_path), "--method", "ssdu", "--data", prepared_measurements, "--out", run, "-q"]
+    assert main([str(a) for a in args + ["--max-steps", "1"]]) == 0
+    kept = tmp_path / "kept" / "ssdu_brains_last.pt"
+    kept.parent.mkdir()
+    kept.write_bytes(b"the state an earlier session kept")
+    monkeypatch.setattr(ship, "MAX_STATE_BYTES", 1)  # nothing fits
+    with pytest.raises(SystemExit, match="not kept"):
+        ship.keep_state_of(run, kept)
+    assert kept.read_bytes() == b"the state an earlier session kept"
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["ssdu_brains_last.pt"]  # no temp file left
+
+
+def test_a_run_whose_last_pt_is_not_a_training_state_is_one_error_line(tmp_path):
+    import subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, str(REPO / "data_scripts" / "ship_default_models.py"), "--in-progress", str(run)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert not (REPO / "training" / "in_progress" / "run_last.pt").exists()
