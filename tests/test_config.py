@@ -252,3 +252,22 @@ def test_the_noisy_configs_are_the_shipped_ones_but_for_the_loss(shipped, noisy,
     assert differ == {"diffusion.rho"} | also
     assert base["diffusion.rho"] == 0.0 and twin["diffusion.rho"] is None
     assert twin["data.simulated.rho"] == 0.01  # the noise the noisy loss then trains at
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("split", "loss_ratio", 1.0, "key 'split.loss_ratio' must be in (0, 1)"),
+        ("split", "granularity", "rows", "key 'split.granularity' must be lines or points"),
+        ("model", "num_unrolls", 0, "key 'model.num_unrolls' must be >= 1"),
+        ("model", "kernel_size", 4, "key 'model.kernel_size' must be odd"),
+    ],
+)
+def test_ssdu_sections_are_typed_like_the_others(tmp_path, section, key, value, message):
+    """A bad value in an ssdu config is one message naming its key, as in every other section."""
+    d = yaml.safe_load((REPO / "configs" / "ssdu_tiny.yaml").read_text())
+    assert load_config(_write(tmp_path, d)).method == "ssdu"
+    d[section][key] = value
+    with pytest.raises(MrimsmError) as exc:
+        load_config(_write(tmp_path, d))
+    assert message in str(exc.value), str(exc.value)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -145,12 +147,25 @@ def test_split_is_fresh_per_epoch_and_example_but_reproducible():
 
 
 def test_split_config_validation():
-    for bad in ({"loss_ratio": 1.0}, {"method": "poisson"}, {"granularity": "rows"}, {"center_size": -1}):
-        with pytest.raises(ValueError):
-            SSDUSplitConfig(**bad).validate()
-    with pytest.raises(MrimsmError):
-        build_unrolled({"num_unrolls": 0})
-    with pytest.raises(MrimsmError):
+    """The SSDU sections are typed like every other section: their annotations give the
+    ranges and choices, so a bad value names its key and what it must be."""
+    from mrimsm.settings import SettingError, validate_dataclass
+
+    for bad, want in (({"loss_ratio": 1.0}, "loss_ratio: must be in (0, 1)"),
+                      ({"method": "poisson"}, "method: must be gaussian or uniform"),
+                      ({"granularity": "rows"}, "granularity: must be lines or points"),
+                      ({"center_size": -1}, "center_size: must be >= 0"),
+                      ({"std_scale": 0}, "std_scale: must be > 0")):
+        with pytest.raises(SettingError) as exc:
+            validate_dataclass(SSDUSplitConfig, bad)
+        assert str(exc.value).startswith(want), str(exc.value)
+    assert validate_dataclass(SSDUSplitConfig, {"seed": 3}) == SSDUSplitConfig(seed=3)
+    for bad, want in (({"num_unrolls": 0}, "num_unrolls: must be >= 1"), ({"kernel_size": 4}, "kernel_size: must be odd"),
+                      ({"mu_init": 0}, "mu_init: must be > 0"), ({"cg_tol": -1}, "cg_tol: must be >= 0"),
+                      ({"num_blocks": -1}, "num_blocks: must be >= 0")):
+        with pytest.raises(MrimsmError, match="bad ssdu model settings: " + re.escape(want)):
+            build_unrolled(bad)
+    with pytest.raises(MrimsmError, match="bogus"):
         build_unrolled({"bogus": 1})
 
 

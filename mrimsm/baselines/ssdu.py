@@ -36,7 +36,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Annotated, Iterable, Literal, Optional
+
+from annotated_types import Ge, Gt, Interval
 
 import numpy as np
 import torch
@@ -47,6 +49,8 @@ from mrimsm.errors import MrimsmError
 from mrimsm.models.unrolled import UnrolledNet
 from mrimsm.physics.masks import ssdu_split
 from mrimsm.physics.operators import MultiCoilMRI
+from mrimsm.sections import Count, NonNegative, Seed
+from mrimsm.settings import check, validate_dataclass
 from mrimsm.trainmethod import TrainMethod
 
 if TYPE_CHECKING:  # the config is read, never built, here
@@ -77,29 +81,19 @@ class SSDUModelConfig:
     """The unrolled network, the ``model`` section of an ssdu config (defaults:
     the original SSDU sizes; see :class:`~mrimsm.models.unrolled.UnrolledNet`)."""
 
-    num_unrolls: int = 10
-    num_blocks: int = 15
-    channels: int = 64
+    num_unrolls: Count = 10
+    num_blocks: NonNegative = 15
+    channels: Count = 64
     res_scale: float = 0.1
-    kernel_size: int = 3
-    mu_init: float = 0.05
-    cg_iters: int = 10
-    cg_tol: float = 0.0
+    kernel_size: Count = 3
+    mu_init: Annotated[float, Gt(0)] = 0.05
+    cg_iters: Count = 10
+    cg_tol: Annotated[float, Ge(0)] = 0.0
     grad_checkpoint: bool = False
 
     def validate(self) -> None:
-        """Raise ``ValueError("key: message")`` for a bad value."""
-        for key in ("num_unrolls", "channels", "cg_iters", "kernel_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be >= 1")
-        if self.num_blocks < 0:
-            raise ValueError("num_blocks: must be >= 0")
-        if self.kernel_size % 2 == 0:
-            raise ValueError("kernel_size: must be odd")
-        if self.mu_init <= 0:
-            raise ValueError("mu_init: must be > 0")
-        if self.cg_tol < 0:
-            raise ValueError("cg_tol: must be >= 0")
+        """The check the annotations cannot make (:class:`~mrimsm.settings.KeyProblem`)."""
+        check(self.kernel_size % 2 == 1, "kernel_size", "must be odd")
 
 
 @dataclass
@@ -113,35 +107,22 @@ class SSDUSplitConfig:
     the training seed (``train.seed``).
     """
 
-    loss_ratio: float = 0.4
-    method: str = "gaussian"
-    center_size: int = 4
-    std_scale: float = 4.0
-    granularity: str = "lines"
-    seed: Optional[int] = None
-
-    def validate(self) -> None:
-        """Raise ``ValueError("key: message")`` for a bad value."""
-        if not 0 < float(self.loss_ratio) < 1:
-            raise ValueError("loss_ratio: must be in (0, 1)")
-        if self.method not in ("gaussian", "uniform"):
-            raise ValueError("method: must be gaussian or uniform")
-        if self.granularity not in ("lines", "points"):
-            raise ValueError("granularity: must be lines or points")
-        if int(self.center_size) < 0:
-            raise ValueError("center_size: must be >= 0")
-        if self.std_scale <= 0:
-            raise ValueError("std_scale: must be > 0")
+    loss_ratio: Annotated[float, Interval(gt=0, lt=1)] = 0.4
+    method: Literal["gaussian", "uniform"] = "gaussian"
+    center_size: NonNegative = 4
+    std_scale: Annotated[float, Gt(0)] = 4.0
+    granularity: Literal["lines", "points"] = "lines"
+    seed: Optional[Seed] = None
 
 
 def build_unrolled(cfg: SSDUModelConfig | dict) -> UnrolledNet:
     """An :class:`UnrolledNet` from a model config (dataclass or plain dict)."""
     try:
-        cfg = cfg if isinstance(cfg, SSDUModelConfig) else SSDUModelConfig(**cfg)
+        cfg = validate_dataclass(SSDUModelConfig, asdict(cfg) if isinstance(cfg, SSDUModelConfig) else cfg)
         cfg.validate()
-        return UnrolledNet(**asdict(cfg))
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:  # SettingError, KeyProblem
         raise MrimsmError(f"bad ssdu model settings: {exc}") from None
+    return UnrolledNet(**asdict(cfg))
 
 
 # -- splitting ------------------------------------------------------------------------
