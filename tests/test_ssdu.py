@@ -6,7 +6,6 @@ import copy
 import re
 
 import numpy as np
-
 import pytest
 import torch
 

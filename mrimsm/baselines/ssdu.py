@@ -38,10 +38,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Iterable, Literal, Optional
 
-from annotated_types import Ge, Gt, Interval
-
 import numpy as np
 import torch
+from annotated_types import Ge, Gt, Interval
 
 from mrimsm import distributed
 from mrimsm.assets import asset_path
