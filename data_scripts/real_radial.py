@@ -23,7 +23,6 @@ and an assumed 1 mm pixel (the file states no field of view).
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brains import Archive, default_download_dir, ensure_archive, read_members  # noqa: E402
+from archives import Archive, fetch_member, single_file_main, write_single_source_file  # noqa: E402
 
 from mrimsm.errors import MrimsmError  # noqa: E402
 
@@ -84,14 +83,8 @@ def gridded_kspace(raw: np.ndarray, traj: np.ndarray, size: int = MATRIX) -> np.
 
 
 def write_file(path: Path, kspace: np.ndarray) -> Path:
-    """Write the fastMRI multi-coil file (one slice): k-space, ``reconstruction_rss``, the
-    header (matrix, 1 mm assumed), the provenance as attrs; validated by reading it back."""
-    from mrimsm.data.fastmri_io import read_header, rss
-    from mrimsm.data.simulate import ismrmrd_header_xml, write_fastmri_file
-
-    k = kspace[None]
-    s, c, h, w = k.shape
-    header = ismrmrd_header_xml((h, w), (h, w), c, fov_mm=(PIXEL_MM_ASSUMED * h, PIXEL_MM_ASSUMED * w))
+    """Write the fastMRI multi-coil file of one slice, ``kspace`` ``(C, H, W)``: k-space,
+    ``reconstruction_rss``, the header (matrix, 1 mm assumed), the provenance as attrs."""
     attrs = {
         "acquisition": "AXT2_RADIAL_GRIDDED",
         "patient_id": "gpunufft_brain_64spokes",
@@ -100,41 +93,18 @@ def write_file(path: Path, kspace: np.ndarray) -> Path:
         "gridded_from": "64 radial spokes x 512 samples (adjoint NUFFT, density |k|): streaks, not an acquisition",
         "pixel_mm_assumed": PIXEL_MM_ASSUMED,
     }
-    write_fastmri_file(path, k, rss(k), attrs=attrs, header=header)
-    info = read_header(path)
-    if info["shape"] != (s, c, h, w):
-        raise MrimsmError(f"{path}: wrote {info['shape']}, expected {(s, c, h, w)}")
-    return path
+    return write_single_source_file(path, kspace[None], attrs, PIXEL_MM_ASSUMED)
 
 
 def build(out_dir, cache: Optional[str] = None) -> Path:
     """Fetch (if needed), read, grid and write ``OUT_DIR/gpunufft_brain_radial32_gridded.h5``."""
-    from mrimsm.utils import check_output
-
     out = Path(out_dir) / OUTPUT_NAME
-    cache_dir = Path(cache) if cache else default_download_dir()
-    check_output(out, kind="file")
-    archive = ensure_archive(ARCHIVE, cache_dir)
-    ((_, data),) = read_members(archive, MEMBER)
-    raw, traj = read_source(data)
-    kspace = gridded_kspace(raw, traj)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return write_file(out, kspace)
+    raw, traj = read_source(fetch_member(ARCHIVE, MEMBER, out, cache))
+    return write_file(out, gridded_kspace(raw, traj))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out_dir", help=f"output directory (writes {OUTPUT_NAME} there)")
-    p.add_argument("--cache", default=None, help="where the downloaded archive is kept "
-                                                 "(default $MRIMSM_CACHE/downloads or ~/.cache/mrimsm/downloads)")
-    args = p.parse_args(argv)
-    try:
-        path = build(args.out_dir, args.cache)
-    except MrimsmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"wrote {path}")
-    return 0
+    return single_file_main(__doc__, OUTPUT_NAME, build, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ the source's samples moved and sign-flipped, never resampled (:func:`corner_to_c
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brains import Archive, default_download_dir, ensure_archive, read_members  # noqa: E402
+from archives import Archive, fetch_member, single_file_main, write_single_source_file  # noqa: E402
 
 from mrimsm.errors import MrimsmError  # noqa: E402
 
@@ -92,13 +91,6 @@ def write_file(path: Path, source: dict) -> Path:
     """Write the fastMRI multi-coil file: k-space, ``reconstruction_rss`` (no readout
     oversampling here, so the full grid), the header (matrix, 1 mm assumed) and the
     provenance as attrs; validated by reading it back."""
-    from mrimsm.data.fastmri_io import read_header, rss
-    from mrimsm.data.simulate import ismrmrd_header_xml, write_fastmri_file
-
-    k = source["kspace"]
-    s, c, h, w = k.shape
-    ref = rss(k)
-    header = ismrmrd_header_xml((h, w), (h, w), c, fov_mm=(PIXEL_MM_ASSUMED * h, PIXEL_MM_ASSUMED * w))
     attrs = {
         "acquisition": "AXFLASH_VFA",
         "patient_id": "pyqmri_vfa_cart_smalltest",
@@ -110,42 +102,20 @@ def write_file(path: Path, source: dict) -> Path:
     }
     if source.get("tr_ms") is not None:
         attrs["tr_ms"] = source["tr_ms"]
-    write_fastmri_file(path, k, ref, attrs=attrs, header=header)
-    info = read_header(path)
-    if info["shape"] != (s, c, h, w) or tuple(info["recon_size"]) != (h, w):
-        raise MrimsmError(f"{path}: wrote {info['shape']}, expected {(s, c, h, w)}")
-    return path
+    return write_single_source_file(path, source["kspace"], attrs, PIXEL_MM_ASSUMED)
 
 
 def build(out_dir, cache: Optional[str] = None) -> Path:
     """Fetch (if needed), read and write ``OUT_DIR/pyqmri_vfa_cart.h5``."""
-    from mrimsm.utils import check_output
-
     out = Path(out_dir) / OUTPUT_NAME
-    cache_dir = Path(cache) if cache else default_download_dir()
-    check_output(out, kind="file")
-    archive = ensure_archive(ARCHIVE, cache_dir)
-    ((_, data),) = read_members(archive, MEMBER)
-    source = read_source(data)
+    source = read_source(fetch_member(ARCHIVE, MEMBER, out, cache))
     if source["kspace"].shape != SOURCE_SHAPE[:2] + SOURCE_SHAPE[3:]:
         raise MrimsmError(f"{MEMBER}: k-space of shape {source['kspace'].shape}, expected {SOURCE_SHAPE}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     return write_file(out, source)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out_dir", help="output directory (writes pyqmri_vfa_cart.h5 there)")
-    p.add_argument("--cache", default=None, help="where the downloaded archive is kept "
-                                                 "(default $MRIMSM_CACHE/downloads or ~/.cache/mrimsm/downloads)")
-    args = p.parse_args(argv)
-    try:
-        path = build(args.out_dir, args.cache)
-    except MrimsmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"wrote {path}")
-    return 0
+    return single_file_main(__doc__, OUTPUT_NAME, build, argv)
 
 
 if __name__ == "__main__":

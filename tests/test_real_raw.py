@@ -23,6 +23,7 @@ def _load_script():
 
 
 real_raw = _load_script()
+from archives import default_download_dir  # noqa: E402  (data_scripts/ is on the path via the script)
 
 
 def _object(h: int, w: int, rng) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_wrong_source_shape_is_one_line():
         real_raw.source_kspace(np.zeros((2, 3, 224, 224)), np.zeros((2, 3, 224, 224)))
 
 
-ARCHIVE = real_raw.default_download_dir() / real_raw.ARCHIVE.filename
+ARCHIVE = default_download_dir() / real_raw.ARCHIVE.filename
 
 
 @pytest.mark.slow
