@@ -38,7 +38,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from archives import CACHE_HELP, Archive, default_download_dir, ensure_archive, read_members  # noqa: E402,F401
+from archives import CACHE_HELP, Archive, default_download_dir, ensure_archive, read_members  # noqa: E402
 
 from mrimsm.errors import Interrupted, MrimsmError  # noqa: E402
 

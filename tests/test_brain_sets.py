@@ -1,6 +1,6 @@
-"""data_scripts/brains.py and archives.py: the readers (archives, NIfTI, DICOM mosaics and echoes, the raw
-s1045 slice), slice selection, file naming and grouping, sources.json and resume, on tiny
-archives built here (no network); one slow test runs the real cached downloads."""
+"""data_scripts/brains.py and archives.py: the readers (archives, NIfTI, DICOM mosaics and
+echoes, the raw s1045 slice), slice selection, file naming and grouping, sources.json and
+resume, on tiny archives built here (no network); one slow test runs the real cached downloads."""
 
 from __future__ import annotations
 
