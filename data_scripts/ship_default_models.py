@@ -13,8 +13,9 @@ compact (bf16 weights, EMA and AdamW moments; the moments are dropped and re-war
 resume when the state would exceed 20 MiB), see :func:`mrimsm.checkpoint.compact_training_state`.
 ``default_msm256`` (configs/default_msm256.yaml) is the 256 x 256 brain prior and
 ``default_ssdu256`` (configs/default_ssdu256.yaml) the SSDU baseline on its data.
-The runs come from ``mrimsm train configs/default_msm_noisy.yaml --out runs/default_msm``,
-``mrimsm train --method ssdu configs/default_ssdu.yaml --out runs/default_ssdu`` and
+The runs come from ``mrimsm train configs/default_msm_brains_finetune.yaml --out runs/msm64_brains``
+(continuing the noisy-loss stage of ``configs/default_msm_noisy.yaml`` on the brain set),
+``mrimsm train --method ssdu configs/default_ssdu_brains.yaml --out runs/ssdu64_brains`` and
 ``mrimsm train configs/ffhq_tiny.yaml --data data/images/train --out runs/default_images``
 (each resumable with ``--resume``).
 
@@ -42,8 +43,8 @@ IN_PROGRESS = TRAINING / "in_progress"
 
 #: name -> (config file, float16 weights, data.root written into the shipped config)
 MODELS = {
-    "default_msm": ("configs/default_msm_noisy.yaml", False, None),
-    "default_ssdu": ("configs/default_ssdu.yaml", False, None),
+    "default_msm": ("configs/default_msm_brains_finetune.yaml", False, None),
+    "default_ssdu": ("configs/default_ssdu_brains.yaml", False, None),
     "default_images": ("configs/ffhq_tiny.yaml", True, "data/images/train"),
     "default_msm256": ("configs/default_msm256.yaml", True, None),
     "default_ssdu256": ("configs/default_ssdu256.yaml", False, None),
