@@ -294,8 +294,8 @@ def test_resume_on_other_data_is_refused_unless_allowed(raw, data, tmp_path, cap
 
 
 def test_fine_tuning_a_shipped_state_needs_the_flag(prepared_measurements, tmp_path, capsys):
-    """training/default_msm_last.pt (trained on the simulated set) copied to RUN/last.pt and
-    resumed on prepared shards: refused without --allow-data-change, continued with it."""
+    """training/default_msm_last.pt (trained on the prepared brain set) copied to RUN/last.pt and
+    resumed on other prepared shards: refused without --allow-data-change, continued with it."""
     from mrimsm.checkpoint import load_checkpoint
 
     state = REPO / "training" / "default_msm_last.pt"
@@ -309,7 +309,7 @@ def test_fine_tuning_a_shipped_state_needs_the_flag(prepared_measurements, tmp_p
     step = int(load_checkpoint(run)["step"])
     args = ["train", cfg, "--data", prepared_measurements, "--out", run, "--resume", "--max-steps", step + 1, "-q"]
     rc, err = _run(args, capsys)
-    _one_error(rc, err, "data.root: null -> ", "data.simulated: {", "--allow-data-change")
+    _one_error(rc, err, "data.root: ~/.cache/mrimsm/brains64_prep -> ", "--allow-data-change")
     assert sorted(os.listdir(run)) == ["last.pt"]
     rc, err = _run(args + ["--allow-data-change"], capsys)
     assert rc == 0 and any(e.startswith("note: ") for e in err), err
